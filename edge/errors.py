@@ -1,0 +1,50 @@
+"""Errors a person can act on.
+
+Why: installers and operators read these, so every error says what was wrong
+and what was expected, and the command-line shell prints them without a
+traceback. Anything that is not an `EdgeError` is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+
+class EdgeError(Exception):
+    """A refusal or failure the user can fix; `hint` says what to do next."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message}\n  what to do: {self.hint}"
+
+
+class ConfigError(EdgeError):
+    """A configuration value is missing, malformed or forbidden."""
+
+    exit_code = 2
+
+    def __init__(self, where: str, problem: str, expected: str | None = None) -> None:
+        message = f"configuration {where}: {problem}"
+        super().__init__(message, f"expected {expected}" if expected else None)
+        self.where = where
+
+
+class ModelError(EdgeError):
+    """A model file is missing, does not match its manifest, or cannot run here."""
+
+    exit_code = 3
+
+
+class AcceleratorError(EdgeError):
+    """An accelerator that was asked for explicitly is absent or failed to load."""
+
+    exit_code = 4
+
+
+class InputError(EdgeError):
+    """An image, video or camera could not be read."""
+
+    exit_code = 5
