@@ -1,0 +1,120 @@
+"""BlazeFace (MediaPipe face detection): SSD anchors and box/keypoint decoding.
+
+The anchor settings come from the manifest, which records them from
+MediaPipe's face-detection graph (SsdAnchorsCalculator options); the
+decoding follows TensorsToDetectionsCalculator: sigmoid scores with clipping,
+box centre and size relative to the anchor, six keypoints.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from edge.decode import RawDetections
+from edge.decode.nms import weighted_nms
+
+
+def _scale(min_scale: float, max_scale: float, index: int, count: int) -> float:
+    if count == 1:
+        return (min_scale + max_scale) * 0.5
+    return min_scale + (max_scale - min_scale) * index / (count - 1.0)
+
+
+def ssd_anchors(opts: Mapping[str, Any]) -> np.ndarray:
+    """Anchors as (N, 4): x_center, y_center, w, h, normalised to the model input.
+
+    Consecutive layers with the same stride share one feature map, as in
+    MediaPipe; with `fixed_anchor_size` every anchor is 1 x 1 and only its
+    centre matters.
+    """
+    strides = list(opts["strides"])
+    num_layers = int(opts["num_layers"])
+    anchors: list[tuple[float, float, float, float]] = []
+    layer = 0
+    while layer < num_layers:
+        last = layer
+        aspect_ratios: list[float] = []
+        scales: list[float] = []
+        while last < num_layers and strides[last] == strides[layer]:
+            scale = _scale(opts["min_scale"], opts["max_scale"], last, len(strides))
+            if last == 0 and opts.get("reduce_boxes_in_lowest_layer", False):
+                aspect_ratios += [1.0, 2.0, 0.5]
+                scales += [0.1, scale, scale]
+            else:
+                for ratio in opts["aspect_ratios"]:
+                    aspect_ratios.append(ratio)
+                    scales.append(scale)
+                if opts["interpolated_scale_aspect_ratio"] > 0.0:
+                    next_scale = 1.0 if last == len(strides) - 1 else _scale(opts["min_scale"], opts["max_scale"], last + 1, len(strides))
+                    scales.append(float(np.sqrt(scale * next_scale)))
+                    aspect_ratios.append(opts["interpolated_scale_aspect_ratio"])
+            last += 1
+        sizes = [(s / np.sqrt(r), s * np.sqrt(r)) for s, r in zip(scales, aspect_ratios)]
+        stride = strides[layer]
+        rows = int(np.ceil(opts["input_size_height"] / stride))
+        cols = int(np.ceil(opts["input_size_width"] / stride))
+        for y in range(rows):
+            for x in range(cols):
+                for h, w in sizes:
+                    cx = (x + opts["anchor_offset_x"]) / cols
+                    cy = (y + opts["anchor_offset_y"]) / rows
+                    if opts["fixed_anchor_size"]:
+                        anchors.append((cx, cy, 1.0, 1.0))
+                    else:
+                        anchors.append((cx, cy, w, h))
+        layer = last
+    return np.asarray(anchors, np.float32)
+
+
+@dataclass(frozen=True)
+class BlazeFaceDecoder:
+    """Decodes one BlazeFace model's (boxes, scores) outputs."""
+
+    anchors: np.ndarray
+    scale: np.ndarray  # x, y, w, h scales
+    num_keypoints: int
+    keypoint_offset: int
+    score_clip: float
+    iou_threshold: float
+    boxes_output: int
+    scores_output: int
+
+    @classmethod
+    def from_manifest(cls, params: Mapping[str, Any]) -> "BlazeFaceDecoder":
+        anchors = ssd_anchors(params["anchors"])
+        expected = params["anchors"]["num_anchors"]
+        if len(anchors) != expected:
+            raise ValueError(f"anchor settings give {len(anchors)} anchors, the manifest says {expected}")
+        dec = params["box_decoding"]
+        return cls(
+            anchors=anchors,
+            scale=np.asarray([dec["x_scale"], dec["y_scale"], dec["w_scale"], dec["h_scale"]], np.float32),
+            num_keypoints=int(dec["num_keypoints"]),
+            keypoint_offset=int(dec["keypoint_coord_offset"]),
+            score_clip=float(dec["score_clipping_thresh"]),
+            iou_threshold=float(params.get("nms_iou_threshold", 0.3)),
+            boxes_output=int(params["outputs"]["boxes"]),
+            scores_output=int(params["outputs"]["scores"]),
+        )
+
+    def decode(self, outputs: list[np.ndarray], threshold: float) -> RawDetections:
+        raw_boxes = outputs[self.boxes_output].reshape(len(self.anchors), -1)
+        logits = outputs[self.scores_output].reshape(len(self.anchors))
+        # Compare logits, not probabilities: the sigmoid is only computed for the few survivors.
+        cut = np.log(threshold / (1.0 - threshold))
+        index = np.flatnonzero(logits >= cut)
+        if index.size == 0:
+            return RawDetections.empty(self.num_keypoints)
+        raw = raw_boxes[index]
+        anchors = self.anchors[index]
+        scores = 1.0 / (1.0 + np.exp(-np.clip(logits[index], -self.score_clip, self.score_clip)))
+        wh = anchors[:, 2:4]
+        centre = raw[:, 0:2] / self.scale[0:2] * wh + anchors[:, 0:2]
+        size = raw[:, 2:4] / self.scale[2:4] * wh
+        boxes = np.concatenate([centre - size / 2, centre + size / 2], axis=1)
+        kp_raw = raw[:, self.keypoint_offset:self.keypoint_offset + 2 * self.num_keypoints].reshape(-1, self.num_keypoints, 2)
+        keypoints = kp_raw / self.scale[0:2] * wh[:, None, :] + anchors[:, None, 0:2]
+        dets = RawDetections(boxes.astype(np.float32), scores.astype(np.float32), keypoints.astype(np.float32))
+        return weighted_nms(dets, self.iou_threshold)

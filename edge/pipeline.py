@@ -1,0 +1,327 @@
+"""The detection pipeline: frame -> faces with head pose.
+
+Configuration and runtime sit side by side per model family (`FAMILIES`),
+and every family meets the same contract (`RawDetections` -> `Detection`),
+so delegates, tiling, pose and publishing never look at a family's tensors.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol, Sequence
+
+import numpy as np
+
+from edge.decode import RawDetections
+from edge.decode.blazeface import BlazeFaceDecoder
+from edge.decode.nms import hard_nms, weighted_nms
+from edge.decode.ulfd import UlfdDecoder
+from edge.detection import Box, Detection, Face, FrameResult, HeadPose
+from edge.errors import AcceleratorError, ConfigError, ModelError
+from edge.inference import (
+    DelegateConfig,
+    EDGETPU_LIBRARY,
+    Runner,
+    Runtime,
+    accelerated_runner,
+    cpu_runner,
+    edgetpu_delegate,
+    edgetpu_devices,
+    library_problem,
+    load_runtime,
+    _load,
+)
+from edge.models import Manifest, ModelSpec, load_manifest, locate, search_dirs
+from edge.preprocess import Fitter
+from edge.tiling import drop_cut_faces, tile_grid, tile_to_frame
+
+DEFAULT_MODEL = "blazeface-full"
+# The one detector compiled for the Edge TPU; `auto` on a Coral runs it.
+EDGETPU_DETECTOR = "blazeface-short"
+POSE_MODES = ("landmarks", "keypoints", "off")
+PIXEL_MAX = 255.0
+
+
+class Decoder(Protocol):
+    num_keypoints: int
+
+    def decode(self, outputs: list[np.ndarray], threshold: float) -> RawDetections: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Family:
+    """How one model family is fed and decoded."""
+
+    decoder: Callable[[Mapping[str, Any]], Decoder]
+    fit: str
+    merge: Callable[[RawDetections, float], RawDetections]
+
+
+FAMILIES: dict[str, Family] = {
+    "blazeface": Family(BlazeFaceDecoder.from_manifest, "letterbox", weighted_nms),
+    "ulfd": Family(UlfdDecoder.from_manifest, "stretch", hard_nms),
+}
+
+
+def input_normalisation(params: Mapping[str, Any]) -> tuple[float, float]:
+    """Gain and offset taking a uint8 pixel to the real value the model was trained on."""
+    spec = params["input"]
+    if "range" in spec:
+        low, high = spec["range"]
+        return (high - low) / PIXEL_MAX, low
+    return 1.0 / spec["std"], -spec["mean"] / spec["std"]
+
+
+@dataclass(frozen=True, slots=True)
+class DetectorConfig:
+    """The `[detector]` configuration section."""
+
+    model: str = DEFAULT_MODEL
+    delegate: DelegateConfig = field(default_factory=DelegateConfig)
+    score_threshold: float | None = None
+    pose: str = "landmarks"
+    tiled: bool = False
+    tile_size: int | None = None
+    tile_overlap: int = 48
+    model_dirs: tuple[Path, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.pose not in POSE_MODES:
+            raise ConfigError("detector.pose", f"unknown pose mode '{self.pose}'", f"one of {', '.join(POSE_MODES)}")
+        if self.score_threshold is not None and not 0.0 < self.score_threshold < 1.0:
+            raise ConfigError("detector.score_threshold", f"{self.score_threshold}", "a number between 0 and 1")
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> "DetectorConfig":
+        known = {"model", "delegate", "device", "delegate_library", "delegate_options", "threads",
+                 "score_threshold", "pose", "tiled", "tile_size", "tile_overlap", "model_dirs"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"detector.{unknown[0]}", "unknown setting", f"one of {', '.join(sorted(known))}")
+
+        def typed(key: str, kind: type, default: Any) -> Any:
+            value = data.get(key, default)
+            if value is not None and not isinstance(value, kind):
+                raise ConfigError(f"detector.{key}", f"{value!r} is a {type(value).__name__}", f"a {kind.__name__}")
+            return value
+
+        threshold = data.get("score_threshold")
+        if threshold is not None and not isinstance(threshold, (int, float)):
+            raise ConfigError("detector.score_threshold", f"{threshold!r}", "a number between 0 and 1")
+        delegate = DelegateConfig(
+            kind=typed("delegate", str, "auto"),
+            device=typed("device", str, None),
+            library=typed("delegate_library", str, None),
+            options={str(k): str(v) for k, v in typed("delegate_options", dict, {}).items()},
+            threads=typed("threads", int, 1),
+        )
+        return cls(
+            model=typed("model", str, DEFAULT_MODEL),
+            delegate=delegate,
+            score_threshold=float(threshold) if threshold is not None else None,
+            pose=typed("pose", str, "landmarks"),
+            tiled=typed("tiled", bool, False),
+            tile_size=typed("tile_size", int, None),
+            tile_overlap=typed("tile_overlap", int, 48),
+            model_dirs=tuple(Path(p) for p in typed("model_dirs", list, [])),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """What actually runs, and why, for the status topic and the log."""
+
+    model: str
+    accelerator: str
+    runtime: str
+    notes: tuple[str, ...]
+
+
+def _open_variant(runtime: Runtime, manifest: Manifest, spec: ModelSpec, accelerator: str,
+                  config: DetectorConfig, delegate: Any | None) -> Runner:
+    dirs = search_dirs(config.model_dirs)
+    variant = spec.variant(accelerator)
+    path = locate(variant, spec.name, dirs)
+    threads = config.delegate.threads
+    if accelerator == "cpu":
+        return cpu_runner(runtime, path, threads)
+    return accelerated_runner(runtime, path, delegate, accelerator, threads)
+
+
+def _require_edgetpu_build(manifest: Manifest, spec: ModelSpec) -> None:
+    if "edgetpu" not in spec.variants:
+        compiled = ", ".join(manifest.compiled_for("edgetpu"))
+        raise ModelError(
+            f"model '{spec.name}' is not compiled for the Edge TPU; the models compiled for it are: {compiled}",
+            f"set model = \"{EDGETPU_DETECTOR}\" to run on the Coral, or delegate = \"cpu\" to keep '{spec.name}'",
+        )
+
+
+def open_detector_runner(config: DetectorConfig, manifest: Manifest, runtime: Runtime) -> tuple[Runner, ModelSpec, Selection]:
+    """Pick the accelerator and model build; an explicitly requested accelerator never falls back."""
+    spec = manifest.get(config.model)
+    if spec.task != "detection":
+        raise ModelError(f"model '{spec.name}' is a {spec.task} model, not a face detector",
+                         f"use one of: {', '.join(manifest.compiled_for('cpu'))}")
+    kind = config.delegate.kind
+    notes: list[str] = []
+    if kind == "cpu":
+        runner = _open_variant(runtime, manifest, spec, "cpu", config, None)
+    elif kind == "edgetpu":
+        _require_edgetpu_build(manifest, spec)
+        locate(spec.variant("edgetpu"), spec.name, search_dirs(config.model_dirs))
+        delegate = edgetpu_delegate(runtime, config.delegate.device)
+        runner = _open_variant(runtime, manifest, spec, "edgetpu", config, delegate)
+    elif kind == "external":
+        library = config.delegate.library or ""
+        delegate = _load(runtime, library, config.delegate.options, f"the external delegate {library}")
+        accel = "external" if "external" in spec.variants else "cpu"
+        if accel == "cpu":
+            notes.append(f"the external delegate runs the standard build of '{spec.name}'")
+        path = locate(spec.variant(accel), spec.name, search_dirs(config.model_dirs))
+        runner = accelerated_runner(runtime, path, delegate, "external", config.delegate.threads)
+    else:
+        runner, spec = _auto(config, manifest, runtime, spec, notes)
+    selection = Selection(spec.name, runner.accelerator, runtime.name, tuple(notes))
+    return runner, spec, selection
+
+
+def _auto(config: DetectorConfig, manifest: Manifest, runtime: Runtime, spec: ModelSpec,
+          notes: list[str]) -> tuple[Runner, ModelSpec]:
+    for accel in config.delegate.auto_order:
+        if accel != "edgetpu":
+            continue
+        library = EDGETPU_LIBRARY["Linux"]
+        problem = library_problem(library)
+        devices = edgetpu_devices()
+        if problem or not devices:
+            notes.append(f"auto: no Edge TPU ({problem or 'no Coral device found'}); running on the CPU")
+            continue
+        chosen = spec if "edgetpu" in spec.variants else manifest.get(EDGETPU_DETECTOR)
+        if chosen is not spec:
+            notes.append(f"auto: Coral found; '{spec.name}' is not compiled for the Edge TPU, running '{chosen.name}' on it")
+        try:
+            delegate = edgetpu_delegate(runtime, config.delegate.device)
+            return _open_variant(runtime, manifest, chosen, "edgetpu", config, delegate), chosen
+        except (AcceleratorError, ModelError) as exc:
+            notes.append(f"auto: Edge TPU unusable ({exc.message}); running on the CPU")
+    return _open_variant(runtime, manifest, spec, "cpu", config, None), spec
+
+
+class Detector:
+    """One model on one runner: image -> detections in frame-normalised coordinates."""
+
+    def __init__(self, runner: Runner, spec: ModelSpec, threshold: float | None = None) -> None:
+        family = FAMILIES.get(spec.family)
+        if family is None:
+            raise ModelError(f"model '{spec.name}' is of family '{spec.family}', which has no decoder",
+                             f"known families: {', '.join(FAMILIES)}")
+        self.runner, self.spec, self.family = runner, spec, family
+        self.decoder = family.decoder(spec.params)
+        self.threshold = spec.score_threshold if threshold is None else threshold
+        self.fitter = Fitter(spec.input_width, spec.input_height, family.fit)
+        self.transform = runner.pixel_transform(*input_normalisation(spec.params))
+        self.timings: dict[str, float] = {}
+
+    def detect_raw(self, image: np.ndarray) -> RawDetections:
+        t0 = time.perf_counter()
+        pixels, fit = self.fitter.fit(image)
+        t1 = time.perf_counter()
+        outputs = self.runner.run_pixels(pixels, self.transform)
+        t2 = time.perf_counter()
+        dets = fit.to_frame(self.decoder.decode(outputs, self.threshold))
+        t3 = time.perf_counter()
+        self.timings = {"preprocess": (t1 - t0) * 1e3, "invoke": (t2 - t1) * 1e3, "decode": (t3 - t2) * 1e3}
+        return dets
+
+    def detect_tiled(self, image: np.ndarray, tile: int, overlap: int) -> RawDetections:
+        height, width = image.shape[:2]
+        parts = []
+        totals = {"preprocess": 0.0, "invoke": 0.0, "decode": 0.0}
+        for t in tile_grid(width, height, tile, overlap):
+            dets = drop_cut_faces(self.detect_raw(image[t.y0:t.y1, t.x0:t.x1]), t, width, height)
+            parts.append(tile_to_frame(dets, t, width, height))
+            for k, v in self.timings.items():
+                totals[k] += v
+        t0 = time.perf_counter()
+        merged = self.family.merge(RawDetections.concat(parts, self.decoder.num_keypoints), self.spec.nms_iou_threshold)
+        totals["decode"] += (time.perf_counter() - t0) * 1e3
+        self.timings = totals
+        return merged
+
+    @staticmethod
+    def to_detections(dets: RawDetections) -> list[Detection]:
+        boxes = np.clip(dets.boxes, 0.0, 1.0)
+        out = []
+        for box, score, kps in zip(boxes, dets.scores, dets.keypoints):
+            x0, y0, x1, y1 = (float(v) for v in box)
+            if x1 <= x0 or y1 <= y0:
+                continue
+            out.append(Detection(Box(x0, y0, x1 - x0, y1 - y0), float(score), kps))
+        return out
+
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        return self.to_detections(self.detect_raw(image))
+
+
+class PoseEstimator(Protocol):
+    def estimate(self, image: np.ndarray, detections: Sequence[Detection]) -> list[HeadPose | None]: ...
+
+
+class FrameLike(Protocol):
+    image: np.ndarray
+    number: int
+    capture_time: float
+
+
+def check_image(image: Any) -> np.ndarray:
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        shape = getattr(image, "shape", None)
+        dtype = getattr(image, "dtype", type(image).__name__)
+        raise ValueError(f"frame of shape {shape} and type {dtype}: expected an H x W x 3 RGB uint8 image")
+    return image
+
+
+class Pipeline:
+    """Detector + optional tiling + head pose; turns frames into `FrameResult`s."""
+
+    def __init__(self, detector: Detector, pose: PoseEstimator | None, config: DetectorConfig, selection: Selection) -> None:
+        self.detector, self.pose, self.config, self.selection = detector, pose, config, selection
+        self.tile_size = config.tile_size or max(detector.spec.input_width, detector.spec.input_height)
+
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        image = check_image(image)
+        if self.config.tiled:
+            raw = self.detector.detect_tiled(image, self.tile_size, self.config.tile_overlap)
+        else:
+            raw = self.detector.detect_raw(image)
+        return Detector.to_detections(raw)
+
+    def process(self, frame: FrameLike) -> FrameResult:
+        detections = self.detect(frame.image)
+        timings = dict(self.detector.timings)
+        t0 = time.perf_counter()
+        poses: list[HeadPose | None] = (
+            self.pose.estimate(frame.image, detections) if self.pose and detections else [None] * len(detections)
+        )
+        timings["pose"] = (time.perf_counter() - t0) * 1e3
+        h, w = frame.image.shape[:2]
+        faces = tuple(Face(d, p) for d, p in zip(detections, poses))
+        return FrameResult(frame.number, frame.capture_time, w, h, faces, timings)
+
+
+def build_pipeline(config: DetectorConfig | None = None, manifest: Manifest | None = None,
+                   runtime: Runtime | None = None) -> Pipeline:
+    config = config or DetectorConfig()
+    manifest = manifest or load_manifest()
+    runtime = runtime or load_runtime()
+    runner, spec, selection = open_detector_runner(config, manifest, runtime)
+    detector = Detector(runner, spec, config.score_threshold)
+    pose = None
+    if config.pose != "off":
+        from edge.pose import build_pose_estimator
+
+        pose = build_pose_estimator(config.pose, threads=config.delegate.threads, manifest=manifest,
+                                    runtime=runtime, model_dirs=config.model_dirs)
+    return Pipeline(detector, pose, config, selection)
