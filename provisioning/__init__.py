@@ -1,0 +1,1 @@
+"""The installer's side of provisioning: CAs, issuing, revocation, bundles (`edge-provision`)."""
