@@ -1,0 +1,141 @@
+"""The only way onto the network: every MQTT payload is made here.
+
+Why one module: the privacy promise (no pixels, landmarks, embeddings or
+attributes on the wire) is easiest to keep when exactly one place turns
+values into bytes, and the faces it writes come from `Observation` alone.
+Each function matches one JSON Schema in `edge/schemas/`.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from edge.observation import Observation
+
+TIME_DECIMALS = 3
+RATE_DECIMALS = 1
+_SEPARATORS = (",", ":")
+
+
+def timestamp(epoch_seconds: float) -> str:
+    """RFC 3339 UTC with milliseconds: precise enough for latency, the same on every device."""
+    moment = datetime.fromtimestamp(epoch_seconds, tz=timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _dump(document: Mapping[str, object]) -> bytes:
+    return json.dumps(document, separators=_SEPARATORS, ensure_ascii=False, allow_nan=False).encode()
+
+
+def _face(observation: Observation) -> dict[str, object]:
+    if not isinstance(observation, Observation):
+        raise TypeError(f"only Observation may be published, got {type(observation).__name__}")
+    pose = observation.pose
+    return {
+        "box": [float(v) for v in observation.box],
+        "score": float(observation.score),
+        "pose": None if pose is None else {"yaw": int(pose.yaw), "pitch": int(pose.pitch), "roll": int(pose.roll)},
+        "track": int(observation.track),
+    }
+
+
+def detections(device: str, seq: int, frame_number: int, capture_time: float,
+               observations: Sequence[Observation]) -> bytes:
+    """One processed frame: its identity, its capture time and the anonymised faces."""
+    return _dump({
+        "device": device,
+        "seq": int(seq),
+        "frame": int(frame_number),
+        "captured": timestamp(capture_time),
+        "faces": [_face(o) for o in observations],
+    })
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceStatus:
+    """What the retained status topic says while the device is online."""
+
+    mode: str
+    model: str
+    accelerator: str
+    firmware: str
+
+
+def status_online(device: str, status: DeviceStatus, since: float) -> bytes:
+    return _dump({
+        "device": device,
+        "state": "online",
+        "mode": status.mode,
+        "model": status.model,
+        "accelerator": status.accelerator,
+        "firmware": status.firmware,
+        "since": timestamp(since),
+    })
+
+
+def status_offline(device: str) -> bytes:
+    """The last will: the broker publishes it when the device vanishes."""
+    return _dump({"device": device, "state": "offline"})
+
+
+@dataclass(frozen=True, slots=True)
+class HealthReport:
+    """One periodic health sample; None means the figure is not available on this hardware."""
+
+    time: float
+    fps: float
+    latency_p50_ms: float | None
+    latency_p90_ms: float | None
+    latency_p99_ms: float | None
+    frames_processed: int
+    frames_dropped: int
+    outbox_depth: int
+    outbox_dropped: int
+    outbox_refused: int
+    outbox_oldest_age_s: float | None
+    mqtt_connected: bool
+    mqtt_protocol: str | None
+    mqtt_delivered: int
+    mqtt_refused: int
+    mqtt_last_refusal: str | None
+    accelerator: str
+    cpu_temperature_c: float | None
+    cpu_throttled: int | None
+
+
+def _maybe(value: float | None, decimals: int) -> float | None:
+    return None if value is None else round(float(value), decimals)
+
+
+def health(device: str, report: HealthReport) -> bytes:
+    return _dump({
+        "device": device,
+        "time": timestamp(report.time),
+        "fps": round(report.fps, RATE_DECIMALS),
+        "latency_ms": {
+            "p50": _maybe(report.latency_p50_ms, RATE_DECIMALS),
+            "p90": _maybe(report.latency_p90_ms, RATE_DECIMALS),
+            "p99": _maybe(report.latency_p99_ms, RATE_DECIMALS),
+        },
+        "frames": {"processed": report.frames_processed, "dropped": report.frames_dropped},
+        "outbox": {
+            "depth": report.outbox_depth,
+            "dropped": report.outbox_dropped,
+            "refused": report.outbox_refused,
+            "oldest_age_s": _maybe(report.outbox_oldest_age_s, RATE_DECIMALS),
+        },
+        "mqtt": {
+            "connected": report.mqtt_connected,
+            "protocol": report.mqtt_protocol,
+            "delivered": report.mqtt_delivered,
+            "refused": report.mqtt_refused,
+            "last_refusal": report.mqtt_last_refusal,
+        },
+        "accelerator": report.accelerator,
+        "cpu": {
+            "temperature_c": _maybe(report.cpu_temperature_c, RATE_DECIMALS),
+            "throttled": report.cpu_throttled,
+        },
+    })
