@@ -1,0 +1,53 @@
+"""Identification lives here, apart from detection, behind the policy gate.
+
+Why a separate subpackage: the detection path (camera, inference, pose,
+publish) never imports it, so a detection-only deployment does not even load
+identification code. Everything here starts from an `IdentificationSession`,
+and a session can only be opened with an `IdentificationGrant` that
+`edge.policy.PolicyGate.decide` issued (in the spirit of `cryptography`'s
+hazmat separation).
+
+Face matching itself (MobileFaceNet embeddings, a consented gallery with
+retention and erasure) is not implemented yet: this package is the gated
+entry point it will hang from.
+"""
+from __future__ import annotations
+
+import datetime as dt
+
+from edge.errors import EdgeError
+from edge.policy import IdentificationGrant, is_gate_issued
+
+
+class IdentificationRefused(EdgeError):
+    """Identification was asked for without a live grant from the policy gate."""
+
+    exit_code = 8
+
+
+class IdentificationSession:
+    """Holds the gate's grant; every use re-checks that it is still live."""
+
+    __slots__ = ("_grant",)
+
+    def __init__(self, grant: IdentificationGrant) -> None:
+        if not is_gate_issued(grant):
+            raise IdentificationRefused(
+                "identification needs a grant issued by the policy gate",
+                "run 'edge-camera policy' to see why identification is not allowed")
+        self._grant = grant
+
+    @property
+    def device_id(self) -> str:
+        return self._grant.device_id
+
+    @property
+    def site(self) -> str:
+        return self._grant.site
+
+    def require_live(self, now: dt.datetime) -> None:
+        """Why per use: the grant ends with the certificate or the CRL's nextUpdate."""
+        if not self._grant.is_live(now):
+            raise IdentificationRefused(
+                f"the identification grant ended at {self._grant.valid_until.isoformat()}",
+                "the policy gate must decide again (certificate or revocation list expired)")
