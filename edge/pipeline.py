@@ -40,6 +40,10 @@ DEFAULT_MODEL = "blazeface-full"
 # The one detector compiled for the Edge TPU; `auto` on a Coral runs it.
 EDGETPU_DETECTOR = "blazeface-short"
 POSE_MODES = ("landmarks", "keypoints", "off")
+# Tiling runs the model on ~100 windows per frame instead of one, so each window
+# gets a stricter threshold to keep false positives per frame where one pass has them.
+DEFAULT_TILE_SCORE_THRESHOLD = 0.6
+DEFAULT_TILE_OVERLAP = 48
 PIXEL_MAX = 255.0
 
 
@@ -83,27 +87,30 @@ class DetectorConfig:
     pose: str = "landmarks"
     tiled: bool = False
     tile_size: int | None = None
-    tile_overlap: int = 48
+    tile_overlap: int = DEFAULT_TILE_OVERLAP
+    tile_score_threshold: float = DEFAULT_TILE_SCORE_THRESHOLD
     model_dirs: tuple[Path, ...] = ()
 
     def __post_init__(self) -> None:
         if self.pose not in POSE_MODES:
             raise ConfigError("detector.pose", f"unknown pose mode '{self.pose}'", f"one of {', '.join(POSE_MODES)}")
-        if self.score_threshold is not None and not 0.0 < self.score_threshold < 1.0:
-            raise ConfigError("detector.score_threshold", f"{self.score_threshold}", "a number between 0 and 1")
+        for name, value in (("score_threshold", self.score_threshold), ("tile_score_threshold", self.tile_score_threshold)):
+            if value is not None and not 0.0 < value < 1.0:
+                raise ConfigError(f"detector.{name}", f"{value}", "a number between 0 and 1")
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> "DetectorConfig":
         known = {"model", "delegate", "device", "delegate_library", "delegate_options", "threads",
-                 "score_threshold", "pose", "tiled", "tile_size", "tile_overlap", "model_dirs"}
+                 "score_threshold", "pose", "tiled", "tile_size", "tile_overlap", "tile_score_threshold", "model_dirs"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"detector.{unknown[0]}", "unknown setting", f"one of {', '.join(sorted(known))}")
 
-        def typed(key: str, kind: type, default: Any) -> Any:
+        def typed(key: str, kind: type | tuple[type, ...], default: Any) -> Any:
             value = data.get(key, default)
-            if value is not None and not isinstance(value, kind):
-                raise ConfigError(f"detector.{key}", f"{value!r} is a {type(value).__name__}", f"a {kind.__name__}")
+            if value is not None and (not isinstance(value, kind) or isinstance(value, bool) and kind is not bool):
+                names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+                raise ConfigError(f"detector.{key}", f"{value!r} is a {type(value).__name__}", f"a {names}")
             return value
 
         threshold = data.get("score_threshold")
@@ -123,7 +130,8 @@ class DetectorConfig:
             pose=typed("pose", str, "landmarks"),
             tiled=typed("tiled", bool, False),
             tile_size=typed("tile_size", int, None),
-            tile_overlap=typed("tile_overlap", int, 48),
+            tile_overlap=typed("tile_overlap", int, DEFAULT_TILE_OVERLAP),
+            tile_score_threshold=float(typed("tile_score_threshold", (int, float), DEFAULT_TILE_SCORE_THRESHOLD)),
             model_dirs=tuple(Path(p) for p in typed("model_dirs", list, [])),
         )
 
@@ -224,23 +232,25 @@ class Detector:
         self.transform = runner.pixel_transform(*input_normalisation(spec.params))
         self.timings: dict[str, float] = {}
 
-    def detect_raw(self, image: np.ndarray) -> RawDetections:
+    def detect_raw(self, image: np.ndarray, threshold: float | None = None) -> RawDetections:
         t0 = time.perf_counter()
         pixels, fit = self.fitter.fit(image)
         t1 = time.perf_counter()
         outputs = self.runner.run_pixels(pixels, self.transform)
         t2 = time.perf_counter()
-        dets = fit.to_frame(self.decoder.decode(outputs, self.threshold))
+        dets = fit.to_frame(self.decoder.decode(outputs, self.threshold if threshold is None else threshold))
         t3 = time.perf_counter()
         self.timings = {"preprocess": (t1 - t0) * 1e3, "invoke": (t2 - t1) * 1e3, "decode": (t3 - t2) * 1e3}
         return dets
 
-    def detect_tiled(self, image: np.ndarray, tile: int, overlap: int) -> RawDetections:
+    def detect_tiled(self, image: np.ndarray, tile: int, overlap: int, threshold: float) -> RawDetections:
         height, width = image.shape[:2]
+
         parts = []
         totals = {"preprocess": 0.0, "invoke": 0.0, "decode": 0.0}
+        threshold = max(self.threshold, threshold)
         for t in tile_grid(width, height, tile, overlap):
-            dets = drop_cut_faces(self.detect_raw(image[t.y0:t.y1, t.x0:t.x1]), t, width, height)
+            dets = drop_cut_faces(self.detect_raw(image[t.y0:t.y1, t.x0:t.x1], threshold), t, width, height)
             parts.append(tile_to_frame(dets, t, width, height))
             for k, v in self.timings.items():
                 totals[k] += v
@@ -293,7 +303,8 @@ class Pipeline:
     def detect(self, image: np.ndarray) -> list[Detection]:
         image = check_image(image)
         if self.config.tiled:
-            raw = self.detector.detect_tiled(image, self.tile_size, self.config.tile_overlap)
+            raw = self.detector.detect_tiled(image, self.tile_size, self.config.tile_overlap,
+                                             self.config.tile_score_threshold)
         else:
             raw = self.detector.detect_raw(image)
         return Detector.to_detections(raw)

@@ -43,16 +43,18 @@ class Fitter:
         self.canvas = np.zeros((height, width, 3), np.uint8)
 
     def fit(self, image: np.ndarray) -> tuple[np.ndarray, Fit]:
+        """One warpAffine into the canvas, corners mapped to corners as MediaPipe's
+        ImageToTensorCalculator does (not cv2.resize's half-pixel centres): the
+        models were trained on that geometry, and near the score threshold the
+        quarter-pixel difference decides whether a small face is found."""
         h, w = image.shape[:2]
         if self.mode == "stretch":
-            cv2.resize(image, (self.width, self.height), dst=self.canvas, interpolation=cv2.INTER_LINEAR)
-            return self.canvas, Fit(1.0, 1.0, 0.0, 0.0)
-        scale = min(self.width / w, self.height / h)
-        new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
-        left, top = (self.width - new_w) // 2, (self.height - new_h) // 2
-        if (new_w, new_h) == (self.width, self.height):
-            cv2.resize(image, (self.width, self.height), dst=self.canvas, interpolation=cv2.INTER_LINEAR)
+            sx, sy = self.width / w, self.height / h
+            left = top = 0.0
         else:
-            self.canvas[:] = 0
-            self.canvas[top:top + new_h, left:left + new_w] = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-        return self.canvas, Fit(new_w / self.width, new_h / self.height, left / self.width, top / self.height)
+            sx = sy = min(self.width / w, self.height / h)
+            left, top = (self.width - w * sx) / 2, (self.height - h * sy) / 2
+        matrix = np.array([[sx, 0.0, left], [0.0, sy, top]], np.float64)
+        cv2.warpAffine(image, matrix, (self.width, self.height), dst=self.canvas, flags=cv2.INTER_LINEAR,
+                       borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        return self.canvas, Fit(w * sx / self.width, h * sy / self.height, left / self.width, top / self.height)
