@@ -1,0 +1,464 @@
+"""Detection and head-pose speed, side by side with MediaPipe, in one run.
+
+Why one run: the issue's goals are ratios (ours / MediaPipe's pipeline, ours /
+the bare interpreter call), and on a shared machine only contenders timed in
+the same minutes, interleaved frame by frame, see the same noise. Each round
+walks the frames; at every frame each contender runs once, the order rotating
+from round to round, until the time budget is spent.
+
+    bash benchmarks/setup
+    .venv-bench/bin/python benchmarks/detection.py [--seconds 120] [--json]
+
+Runs in ``.venv-bench`` only (MediaPipe needs numpy<2); MediaPipe is never a
+run-time dependency of the firmware.
+"""
+
+from __future__ import annotations
+
+import os
+
+# MediaPipe's C++ logging would bury the table; set before it is imported.
+os.environ.setdefault("GLOG_minloglevel", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, Callable  # noqa: E402
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402
+    LANDMARK_MODEL_FILE,
+    MEDIAPIPE_MODEL_SELECTION,
+    MODEL_FILES,
+    MODELS,
+    load_rgb,
+    percentile,
+    require_shared,
+)
+
+FRAME_WIDTH, FRAME_HEIGHT = 640, 480
+SCORE_THRESHOLD = 0.5
+DEFAULT_SECONDS = 120.0
+DEFAULT_THREADS = (1, 2)
+MIN_ROUNDS = 3
+P90 = 90
+MS_PER_S = 1e3
+# solutions.face_mesh's face limit for the multi-face variant; above the most faces any frame holds.
+MESH_MULTI_MAX_FACES = 6
+# Our model names in the manifest, per MediaPipe model.
+OUR_MODEL = {"short": "blazeface-short", "full": "blazeface-full"}
+# The issue's goals.
+GOAL_VS_MEDIAPIPE = 0.75
+GOAL_POSE_VS_MEDIAPIPE = 0.8
+GOAL_VS_BARE = 1.5
+# Multi-face frames composed from portraits: grid cells (columns, rows) and the photographs in them.
+MOSAICS = (
+    ((2, 1), ("fr_obama.jpg", "fr_biden.jpg")),
+    ((2, 2), ("fr_obama2.jpg", "fr_biden2.jpg", "fr_rose_leslie2.jpg", "mtcnn_ivan.jpg")),
+)
+MEDIAPIPE_INPUT_RANGE = (-1.0, 1.0)
+PIXEL_MAX = 255.0
+
+
+# ---------------------------------------------------------------- frames
+
+def letterbox(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Fit an image into width x height keeping its aspect ratio, black borders (as a camera mode would)."""
+    h, w = rgb.shape[:2]
+    scale = min(width / w, height / h)
+    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
+    resized = cv2.resize(rgb, (new_w, new_h), interpolation=cv2.INTER_AREA)
+    canvas = np.zeros((height, width, 3), np.uint8)
+    top, left = (height - new_h) // 2, (width - new_w) // 2
+    canvas[top:top + new_h, left:left + new_w] = resized
+    return canvas
+
+
+def mosaic(images: list[np.ndarray], columns: int, rows: int) -> np.ndarray:
+    cell_w, cell_h = FRAME_WIDTH // columns, FRAME_HEIGHT // rows
+    canvas = np.zeros((FRAME_HEIGHT, FRAME_WIDTH, 3), np.uint8)
+    for i, image in enumerate(images):
+        r, c = divmod(i, columns)
+        canvas[r * cell_h:(r + 1) * cell_h, c * cell_w:(c + 1) * cell_w] = letterbox(image, cell_w, cell_h)
+    return canvas
+
+
+@dataclass(frozen=True)
+class BenchFrame:
+    """A 640x480 RGB frame; `number`/`capture_time` make it a pipeline FrameLike."""
+
+    name: str
+    image: np.ndarray
+    number: int = 0
+    capture_time: float = 0.0
+
+
+def make_frames() -> list[BenchFrame]:
+    folder = require_shared()
+    photos = {p.name: load_rgb(p) for p in sorted(folder.iterdir()) if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp")}
+    frames = [BenchFrame(name, letterbox(rgb, FRAME_WIDTH, FRAME_HEIGHT), i) for i, (name, rgb) in enumerate(photos.items())]
+    for (columns, rows), names in MOSAICS:
+        missing = [n for n in names if n not in photos]
+        if missing:
+            raise SystemExit(f"{folder}: {', '.join(missing)} missing (needed for the multi-face mosaics)")
+        name = f"mosaic {columns}x{rows}: " + " + ".join(names)
+        frames.append(BenchFrame(name, mosaic([photos[n] for n in names], columns, rows), len(frames)))
+    return frames
+
+
+# ---------------------------------------------------------------- contenders
+
+@dataclass
+class Contender:
+    """One thing being timed, on the frames it applies to."""
+
+    key: str
+    run: Callable[[BenchFrame], Any]
+    frames: frozenset[str]
+    stage_timings: Callable[[], dict[str, float]] | None = None
+    samples_ms: list[float] = field(default_factory=list)
+    stages_ms: dict[str, list[float]] = field(default_factory=dict)
+
+    def time_once(self, frame: BenchFrame) -> None:
+        start = time.perf_counter()
+        self.run(frame)
+        self.samples_ms.append((time.perf_counter() - start) * MS_PER_S)
+        if self.stage_timings is not None:
+            for stage, value in self.stage_timings().items():
+                self.stages_ms.setdefault(stage, []).append(value)
+
+
+def mediapipe_detector(mp: Any, model: str) -> Any:
+    return mp.solutions.face_detection.FaceDetection(
+        model_selection=MEDIAPIPE_MODEL_SELECTION[model], min_detection_confidence=SCORE_THRESHOLD
+    )
+
+
+class BareInvoke:
+    """The interpreter's `invoke()` alone, input already in place: the floor any pipeline sits on."""
+
+    def __init__(self, model_file: str, threads: int, frames: list[BenchFrame]) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.interpreter = Interpreter(model_path=str(MODELS / model_file), num_threads=threads)
+        self.interpreter.allocate_tensors()
+        detail = self.interpreter.get_input_details()[0]
+        self.index = detail["index"]
+        _, height, width, _ = (int(d) for d in detail["shape"])
+        low, high = MEDIAPIPE_INPUT_RANGE
+        # Each frame's own input (a plain resize: content barely matters to invoke time), set outside the timing.
+        self.tensors = {
+            f.name: (cv2.resize(f.image, (width, height)).astype(np.float32) * ((high - low) / PIXEL_MAX) + low)[None]
+            for f in frames
+        }
+
+    def set_input(self, frame: BenchFrame) -> None:
+        self.interpreter.set_tensor(self.index, self.tensors[frame.name])
+
+    def run(self, frame: BenchFrame) -> None:
+        self.interpreter.invoke()
+
+
+class PoseRun:
+    """Our pipeline with pose; keeps the last result so its per-stage timings can be read."""
+
+    def __init__(self, pipeline: Any) -> None:
+        self.pipeline = pipeline
+        self.last: Any = None
+
+    def run(self, frame: BenchFrame) -> None:
+        self.last = self.pipeline.process(frame)
+
+    def stages(self) -> dict[str, float]:
+        return dict(self.last.timings_ms)
+
+
+def our_pipeline(model: str, threads: int, pose: str) -> Any:
+    from edge.inference import DelegateConfig
+    from edge.pipeline import DetectorConfig, build_pipeline
+
+    config = DetectorConfig(model=OUR_MODEL[model], delegate=DelegateConfig(kind="cpu", threads=threads), pose=pose)
+    return build_pipeline(config)
+
+
+def face_counts(run: Callable[[BenchFrame], int], frames: list[BenchFrame]) -> dict[str, int]:
+    return {f.name: run(f) for f in frames}
+
+
+@dataclass
+class Setup:
+    contenders: list[Contender]
+    notes: list[str]
+    frame_sets: dict[str, list[str]]
+    agreement: dict[str, Any]
+    pre_invoke: dict[str, Callable[[BenchFrame], None]]
+
+
+def build_contenders(frames: list[BenchFrame], threads: tuple[int, ...]) -> Setup:
+    import mediapipe as mp
+
+    notes: list[str] = []
+    everything = frozenset(f.name for f in frames)
+    contenders: list[Contender] = []
+    pre_invoke: dict[str, Callable[[BenchFrame], None]] = {}
+    agreement: dict[str, Any] = {}
+
+    mp_counts: dict[str, dict[str, int]] = {}
+    for model in MODEL_FILES:
+        detector = mediapipe_detector(mp, model)
+        mp_counts[model] = face_counts(lambda f, d=detector: len(d.process(f.image).detections or []), frames)
+        contenders.append(Contender(f"mediapipe/{model}", lambda f, d=detector: d.process(f.image), everything))
+    single = frozenset(n for n, c in mp_counts["short"].items() if c == 1)
+    multi = frozenset(n for n, c in mp_counts["short"].items() if c >= 2)
+    frame_sets = {"single-face": sorted(single), "multi-face": sorted(multi)}
+
+    mesh_single = mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1)
+    mesh_multi = mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=MESH_MULTI_MAX_FACES)
+    contenders.append(Contender("mediapipe/face_mesh/single-face", lambda f: mesh_single.process(f.image), single))
+    contenders.append(Contender("mediapipe/face_mesh/multi-face", lambda f: mesh_multi.process(f.image), multi))
+
+    for model in MODEL_FILES:
+        for n in threads:
+            bare = BareInvoke(MODEL_FILES[model], n, frames)
+            key = f"bare/{model}/t{n}"
+            pre_invoke[key] = bare.set_input
+            contenders.append(Contender(key, bare.run, everything))
+            try:
+                pipeline = our_pipeline(model, n, "off")
+            except Exception as exc:  # noqa: BLE001 - reported in the output, the MediaPipe side still runs
+                notes.append(f"ours/{model}/t{n}: could not build the pipeline: {exc!r}")
+                continue
+            ours = face_counts(lambda f, p=pipeline: len(p.detect(f.image)), frames)
+            agreement[f"{model}/t{n}"] = {
+                "frames_with_same_face_count": sum(ours[k] == mp_counts[model][k] for k in ours),
+                "frames": len(ours),
+                "differences": {k: {"mediapipe": mp_counts[model][k], "ours": ours[k]} for k in ours if ours[k] != mp_counts[model][k]},
+            }
+            contenders.append(Contender(f"ours/{model}/t{n}", lambda f, p=pipeline: p.detect(f.image), everything,
+                                        lambda p=pipeline: dict(p.detector.timings)))
+
+    for n in threads:
+        # One landmark invoke per face is the floor under the pose stage.
+        bare = BareInvoke(LANDMARK_MODEL_FILE, n, frames)
+        key = f"bare/landmark/t{n}"
+        pre_invoke[key] = bare.set_input
+        contenders.append(Contender(key, bare.run, single))
+        try:
+            pipeline = our_pipeline("short", n, "landmarks")
+        except Exception as exc:  # noqa: BLE001 - the pose code may not have landed yet; say so in the output
+            notes.append(f"ours/pose/t{n}: short-range detection + landmark pose not measured: {type(exc).__name__}: {exc}")
+            continue
+        posed = PoseRun(pipeline)
+        for label, subset in (("single-face", single), ("multi-face", multi)):
+            contenders.append(Contender(f"ours/pose/{label}/t{n}", posed.run, subset, posed.stages))
+    return Setup(contenders, notes, frame_sets, agreement, pre_invoke)
+
+
+# ---------------------------------------------------------------- timing
+
+def run_rounds(frames: list[BenchFrame], setup: Setup, seconds: float, log: Callable[[str], None]) -> int:
+    """Interleave the contenders frame by frame, rotating their order each round, until the budget is spent."""
+    contenders = setup.contenders
+    # Warm-up: one untimed pass over every frame (XNNPACK packs weights, MediaPipe starts its graph).
+    for frame in frames:
+        for c in contenders:
+            if frame.name in c.frames:
+                setup.pre_invoke.get(c.key, lambda f: None)(frame)
+                c.run(frame)
+    deadline = time.perf_counter() + seconds
+    rounds = 0
+    while rounds < MIN_ROUNDS or time.perf_counter() < deadline:
+        shift = rounds % len(contenders)
+        order = contenders[shift:] + contenders[:shift]
+        for frame in frames:
+            for c in order:
+                if frame.name in c.frames:
+                    setup.pre_invoke.get(c.key, lambda f: None)(frame)
+                    c.time_once(frame)
+        rounds += 1
+        if rounds % 10 == 0:
+            log(f"round {rounds}, {max(0.0, deadline - time.perf_counter()):.0f} s left")
+    return rounds
+
+
+# ---------------------------------------------------------------- report
+
+def summary(samples: list[float]) -> dict[str, float] | None:
+    if not samples:
+        return None
+    return {"median_ms": round(percentile(samples, 50), 3), "p90_ms": round(percentile(samples, P90), 3), "n": len(samples)}
+
+
+def ratio(numerator: dict[str, float] | None, denominator: dict[str, float] | None) -> float | None:
+    if not numerator or not denominator:
+        return None
+    return round(numerator["median_ms"] / denominator["median_ms"], 3)
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import mediapipe as mp
+    from importlib.metadata import version
+
+    return {
+        "cpu": cpu,
+        "nproc": os.cpu_count(),
+        "python": platform.python_version(),
+        "mediapipe": mp.__version__,
+        "ai_edge_litert": version("ai-edge-litert"),
+        "numpy": np.__version__,
+        "opencv": cv2.__version__,
+    }
+
+
+def results(setup: Setup, frames: list[BenchFrame], rounds: int, seconds: float, threads: tuple[int, ...]) -> dict[str, Any]:
+    by_key = {c.key: c for c in setup.contenders}
+
+    def stat(key: str) -> dict[str, float] | None:
+        return summary(by_key[key].samples_ms) if key in by_key else None
+
+    def stages(key: str) -> dict[str, float]:
+        c = by_key.get(key)
+        return {k: round(percentile(v, 50), 3) for k, v in c.stages_ms.items() if v} if c else {}
+
+    detection = []
+    for model in MODEL_FILES:
+        mp_stat = stat(f"mediapipe/{model}")
+        for n in threads:
+            ours, bare = stat(f"ours/{model}/t{n}"), stat(f"bare/{model}/t{n}")
+            detection.append({
+                "model": model, "threads": n, "mediapipe": mp_stat, "bare_invoke": bare, "ours": ours,
+                "ours_stages_median_ms": stages(f"ours/{model}/t{n}"),
+                "ours_vs_mediapipe": ratio(ours, mp_stat), "goal_vs_mediapipe": GOAL_VS_MEDIAPIPE,
+                "ours_vs_bare": ratio(ours, bare), "goal_vs_bare": GOAL_VS_BARE,
+            })
+    pose = []
+    for label in ("single-face", "multi-face"):
+        mp_stat = stat(f"mediapipe/face_mesh/{label}")
+        for n in threads:
+            ours = stat(f"ours/pose/{label}/t{n}")
+            pose.append({
+                "frames": label, "threads": n, "mediapipe_face_mesh": mp_stat, "ours": ours,
+                "bare_invoke_short": stat(f"bare/short/t{n}"), "bare_invoke_landmark": stat(f"bare/landmark/t{n}"),
+                "ours_stages_median_ms": stages(f"ours/pose/{label}/t{n}"),
+                "ours_vs_mediapipe": ratio(ours, mp_stat),
+                "goal_vs_mediapipe": GOAL_POSE_VS_MEDIAPIPE if label == "single-face" else None,
+            })
+    return {
+        "machine": machine(),
+        "frames": {"count": len(frames), "size": [FRAME_WIDTH, FRAME_HEIGHT], "names": [f.name for f in frames], **setup.frame_sets},
+        "rounds": rounds,
+        "budget_seconds": seconds,
+        "detection": detection,
+        "pose": pose,
+        "face_count_agreement_with_mediapipe": setup.agreement,
+        "notes": setup.notes,
+    }
+
+
+def _cell(s: dict[str, float] | None) -> str:
+    return f"{s['median_ms']:.2f} / {s['p90_ms']:.2f}" if s else "n/a"
+
+
+def _ratio_cell(value: float | None, goal: float | None) -> str:
+    if value is None:
+        return "n/a"
+    if goal is None:
+        return f"{value:.2f}"
+    return f"{value:.2f} {'ok' if value <= goal else 'MISSED'}"
+
+
+def _stages_cell(stages: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.2f}" for k, v in stages.items()) or "n/a"
+
+
+def _floor_cell(detector: dict[str, float] | None, landmark: dict[str, float] | None) -> str:
+    if not detector or not landmark:
+        return "n/a"
+    return f"{detector['median_ms']:.2f} + {landmark['median_ms']:.2f}"
+
+
+def markdown(res: dict[str, Any]) -> str:
+    m = res["machine"]
+    lines = [
+        f"Machine: {m['cpu']}, {m['nproc']} CPUs; Python {m['python']}, mediapipe {m['mediapipe']}, "
+        f"ai-edge-litert {m['ai_edge_litert']}, numpy {m['numpy']}, OpenCV {m['opencv']}.",
+        f"{res['frames']['count']} frames of {FRAME_WIDTH}x{FRAME_HEIGHT} RGB, {res['rounds']} interleaved rounds "
+        f"(budget {res['budget_seconds']:.0f} s). Times are per frame, median / p90 in ms.",
+        "",
+        "Detection (MediaPipe: `solutions.face_detection`; its inference runs on one thread whatever the row):",
+        "",
+        f"| model | threads | MediaPipe | bare invoke | ours | ours / MediaPipe (goal <= {GOAL_VS_MEDIAPIPE}) "
+        f"| ours / bare (goal <= {GOAL_VS_BARE}) | ours per stage (median ms) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in res["detection"]:
+        lines.append(
+            f"| {row['model']} | {row['threads']} | {_cell(row['mediapipe'])} | {_cell(row['bare_invoke'])} | {_cell(row['ours'])} "
+            f"| {_ratio_cell(row['ours_vs_mediapipe'], row['goal_vs_mediapipe'])} | {_ratio_cell(row['ours_vs_bare'], row['goal_vs_bare'])} "
+            f"| {_stages_cell(row['ours_stages_median_ms'])} |"
+        )
+    lines += [
+        "",
+        f"Short-range detection + head pose from the landmark model vs MediaPipe `solutions.face_mesh` "
+        f"(static_image_mode=True; max_num_faces=1 on single-face frames, {MESH_MULTI_MAX_FACES} on multi-face frames):",
+        "",
+        f"| frames | threads | MediaPipe face_mesh | ours | ours / MediaPipe (goal <= {GOAL_POSE_VS_MEDIAPIPE} single-face) "
+        "| ours per stage (median ms) | bare invoke: detector + landmark (one face) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in res["pose"]:
+        lines.append(
+            f"| {row['frames']} ({len(res['frames'][row['frames']])}) | {row['threads']} | {_cell(row['mediapipe_face_mesh'])} "
+            f"| {_cell(row['ours'])} | {_ratio_cell(row['ours_vs_mediapipe'], row['goal_vs_mediapipe'])} "
+            f"| {_stages_cell(row['ours_stages_median_ms'])} "
+            f"| {_floor_cell(row['bare_invoke_short'], row['bare_invoke_landmark'])} |"
+        )
+    agreement = res["face_count_agreement_with_mediapipe"]
+    if agreement:
+        lines += ["", "Face count per frame, ours vs MediaPipe (same model, threshold 0.5): " + "; ".join(
+            f"{k}: {v['frames_with_same_face_count']}/{v['frames']} frames agree" for k, v in agreement.items())]
+    for note in res["notes"]:
+        lines.append(f"\nNote: {note}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=DEFAULT_SECONDS, help="time budget for the timed rounds (default 120)")
+    parser.add_argument("--threads", type=int, nargs="+", default=list(DEFAULT_THREADS), help="inference thread counts (default 1 2)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON instead of markdown")
+    args = parser.parse_args(argv)
+    if args.seconds <= 0 or any(n < 1 for n in args.threads):
+        parser.error("--seconds must be positive and every --threads value at least 1")
+    threads = tuple(args.threads)
+
+    def log(message: str) -> None:
+        print(f"benchmarks/detection: {message}", file=sys.stderr, flush=True)
+
+    frames = make_frames()
+    setup = build_contenders(frames, threads)
+    log(f"{len(frames)} frames, {len(setup.contenders)} contenders; timing for {args.seconds:.0f} s")
+    rounds = run_rounds(frames, setup, args.seconds, log)
+    res = results(setup, frames, rounds, args.seconds, threads)
+    print(json.dumps(res, indent=1) if args.json else markdown(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
