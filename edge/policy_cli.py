@@ -1,0 +1,84 @@
+"""`edge-camera policy` and `edge-camera audit verify`: the gate and the audit log for installers.
+
+Why separate from edge/cli.py: the lead's CLI stays about detection; this
+module only adds subcommands (`add_parsers`) and reads the `[policy]` section
+of the configuration file itself.
+"""
+from __future__ import annotations
+
+import argparse
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from edge.audit import AuditError, AuditLog, verify_log
+from edge.errors import ConfigError
+from edge.policy import Mode, PolicyConfig, PolicyGate
+
+EXIT_OK = 0
+POLICY_SECTION = "policy"
+
+
+def load_policy_config(path: Path) -> PolicyConfig:
+    try:
+        with open(path, "rb") as handle:
+            data: dict[str, Any] = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(str(path), "does not exist", "the camera's TOML configuration file") from None
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot be read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), f"is not valid TOML ({exc})") from None
+    if POLICY_SECTION not in data:
+        raise ConfigError(str(path), f"has no [{POLICY_SECTION}] section",
+                          "state_dir, trust_anchor, certificate (and optionally key, crl)")
+    return PolicyConfig.from_mapping(data[POLICY_SECTION])
+
+
+def cmd_policy(args: argparse.Namespace) -> int:
+    config = load_policy_config(Path(args.config))
+    gate = PolicyGate(config, audit=AuditLog(config.audit_log))
+    reload = gate.crl_store.reload()
+    decision = gate.decide()
+    print(f"device      {decision.device_id or '(no usable certificate)'}")
+    print(f"mode        {decision.mode.value}")
+    if config.crl is not None:
+        print(f"local CRL   {reload.outcome.value}: {reload.reason}")
+    for check in decision.checks:
+        print(f"  [{' ok ' if check.ok else 'FAIL'}] {check.name}: {check.detail}")
+    if decision.mode is Mode.IDENTIFICATION:
+        print(f"identification allowed until {decision.valid_until:%Y-%m-%d %H:%M} UTC at the latest")
+    else:
+        print("identification is off for the reasons marked FAIL; detection keeps running")
+    return EXIT_OK
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    path = Path(args.log) if args.log else load_policy_config(Path(args.config)).audit_log
+    result = verify_log(path)
+    print(f"audit log   {path}")
+    print(f"records     {result.records}")
+    print(f"head        {result.head}")
+    if result.ok:
+        print("intact: every record follows the one before (compare the head with the last one the broker saw)")
+        return EXIT_OK
+    for problem in result.problems:
+        print(f"  {problem}")
+    raise AuditError(f"audit log {path} was altered or damaged ({len(result.problems)} problem(s) above)",
+                     "keep the file as evidence and compare with the records published on the audit topic")
+
+
+def add_parsers(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """Add `policy` and `audit verify` to the edge-camera command line (handlers set as `func`)."""
+    policy = subparsers.add_parser("policy", help="print the effective mode (detection or identification) "
+                                                  "and every reason")
+    policy.add_argument("--config", required=True, help="the camera's TOML configuration (its [policy] section)")
+    policy.set_defaults(func=cmd_policy)
+
+    audit = subparsers.add_parser("audit", help="work with the tamper-evident audit log")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_sub.add_parser("verify", help="check that no record was edited, inserted or deleted")
+    source = verify.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", help="the camera's TOML configuration (audit.log in its state_dir)")
+    source.add_argument("--log", help="an audit log file")
+    verify.set_defaults(func=cmd_audit_verify)
