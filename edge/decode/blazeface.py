@@ -70,10 +70,16 @@ def ssd_anchors(opts: Mapping[str, Any]) -> np.ndarray:
 
 @dataclass(frozen=True)
 class BlazeFaceDecoder:
-    """Decodes one BlazeFace model's (boxes, scores) outputs."""
+    """Decodes one BlazeFace model's (boxes, scores) outputs.
 
-    anchors: np.ndarray
-    scale: np.ndarray  # x, y, w, h scales
+    Every raw coordinate decodes as `raw * gain + offset` with a per-anchor
+    gain (anchor size / scale) and offset (anchor centre, or 0 for sizes), so
+    both are computed once here and decoding is one multiply-add over the few
+    anchors that pass the threshold.
+    """
+
+    gain: np.ndarray    # (N, C)
+    offset: np.ndarray  # (N, C)
     num_keypoints: int
     keypoint_offset: int
     score_clip: float
@@ -88,11 +94,24 @@ class BlazeFaceDecoder:
         if len(anchors) != expected:
             raise ValueError(f"anchor settings give {len(anchors)} anchors, the manifest says {expected}")
         dec = params["box_decoding"]
+        coords, kp_offset, kps = int(dec["num_coords"]), int(dec["keypoint_coord_offset"]), int(dec["num_keypoints"])
+        box = int(dec["box_coord_offset"])
+        gain = np.zeros((len(anchors), coords), np.float32)
+        offset = np.zeros((len(anchors), coords), np.float32)
+        # x-like columns: the box centre x, the box width, every keypoint x; y-like likewise.
+        x_cols = [box, *range(kp_offset, kp_offset + 2 * kps, 2)]
+        y_cols = [box + 1, *range(kp_offset + 1, kp_offset + 2 * kps, 2)]
+        gain[:, x_cols] = anchors[:, 2:3] / dec["x_scale"]
+        gain[:, y_cols] = anchors[:, 3:4] / dec["y_scale"]
+        gain[:, box + 2] = anchors[:, 2] / dec["w_scale"]
+        gain[:, box + 3] = anchors[:, 3] / dec["h_scale"]
+        offset[:, x_cols] = anchors[:, 0:1]
+        offset[:, y_cols] = anchors[:, 1:2]
         return cls(
-            anchors=anchors,
-            scale=np.asarray([dec["x_scale"], dec["y_scale"], dec["w_scale"], dec["h_scale"]], np.float32),
-            num_keypoints=int(dec["num_keypoints"]),
-            keypoint_offset=int(dec["keypoint_coord_offset"]),
+            gain=gain,
+            offset=offset,
+            num_keypoints=kps,
+            keypoint_offset=kp_offset,
             score_clip=float(dec["score_clipping_thresh"]),
             iou_threshold=float(params.get("nms_iou_threshold", 0.3)),
             boxes_output=int(params["outputs"]["boxes"]),
@@ -100,21 +119,15 @@ class BlazeFaceDecoder:
         )
 
     def decode(self, outputs: list[np.ndarray], threshold: float) -> RawDetections:
-        raw_boxes = outputs[self.boxes_output].reshape(len(self.anchors), -1)
-        logits = outputs[self.scores_output].reshape(len(self.anchors))
+        count = len(self.gain)
+        logits = outputs[self.scores_output].reshape(count)
         # Compare logits, not probabilities: the sigmoid is only computed for the few survivors.
-        cut = np.log(threshold / (1.0 - threshold))
-        index = np.flatnonzero(logits >= cut)
+        index = np.flatnonzero(logits >= np.log(threshold / (1.0 - threshold)))
         if index.size == 0:
             return RawDetections.empty(self.num_keypoints)
-        raw = raw_boxes[index]
-        anchors = self.anchors[index]
+        values = outputs[self.boxes_output].reshape(count, -1)[index] * self.gain[index] + self.offset[index]
+        half = values[:, 2:4] * 0.5
+        boxes = np.concatenate([values[:, 0:2] - half, values[:, 0:2] + half], axis=1)
+        keypoints = values[:, self.keypoint_offset:self.keypoint_offset + 2 * self.num_keypoints].reshape(-1, self.num_keypoints, 2)
         scores = 1.0 / (1.0 + np.exp(-np.clip(logits[index], -self.score_clip, self.score_clip)))
-        wh = anchors[:, 2:4]
-        centre = raw[:, 0:2] / self.scale[0:2] * wh + anchors[:, 0:2]
-        size = raw[:, 2:4] / self.scale[2:4] * wh
-        boxes = np.concatenate([centre - size / 2, centre + size / 2], axis=1)
-        kp_raw = raw[:, self.keypoint_offset:self.keypoint_offset + 2 * self.num_keypoints].reshape(-1, self.num_keypoints, 2)
-        keypoints = kp_raw / self.scale[0:2] * wh[:, None, :] + anchors[:, None, 0:2]
-        dets = RawDetections(boxes.astype(np.float32), scores.astype(np.float32), keypoints.astype(np.float32))
-        return weighted_nms(dets, self.iou_threshold)
+        return weighted_nms(RawDetections(boxes, scores.astype(np.float32), keypoints), self.iou_threshold)

@@ -17,11 +17,11 @@ def iou_one_to_many(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     iy0 = np.maximum(box[1], boxes[:, 1])
     ix1 = np.minimum(box[2], boxes[:, 2])
     iy1 = np.minimum(box[3], boxes[:, 3])
-    inter = np.clip(ix1 - ix0, 0, None) * np.clip(iy1 - iy0, 0, None)
+    inter = np.maximum(ix1 - ix0, 0) * np.maximum(iy1 - iy0, 0)
     area = (box[2] - box[0]) * (box[3] - box[1])
     areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     union = area + areas - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+    return inter / np.maximum(union, np.finfo(np.float32).tiny)
 
 
 def weighted_nms(dets: RawDetections, iou_threshold: float) -> RawDetections:
@@ -34,16 +34,15 @@ def weighted_nms(dets: RawDetections, iou_threshold: float) -> RawDetections:
     remaining = np.arange(len(scores))
     while remaining.size:
         best = remaining[0]
-        overlap = iou_one_to_many(boxes[best], boxes[remaining])
-        cluster = remaining[overlap > iou_threshold]
-        if cluster.size == 0:  # a degenerate box overlaps nothing, not even itself
-            cluster = remaining[:1]
-        weights = scores[cluster, None]
+        in_cluster = iou_one_to_many(boxes[best], boxes[remaining]) > iou_threshold
+        in_cluster[0] = True  # a degenerate box overlaps nothing, not even itself
+        cluster = remaining[in_cluster]
+        weights = scores[cluster]
         total = weights.sum()
-        out_boxes.append((boxes[cluster] * weights).sum(0) / total)
-        out_kps.append((keypoints[cluster] * weights[:, :, None]).sum(0) / total)
+        out_boxes.append(weights @ boxes[cluster] / total)
+        out_kps.append(np.tensordot(weights, keypoints[cluster], axes=1) / total)
         out_scores.append(scores[best])
-        remaining = remaining[~np.isin(remaining, cluster)]
+        remaining = remaining[~in_cluster]
     return RawDetections(
         np.asarray(out_boxes, np.float32), np.asarray(out_scores, np.float32), np.asarray(out_kps, np.float32)
     )
