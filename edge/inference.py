@@ -13,6 +13,7 @@ import ctypes
 import ctypes.util
 import gc
 import importlib
+import os
 import platform
 import sys
 from dataclasses import dataclass, field
@@ -224,7 +225,6 @@ class Runner:
         self.runtime = runtime
         self.accelerator = accelerator
         self.model_path = model_path
-        interpreter.allocate_tensors()
         self._input = interpreter.get_input_details()[0]
         self.input_codec = TensorCodec.from_details(self._input)
         self.input_shape = tuple(int(d) for d in self._input["shape"])
@@ -250,29 +250,40 @@ class Runner:
         self.interpreter.invoke()
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Hide the runtime's C++ INFO lines ("Created TensorFlow Lite XNNPACK delegate");
+    failures still surface, as the Python exceptions this module turns into plain errors."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def make_interpreter(runtime: Runtime, model_path: Path, delegates: list[Any], threads: int) -> Any:
     try:
-        return runtime.interpreter(model_path=str(model_path), experimental_delegates=delegates or None, num_threads=threads)
+        with _native_stderr_silenced():
+            interpreter = runtime.interpreter(model_path=str(model_path), experimental_delegates=delegates or None,
+                                              num_threads=threads)
+            interpreter.allocate_tensors()
+        return interpreter
     except (ValueError, RuntimeError) as exc:
-        raise ModelError(f"model {model_path} could not be loaded: {str(exc).strip()}") from None
-
-
-def cpu_runner(runtime: Runtime, model_path: Path, threads: int) -> Runner:
-    interpreter = make_interpreter(runtime, model_path, [], threads)
-    try:
-        return Runner(interpreter, runtime, "cpu", model_path)
-    except RuntimeError as exc:
-        if "edgetpu" in str(exc).lower():
+        if "edgetpu" in str(exc).lower() and not delegates:
             raise ModelError(
                 f"{model_path.name} is compiled for the Edge TPU and cannot run on the CPU",
                 "use the model's cpu build, or set delegate = \"edgetpu\" on a device with a Coral",
             ) from None
-        raise ModelError(f"model {model_path} could not be prepared: {str(exc).strip()}") from None
+        raise ModelError(f"model {model_path} could not be loaded: {str(exc).strip()}") from None
+
+
+def cpu_runner(runtime: Runtime, model_path: Path, threads: int) -> Runner:
+    return Runner(make_interpreter(runtime, model_path, [], threads), runtime, "cpu", model_path)
 
 
 def accelerated_runner(runtime: Runtime, model_path: Path, delegate: Any, accelerator: str, threads: int) -> Runner:
-    interpreter = make_interpreter(runtime, model_path, [delegate], threads)
-    try:
-        return Runner(interpreter, runtime, accelerator, model_path)
-    except RuntimeError as exc:
-        raise ModelError(f"{model_path.name} could not run on the {accelerator} delegate: {str(exc).strip()}") from None
+    return Runner(make_interpreter(runtime, model_path, [delegate], threads), runtime, accelerator, model_path)
