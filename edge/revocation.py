@@ -157,7 +157,10 @@ class CrlStore:
         problem = judge_crl(crl, self.issuers, self._held)
         if problem:
             return self._ignore(source, problem, number)
-        self._persist(der)
+        try:
+            self._persist(der)
+        except OSError as exc:
+            return self._ignore(source, f"cannot be stored in {self.state_dir}: {exc.strerror}", number)
         self._held, self._held_der = crl, der
         self._audit("crl-applied", f"CRL {number} from {source} applied", number,
                     revoked=len(crl), next_update=crl.next_update_utc.isoformat() if crl.next_update_utc else None)
