@@ -246,6 +246,10 @@ def verify_chain(leaf: x509.Certificate, intermediates: tuple[x509.Certificate, 
     return None
 
 
+def _explain(exc: EdgeError) -> str:
+    return exc.message if not exc.hint else f"{exc.message} ({exc.hint})"
+
+
 def _fmt(when: dt.datetime) -> str:
     return when.strftime("%Y-%m-%d %H:%M UTC")
 
@@ -272,7 +276,7 @@ def evaluate(material: PolicyMaterial, now: dt.datetime, *, build_time: dt.datet
             checks.append(Check("certificate", True,
                                 f"certificate names device {device_id!r} consistently (CN, SAN, grant)"))
         except EdgeError as exc:
-            checks.append(Check("certificate", False, f"certificate refused: {exc.message}"))
+            checks.append(Check("certificate", False, f"certificate refused: {_explain(exc)}"))
         checks.append(_validity_check(leaf, now))
         problem = verify_chain(leaf, material.intermediates, material.anchors, now)
         checks.append(Check("chain", problem is None, "chain verifies to the pinned trust anchor"
@@ -286,7 +290,7 @@ def evaluate(material: PolicyMaterial, now: dt.datetime, *, build_time: dt.datet
     elif leaf is not None:
         checks.append(Check("grant", False, "no usable grant: identification is not granted"))
     else:
-        checks.append(Check("certificate", False, "no usable device certificate: identification is not granted"))
+        checks.append(Check("grant", False, "no usable device certificate, so nothing grants identification"))
     failed = tuple(c.detail for c in checks if not c.ok)
     mode = Mode.IDENTIFICATION if not failed else Mode.DETECTION
     return PolicyDecision(mode=mode, reasons=failed, checks=tuple(checks), evaluated_at=now, device_id=device_id,
@@ -395,17 +399,17 @@ def load_material(config: PolicyConfig, crl: x509.CertificateRevocationList | No
         anchors = tuple(load_certificates(_read_limited(config.trust_anchor, READ_LIMIT_CERT_FILE, "trust anchor"),
                                           f"trust anchor {config.trust_anchor}"))
     except CertificateError as exc:
-        failures.append(Check("trust-anchor", False, str(exc.message)))
+        failures.append(Check("trust-anchor", False, _explain(exc)))
     try:
         certs = load_certificates(_read_limited(config.certificate, READ_LIMIT_CERT_FILE, "device certificate"),
                                   f"device certificate {config.certificate}")
         leaf, intermediates = certs[0], tuple(certs[1:])
     except CertificateError as exc:
-        failures.append(Check("certificate", False, str(exc.message)))
+        failures.append(Check("certificate", False, _explain(exc)))
     try:
         device_key = load_device_key(config.key).public_key()
     except IdentityError as exc:
-        failures.append(Check("key", False, exc.message))
+        failures.append(Check("key", False, _explain(exc)))
     return PolicyMaterial(leaf, intermediates, anchors, device_key, crl, tuple(failures))
 
 
