@@ -1,0 +1,137 @@
+"""The landmark-model stage of head pose: rotated face crop, face mesh, points back in the frame.
+
+Why this shape: MediaPipe's face mesh was trained on square crops whose
+rotation levels the eyes and whose side is 1.5 times the detector's box, so
+the crop here is built the same way (DetectionsToRects + RectTransformation
+in MediaPipe's face-mesh graph) and sampled with one `cv2.warpAffine`. The same 2x3 affine map takes
+the model's points back to frame pixels in one multiply-add, so per face the
+stage costs one warp, the model's invoke and one `solvePnP`.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from edge.detection import Detection, HeadPose
+from edge.errors import ConfigError, ModelError
+from edge.inference import Runner, Runtime, cpu_runner, load_runtime
+from edge.models import Manifest, ModelSpec, load_manifest, locate, search_dirs
+from edge.pose import LANDMARK_INDICES, LANDMARK_MODEL, Calibration, camera_for, check_frame, fit_pose
+
+LANDMARK_MODEL_NAME = "face-landmark"
+PIXEL_MAX = 255.0
+HALF_PIXEL = 0.5
+MESH_POINTS = 468
+# MediaPipe's face-mesh graph drops a face whose presence score is below 0.5;
+# comparing the logit with 0 is the same test without a sigmoid.
+PRESENCE_LOGIT_THRESHOLD = 0.0
+# BlazeFace keypoint rows that set the crop's rotation (the person's right eye, then left eye).
+RIGHT_EYE, LEFT_EYE = 0, 1
+
+
+def crop_affine(detection: Detection, width: int, height: int, crop_scale: float, size: int) -> np.ndarray:
+    """2x3 map from crop pixels (size x size) to frame pixels.
+
+    Centre: the detector's box centre. Side: the box's longer side times
+    `crop_scale`. Rotation: the eye line (clockwise-positive in the image), so
+    the eyes are level in the crop; upright when the detector has no keypoints.
+    """
+    box = detection.box
+    centre = np.array([(box.x + box.w / 2) * width, (box.y + box.h / 2) * height])
+    side = max(box.w * width, box.h * height) * crop_scale
+    angle = 0.0
+    if len(detection.keypoints) > LEFT_EYE:
+        eye_line = (detection.keypoints[LEFT_EYE] - detection.keypoints[RIGHT_EYE]) * (width, height)
+        angle = math.atan2(float(eye_line[1]), float(eye_line[0]))
+    scale = side / size
+    linear = scale * np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+    offset = centre - linear @ np.array([size / 2.0, size / 2.0])
+    return np.hstack([linear, offset[:, None]])
+
+
+def pixel_centred(affine: np.ndarray) -> np.ndarray:
+    """The same map in OpenCV's sampling convention (pixel i centred at i, not i + 0.5).
+
+    Points here live in continuous coordinates (pixel i spans [i, i + 1]), the
+    convention in which mirroring is exactly x -> width - x; sampling the crop
+    in it keeps the crop of a mirrored frame the exact mirror of the crop.
+    """
+    shifted = affine.copy()
+    shifted[:, 2] += affine[:, :2] @ np.array([HALF_PIXEL, HALF_PIXEL]) - HALF_PIXEL
+    return shifted
+
+
+def to_frame(points: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Crop pixels (K, 2) -> frame pixels (K, 2), one matrix product."""
+    return points @ affine[:, :2].T + affine[:, 2]
+
+
+class LandmarkPose:
+    """The accurate mode: face mesh on each face's crop, then `solvePnP` on ten mesh points."""
+
+    def __init__(self, runner: Runner, spec: ModelSpec, calibration: Calibration | None = None) -> None:
+        self.runner, self.spec, self.calibration = runner, spec, calibration
+        if spec.input_width != spec.input_height:
+            raise ModelError(f"landmark model '{spec.name}' has a {spec.input_width}x{spec.input_height} input",
+                             "a square input, as MediaPipe's face mesh has")
+        self.size = spec.input_width
+        self.crop_scale = float(spec.params["crop_scale"])
+        outputs = spec.params["outputs"]
+        self.landmarks_output, self.presence_output = int(outputs["landmarks"]), int(outputs["presence"])
+        low, high = spec.params["input"]["range"]
+        self.transform = runner.pixel_transform((high - low) / PIXEL_MAX, low)
+        self.canvas = np.zeros((self.size, self.size, 3), np.uint8)
+
+    def crop(self, image: np.ndarray, detection: Detection) -> np.ndarray:
+        """Sample the face's crop into the reusable canvas; returns the crop -> frame map."""
+        height, width = image.shape[:2]
+        affine = crop_affine(detection, width, height, self.crop_scale, self.size)
+        cv2.warpAffine(image, pixel_centred(affine), (self.size, self.size), dst=self.canvas,
+                       flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        return affine
+
+    def infer(self) -> np.ndarray | None:
+        """Run the model on the canvas: the pose subset of the mesh in crop pixels, or None if no face."""
+        outputs = self.runner.run_pixels(self.canvas, self.transform)
+        if float(outputs[self.presence_output].reshape(-1)[0]) < PRESENCE_LOGIT_THRESHOLD:
+            return None
+        mesh = outputs[self.landmarks_output].reshape(MESH_POINTS, -1)
+        return mesh[LANDMARK_INDICES, :2]
+
+    def points(self, image: np.ndarray, detection: Detection) -> np.ndarray | None:
+        """The pose landmarks of one face in frame pixels (an on-device intermediate, never published)."""
+        affine = self.crop(image, detection)
+        crop_points = self.infer()
+        return None if crop_points is None else to_frame(crop_points.astype(np.float64), affine)
+
+    def estimate(self, image: np.ndarray, detections: Sequence[Detection]) -> list[HeadPose | None]:
+        height, width = check_frame(image).shape[:2]
+        camera = camera_for(width, height, self.calibration)
+        poses: list[HeadPose | None] = []
+        for detection in detections:
+            points = self.points(image, detection)
+            poses.append(None if points is None else fit_pose(points, LANDMARK_MODEL, camera))
+        return poses
+
+
+def open_landmark_pose(threads: int = 1, *, calibration: Calibration | None = None, manifest: Manifest | None = None,
+                       runtime: Runtime | None = None, model_dirs: tuple[Path, ...] = ()) -> LandmarkPose:
+    """The face-landmark model from the manifest (hash-checked), on the CPU with `threads` threads.
+
+    The CPU always: no face-landmark build exists for the Edge TPU, and on a
+    Coral the detector is what the TPU runs.
+    """
+    if not isinstance(threads, int) or threads < 1:
+        raise ConfigError("detector.threads", f"{threads!r} threads", "a whole number of at least 1")
+    manifest = manifest or load_manifest()
+    spec = manifest.get(LANDMARK_MODEL_NAME)
+    if spec.task != "landmarks":
+        raise ModelError(f"model '{spec.name}' is a {spec.task} model, not a face-landmark model")
+    path = locate(spec.variant("cpu"), spec.name, search_dirs(tuple(model_dirs)))
+    runner = cpu_runner(runtime or load_runtime(), path, threads)
+    return LandmarkPose(runner, spec, calibration)
+
