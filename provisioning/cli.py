@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -71,6 +71,16 @@ DEFAULT_DEVICE_DAYS = 5 * 365
 DEFAULT_CRL_DAYS = 90
 MAX_FILE_BYTES = 2 * 1024 * 1024
 EXIT_INTERRUPTED = 130
+EXIT_CODES_HELP = """Exit codes:
+  0  done
+  2  wrong command line
+  3  an input file is missing, unreadable or malformed
+  4  passphrase missing, too short, or wrong
+  5  refused by the policy (nothing was signed)
+  6  verification failed (the device would not accept it)
+  7  an output file already exists (nothing is overwritten)
+  130 interrupted
+Passphrases come from --...-passphrase-file, --...-passphrase-env (the variable's name) or a prompt."""
 
 T = TypeVar("T")
 
@@ -410,7 +420,12 @@ def _add_passphrase_options(parser: argparse.ArgumentParser, prefix: str = "", w
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error says what to do in the same plain words."""
+    """argparse, but a usage error says what to do in the same plain words, and no option abbreviations
+    (so `--passphrase SECRET` is an error, not a prefix of `--passphrase-file`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
@@ -418,10 +433,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Create CAs, issue and revoke device certificates, build device bundles. "
-                                            "Exit codes: 0 done, 2 wrong command line, 3 unreadable or malformed "
-                                            "input, 4 passphrase problem, 5 refused by the policy, "
-                                            "6 verification failed, 7 output exists.")
+    parser = _Parser(prog=PROG, description="Create CAs, issue and revoke device certificates, build device bundles.",
+                     epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("init-root", help="create the offline root CA (key encrypted with a passphrase)")
