@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from edge.certificates import KEY_EXPECTED, check_public_key
+from edge.certificates import KEY_EXPECTED, CertificateError, check_public_key
 from edge.errors import EdgeError
 from edge.grant import check_device_id, device_uri
 
@@ -82,7 +82,10 @@ def load_device_key(path: Path) -> ec.EllipticCurvePrivateKey:
                             f"expected an unencrypted PEM private key, {KEY_EXPECTED}") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise IdentityError(f"device key {path} is not an elliptic-curve key", f"expected {KEY_EXPECTED}")
-    check_public_key(key.public_key(), f"device key {path}")
+    try:
+        check_public_key(key.public_key(), f"device key {path}")
+    except CertificateError as exc:
+        raise IdentityError(exc.message, exc.hint) from None
     return key
 
 

@@ -1,0 +1,68 @@
+"""The detection path never imports `edge.identify`; identification is reachable only through the gate."""
+from __future__ import annotations
+
+import ast
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import edge
+
+REPO = Path(__file__).resolve().parents[1]
+# The detection path by name; each one present must load without edge.identify.
+DETECTION_MODULES = ("edge.pipeline", "edge.publish", "edge.camera", "edge.inference", "edge.observation",
+                     "edge.track", "edge.pose", "edge.service", "edge.cli", "edge.policy", "edge.policy_cli")
+
+
+def _edge_modules() -> list[str]:
+    names = [m.name for m in pkgutil.walk_packages(edge.__path__, "edge.")]
+    return sorted(n for n in names if not n.startswith("edge.identify"))
+
+
+def test_no_module_outside_identify_imports_it_statically() -> None:
+    offenders = []
+    for path in (REPO / "edge").rglob("*.py"):
+        if "identify" in path.relative_to(REPO / "edge").parts:
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = ("." * node.level) + (node.module or "")
+                names = [base] + [f"{base}.{a.name}" for a in node.names]
+            else:
+                continue
+            if any(n.startswith("edge.identify") or n.lstrip(".").startswith("identify") for n in names):
+                offenders.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert offenders == []
+
+
+def test_importing_the_detection_path_does_not_load_identify() -> None:
+    """A fresh interpreter imports every edge module but edge.identify; identify must stay unloaded."""
+    modules = sorted(set(_edge_modules()) | {m for m in DETECTION_MODULES if _exists(m)})
+    assert "edge.pipeline" in modules and "edge.publish" in modules
+    script = (
+        "import importlib, sys, json\n"
+        f"mods = {modules!r}\n"
+        "failed = {}\n"
+        "for m in mods:\n"
+        "    try:\n"
+        "        importlib.import_module(m)\n"
+        "    except ImportError as exc:\n"  # optional hardware libraries (picamera2) may be absent here
+        "        failed[m] = str(exc)\n"
+        "loaded = sorted(n for n in sys.modules if n.startswith('edge.identify'))\n"
+        "print(json.dumps({'loaded': loaded, 'failed': failed}))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 0, result.stderr
+    import json
+
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["loaded"] == [], f"detection path loaded {report['loaded']}"
+    assert not any(m in report["failed"] for m in ("edge.pipeline", "edge.publish", "edge.policy"))
+
+
+def _exists(module: str) -> bool:
+    return (REPO / (module.replace(".", "/") + ".py")).exists()
