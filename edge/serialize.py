@@ -139,3 +139,59 @@ def health(device: str, report: HealthReport) -> bytes:
             "throttled": report.cpu_throttled,
         },
     })
+
+
+AUDIT_FIELDS = ("seq", "time", "event", "data", "prev", "hash")
+AUDIT_VALUE_TYPES = (str, int, float, bool, type(None))
+
+
+def _audit_value_ok(value: object) -> bool:
+    if isinstance(value, list):
+        return all(isinstance(v, str) for v in value)
+    return isinstance(value, AUDIT_VALUE_TYPES)
+
+
+def audit(device: str, record: Mapping[str, object]) -> bytes:
+    """An audit record exactly as the hash-chained log holds it, so subscribers can check the chain.
+
+    Only policy decisions are audited; their `data` holds scalar values only,
+    so nothing structured (an image, a landmark array) can ride along.
+    Lists of strings are allowed for the reasons of a policy decision.
+    """
+    if set(record) != set(AUDIT_FIELDS):
+        raise ValueError(f"audit record has fields {sorted(record)}, expected exactly {sorted(AUDIT_FIELDS)}")
+    data = record["data"]
+    if not isinstance(data, Mapping) or not all(_audit_value_ok(v) for v in data.values()):
+        raise ValueError("audit record data must map names to scalars or lists of strings")
+    return _dump({"device": device, **{k: record[k] for k in AUDIT_FIELDS}})
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoveryDevice:
+    """How Home Assistant shows the device."""
+
+    device: str
+    model: str
+    firmware: str
+
+
+def discovery(prefix: str, topic_root: str, info: DiscoveryDevice) -> tuple[tuple[str, bytes], ...]:
+    """Home Assistant MQTT discovery: a face-count sensor and a presence binary sensor, available while status is online."""
+    base = f"{topic_root}/{info.device}"
+    common = {
+        "state_topic": f"{base}/detections",
+        "availability_topic": f"{base}/status",
+        "availability_template": "{{ value_json.state }}",
+        "payload_available": "online",
+        "payload_not_available": "offline",
+        "device": {"identifiers": [f"edge-camera-{info.device}"], "name": f"Edge camera {info.device}",
+                   "model": info.model, "sw_version": info.firmware, "manufacturer": "edge-camera"},
+    }
+    count = {"name": "Faces", "unique_id": f"edge-camera-{info.device}-faces", "state_class": "measurement",
+             "value_template": "{{ value_json.faces | length }}", **common}
+    presence = {"name": "Presence", "unique_id": f"edge-camera-{info.device}-presence", "device_class": "occupancy",
+                "value_template": "{{ 'ON' if value_json.faces | length > 0 else 'OFF' }}", **common}
+    return (
+        (f"{prefix}/sensor/{info.device}/faces/config", _dump(count)),
+        (f"{prefix}/binary_sensor/{info.device}/presence/config", _dump(presence)),
+    )

@@ -1,0 +1,208 @@
+"""The run loop: frames -> pipeline -> tracker -> outbox -> publisher.
+
+Why this order: the outbox hand-off is non-blocking and the publisher runs on
+its own threads, so a slow or absent broker costs disk, never frames. The
+loop publishes one `detections` message per frame with faces, plus one when
+the count drops to zero, so a face-count reading can return to 0.
+
+Signals: SIGTERM (and Ctrl-C) stop after the current frame, with everything
+already handed over committed to the outbox; SIGHUP re-reads the local CRL
+and re-runs the policy gate.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any, Protocol
+
+from edge import __version__, serialize
+from edge.config import ServiceConfig
+from edge.detection import FrameResult
+from edge.health import FrameStats, cpu_temperature_c, cpu_throttled
+from edge.observation import observe
+from edge.outbox import Outbox
+from edge.publish import Publisher
+from edge.track import Tracker
+
+log = logging.getLogger(__name__)
+
+OUTBOX_FILE = "outbox.db"
+MS_PER_S = 1000.0
+
+
+class FrameLike(Protocol):
+    image: Any
+    number: int
+    capture_time: float
+
+
+class FrameProcessor(Protocol):
+    def process(self, frame: Any) -> FrameResult: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RunLimits:
+    """Bounded runs for the demo and tests; None means until stopped."""
+
+    max_frames: int | None = None
+    max_seconds: float | None = None
+
+
+class DetectionsStream:
+    """Decides which frames produce a message and builds it; pure apart from the tracker's memory."""
+
+    def __init__(self, device: str, tracker: Tracker) -> None:
+        self.device = device
+        self.tracker = tracker
+        self._had_faces = False
+
+    def message(self, result: FrameResult) -> Callable[[int], bytes] | None:
+        numbers = self.tracker.assign(tuple(face.detection.box for face in result.faces))
+        if not result.faces and not self._had_faces:
+            return None
+        self._had_faces = bool(result.faces)
+        observations = tuple(observe(face, number) for face, number in zip(result.faces, numbers))
+        device, frame_number, capture_time = self.device, result.frame_number, result.capture_time
+        return lambda seq: serialize.detections(device, seq, frame_number, capture_time, observations)
+
+
+class Service:
+    """Owns the outbox and publisher for one run; frames and pipeline are handed in."""
+
+    def __init__(self, config: ServiceConfig, status: serialize.DeviceStatus,
+                 on_crl: Callable[[bytes], object] | None = None) -> None:
+        self.config = config
+        self.status = status
+        self.device = config.device.id
+        state_dir = config.device.state_dir
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.outbox = Outbox(state_dir / OUTBOX_FILE, config.outbox)
+        extra: tuple[tuple[str, bytes], ...] = ()
+        if config.homeassistant.enabled:
+            extra = serialize.discovery(config.homeassistant.prefix, config.mqtt.topic_root,
+                                        serialize.DiscoveryDevice(self.device, status.model, status.firmware))
+        self.publisher = Publisher(self.device, config.mqtt, self.outbox, status, on_crl=on_crl,
+                                   retained_extra=extra)
+        self.stream = DetectionsStream(self.device, Tracker())
+        self.frames = FrameStats()
+        self._stop = threading.Event()
+        self._hangup = threading.Event()
+        self.on_hangup: Callable[[], None] | None = None
+
+    def audit_sink(self, record: dict[str, Any]) -> None:
+        """`AuditLog.on_append`: every audit record goes through the outbox at QoS 1."""
+        self.outbox.submit(self.publisher.topics.audit, serialize.audit(self.device, record))
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        def on_term(_sig: int, _frame: FrameType | None) -> None:
+            self._stop.set()
+
+        def on_hup(_sig: int, _frame: FrameType | None) -> None:
+            self._hangup.set()
+
+        signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGINT, on_term)
+        signal.signal(signal.SIGHUP, on_hup)
+
+    def run(self, frames: Iterable[FrameLike], pipeline: FrameProcessor, limits: RunLimits = RunLimits()) -> int:
+        """Process frames until the source ends, a limit is reached or a stop is requested; returns frames processed."""
+        self.outbox.start()
+        self.publisher.start()
+        started = last_health = time.monotonic()
+        try:
+            for frame in frames:
+                if self._stop.is_set():
+                    break
+                result = pipeline.process(frame)
+                message = self.stream.message(result)
+                if message is not None:
+                    self.outbox.submit(self.publisher.topics.detections, message)
+                self.frames.record(result.frame_number, (time.time() - result.capture_time) * MS_PER_S)
+                now = time.monotonic()
+                if now - last_health >= self.config.health.interval_s:
+                    self.publish_health(now - last_health)
+                    last_health = now
+                if self._hangup.is_set():
+                    self._hangup.clear()
+                    if self.on_hangup is not None:
+                        self.on_hangup()
+                if limits.max_frames is not None and self.frames.processed >= limits.max_frames:
+                    break
+                if limits.max_seconds is not None and now - started >= limits.max_seconds:
+                    break
+        finally:
+            self.publisher.stop()
+            self.outbox.close()
+        return self.frames.processed
+
+    def publish_health(self, period_s: float) -> None:
+        fps, (p50, p90, p99) = self.frames.take_period(period_s)
+        box = self.outbox.stats()
+        mqtt_stats = self.publisher.stats()
+        report = serialize.HealthReport(
+            time=time.time(), fps=fps, latency_p50_ms=p50, latency_p90_ms=p90, latency_p99_ms=p99,
+            frames_processed=self.frames.processed, frames_dropped=self.frames.dropped,
+            outbox_depth=box.depth, outbox_dropped=box.dropped, outbox_refused=box.refused,
+            outbox_oldest_age_s=box.oldest_age_s, mqtt_connected=mqtt_stats.connected,
+            mqtt_protocol=mqtt_stats.protocol, mqtt_delivered=mqtt_stats.delivered,
+            mqtt_refused=mqtt_stats.refused, mqtt_last_refusal=mqtt_stats.last_refusal,
+            accelerator=self.status.accelerator, cpu_temperature_c=cpu_temperature_c(),
+            cpu_throttled=cpu_throttled(),
+        )
+        log.info("health: %.1f fps, outbox depth %d (dropped %d, refused %d), delivered %d",
+                 fps, box.depth, box.dropped, box.refused, mqtt_stats.delivered)
+        self.publisher.publish_health(serialize.health(self.device, report))
+
+
+def status_for(pipeline: Any) -> serialize.DeviceStatus:
+    """What the retained status says: this service runs detection only (identification is another entry point)."""
+    selection = pipeline.selection
+    return serialize.DeviceStatus(mode="detection", model=selection.model, accelerator=selection.accelerator,
+                                  firmware=__version__)
+
+
+def run_from_config(config: ServiceConfig, limits: RunLimits = RunLimits()) -> int:
+    """`edge-camera run`: the configured camera and detector, the policy gate when configured."""
+    from edge.camera import open_source
+    from edge.pipeline import build_pipeline
+
+    pipeline = build_pipeline(config.detector)
+    status = status_for(pipeline)
+    gate = None
+    on_crl = None
+    service: Service
+    if config.policy is not None:
+        from edge.audit import AuditLog
+        from edge.policy import PolicyGate
+
+        holder: list[Service] = []
+        audit = AuditLog(config.policy.audit_log, on_append=lambda record: holder[0].audit_sink(record) if holder else None)
+        gate = PolicyGate(config.policy, audit=audit)
+        decision = gate.decide()
+        log.info("policy decision: %s (%s)", decision.mode.value, "; ".join(decision.reasons) or "all checks passed")
+        gate.crl_store.on_change = lambda _crl: gate.decide()  # type: ignore[union-attr]
+        on_crl = gate.crl_store.handle
+        service = Service(config, status, on_crl=on_crl)
+        holder.append(service)
+
+        def hangup() -> None:
+            result = gate.crl_store.reload()  # type: ignore[union-attr]
+            log.info("SIGHUP: local CRL %s; policy re-evaluated: %s", result.outcome.value, gate.decide().mode.value)  # type: ignore[union-attr]
+
+        service.on_hangup = hangup
+    else:
+        service = Service(config, status)
+    service.install_signal_handlers()
+    with ExitStack() as stack:
+        frames = stack.enter_context(open_source(config.camera))
+        return service.run(frames, pipeline, limits)
