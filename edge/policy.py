@@ -432,6 +432,8 @@ class PolicyGate:
         self.vocabulary = vocabulary
         self._last_record: dict[str, Any] | None = None
         self.crl_store = CrlStore(config.state_dir, self._crl_issuers(), local_path=config.crl, audit=audit)
+        # The locally installed CRL counts from the start, not only after the first SIGHUP.
+        self.startup_crl = self.crl_store.reload()
 
     def _crl_issuers(self) -> tuple[x509.Certificate, ...]:
         """The CAs in the installed chain; a CRL signed by anything else is ignored."""

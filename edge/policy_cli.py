@@ -38,7 +38,7 @@ def load_policy_config(path: Path) -> PolicyConfig:
 def cmd_policy(args: argparse.Namespace) -> int:
     config = load_policy_config(Path(args.config))
     gate = PolicyGate(config, audit=AuditLog(config.audit_log))
-    reload = gate.crl_store.reload()
+    reload = gate.startup_crl
     decision = gate.decide()
     print(f"device      {decision.device_id or '(no usable certificate)'}")
     print(f"mode        {decision.mode.value}")

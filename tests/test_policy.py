@@ -448,3 +448,22 @@ def test_config_resolves_relative_paths_against_state_dir(tmp_path: Path) -> Non
 def test_config_errors(data: object, words: str) -> None:
     with pytest.raises(ConfigError, match=words):
         PolicyConfig.from_mapping(data)  # type: ignore[arg-type]
+
+
+def test_installed_crl_counts_from_start_without_sighup(device: Device) -> None:
+    (device.state_dir / "installed-crl.pem").write_bytes(device.pki.crl().public_bytes(serialization.Encoding.PEM))
+    gate = PolicyGate(device.config, audit=AuditLog(device.state_dir / "audit.log"), clock=lambda: NOW)
+    assert gate.startup_crl.applied
+    assert gate.decide().mode is Mode.IDENTIFICATION
+
+
+def test_crl_applied_later_over_mqtt_revokes(tmp_path: Path) -> None:
+    pki = Pki.create()
+    dev = provision(tmp_path, pki)
+    gate = PolicyGate(dev.config, audit=AuditLog(dev.state_dir / "audit.log"), clock=lambda: NOW)
+    gate.crl_store.handle(pki.crl().public_bytes(serialization.Encoding.DER))
+    assert gate.decide().mode is Mode.IDENTIFICATION
+    pki.revoke(dev.cert)
+    assert gate.crl_store.handle(pki.crl().public_bytes(serialization.Encoding.DER)).applied
+    decision = gate.decide()
+    assert decision.mode is Mode.DETECTION and "was revoked" in failed(decision)["revocation"]
