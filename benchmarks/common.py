@@ -31,6 +31,8 @@ MODEL_FILES = {
     "short": "face_detection_short_range.tflite",
     "full": "face_detection_full_range_sparse.tflite",
 }
+# Square input side of each detector (its manifest entry says the same).
+MODEL_INPUT_SIZE = {"short": 128, "full": 192}
 LANDMARK_MODEL_FILE = "face_landmark.tflite"
 # solutions.face_detection's model_selection for each model.
 MEDIAPIPE_MODEL_SELECTION = {"short": 0, "full": 1}
