@@ -1,0 +1,187 @@
+"""What can go on the wire: exactly the documented fields, at the documented precision, nothing else."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edge import serialize
+from edge.config import refuse_retired_attributes
+from edge.detection import Box, Detection, Face, HeadPose
+from edge.errors import ConfigError
+from edge.observation import Observation, Pose, observe
+from edge.track import Tracker, initial_state, step
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMAS = REPO / "edge" / "schemas"
+ASYNCAPI = REPO / "docs" / "asyncapi.yaml"
+TOP_FIELDS = {"device", "seq", "frame", "captured", "faces"}
+FACE_FIELDS = {"box", "score", "pose", "track"}
+POSE_FIELDS = {"yaw", "pitch", "roll"}
+# audit `data` carries policy-decision details; its values are restricted to scalars and string lists instead.
+OPEN_BY_DESIGN = {("audit.json", "data")}
+
+
+def validator(name: str) -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(json.loads((SCHEMAS / f"{name}.json").read_text()),
+                                           format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+
+
+unit = st.floats(0, 1, allow_nan=False)
+angle = st.floats(-720, 720, allow_nan=False)
+poses = st.one_of(st.none(), st.builds(HeadPose, angle, angle, angle))
+keypoints = st.integers(0, 6).flatmap(
+    lambda k: st.lists(st.floats(-2, 2, allow_nan=False, width=32), min_size=2 * k, max_size=2 * k))
+
+
+@st.composite
+def faces(draw: st.DrawFn) -> Face:
+    x, y = draw(st.floats(-0.5, 1.2, allow_nan=False)), draw(st.floats(-0.5, 1.2, allow_nan=False))
+    w, h = draw(st.floats(0, 1.5, allow_nan=False)), draw(st.floats(0, 1.5, allow_nan=False))
+    kps = np.array(draw(keypoints), np.float32).reshape(-1, 2)
+    return Face(Detection(Box(x, y, w, h), draw(st.floats(-0.1, 1.1, allow_nan=False)), kps), draw(poses))
+
+
+@st.composite
+def observations(draw: st.DrawFn) -> Observation:
+    pose = draw(st.one_of(st.none(), st.builds(Pose, *(st.integers(-180, 180),) * 3)))
+    box = tuple(round(draw(unit), 3) for _ in range(4))
+    return Observation(box=box, score=round(draw(unit), 2), pose=pose, track=draw(st.integers(0, 2**31 - 1)))  # type: ignore[arg-type]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(observations(), max_size=8), st.integers(1, 2**40), st.integers(0, 2**31))
+def test_no_other_field_can_appear(obs: list[Observation], seq: int, frame: int) -> None:
+    document = json.loads(serialize.detections("cam-a", seq, frame, 1_790_000_000.25, obs))
+    validator("detections").validate(document)
+    assert set(document) == TOP_FIELDS
+    for face in document["faces"]:
+        assert set(face) == FACE_FIELDS
+        assert face["pose"] is None or set(face["pose"]) == POSE_FIELDS
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(faces(), min_size=1, max_size=5))
+def test_keypoints_never_leak_and_precision_is_fixed(face_list: list[Face]) -> None:
+    obs = [observe(f, n) for n, f in enumerate(face_list)]
+    text = serialize.detections("cam-a", 1, 1, 1_790_000_000.0, obs).decode()
+    document = json.loads(text)
+    validator("detections").validate(document)
+    published = {repr(v) for face in document["faces"] for v in (*face["box"], face["score"])}
+    for face in face_list:
+        for value in face.detection.keypoints.ravel():
+            # A keypoint could only coincide with a published number by rounding to the same 3 decimals.
+            if round(float(value), 3) != float(value):
+                assert repr(float(value)) not in text
+        assert "keypoint" not in text
+    for face in document["faces"]:
+        assert all(round(v, 3) == v for v in face["box"])
+        assert round(face["score"], 2) == face["score"]
+        assert face["pose"] is None or all(isinstance(v, int) for v in face["pose"].values())
+    assert published  # something was checked
+
+
+def test_only_observations_reach_the_serializer() -> None:
+    face = Face(Detection(Box(0.1, 0.1, 0.2, 0.2), 0.9, np.ones((6, 2), np.float32)), None)
+    with pytest.raises(TypeError, match="only Observation"):
+        serialize.detections("cam-a", 1, 1, 0.0, [face])  # type: ignore[list-item]
+
+
+def test_observe_rounds_and_clips() -> None:
+    face = Face(Detection(Box(-0.1, 0.12345, 0.5, 0.99), 0.98765), HeadPose(12.6, -190.0, 0.4))
+    obs = observe(face, 42)
+    assert obs.box == (0.0, 0.123, 0.4, 0.877)
+    assert obs.score == 0.99
+    assert obs.pose == Pose(13, 170, 0)
+    assert obs.track == 42
+
+
+def test_every_object_schema_is_closed() -> None:
+    def walk(node: object, file: str, key: str) -> None:
+        if isinstance(node, dict):
+            if node.get("type") == "object" or "properties" in node:
+                if (file, key) not in OPEN_BY_DESIGN:
+                    assert node.get("additionalProperties") is False, f"{file}: object at '{key}' is open"
+            for k, v in node.items():
+                walk(v, file, k if k not in ("properties", "$defs", "items", "oneOf") else key)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item, file, key)
+
+    files = sorted(SCHEMAS.glob("*.json"))
+    assert {f.stem for f in files} >= {"detections", "status", "health", "audit", "discovery"}
+    for path in files:
+        document = json.loads(path.read_text())
+        jsonschema.Draft202012Validator.check_schema(document)
+        walk(document, path.name, "")
+
+
+def test_asyncapi_parses_and_every_payload_resolves() -> None:
+    document = yaml.safe_load(ASYNCAPI.read_text())
+    assert document["asyncapi"].startswith("3.")
+
+    def resolve(ref: str) -> object:
+        if ref.startswith("#/"):
+            node: object = document
+            for part in ref[2:].split("/"):
+                node = node[part]  # type: ignore[index]
+            return node
+        target = (ASYNCAPI.parent / ref).resolve()
+        assert target.is_file(), f"{ref} does not exist"
+        return json.loads(target.read_text())
+
+    named = set()
+    for channel in document["channels"].values():
+        for message in channel["messages"].values():
+            message = resolve(message["$ref"]) if "$ref" in message else message
+            payload = message["payload"]
+            payload = resolve(payload["$ref"]) if "$ref" in payload else payload
+            jsonschema.Draft202012Validator.check_schema(payload)
+            named.add(message["name"])
+    for operation in document["operations"].values():
+        resolve(operation["channel"]["$ref"])
+    assert named == {"detections", "status", "health", "audit", "crl", "discovery"}
+
+
+def test_status_health_audit_discovery_validate() -> None:
+    status = serialize.DeviceStatus("detection", "blazeface-full", "cpu", "0.1.0")
+    validator("status").validate(json.loads(serialize.status_online("cam-a", status, 0.0)))
+    validator("status").validate(json.loads(serialize.status_offline("cam-a")))
+    for _, payload in serialize.discovery("homeassistant", "edge/v1", serialize.DiscoveryDevice("cam-a", "m", "1")):
+        validator("discovery").validate(json.loads(payload))
+    with pytest.raises(ValueError, match="scalars"):
+        serialize.audit("cam-a", {"seq": 0, "time": "t", "event": "e", "data": {"image": [[1, 2]]},
+                                  "prev": "0" * 64, "hash": "0" * 64})
+
+
+def test_tracker_follows_a_face_and_starts_at_random() -> None:
+    state = initial_state(start=100)
+    a, b = Box(0.1, 0.1, 0.2, 0.2), Box(0.6, 0.6, 0.2, 0.2)
+    state, first = step(state, (a,))
+    state, second = step(state, (Box(0.12, 0.1, 0.2, 0.2), b))
+    state, third = step(state, (b,))
+    assert first == (100,) and second == (100, 101) and third == (101,)
+    starts = {Tracker().assign((a,))[0] for _ in range(5)}
+    assert len(starts) > 1  # random per run: 5 equal draws out of 2**31 would be a broken generator
+
+
+@pytest.mark.parametrize("document, where", [
+    ({"detector": {"attributes": ["age"]}}, "detector.attributes"),
+    ({"publish": {"Facial-Hair": True}}, "publish.Facial-Hair"),
+    ({"detector": {"outputs": ["boxes", "ＥＭＯＴＩＯＮ"]}}, "detector.outputs[1]"),
+    ({"x": {"make_up": 1}}, "x.make_up"),
+])
+def test_retired_attributes_stop_start_up_naming_the_rule(document: dict, where: str) -> None:
+    with pytest.raises(ConfigError, match="responsible-use rule") as info:
+        refuse_retired_attributes(document)
+    assert info.value.where == where
+
+
+def test_ordinary_keys_are_not_mistaken_for_attributes() -> None:
+    refuse_retired_attributes({"outbox": {"max_age_s": 60}, "device": {"id": "cam-a", "state_dir": "/var/lib/x"}})
