@@ -20,12 +20,11 @@ from edge.detection import Detection, HeadPose
 from edge.errors import ConfigError, ModelError
 from edge.inference import Runner, Runtime, cpu_runner, load_runtime
 from edge.models import Manifest, ModelSpec, load_manifest, locate, search_dirs
-from edge.pose import LANDMARK_INDICES, LANDMARK_MODEL, Calibration, camera_for, check_frame, fit_pose
+from edge.pose import LANDMARK_MODEL, MESH_POINTS, Calibration, camera_for, check_frame, fit_pose
 
 LANDMARK_MODEL_NAME = "face-landmark"
 PIXEL_MAX = 255.0
 HALF_PIXEL = 0.5
-MESH_POINTS = 468
 # MediaPipe's face-mesh graph drops a face whose presence score is below 0.5;
 # comparing the logit with 0 is the same test without a sigmoid.
 PRESENCE_LOGIT_THRESHOLD = 0.0
@@ -71,7 +70,7 @@ def to_frame(points: np.ndarray, affine: np.ndarray) -> np.ndarray:
 
 
 class LandmarkPose:
-    """The accurate mode: face mesh on each face's crop, then `solvePnP` on ten mesh points."""
+    """The accurate mode: face mesh on each face's crop, then `solvePnP` on its 468 points."""
 
     def __init__(self, runner: Runner, spec: ModelSpec, calibration: Calibration | None = None) -> None:
         self.runner, self.spec, self.calibration = runner, spec, calibration
@@ -95,12 +94,11 @@ class LandmarkPose:
         return affine
 
     def infer(self) -> np.ndarray | None:
-        """Run the model on the canvas: the pose subset of the mesh in crop pixels, or None if no face."""
+        """Run the model on the canvas: the mesh points (x, y) in crop pixels, or None if no face."""
         outputs = self.runner.run_pixels(self.canvas, self.transform)
         if float(outputs[self.presence_output].reshape(-1)[0]) < PRESENCE_LOGIT_THRESHOLD:
             return None
-        mesh = outputs[self.landmarks_output].reshape(MESH_POINTS, -1)
-        return mesh[LANDMARK_INDICES, :2]
+        return outputs[self.landmarks_output].reshape(MESH_POINTS, -1)[:, :2]
 
     def points(self, image: np.ndarray, detection: Detection) -> np.ndarray | None:
         """The pose landmarks of one face in frame pixels (an on-device intermediate, never published)."""

@@ -81,11 +81,10 @@ def load_face_model() -> np.ndarray:
 
 
 FACE_MODEL = load_face_model()
-# Landmark mode: every mesh point. SQPnP's cost grows slowly with the number of
-# points (about 0.08 ms for all 468 here), and the more points, the less the
-# fit depends on any one landmark's error; mirroring consistency and frontal
+# Landmark mode fits every mesh point: SQPnP's cost grows slowly with the
+# number of points (about 0.1 ms for all 468), and the more points, the less
+# the fit depends on any one landmark's error; mirror consistency and frontal
 # readings were best with the whole mesh (docs/head-pose.md).
-LANDMARK_INDICES: tuple[int, ...] = tuple(range(MESH_POINTS))
 LANDMARK_MODEL = FACE_MODEL
 
 # Keypoint mode: BlazeFace's six keypoints in its order (right eye, left eye,

@@ -1,0 +1,158 @@
+"""Head-pose cost per stage, for both modes, on 640x480 frames.
+
+Why per stage: the landmark mode should cost little beyond the face-landmark
+model's `invoke()` (one warpAffine, one multiply-add, one solvePnP per face),
+and only a per-stage split shows whether it does. The end-to-end comparison
+with MediaPipe's face_mesh is in benchmarks/detection.py.
+
+    .venv/bin/python benchmarks/pose.py [--seconds 20] [--threads 1 2] [--output PATH]
+
+Runs in the firmware's own environment (or .venv-bench); reads the photographs
+from ../shared beside the repository and scikit-image's astronaut. Prints a
+markdown table (and writes it to --output).
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import load_rgb, require_shared, skimage_data_dir  # noqa: E402
+
+from edge.inference import DelegateConfig  # noqa: E402
+from edge.landmarks import LandmarkPose, to_frame  # noqa: E402
+from edge.pipeline import DetectorConfig, build_pipeline  # noqa: E402
+from edge.pose import (  # noqa: E402
+    KEYPOINT_MODEL,
+    LANDMARK_MODEL,
+    KeypointPose,
+    build_pose_estimator,
+    camera_for,
+    fit_pose,
+)
+
+FRAME_WIDTH, FRAME_HEIGHT = 640, 480
+DEFAULT_SECONDS = 20.0
+DEFAULT_THREADS = (1, 2)
+DETECTOR = "blazeface-short"
+MS_PER_S = 1e3
+P90 = 90
+SINGLE_FACE = ("coral_grace_hopper.bmp", "fr_obama.jpg", "fr_biden2.jpg", "fr_rose_leslie2.jpg",
+               "fr_kit_harington2.jpg", "fr_alex_lacamoire1.jpg")
+MULTI_FACE = ("coral_face.jpg", "fr_two_people.jpg", "fr_obama_and_biden.jpg", "fr_kit_with_rose.jpg")
+
+
+def letterbox(rgb: np.ndarray) -> np.ndarray:
+    """The photograph fitted into a 640x480 frame, aspect ratio kept, black borders."""
+    h, w = rgb.shape[:2]
+    scale = min(FRAME_WIDTH / w, FRAME_HEIGHT / h)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    resized = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+    frame = np.zeros((FRAME_HEIGHT, FRAME_WIDTH, 3), np.uint8)
+    top, left = (FRAME_HEIGHT - size[1]) // 2, (FRAME_WIDTH - size[0]) // 2
+    frame[top:top + size[1], left:left + size[0]] = resized
+    return frame
+
+
+@dataclass
+class Timer:
+    samples: dict[str, list[float]]
+
+    def time(self, key: str, call: Callable[[], object]) -> object:
+        start = time.perf_counter()
+        result = call()
+        self.samples.setdefault(key, []).append((time.perf_counter() - start) * MS_PER_S)
+        return result
+
+
+def landmark_stages(timer: Timer, estimator: LandmarkPose, frame: np.ndarray, detections: list, prefix: str) -> None:
+    """One face at a time, each stage on its own clock, exactly as `LandmarkPose.estimate` runs them."""
+    camera = camera_for(frame.shape[1], frame.shape[0])
+    for detection in detections:
+        affine = timer.time(f"{prefix}crop (warpAffine)", lambda: estimator.crop(frame, detection))
+        crop_points = timer.time(f"{prefix}normalise + invoke", estimator.infer)
+        if crop_points is None:
+            continue
+        points = timer.time(f"{prefix}map back (multiply-add)", lambda: to_frame(crop_points.astype(np.float64), affine))
+        timer.time(f"{prefix}solvePnP + angles", lambda: fit_pose(points, LANDMARK_MODEL, camera))
+        timer.time(f"{prefix}bare invoke()", estimator.runner.invoke)
+
+
+def keypoint_stages(timer: Timer, frame: np.ndarray, detections: list, prefix: str) -> None:
+    camera = camera_for(frame.shape[1], frame.shape[0])
+    size = np.array([frame.shape[1], frame.shape[0]], np.float64)
+    for detection in detections:
+        timer.time(f"{prefix}solvePnP + angles", lambda: fit_pose(detection.keypoints * size, KEYPOINT_MODEL, camera))
+
+
+def run(seconds: float, threads: tuple[int, ...]) -> tuple[dict[str, list[float]], dict[str, int]]:
+    shared = require_shared()
+    singles = [letterbox(load_rgb(shared / name)) for name in SINGLE_FACE]
+    singles.append(letterbox(load_rgb(skimage_data_dir() / "astronaut.png")))
+    multis = [letterbox(load_rgb(shared / name)) for name in MULTI_FACE]
+    detector = build_pipeline(DetectorConfig(model=DETECTOR, delegate=DelegateConfig(kind="cpu"), pose="off"))
+    sets = {"single": [(f, detector.detect(f)) for f in singles], "multi": [(f, detector.detect(f)) for f in multis]}
+    faces = {name: sum(len(d) for _, d in frames) for name, frames in sets.items()}
+    estimators = {n: build_pose_estimator("landmarks", n) for n in threads}
+    keypoints = KeypointPose()
+    timer = Timer({})
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        for n, estimator in estimators.items():
+            assert isinstance(estimator, LandmarkPose)
+            for frame, detections in sets["single"]:
+                landmark_stages(timer, estimator, frame, detections, f"landmarks t{n}|")
+            for kind, frames in sets.items():
+                for frame, detections in frames:
+                    timer.time(f"landmarks t{n}|per {kind}-face frame", lambda: estimator.estimate(frame, detections))
+        for frame, detections in sets["single"]:
+            keypoint_stages(timer, frame, detections, "keypoints|")
+        for kind, frames in sets.items():
+            for frame, detections in frames:
+                timer.time(f"keypoints|per {kind}-face frame", lambda: keypoints.estimate(frame, detections))
+    return timer.samples, faces
+
+
+def table(samples: dict[str, list[float]], faces: dict[str, int], seconds: float, threads: tuple[int, ...]) -> str:
+    lines = [
+        f"Head-pose stages, median (p90) ms, {FRAME_WIDTH}x{FRAME_HEIGHT} frames, {DETECTOR} detections, "
+        f"{len(SINGLE_FACE) + 1} single-face frames and {len(MULTI_FACE)} multi-face frames ({faces['multi']} faces); "
+        f"{seconds:.0f} s; {platform.processor() or platform.machine()}, Python {platform.python_version()}, "
+        f"OpenCV {cv2.__version__}, numpy {np.__version__}.",
+        "",
+        "| mode | threads | stage | median ms | p90 ms | samples |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, values in samples.items():
+        mode, stage = key.split("|")
+        name, _, thread = mode.partition(" t")
+        lines.append(f"| {name} | {thread or '-'} | {stage} | {np.median(values):.3f} | "
+                     f"{np.percentile(values, P90):.3f} | {len(values)} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=DEFAULT_SECONDS, help="time budget (default %(default)s)")
+    parser.add_argument("--threads", type=int, nargs="+", default=list(DEFAULT_THREADS), help="landmark-model threads")
+    parser.add_argument("--output", type=Path, help="also write the markdown table here")
+    args = parser.parse_args()
+    if args.seconds <= 0 or any(n < 1 for n in args.threads):
+        parser.error("--seconds must be positive and --threads whole numbers of at least 1")
+    samples, faces = run(args.seconds, tuple(args.threads))
+    text = table(samples, faces, args.seconds, tuple(args.threads))
+    print(text)
+    if args.output:
+        args.output.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
