@@ -64,7 +64,7 @@ def load_certificates(data: bytes, what: str) -> list[x509.Certificate]:
             certs = x509.load_pem_x509_certificates(data)
         else:
             certs = [x509.load_der_x509_certificate(data)]
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise CertificateError(f"{what} is not a readable X.509 certificate ({_first_line(exc)})",
                                "expected PEM ('-----BEGIN CERTIFICATE-----') or DER") from None
     if PEM_MARKER in data and len(certs) != _pem_blocks(data):
@@ -104,7 +104,7 @@ def load_csr(data: bytes, what: str = "certificate request") -> x509.Certificate
             csr = x509.load_pem_x509_csr(data)
         else:
             csr = x509.load_der_x509_csr(data)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise CertificateError(f"{what} is not a readable certificate request ({_first_line(exc)})",
                                "expected the .csr file edge-provision device-key wrote") from None
     if not csr.is_signature_valid:
@@ -126,8 +126,8 @@ def check_certificate_profile(cert: x509.Certificate, what: str) -> None:
     """P-256 keys signed with ECDSA-SHA256 throughout: what secure elements and the scheme expect."""
     try:
         check_public_key(cert.public_key(), what)
-    except UnsupportedAlgorithm:
-        raise CertificateError(f"{what} has a key type this firmware cannot read", f"expected {KEY_EXPECTED}") from None
+    except (UnsupportedAlgorithm, ValueError):
+        raise CertificateError(f"{what} has a key this firmware cannot read", f"expected {KEY_EXPECTED}") from None
     if cert.signature_algorithm_oid != REQUIRED_SIGNATURE:
         raise CertificateError(f"{what} is signed with {cert.signature_algorithm_oid._name}",
                                "expected ecdsa-with-SHA256")

@@ -69,6 +69,8 @@ def load_device_key(path: Path) -> ec.EllipticCurvePrivateKey:
     except PermissionError:
         raise IdentityError(f"device key {path} cannot be read by this user",
                             "run as the camera service's user") from None
+    except OSError as exc:
+        raise IdentityError(f"device key {path} cannot be read: {exc.strerror}") from None
     if mode & FOREIGN_ACCESS_BITS:
         raise IdentityError(f"device key {path} is accessible to other users (mode {stat.S_IMODE(mode):o})",
                             f"chmod {KEY_FILE_MODE:o} {path}; if it may have been copied, create a new key "

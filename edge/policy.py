@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import (
     Criticality,
@@ -246,6 +247,14 @@ def verify_chain(leaf: x509.Certificate, intermediates: tuple[x509.Certificate, 
     return None
 
 
+_PARSE_ERRORS = (ValueError, TypeError, UnsupportedAlgorithm, x509.InvalidVersion)
+
+
+def _unparseable(name: str, exc: Exception) -> Check:
+    return Check(name, False, f"certificate is damaged and cannot be checked ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else 'no detail'})")
+
+
 def _explain(exc: EdgeError) -> str:
     return exc.message if not exc.hint else f"{exc.message} ({exc.hint})"
 
@@ -268,6 +277,7 @@ def evaluate(material: PolicyMaterial, now: dt.datetime, *, build_time: dt.datet
     grant: EdgeGrant | None = None
     device_id: str | None = None
     valid_until: dt.datetime | None = None
+    serial: int | None = None
     if leaf is not None:
         try:
             check_certificate_profile(leaf, "device certificate")
@@ -277,14 +287,21 @@ def evaluate(material: PolicyMaterial, now: dt.datetime, *, build_time: dt.datet
                                 f"certificate names device {device_id!r} consistently (CN, SAN, grant)"))
         except EdgeError as exc:
             checks.append(Check("certificate", False, f"certificate refused: {_explain(exc)}"))
-        checks.append(_validity_check(leaf, now))
-        problem = verify_chain(leaf, material.intermediates, material.anchors, now)
-        checks.append(Check("chain", problem is None, "chain verifies to the pinned trust anchor"
-                            if problem is None else f"chain does not verify to the pinned trust anchor: {problem}"))
-        checks.append(_key_check(leaf, material.device_public_key))
-        revocation, crl_next = _revocation_checks(leaf, material, now)
-        checks.extend(revocation)
-        valid_until = min(leaf.not_valid_after_utc, crl_next) if crl_next else leaf.not_valid_after_utc
+        except _PARSE_ERRORS as exc:
+            checks.append(_unparseable("certificate", exc))
+        try:
+            serial = leaf.serial_number
+            checks.append(_validity_check(leaf, now))
+            problem = verify_chain(leaf, material.intermediates, material.anchors, now)
+            checks.append(Check("chain", problem is None, "chain verifies to the pinned trust anchor"
+                                if problem is None else f"chain does not verify to the pinned trust anchor: {problem}"))
+            checks.append(_key_check(leaf, material.device_public_key))
+            revocation, crl_next = _revocation_checks(leaf, material, now)
+            checks.extend(revocation)
+            valid_until = min(leaf.not_valid_after_utc, crl_next) if crl_next else leaf.not_valid_after_utc
+        except _PARSE_ERRORS as exc:
+            # cryptography parses lazily: a damaged field surfaces only when read.
+            checks.append(_unparseable("chain", exc))
     if grant is not None:
         checks.extend(_grant_checks(grant, vocabulary))
     elif leaf is not None:
@@ -294,7 +311,7 @@ def evaluate(material: PolicyMaterial, now: dt.datetime, *, build_time: dt.datet
     failed = tuple(c.detail for c in checks if not c.ok)
     mode = Mode.IDENTIFICATION if not failed else Mode.DETECTION
     return PolicyDecision(mode=mode, reasons=failed, checks=tuple(checks), evaluated_at=now, device_id=device_id,
-                          grant=grant, serial=leaf.serial_number if leaf is not None else None,
+                          grant=grant, serial=serial,
                           valid_until=valid_until)
 
 

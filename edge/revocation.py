@@ -131,6 +131,9 @@ class CrlStore:
             data = self.path.read_bytes()
         except FileNotFoundError:
             return
+        except OSError as exc:
+            self._audit("crl-discarded", f"held CRL {self.path} cannot be read: {exc.strerror}", None)
+            return
         try:
             crl = load_crl(data, f"held CRL {self.path}")
         except CertificateError as exc:

@@ -65,3 +65,9 @@ def test_csr_names_the_device_in_cn_and_san(tmp_path: Path) -> None:
 def test_csr_refuses_bad_device_id(tmp_path: Path) -> None:
     with pytest.raises(GrantError, match="device id"):
         build_csr(load_or_create_device_key(tmp_path), "cam/9")
+
+
+def test_key_path_that_is_a_directory(tmp_path: Path) -> None:
+    (tmp_path / "device-key.pem").mkdir()
+    with pytest.raises(IdentityError, match="cannot be read"):
+        load_device_key(tmp_path / "device-key.pem")

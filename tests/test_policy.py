@@ -467,3 +467,35 @@ def test_crl_applied_later_over_mqtt_revokes(tmp_path: Path) -> None:
     assert gate.crl_store.handle(pki.crl().public_bytes(serialization.Encoding.DER)).applied
     decision = gate.decide()
     assert decision.mode is Mode.DETECTION and "was revoked" in failed(decision)["revocation"]
+
+
+@pytest.fixture(scope="module")
+def fuzz_device(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Device:
+    dev = provision(tmp_path_factory.mktemp("fuzz"), pki)
+    (dev.state_dir / "installed-crl.pem").write_bytes(pki.crl().public_bytes(serialization.Encoding.PEM))
+    return dev
+
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_corrupted_certificate_never_crashes_and_never_identifies(fuzz_device: Device, data: st.DataObject) -> None:
+    original = fuzz_device.cert.public_bytes(serialization.Encoding.DER)
+    der = bytearray(original)
+    for _ in range(data.draw(st.integers(1, 3))):
+        index = data.draw(st.integers(0, len(der) - 1))
+        der[index] = data.draw(st.integers(0, 255).filter(lambda b, i=index: b != der[i]))
+    chain = fuzz_device.pki.ca.public_bytes(serialization.Encoding.PEM)
+    try:
+        cert = x509.load_der_x509_certificate(bytes(der))
+        content = cert.public_bytes(serialization.Encoding.PEM) + chain
+    except (ValueError, x509.InvalidVersion):
+        content = bytes(der)  # unparseable: the gate must say so
+    (fuzz_device.state_dir / "device.pem").write_bytes(content)
+    gate = PolicyGate(fuzz_device.config, audit=None, clock=lambda: NOW)
+    decision = gate.decide()
+    assert decision.mode is Mode.DETECTION
+    assert decision.reasons
