@@ -7,7 +7,7 @@ walks the frames; at every frame each contender runs once, the order rotating
 from round to round, until the time budget is spent.
 
     bash benchmarks/setup
-    .venv-bench/bin/python benchmarks/detection.py [--seconds 120] [--json]
+    .venv-bench/bin/python benchmarks/detection.py [--seconds 120] [--threads 1 2] [--json [PATH]]
 
 Runs in ``.venv-bench`` only (MediaPipe needs numpy<2); MediaPipe is never a
 run-time dependency of the firmware.
@@ -511,7 +511,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=DEFAULT_SECONDS, help="time budget for the timed rounds (default 120)")
     parser.add_argument("--threads", type=int, nargs="+", default=list(DEFAULT_THREADS), help="inference thread counts (default 1 2)")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON instead of markdown")
+    parser.add_argument("--json", nargs="?", const="-", metavar="PATH",
+                        help="print the results as JSON instead of markdown; with PATH, write the JSON there and still print markdown")
     args = parser.parse_args(argv)
     if args.seconds <= 0 or any(n < 1 for n in args.threads):
         parser.error("--seconds must be positive and every --threads value at least 1")
@@ -526,7 +527,12 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()[0]
     rounds = run_rounds(frames, setup, args.seconds, log)
     res = results(setup, frames, rounds, args.seconds, threads, (load_before, os.getloadavg()[0]))
-    print(json.dumps(res, indent=1) if args.json else markdown(res))
+    if args.json == "-":
+        print(json.dumps(res, indent=1))
+        return 0
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1) + "\n")
+    print(markdown(res))
     return 0
 
 
