@@ -7,9 +7,10 @@ and a session can only be opened with an `IdentificationGrant` that
 `edge.policy.PolicyGate.decide` issued (in the spirit of `cryptography`'s
 hazmat separation).
 
-Face matching itself (MobileFaceNet embeddings, a consented gallery with
-retention and erasure) is not implemented yet: this package is the gated
-entry point it will hang from.
+Modules: `align` (pure geometry), `embedding` (MobileFaceNet), `gallery`
+(consented enrolments with retention, matching, erasure). Everything that
+computes or uses an embedding needs a live session; erasure does not, so that
+data can always be deleted, even after the grant has ended.
 """
 from __future__ import annotations
 
@@ -47,7 +48,15 @@ class IdentificationSession:
 
     def require_live(self, now: dt.datetime) -> None:
         """Why per use: the grant ends with the certificate or the CRL's nextUpdate."""
+        require_session(self)
         if not self._grant.is_live(now):
             raise IdentificationRefused(
                 f"the identification grant ended at {self._grant.valid_until.isoformat()}",
                 "the policy gate must decide again (certificate or revocation list expired)")
+
+
+def require_session(session: object) -> IdentificationSession:
+    """Why re-check: a session object made without `__init__` must not pass either."""
+    if not isinstance(session, IdentificationSession) or not is_gate_issued(getattr(session, "_grant", None)):
+        raise IdentificationRefused("identification needs a session opened with a grant from the policy gate")
+    return session

@@ -1,0 +1,214 @@
+"""Identification for real: MobileFaceNet on the shared photographs, behind the gate, with consent and erasure.
+
+Needs ../shared (models and photographs); skips with the reason when it is absent.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import json
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives import serialization
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import load_rgb
+from edge.audit import AuditLog, verify_log
+from edge.errors import ModelError
+from edge.identify import IdentificationRefused, IdentificationSession
+from edge.identify.align import ALIGNED_SIZE, similarity_transform
+from edge.identify.embedding import FaceEmbedder
+from edge.identify.gallery import (
+    DEFAULT_MATCH_THRESHOLD,
+    MAX_RETENTION,
+    ConsentRecord,
+    Enrollment,
+    GalleryError,
+    GalleryFile,
+    Identifier,
+)
+from edge.pipeline import DetectorConfig, Pipeline, build_pipeline
+from edge.policy import Mode, PolicyGate
+from edge_pki import DAY, NOW, Pki, provision
+
+REPO = Path(__file__).resolve().parents[1]
+GROUPS = {
+    "obama": ["fr_obama.jpg", "fr_obama1.jpg", "fr_obama2.jpg", "fr_obama3.jpg"],
+    "biden": ["fr_biden.jpg", "fr_biden2.jpg"],
+    "kit": ["fr_kit_harington1.jpg", "fr_kit_harington2.jpg", "fr_kit_harington3.jpg"],
+    "rose": ["fr_rose_leslie1.jpg", "fr_rose_leslie2.jpg"],
+    "alex": ["fr_alex_lacamoire1.jpg", "fr_alex_lacamoire2.png"],
+    "ivan": ["mtcnn_ivan.jpg"],
+    "grace": ["coral_grace_hopper.bmp"],
+}
+MODELS = ("mobilefacenet_int8.tflite", "mobilefacenet_float32.tflite")
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory: pytest.TempPathFactory) -> IdentificationSession:
+    pki = Pki.create()
+    device = provision(tmp_path_factory.mktemp("id"), pki)
+    (device.state_dir / "installed-crl.pem").write_bytes(pki.crl().public_bytes(serialization.Encoding.PEM))
+    decision = PolicyGate(device.config, audit=AuditLog(device.state_dir / "audit.log"), clock=lambda: NOW).decide()
+    assert decision.mode is Mode.IDENTIFICATION
+    return IdentificationSession(decision.identification)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def detector() -> Pipeline:
+    return build_pipeline(DetectorConfig(model="blazeface-full", pose="off"))
+
+
+@pytest.fixture(scope="module")
+def embeddings(shared_images: Path, shared_models: Path, session: IdentificationSession,
+               detector: Pipeline) -> dict[str, dict[str, np.ndarray]]:
+    """model -> photograph -> embedding of its largest face."""
+    result: dict[str, dict[str, np.ndarray]] = {}
+    faces = {}
+    for name in itertools.chain.from_iterable(GROUPS.values()):
+        image = load_rgb(shared_images / name)
+        detections = detector.detect(image)
+        assert detections, f"no face found in {name}"
+        faces[name] = (image, max(detections, key=lambda d: d.box.w * d.box.h))
+    for model in MODELS:
+        embedder = FaceEmbedder(session, shared_models / model)
+        result[model] = {name: embedder.embed(image, det) for name, (image, det) in faces.items()}
+    return result
+
+
+def person_of(name: str) -> str:
+    return next(p for p, files in GROUPS.items() if name in files)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_same_people_match_and_different_people_do_not(embeddings: dict[str, dict[str, np.ndarray]],
+                                                       model: str) -> None:
+    vectors = embeddings[model]
+    same, different = [], []
+    for (a, ea), (b, eb) in itertools.combinations(vectors.items(), 2):
+        assert abs(float(np.linalg.norm(ea)) - 1.0) < 1e-4
+        (same if person_of(a) == person_of(b) else different).append(float(ea @ eb))
+    assert len(same) == 12 and len(different) == 93
+    assert min(same) > DEFAULT_MATCH_THRESHOLD > max(different), (min(same), max(different))
+
+
+def consent(when: dt.datetime = NOW - DAY) -> ConsentRecord:
+    return ConsentRecord("consent-form-2027-0042", when, "site manager")
+
+
+def enrollment(person: str, vector: np.ndarray, *, retention: dt.timedelta = 365 * DAY,
+               source: str = "access-control", consent_record: ConsentRecord | None = None) -> Enrollment:
+    return Enrollment(person, vector, consent_record or consent(), NOW, NOW + retention, source)
+
+
+def test_enrol_identify_and_erase(embeddings: dict[str, dict[str, np.ndarray]], session: IdentificationSession,
+                                  tmp_path: Path) -> None:
+    vectors = embeddings["mobilefacenet_int8.tflite"]
+    audit = AuditLog(tmp_path / "audit.log")
+    identifier = Identifier(session, GalleryFile(tmp_path / "gallery.json", audit))
+    for person, photo in (("p-obama", "fr_obama.jpg"), ("p-biden", "fr_biden.jpg"), ("p-kit", "fr_kit_harington1.jpg")):
+        identifier.enroll(enrollment(person, vectors[photo]), NOW)
+    assert stat.S_IMODE((tmp_path / "gallery.json").stat().st_mode) == 0o600
+    for photo in ("fr_obama1.jpg", "fr_obama2.jpg", "fr_obama3.jpg"):
+        assert identifier.identify(vectors[photo], NOW).person_id == "p-obama"  # type: ignore[union-attr]
+    assert identifier.identify(vectors["fr_biden2.jpg"], NOW).person_id == "p-biden"  # type: ignore[union-attr]
+    assert identifier.identify(vectors["mtcnn_ivan.jpg"], NOW) is None  # not enrolled: no match
+    # Erasure works without a session, and the person is gone.
+    assert GalleryFile(tmp_path / "gallery.json", audit).erase("p-obama") == 1
+    assert identifier.identify(vectors["fr_obama1.jpg"], NOW) is None
+    stored = json.loads((tmp_path / "gallery.json").read_text())
+    assert [e["person_id"] for e in stored["enrollments"]] == ["p-biden", "p-kit"]
+    log = (tmp_path / "audit.log").read_text()
+    assert "gallery-erase" in log and "embedding" not in log
+    assert verify_log(tmp_path / "audit.log").ok
+
+
+def test_retention_expiry_purges(embeddings: dict[str, dict[str, np.ndarray]], session: IdentificationSession,
+                                 tmp_path: Path) -> None:
+    vectors = embeddings["mobilefacenet_float32.tflite"]
+    audit = AuditLog(tmp_path / "audit.log")
+    identifier = Identifier(session, GalleryFile(tmp_path / "gallery.json", audit))
+    identifier.enroll(enrollment("p-rose", vectors["fr_rose_leslie1.jpg"], retention=DAY), NOW)
+    assert identifier.identify(vectors["fr_rose_leslie2.jpg"], NOW).person_id == "p-rose"  # type: ignore[union-attr]
+    assert identifier.identify(vectors["fr_rose_leslie2.jpg"], NOW + 2 * DAY) is None
+    assert GalleryFile(tmp_path / "gallery.json").load().people() == ()
+    assert "gallery-retention-purge" in (tmp_path / "audit.log").read_text()
+
+
+UNIT = np.eye(128, dtype=np.float32)[0]
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"source": "mugshot database"}, "law-enforcement"),
+    ({"source": "Suspect_Database"}, "law-enforcement"),
+    ({"source": "ｉｎｍａｔｅ－ｄａｔａｂａｓｅ"}, "law-enforcement"),
+    ({"source": "web scrape"}, "not in the deployment-tag vocabulary"),
+    ({"source": "public-space"}, "public space"),
+    ({"retention": MAX_RETENTION + DAY}, "three years"),
+    ({"retention": -DAY}, "already passed"),
+    ({"consent_record": consent(NOW + DAY)}, "future"),
+    ({"consent_record": ConsentRecord("", NOW - DAY, "x")}, "consent reference"),
+    ({"consent_record": ConsentRecord("ref", NOW - DAY, "x", "verbal")}, "written"),
+])
+def test_enrolment_refusals(session: IdentificationSession, tmp_path: Path, kwargs: dict[str, object],
+                            words: str) -> None:
+    identifier = Identifier(session, GalleryFile(tmp_path / "gallery.json"))
+    with pytest.raises(GalleryError, match=words):
+        identifier.enroll(enrollment("p-x", UNIT, **kwargs), NOW)  # type: ignore[arg-type]
+    assert not (tmp_path / "gallery.json").exists()
+
+
+@pytest.mark.parametrize("vector", [np.zeros(128, np.float32), np.ones(64, np.float32) / 8,
+                                    np.full(128, np.nan, np.float32)])
+def test_bad_embeddings_are_refused(session: IdentificationSession, tmp_path: Path, vector: np.ndarray) -> None:
+    with pytest.raises(GalleryError, match="embedding"):
+        Identifier(session, GalleryFile(tmp_path / "g.json")).enroll(enrollment("p-x", vector), NOW)
+
+
+def test_nothing_identifies_after_the_grant_ends(session: IdentificationSession, tmp_path: Path) -> None:
+    identifier = Identifier(session, GalleryFile(tmp_path / "g.json"))
+    with pytest.raises(IdentificationRefused, match="grant ended"):
+        identifier.identify(UNIT, NOW + 4000 * DAY)
+
+
+def test_no_embedder_or_identifier_without_a_gate_session(shared_models: Path, tmp_path: Path) -> None:
+    forged = object.__new__(IdentificationSession)
+    with pytest.raises(IdentificationRefused):
+        FaceEmbedder(forged, shared_models / MODELS[0])
+    with pytest.raises(IdentificationRefused):
+        Identifier(forged, GalleryFile(tmp_path / "g.json"))
+    with pytest.raises(IdentificationRefused):
+        FaceEmbedder(None, shared_models / MODELS[0])  # type: ignore[arg-type]
+
+
+def test_wrong_model_is_a_model_error(session: IdentificationSession) -> None:
+    with pytest.raises(ModelError, match="not a face embedding model"):
+        FaceEmbedder(session, REPO / "models" / "face_detection_short_range.tflite")
+
+
+def test_damaged_gallery_file(tmp_path: Path) -> None:
+    path = tmp_path / "gallery.json"
+    path.write_text("{not json")
+    with pytest.raises(GalleryError, match="not valid JSON"):
+        GalleryFile(path).load()
+    path.write_text(json.dumps({"format": 1, "enrollments": [{"person_id": "x"}]}))
+    with pytest.raises(GalleryError, match="damaged"):
+        GalleryFile(path).load()
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.floats(-3.1, 3.1), st.floats(0.2, 5.0), st.floats(-500, 500), st.floats(-500, 500))
+def test_similarity_transform_recovers_a_known_one(angle: float, scale: float, tx: float, ty: float) -> None:
+    src = np.array([[10.0, 20.0], [60.0, 22.0], [35.0, 50.0], [36.0, 80.0]])
+    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    dst = scale * src @ rotation.T + np.array([tx, ty])
+    matrix = similarity_transform(src, dst)
+    assert np.allclose(src @ matrix[:, :2].T + matrix[:, 2], dst, atol=1e-6)
+
+
+def test_aligned_size_is_the_models_input() -> None:
+    assert ALIGNED_SIZE == 112
