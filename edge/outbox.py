@@ -144,7 +144,9 @@ class Outbox:
         self._queue: queue.Queue[_Item | None] = queue.Queue(maxsize=config.queue_capacity)
         self._listeners: list[Callable[[], None]] = []
         self._rejected = 0
-        self._rejected_lock = threading.Lock()
+        self._submitted = 0
+        self._committed = 0
+        self._counter_lock = threading.Lock()  # guards rejected, submitted, committed
         # synchronous=FULL where messages are born; acknowledgements may be lost
         # by a power cut (the message is then delivered twice, and subscribers
         # de-duplicate by seq), so they need not wait for an fsync.
@@ -163,14 +165,21 @@ class Outbox:
     def submit(self, topic: str, payload: bytes | PayloadFactory, qos: int = 1) -> bool:
         """Hand a message to the writer; a callable payload receives the next detections seq."""
         try:
-            self._queue.put_nowait(_Item(topic, payload, qos, self._clock()))
+            with self._counter_lock:
+                self._queue.put_nowait(_Item(topic, payload, qos, self._clock()))
+                self._submitted += 1
             return True
         except queue.Full:
-            with self._rejected_lock:
+            with self._counter_lock:
                 self._rejected += 1
                 count = self._rejected
             log.error("outbox hand-off queue full: message for %s rejected (%d so far)", topic, count)
             return False
+
+    def handoff_backlog(self) -> int:
+        """Messages submitted but not yet committed, for draining at shutdown."""
+        with self._counter_lock:
+            return self._submitted - self._committed
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="outbox-writer", daemon=True)
@@ -242,6 +251,8 @@ class Outbox:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        with self._counter_lock:
+            self._committed += len(batch)
         if dropped:
             log.warning("outbox limit reached: dropped the %d oldest message(s)", dropped)
         if batch:
@@ -308,7 +319,7 @@ class Outbox:
             refused = conn.execute("SELECT COUNT(*) FROM outbox WHERE refused IS NOT NULL").fetchone()[0]
             first = conn.execute("SELECT created FROM outbox ORDER BY id LIMIT 1").fetchone()
             oldest = None if first is None else first[0]
-        with self._rejected_lock:
+        with self._counter_lock:
             rejected = self._rejected
         return OutboxStats(
             depth=counters[COUNT_KEY],

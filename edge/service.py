@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 OUTBOX_FILE = "outbox.db"
 MS_PER_S = 1000.0
+DRAIN_POLL_S = 0.02
 
 
 class FrameLike(Protocol):
@@ -49,10 +50,16 @@ class FrameProcessor(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class RunLimits:
-    """Bounded runs for the demo and tests; None means until stopped."""
+    """Bounded runs for the demo and tests; None means until stopped.
+
+    `drain_s`: at the end, how long to wait for the broker to acknowledge what
+    is queued. Whatever is not acknowledged by then stays in the outbox for
+    the next run, so this only trades shutdown time for fresher delivery.
+    """
 
     max_frames: int | None = None
     max_seconds: float | None = None
+    drain_s: float = 2.0
 
 
 class DetectionsStream:
@@ -140,10 +147,19 @@ class Service:
                     break
                 if limits.max_seconds is not None and now - started >= limits.max_seconds:
                     break
+            self._drain(limits.drain_s)
         finally:
             self.publisher.stop()
             self.outbox.close()
         return self.frames.processed
+
+    def _drain(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            stats = self.outbox.stats()
+            if self.outbox.handoff_backlog() == 0 and stats.depth == stats.refused:
+                return
+            time.sleep(DRAIN_POLL_S)
 
     def publish_health(self, period_s: float) -> None:
         fps, (p50, p90, p99) = self.frames.take_period(period_s)

@@ -1,0 +1,165 @@
+"""The run loop end to end: real pipeline, real outbox, real Mosquitto; outages, limits and SIGKILL."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skimage.data
+
+from edge import serialize
+from edge.config import DeviceConfig, HealthConfig, HomeAssistantConfig, ServiceConfig
+from edge.outbox import Outbox, OutboxConfig
+from edge.pipeline import DetectorConfig, build_pipeline
+from edge.publish import MqttConfig
+from edge.service import OUTBOX_FILE, RunLimits, Service, status_for
+from mosquitto import BrokerUnderTest, Subscriber, first_occurrences, mosquitto, pki, wait_until  # noqa: F401
+
+REPO = Path(__file__).resolve().parents[1]
+FRAME_INTERVAL_S = 1 / 30
+
+
+@dataclass(frozen=True)
+class StillFrame:
+    image: np.ndarray
+    number: int
+    capture_time: float
+
+
+@pytest.fixture(scope="module")
+def pipeline():
+    return build_pipeline(DetectorConfig())
+
+
+def frames(pattern: str, interval: float = 0.0) -> Iterator[StillFrame]:
+    """'F' a frame with a face (skimage's astronaut), '.' an empty frame of the same size."""
+    face = skimage.data.astronaut()
+    empty = np.zeros_like(face)
+    for number, kind in enumerate(pattern, start=1):
+        if interval:
+            time.sleep(interval)
+        yield StillFrame(face if kind == "F" else empty, number, time.time())
+
+
+def service_config(state: Path, mqtt: MqttConfig, outbox: OutboxConfig = OutboxConfig(),
+                   health_s: float = 30.0) -> ServiceConfig:
+    return ServiceConfig(device=DeviceConfig("cam-a", state), mqtt=mqtt, outbox=outbox,
+                         health=HealthConfig(health_s), homeassistant=HomeAssistantConfig(),
+                         camera=None, detector=DetectorConfig(), policy=None)
+
+
+def test_one_message_per_frame_with_faces_and_one_when_they_go(tmp_path: Path, mosquitto: BrokerUnderTest,
+                                                                 pipeline) -> None:
+    config = service_config(tmp_path / "state", mosquitto.device_config("cam-a"))
+    with Subscriber(mosquitto.broker, mosquitto.pki) as sub:
+        service = Service(config, status_for(pipeline))
+        assert service.run(frames("FF..F", FRAME_INTERVAL_S), pipeline, RunLimits(drain_s=10)) == 5
+        assert wait_until(lambda: len(sub.seqs()) == 4), [(t, json.loads(p).get("seq"), json.loads(p).get("frame"), len(json.loads(p).get("faces", []))) for t, p, _ in sub.messages]
+    received = sub.on("cam-a/detections")
+    assert [m["seq"] for m in received] == [1, 2, 3, 4]
+    assert [m["frame"] for m in received] == [1, 2, 3, 5]
+    assert [len(m["faces"]) for m in received] == [1, 1, 0, 1]
+    assert received[0]["faces"][0]["track"] == received[1]["faces"][0]["track"]
+    assert Outbox(tmp_path / "state" / OUTBOX_FILE).stats().depth == 0
+
+
+def test_unreachable_broker_does_not_stop_detection(tmp_path: Path, mosquitto: BrokerUnderTest, pipeline) -> None:
+    mosquitto.broker.stop()
+    config = service_config(tmp_path / "state", mosquitto.device_config("cam-a"))
+    service = Service(config, status_for(pipeline))
+    started = time.monotonic()
+    assert service.run(frames("F" * 20), pipeline) == 20
+    assert time.monotonic() - started < 10  # frames were not held up by connection attempts
+    stats = Outbox(tmp_path / "state" / OUTBOX_FILE).stats()
+    assert stats.depth == 20 and stats.last_seq == 20
+
+
+def test_outbox_limit_during_outage_drops_oldest_and_health_reports_it(
+        tmp_path: Path, mosquitto: BrokerUnderTest, pipeline) -> None:
+    mosquitto.broker.stop()
+    limited = OutboxConfig(max_messages=5)
+    config = service_config(tmp_path / "state", mosquitto.device_config("cam-a"), limited, health_s=0.05)
+    Service(config, status_for(pipeline)).run(frames("F" * 15), pipeline)
+    assert Outbox(tmp_path / "state" / OUTBOX_FILE, limited).stats().dropped == 10
+
+    mosquitto.broker.start()
+    with Subscriber(mosquitto.broker, mosquitto.pki) as sub:
+        service = Service(config, status_for(pipeline))
+
+        def once_connected() -> Iterator[StillFrame]:
+            # The limit still holds: frames before the connection would push out more of the backlog.
+            assert wait_until(lambda: service.publisher.stats().connected and service.outbox.stats().depth == 0)
+            yield from frames("F" * 30, FRAME_INTERVAL_S)
+
+        service.run(once_connected(), pipeline, RunLimits(drain_s=10))
+        assert wait_until(lambda: bool(sub.on("cam-a/health")) and 45 in sub.seqs())
+    assert first_occurrences(sub.seqs()) == list(range(11, 46))  # the 10 oldest were dropped, nothing else
+    health = sub.on("cam-a/health")[-1]
+    assert health["outbox"]["dropped"] == 10
+    assert health["frames"]["processed"] > 0
+
+
+SERVICE_SCRIPT = textwrap.dedent("""
+    import itertools, sys, time
+    sys.path[:0] = [{repo!r}, {tests!r}]
+    import numpy as np, skimage.data
+    from edge.config import DeviceConfig, HealthConfig, HomeAssistantConfig, ServiceConfig
+    from edge.outbox import OutboxConfig
+    from edge.pipeline import DetectorConfig, build_pipeline
+    from edge.publish import MqttConfig
+    from edge.service import Service, status_for
+    from test_service import StillFrame
+
+    mqtt = MqttConfig.from_mapping({mqtt!r})
+    config = ServiceConfig(DeviceConfig("cam-a", __import__("pathlib").Path({state!r})), mqtt, OutboxConfig(),
+                           HealthConfig(30.0), HomeAssistantConfig(), None, DetectorConfig(), None)
+    pipeline = build_pipeline(config.detector)
+    face = skimage.data.astronaut()
+
+    def endless():
+        for n in itertools.count(1):
+            time.sleep({interval!r})
+            yield StillFrame(face, n, time.time())
+
+    service = Service(config, status_for(pipeline))
+    service.install_signal_handlers()
+    print("ready", flush=True)
+    service.run(endless(), pipeline)
+""")
+
+
+def test_service_sigkilled_mid_stream_then_restarted_loses_nothing(tmp_path: Path, mosquitto: BrokerUnderTest) -> None:
+    cred = mosquitto.pki.clients["cam-a"]
+    mqtt = {"host": mosquitto.broker.host, "port": mosquitto.broker.port, "ca": str(mosquitto.pki.ca),
+            "cert": str(cred.cert), "key": str(cred.key), "backoff_min_s": 0.1, "backoff_max_s": 0.5}
+    script = SERVICE_SCRIPT.format(repo=str(REPO), tests=str(REPO / "tests"), mqtt=mqtt,
+                                   state=str(tmp_path / "state"), interval=FRAME_INTERVAL_S)
+
+    def start() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+        return proc
+
+    with Subscriber(mosquitto.broker, mosquitto.pki) as sub:
+        first = start()
+        assert wait_until(lambda: len(sub.seqs()) >= 20)
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+        killed_at = max(sub.seqs())
+        second = start()
+        assert wait_until(lambda: max(sub.seqs()) >= killed_at + 20)
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(15) == 0
+        last = Outbox(tmp_path / "state" / OUTBOX_FILE).stats().last_seq
+        assert wait_until(lambda: last in sub.seqs())
+    assert first_occurrences(sub.seqs()) == list(range(1, last + 1))
+    assert json.loads(sub.messages[-1][1])["state"] == "offline" or sub.on("cam-a/status")[-1]["state"] == "offline"
