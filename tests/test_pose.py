@@ -480,3 +480,23 @@ def test_the_pipeline_reports_a_pose_for_every_face(mode: str, shared_images: Pa
     assert len(result.faces) == 2
     assert all(face.pose is not None for face in result.faces)
     assert "pose" in result.timings_ms
+
+
+def test_a_crop_without_a_face_gets_no_pose(landmark_pose, shared_images: Path) -> None:
+    """The landmark model's face-presence score gates the fit, as in MediaPipe's face-mesh graph."""
+    image = load_rgb(shared_images / "mtcnn_no_faces.jpg")
+    boxes = [Box(0.3, 0.3, 0.3, 0.3), Box(0.1, 0.5, 0.2, 0.2)]
+    assert landmark_pose.estimate(image, [Detection(box, 0.9) for box in boxes]) == [None, None]
+
+
+def test_a_detector_without_keypoints_gets_an_upright_crop_and_a_pose(shared_images: Path, shared_models: Path) -> None:
+    """ULFD has no keypoints: the landmark mode still fits a pose, the keypoint mode cannot."""
+    image = load_rgb(shared_images / "fr_obama.jpg")
+    for mode, expect_pose in (("landmarks", True), ("keypoints", False)):
+        config = DetectorConfig(model="ulfd-rfb320", delegate=DelegateConfig(kind="cpu"), pose=mode,
+                                model_dirs=(shared_models,))
+        (face,) = build_pipeline(config).process(Frame(image)).faces
+        assert len(face.detection.keypoints) == 0
+        assert (face.pose is not None) == expect_pose
+        if face.pose is not None:
+            assert max(abs(face.pose.yaw), abs(face.pose.pitch), abs(face.pose.roll)) <= FRONTAL_TOLERANCE
