@@ -43,6 +43,8 @@ MODEL_FILE = "canonical_face_model.csv"
 MESH_POINTS = 468
 CM_TO_MM = 10.0
 SMALL_ANGLE = 1e-9
+# How many distortion coefficients OpenCV's camera model accepts.
+DISTORTION_COUNTS = (0, 4, 5, 8, 12, 14)
 # Canonical-model axes are x toward the person's left, y up, z toward the
 # viewer; camera axes for a frontal face are x right, y down, z away.
 CANONICAL_TO_CAMERA = np.array([1.0, -1.0, -1.0])
@@ -114,11 +116,14 @@ class Calibration:
 
     def __post_init__(self) -> None:
         if not (self.fx > 0 and self.fy > 0):
-            raise ConfigError("camera.calibration", f"focal lengths fx={self.fx}, fy={self.fy}", "positive pixel values")
+            raise ConfigError("camera.calibration", f"focal lengths fx={self.fx}, fy={self.fy}",
+                              "positive pixel values")
         if not (self.width > 0 and self.height > 0):
-            raise ConfigError("camera.calibration", f"size {self.width}x{self.height}", "the positive frame size it was measured at")
-        if len(self.distortion) not in (0, 4, 5, 8, 12, 14):
-            raise ConfigError("camera.calibration", f"{len(self.distortion)} distortion coefficients", "0, 4, 5, 8, 12 or 14 (OpenCV's model)")
+            raise ConfigError("camera.calibration", f"size {self.width}x{self.height}",
+                              "the positive frame size it was measured at")
+        if len(self.distortion) not in DISTORTION_COUNTS:
+            raise ConfigError("camera.calibration", f"{len(self.distortion)} distortion coefficients",
+                              f"one of {', '.join(map(str, DISTORTION_COUNTS))} (OpenCV's camera model)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,10 +132,6 @@ class Camera:
 
     matrix: np.ndarray
     distortion: np.ndarray | None
-
-    @property
-    def focal(self) -> float:
-        return float(self.matrix[0, 0])
 
 
 def camera_for(width: int, height: int, calibration: Calibration | None = None) -> Camera:
