@@ -401,6 +401,7 @@ def results(setup: Setup, frames: list[BenchFrame], rounds: int, seconds: float,
             detection.append({
                 "model": model, "threads": n, "mediapipe": mp_stat, "bare_invoke": bare, "ours": ours,
                 "mediapipe_inference_in_graph_ms": mp_inference,
+                "mediapipe_graph": {"to_tensor": to_tensor, "to_tensor_and_inference": with_inference},
                 "ours_stages_median_ms": stages(f"ours/{model}/t{n}"),
                 "ours_vs_mediapipe": ratio(ours, mp_stat), "goal_vs_mediapipe": GOAL_VS_MEDIAPIPE,
                 "ours_vs_bare": ratio(ours, bare), "goal_vs_bare": GOAL_VS_BARE,
