@@ -35,6 +35,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
+    IMAGE_SUFFIXES,
     LANDMARK_MODEL_FILE,
     MODEL_INPUT_SIZE,
     MEDIAPIPE_MODEL_SELECTION,
@@ -104,7 +105,7 @@ class BenchFrame:
 
 def make_frames() -> list[BenchFrame]:
     folder = require_shared()
-    photos = {p.name: load_rgb(p) for p in sorted(folder.iterdir()) if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp")}
+    photos = {p.name: load_rgb(p) for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
     frames = [BenchFrame(name, letterbox(rgb, FRAME_WIDTH, FRAME_HEIGHT), i) for i, (name, rgb) in enumerate(photos.items())]
     for (columns, rows), names in MOSAICS:
         missing = [n for n in names if n not in photos]
