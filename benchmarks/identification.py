@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import cv2
-import numpy as np
 from cryptography.hazmat.primitives import serialization
 
 REPO = Path(__file__).resolve().parents[1]

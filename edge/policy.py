@@ -20,7 +20,7 @@ import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -107,13 +107,13 @@ class IdentificationGrant:
             raise AttributeError("IdentificationGrant is immutable")
         object.__setattr__(self, name, value)
 
-    def __reduce__(self) -> object:
+    def __reduce__(self) -> NoReturn:
         raise TypeError("IdentificationGrant cannot be copied or pickled")
 
-    def __copy__(self) -> object:
+    def __copy__(self) -> NoReturn:
         raise TypeError("IdentificationGrant cannot be copied")
 
-    def __deepcopy__(self, memo: object) -> object:
+    def __deepcopy__(self, memo: object) -> NoReturn:
         raise TypeError("IdentificationGrant cannot be copied")
 
     def is_live(self, now: dt.datetime) -> bool:

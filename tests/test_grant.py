@@ -5,7 +5,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pyasn1.codec.ber import encoder as ber_encoder
-from pyasn1.type import char, univ
 
 from edge.grant import (
     GRANT_OID_DOTTED,

@@ -20,7 +20,7 @@ from edge.certificates import GRANT_OID
 from edge.errors import ConfigError
 from edge.grant import encode_grant
 from edge.identify import IdentificationRefused, IdentificationSession
-from edge.identity import build_csr, load_or_create_device_key
+from edge.identity import build_csr
 from edge.policy import (
     FIRMWARE_BUILD_TIME,
     IdentificationGrant,
@@ -29,7 +29,7 @@ from edge.policy import (
     PolicyGate,
     is_gate_issued,
 )
-from edge_pki import DAY, NOW, Device, Pki, grant, pem, provision, resign
+from edge_pki import DAY, NOW, Device, Pki, grant, provision, resign
 
 
 @pytest.fixture(scope="module")

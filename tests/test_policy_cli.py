@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives import serialization
 from edge.audit import AuditError
 from edge.errors import ConfigError, EdgeError
 from edge.policy_cli import add_parsers
-from edge_pki import Pki, grant, provision
+from edge_pki import Pki, grant
 
 
 def run(argv: list[str]) -> int:
