@@ -129,7 +129,7 @@ def make_throwaway_pki(directory: Path, clients: tuple[str, ...]) -> ThrowawayPk
 
 
 def acl_text(topic_root: str = DEFAULT_TOPIC_ROOT, discovery_prefix: str = DEFAULT_DISCOVERY_PREFIX,
-             readers: tuple[str, ...] = ()) -> str:
+             readers: tuple[str, ...] = (), crl_publishers: tuple[str, ...] = ()) -> str:
     """Each device (certificate CN = username) writes only under its own prefix and reads only the CRL."""
     lines = [
         "# Device certificates: CN = device id = MQTT username (use_identity_as_username).",
@@ -139,6 +139,9 @@ def acl_text(topic_root: str = DEFAULT_TOPIC_ROOT, discovery_prefix: str = DEFAU
         "# and may read only the fleet's signed revocation list.",
         f"pattern read {topic_root}/{CRL_TOPIC_LEAF}",
     ]
+    for operator in crl_publishers:
+        lines += [f"# {operator} publishes the signed CRL (retained). Never issue a device certificate with CN 'fleet'.",
+                  f"user {operator}", f"topic write {topic_root}/{CRL_TOPIC_LEAF}"]
     for reader in readers:
         lines += [f"# Subscriber {reader}: reads everything the devices publish.",
                   f"user {reader}", f"topic read {topic_root}/#", f"topic read {discovery_prefix}/#"]
@@ -191,7 +194,8 @@ class MosquittoBroker:
     """One Mosquitto process this code started; stop/kill/start act on that process only."""
 
     def __init__(self, workdir: Path, pki: ThrowawayPki, port: int | None = None,
-                 binary: str | None = None, readers: tuple[str, ...] = ()) -> None:
+                 binary: str | None = None, readers: tuple[str, ...] = (),
+                 crl_publishers: tuple[str, ...] = ()) -> None:
         found = binary or shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
         if found is None:
             raise BrokerError("no mosquitto binary found", "install the mosquitto package")
@@ -205,7 +209,7 @@ class MosquittoBroker:
         data_dir = workdir / "data"
         data_dir.mkdir(parents=True, exist_ok=True)
         acl_path = workdir / "acl"
-        acl_path.write_text(acl_text(readers=readers))
+        acl_path.write_text(acl_text(readers=readers, crl_publishers=crl_publishers))
         self.conf_path.write_text(mosquitto_conf(self.port, pki, acl_path, data_dir, self.log_path))
         self._proc: subprocess.Popen[bytes] | None = None
 

@@ -27,6 +27,7 @@ from edge.publish import MqttConfig
 
 DEVICES = ("cam-a", "cam-b")
 SUBSCRIBER = "subscriber"
+OPERATOR = "fleet-operator"
 WAIT_S = 15.0
 POLL_S = 0.02
 SUBSCRIBER_EXPIRY_S = 3600
@@ -47,12 +48,12 @@ class BrokerUnderTest:
 
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> ThrowawayPki:
-    return make_throwaway_pki(tmp_path_factory.mktemp("pki"), (*DEVICES, SUBSCRIBER))
+    return make_throwaway_pki(tmp_path_factory.mktemp("pki"), (*DEVICES, SUBSCRIBER, OPERATOR))
 
 
 @pytest.fixture
 def mosquitto(tmp_path: Path, pki: ThrowawayPki) -> Iterator[BrokerUnderTest]:
-    broker = MosquittoBroker(tmp_path / "broker", pki, readers=(SUBSCRIBER,))
+    broker = MosquittoBroker(tmp_path / "broker", pki, readers=(SUBSCRIBER,), crl_publishers=(OPERATOR,))
     broker.start()
     try:
         yield BrokerUnderTest(broker, pki)

@@ -18,7 +18,7 @@ from edge.detection import Box, Detection, Face, HeadPose
 from edge.observation import observe
 from edge.outbox import Outbox, OutboxConfig
 from edge.publish import Publisher, backoff_delay
-from mosquitto import (BrokerUnderTest, Subscriber, client_context, first_occurrences, mosquitto, pki,  # noqa: F401
+from mosquitto import (OPERATOR, BrokerUnderTest, Subscriber, client_context, first_occurrences, mosquitto, pki,  # noqa: F401
                        wait_until)
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "edge" / "schemas"
@@ -173,3 +173,35 @@ def test_backoff_is_capped_exponential_with_jitter() -> None:
         step = min(60.0, 2.0 ** attempt)
         assert step / 2 <= delay <= step
     assert len({round(d, 6) for d in delays[8:]}) > 1  # capped, yet not in lock-step
+
+
+def test_device_receives_the_retained_crl_and_nothing_else(tmp_path: Path, mosquitto: BrokerUnderTest) -> None:
+    """The only subscription is the fleet CRL; the payload goes to the revocation store's handler untouched."""
+    operator = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=OPERATOR, protocol=mqtt.MQTTv5)
+    operator.tls_set_context(client_context(mosquitto.pki, OPERATOR))
+    operator.connect(mosquitto.broker.host, mosquitto.broker.port)
+    operator.loop_start()
+    operator.publish("edge/v1/fleet/crl", b"\x30\x82der-crl", qos=1, retain=True).wait_for_publish(5)
+    operator.publish("edge/v1/cam-a/command", b"reboot", qos=1).wait_for_publish(5)  # refused by the ACL anyway
+    received: list[bytes] = []
+    outbox, publisher = open_publisher(tmp_path, mosquitto.device_config("cam-a"), on_crl=received.append)
+    try:
+        assert wait_until(lambda: received == [b"\x30\x82der-crl"])
+    finally:
+        close(outbox, publisher)
+        operator.disconnect()
+        operator.loop_stop()
+
+
+def test_shipped_example_acl_is_the_tested_one() -> None:
+    from edge.broker import acl_text
+
+    shipped = (Path(__file__).resolve().parents[1] / "systemd" / "mosquitto-edge.acl").read_text()
+    rules = [line for line in shipped.splitlines() if line and not line.startswith("#")]
+    tested = [line for line in acl_text(readers=("dashboard",), crl_publishers=("fleet-operator",)).splitlines()
+              if line and not line.startswith("#")]
+    assert rules == tested
+    conf = (Path(__file__).resolve().parents[1] / "systemd" / "mosquitto-edge.conf").read_text().splitlines()
+    for directive in ("require_certificate true", "use_identity_as_username true", "persistence true",
+                      "allow_anonymous false"):
+        assert directive in conf
