@@ -101,6 +101,7 @@ class Service:
         self.frames = FrameStats()
         self._stop = threading.Event()
         self._hangup = threading.Event()
+        self.last_seq = 0
         self.on_hangup: Callable[[], None] | None = None
 
     def audit_sink(self, record: dict[str, Any]) -> None:
@@ -150,6 +151,7 @@ class Service:
             self._drain(limits.drain_s)
         finally:
             self.publisher.stop()
+            self.last_seq = self.outbox.stats().last_seq
             self.outbox.close()
         return self.frames.processed
 
