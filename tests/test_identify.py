@@ -212,3 +212,18 @@ def test_similarity_transform_recovers_a_known_one(angle: float, scale: float, t
 
 def test_aligned_size_is_the_models_input() -> None:
     assert ALIGNED_SIZE == 112
+
+
+def test_hand_edited_entry_without_proper_consent_stops_matching_but_can_be_erased(
+        session: IdentificationSession, tmp_path: Path) -> None:
+    path = tmp_path / "gallery.json"
+    identifier = Identifier(session, GalleryFile(path))
+    identifier.enroll(enrollment("p-ok", UNIT), NOW)
+    data = json.loads(path.read_text())
+    smuggled = dict(data["enrollments"][0], person_id="p-smuggled", source="mugshot-database")
+    data["enrollments"].append(smuggled)
+    path.write_text(json.dumps(data))
+    with pytest.raises(GalleryError, match="'p-smuggled' breaks the rules: gallery source refused"):
+        identifier.identify(UNIT, NOW)
+    assert GalleryFile(path).erase("p-smuggled") == 1
+    assert identifier.identify(UNIT, NOW).person_id == "p-ok"  # type: ignore[union-attr]

@@ -88,8 +88,8 @@ def _text(what: str, value: str) -> str:
     return value
 
 
-def check_enrollment(enrollment: Enrollment, now: dt.datetime) -> None:
-    """Every rule an enrolment must meet, with the reason when it does not."""
+def check_stored(enrollment: Enrollment) -> None:
+    """The rules an enrolment meets at any time; a hand-edited gallery entry is held to them too."""
     if not PERSON_ID_PATTERN.fullmatch(enrollment.person_id):
         raise GalleryError(f"person id {enrollment.person_id!r} is not valid",
                            "use 1-64 letters, digits, '.', '_' or '-' (a pseudonym, not a name)")
@@ -98,12 +98,8 @@ def check_enrollment(enrollment: Enrollment, now: dt.datetime) -> None:
     _text("consent collected by", consent.collected_by)
     if consent.method != CONSENT_METHOD_WRITTEN:
         raise GalleryError(f"consent method {consent.method!r} is not accepted", "written, informed consent is required")
-    if consent.obtained_at > now:
-        raise GalleryError("consent is dated in the future")
     if consent.obtained_at > enrollment.enrolled_at:
         raise GalleryError("consent was obtained after enrolment", "consent comes first")
-    if enrollment.retention_until <= now:
-        raise GalleryError("retention date has already passed")
     if enrollment.retention_until > enrollment.enrolled_at + MAX_RETENTION:
         raise GalleryError("retention is longer than three years after enrolment",
                            "BIPA requires destruction within three years")
@@ -115,6 +111,15 @@ def check_enrollment(enrollment: Enrollment, now: dt.datetime) -> None:
     if vector.shape != (EMBEDDING_SIZE,) or not np.all(np.isfinite(vector)) or \
             abs(float(np.linalg.norm(vector)) - 1.0) > UNIT_TOLERANCE:
         raise GalleryError(f"embedding must be {EMBEDDING_SIZE} finite numbers of unit length")
+
+
+def check_enrollment(enrollment: Enrollment, now: dt.datetime) -> None:
+    """Every rule a new enrolment must meet, with the reason when it does not."""
+    check_stored(enrollment)
+    if enrollment.consent.obtained_at > now:
+        raise GalleryError("consent is dated in the future")
+    if enrollment.retention_until <= now:
+        raise GalleryError("retention date has already passed")
 
 
 def enroll(gallery: Gallery, enrollment: Enrollment, now: dt.datetime) -> Gallery:
@@ -200,6 +205,17 @@ class GalleryFile:
         except (KeyError, TypeError, ValueError) as exc:
             raise GalleryError(f"gallery {self.path} is damaged ({type(exc).__name__})") from None
 
+    def load_checked(self) -> Gallery:
+        """The gallery for matching: one entry that breaks the rules stops identification (fail closed)."""
+        gallery = self.load()
+        for item in gallery.enrollments:
+            try:
+                check_stored(item)
+            except GalleryError as exc:
+                raise GalleryError(f"gallery entry for {item.person_id!r} breaks the rules: {exc.message}",
+                                   f"erase it: edge-camera gallery erase --person {item.person_id}") from None
+        return gallery
+
     def save(self, gallery: Gallery) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
@@ -240,7 +256,7 @@ class Identifier:
 
     def enroll(self, enrollment: Enrollment, now: dt.datetime) -> None:
         self._session.require_live(now)
-        self.gallery.save(enroll(self.gallery.load(), enrollment, now))
+        self.gallery.save(enroll(self.gallery.load_checked(), enrollment, now))
         self.gallery.record("gallery-enroll", {"person_id": enrollment.person_id,
                                                "consent_reference": enrollment.consent.reference,
                                                "retention_until": enrollment.retention_until.isoformat()})
@@ -248,4 +264,4 @@ class Identifier:
     def identify(self, embedding: np.ndarray, now: dt.datetime) -> Match | None:
         self._session.require_live(now)
         self.gallery.purge_expired(now)
-        return best_match(self.gallery.load(), embedding, now, self.threshold)
+        return best_match(self.gallery.load_checked(), embedding, now, self.threshold)
