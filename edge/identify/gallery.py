@@ -116,8 +116,8 @@ def check_stored(enrollment: Enrollment) -> None:
 def check_enrollment(enrollment: Enrollment, now: dt.datetime) -> None:
     """Every rule a new enrolment must meet, with the reason when it does not."""
     check_stored(enrollment)
-    if enrollment.consent.obtained_at > now:
-        raise GalleryError("consent is dated in the future")
+    if enrollment.consent.obtained_at > now or enrollment.enrolled_at > now:
+        raise GalleryError("consent or enrolment is dated in the future", "check the device's clock")
     if enrollment.retention_until <= now:
         raise GalleryError("retention date has already passed")
 
