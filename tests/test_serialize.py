@@ -185,3 +185,58 @@ def test_retired_attributes_stop_start_up_naming_the_rule(document: dict, where:
 
 def test_ordinary_keys_are_not_mistaken_for_attributes() -> None:
     refuse_retired_attributes({"outbox": {"max_age_s": 60}, "device": {"id": "cam-a", "state_dir": "/var/lib/x"}})
+
+
+def test_health_figures() -> None:
+    from edge.health import FrameStats, parse_throttled, percentile
+
+    assert percentile([], 50) is None
+    assert percentile([5.0, 1.0, 3.0, 2.0, 4.0], 50) == 3.0
+    assert percentile([float(v) for v in range(1, 101)], 99) == 99.0
+    assert parse_throttled("throttled=0x50005\n") == 0x50005
+    assert parse_throttled("50000") == 0x50000
+    assert parse_throttled("garbage") is None
+    stats = FrameStats()
+    for number in (1, 2, 5, 6):
+        stats.record(number, 10.0)
+    assert (stats.processed, stats.dropped) == (4, 2)
+    fps, (p50, _p90, p99) = stats.take_period(2.0)
+    assert fps == 2.0 and p50 == 10.0 and p99 == 10.0
+
+
+@pytest.mark.parametrize("section, data, fragment", [
+    ("device", {"id": "fleet", "state_dir": "/x"}, "reserved"),
+    ("device", {"id": "cam/1", "state_dir": "/x"}, "not a device id"),
+    ("device", {"id": "cam-1"}, "state_dir"),
+    ("mqtt", {"ca": "a", "cert": "b"}, "key"),
+    ("mqtt", {"ca": "a", "cert": "b", "key": "c", "protocol": "4"}, "protocol"),
+    ("mqtt", {"ca": "a", "cert": "b", "key": "c", "topic_root": "edge/#"}, "topic_root"),
+    ("mqtt", {"ca": "a", "cert": "b", "key": "c", "port": "8883"}, "port"),
+    ("mqtt", {"ca": "a", "cert": "b", "key": "c", "qos": 2}, "unknown key"),
+    ("health", {"interval_s": 0}, "interval_s"),
+    ("homeassistant", {"enabled": "yes"}, "enabled"),
+])
+def test_service_sections_name_what_is_wrong(section: str, data: dict, fragment: str) -> None:
+    from edge.config import DeviceConfig, HealthConfig, HomeAssistantConfig
+    from edge.publish import MqttConfig
+
+    parse = {"device": DeviceConfig.from_mapping, "mqtt": MqttConfig.from_mapping,
+             "health": HealthConfig.from_mapping, "homeassistant": HomeAssistantConfig.from_mapping}[section]
+    with pytest.raises(ConfigError, match=fragment):
+        parse(data)
+
+
+def test_service_config_file_refuses_retired_attributes_at_start_up(tmp_path: Path) -> None:
+    from edge.config import load
+
+    path = tmp_path / "edge-camera.toml"
+    path.write_text('[device]\nid = "cam-a"\nstate_dir = "/tmp/x"\n[detector]\nmodel = "blazeface-full"\n'
+                    'estimate = ["Gender"]\n')
+    with pytest.raises(ConfigError, match="responsible-use rule") as info:
+        load(path)
+    assert info.value.where == "detector.estimate[0]"
+    path.write_text("[device\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load(path)
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load(tmp_path / "missing.toml")
