@@ -162,14 +162,14 @@ def test_enrolment_refusals(session: IdentificationSession, tmp_path: Path, kwar
     assert not (tmp_path / "gallery.json").exists()
 
 
-@pytest.mark.parametrize("vector", [np.zeros(128, np.float32), np.ones(64, np.float32) / 8,
-                                    np.full(128, np.nan, np.float32)])
 def test_enrolment_dated_in_the_future(session: IdentificationSession, tmp_path: Path) -> None:
     future = Enrollment("p-x", UNIT, consent(NOW + DAY), NOW + 2 * DAY, NOW + 30 * DAY, "office")
     with pytest.raises(GalleryError, match="dated in the future"):
         Identifier(session, GalleryFile(tmp_path / "g.json")).enroll(future, NOW)
 
 
+@pytest.mark.parametrize("vector", [np.zeros(128, np.float32), np.ones(64, np.float32) / 8,
+                                    np.full(128, np.nan, np.float32)])
 def test_bad_embeddings_are_refused(session: IdentificationSession, tmp_path: Path, vector: np.ndarray) -> None:
     with pytest.raises(GalleryError, match="embedding"):
         Identifier(session, GalleryFile(tmp_path / "g.json")).enroll(enrollment("p-x", vector), NOW)
