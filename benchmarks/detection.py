@@ -213,10 +213,14 @@ class MediaPipeGraph:
         self.outputs += 1
 
     def run(self, frame: BenchFrame) -> None:
+        before = self.outputs
         packet = self.mp.packet_creator.create_image_frame(image_format=self.mp.ImageFormat.SRGB, data=frame.image)
         self.graph.add_packet_to_input_stream("image", packet.at(self.timestamp))
         self.timestamp += 1
         self.graph.wait_until_idle()
+        if self.outputs == before:
+            # A graph that silently dropped the frame would time nothing.
+            raise RuntimeError(f"MediaPipe's graph gave no output for frame {frame.name!r}")
 
 
 class PoseRun:
