@@ -439,6 +439,8 @@ class PolicyGate:
 
     The service calls `decide()` at start, after `crl_store` applied a CRL, on
     SIGHUP (after `crl_store.reload()`), and at the latest at `valid_until`.
+    Each call withdraws the grants earlier calls issued, so identification
+    sessions must be reopened with the new decision's grant.
     """
 
     def __init__(self, config: PolicyConfig, *, audit: AuditLog | None = None,
@@ -448,6 +450,7 @@ class PolicyGate:
         self.clock = clock
         self.vocabulary = vocabulary
         self._last_record: dict[str, Any] | None = None
+        self._issued: "weakref.WeakSet[IdentificationGrant]" = weakref.WeakSet()
         self.crl_store = CrlStore(config.state_dir, self._crl_issuers(), local_path=config.crl, audit=audit)
         # The locally installed CRL counts from the start, not only after the first SIGHUP.
         self.startup_crl = self.crl_store.reload()
@@ -471,8 +474,15 @@ class PolicyGate:
             failed = Check("audit", False, f"{problem}: identification needs a working audit log")
             decision = replace(decision, mode=Mode.DETECTION, reasons=(failed.detail,),
                                checks=decision.checks + (failed,))
+        # A new decision withdraws every grant this gate issued before: a certificate revoked
+        # a second ago must end identification now, not when the old grant would have expired.
+        for old in list(self._issued):
+            _ISSUED.discard(old)
+        self._issued = weakref.WeakSet()
         if decision.mode is Mode.IDENTIFICATION:
-            decision = replace(decision, identification=IdentificationGrant(_GATE_SEAL, decision))
+            grant = IdentificationGrant(_GATE_SEAL, decision)
+            self._issued.add(grant)
+            decision = replace(decision, identification=grant)
         return decision
 
     def _audit(self, decision: PolicyDecision) -> str | None:

@@ -233,3 +233,17 @@ def test_hand_edited_entry_without_proper_consent_stops_matching_but_can_be_eras
         identifier.identify(UNIT, NOW)
     assert GalleryFile(path).erase("p-smuggled") == 1
     assert identifier.identify(UNIT, NOW).person_id == "p-ok"  # type: ignore[union-attr]
+
+
+def test_embedding_stops_when_the_gate_decides_again(shared_models: Path, tmp_path: Path) -> None:
+    pki = Pki.create()
+    device = provision(tmp_path, pki)
+    (device.state_dir / "installed-crl.pem").write_bytes(pki.crl().public_bytes(serialization.Encoding.PEM))
+    gate = PolicyGate(device.config, audit=AuditLog(device.state_dir / "audit.log"), clock=lambda: NOW)
+    embedder = FaceEmbedder(IdentificationSession(gate.decide().identification), shared_models / MODELS[1])  # type: ignore[arg-type]
+    crop = np.zeros((ALIGNED_SIZE, ALIGNED_SIZE, 3), np.uint8)
+    crop[30:80, 30:80] = 200
+    assert embedder.embed_aligned(crop).shape == (128,)
+    gate.decide()  # a new decision withdraws the grant the embedder's session holds
+    with pytest.raises(IdentificationRefused):
+        embedder.embed_aligned(crop)

@@ -499,3 +499,26 @@ def test_corrupted_certificate_never_crashes_and_never_identifies(fuzz_device: D
     decision = gate.decide()
     assert decision.mode is Mode.DETECTION
     assert decision.reasons
+
+
+def test_revocation_withdraws_a_grant_already_in_use(tmp_path: Path) -> None:
+    pki = Pki.create()
+    dev = provision(tmp_path, pki)
+    gate = PolicyGate(dev.config, audit=AuditLog(dev.state_dir / "audit.log"), clock=lambda: NOW)
+    gate.crl_store.handle(pki.crl().public_bytes(serialization.Encoding.DER))
+    first = gate.decide()
+    session = IdentificationSession(first.identification)  # type: ignore[arg-type]
+    session.require_live(NOW)
+    pki.revoke(dev.cert)
+    gate.crl_store.handle(pki.crl().public_bytes(serialization.Encoding.DER))
+    assert gate.decide().mode is Mode.DETECTION
+    assert not is_gate_issued(first.identification)
+    with pytest.raises(IdentificationRefused):
+        session.require_live(NOW)
+
+
+def test_each_decision_replaces_the_previous_grant(device: Device) -> None:
+    (device.state_dir / "installed-crl.pem").write_bytes(device.pki.crl().public_bytes(serialization.Encoding.PEM))
+    gate = PolicyGate(device.config, audit=AuditLog(device.state_dir / "audit.log"), clock=lambda: NOW)
+    first, second = gate.decide(), gate.decide()
+    assert not is_gate_issued(first.identification) and is_gate_issued(second.identification)

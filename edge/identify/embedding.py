@@ -47,6 +47,7 @@ class FaceEmbedder:
 
     def embed_aligned(self, aligned: np.ndarray) -> np.ndarray:
         """Unit-length embedding of a 112x112x3 uint8 RGB aligned crop."""
+        require_session(self._session)  # withdrawn when the gate decided again (e.g. after a revocation)
         if aligned.shape != INPUT_SHAPE[1:] or aligned.dtype != np.uint8:
             raise ValueError(f"expected a {INPUT_SHAPE[1:]} uint8 crop, got {aligned.shape} {aligned.dtype}")
         raw = self._runner.run_pixels(aligned, self._transform)[0].reshape(-1).astype(np.float32)
