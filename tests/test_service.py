@@ -163,3 +163,30 @@ def test_service_sigkilled_mid_stream_then_restarted_loses_nothing(tmp_path: Pat
         assert wait_until(lambda: last in sub.seqs())
     assert first_occurrences(sub.seqs()) == list(range(1, last + 1))
     assert json.loads(sub.messages[-1][1])["state"] == "offline" or sub.on("cam-a/status")[-1]["state"] == "offline"
+
+
+def test_sighup_runs_the_reload_hook_and_sigterm_stops_after_the_frame(tmp_path: Path, mosquitto: BrokerUnderTest,
+                                                                       pipeline) -> None:
+    config = service_config(tmp_path / "state", mosquitto.device_config("cam-a"))
+    service = Service(config, status_for(pipeline))
+    reloads: list[int] = []
+    service.on_hangup = lambda: reloads.append(service.frames.processed)
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+
+    def signalling() -> Iterator[StillFrame]:
+        for frame in frames("F" * 50):
+            if frame.number == 3:
+                os.kill(os.getpid(), signal.SIGHUP)
+            if frame.number == 6:
+                os.kill(os.getpid(), signal.SIGTERM)
+            yield frame
+
+    try:
+        service.install_signal_handlers()
+        processed = service.run(signalling(), pipeline, RunLimits(drain_s=5))
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    assert reloads == [3]
+    assert processed == 5  # frame 6 arrived after SIGTERM and was not processed
+    assert service.last_seq == 5
