@@ -4,10 +4,11 @@ Why: paho keeps unacknowledged messages only in memory, so a crash, power cut
 or long outage would lose detections. Every message is committed here first
 (SQLite, WAL journal, synchronous=FULL) and leaves only when the broker has
 acknowledged it with a success reason code. Commits are grouped (a bounded
-wait of a few milliseconds collects several messages per fsync) so the
-fsync cost does not dominate latency. Limits on count, bytes and age keep an
-outage from filling the disk: past them the oldest messages are dropped and
-counted, never silently.
+wait of a few milliseconds collects messages that arrive together into one
+fsync) so the fsync cost does not dominate latency; a lone message is
+committed at once. Limits on count, bytes and age keep an outage from
+filling the disk: past them the oldest messages are dropped and counted,
+never silently.
 
 The detections sequence number is assigned inside the same transaction that
 stores the message, so it survives restarts and never repeats or skips.
@@ -196,39 +197,58 @@ class Outbox:
             self._reader.close()
 
     def _run(self) -> None:
-        wait_s = self.config.commit_wait_ms / 1000
         while True:
             try:
                 first = self._queue.get(timeout=IDLE_ENFORCE_INTERVAL_S)
             except queue.Empty:
-                self._commit([])
+                self._commit([])  # age limits apply even when nothing arrives
                 continue
-            batch: list[_Item] = []
-            stop = first is None
-            if first is not None:
-                batch.append(first)
-                deadline = time.monotonic() + wait_s
-                while len(batch) < self.config.max_batch:
-                    remaining = deadline - time.monotonic()
-                    try:
-                        item = self._queue.get(timeout=max(0.0, remaining)) if remaining > 0 else self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if item is None:
-                        stop = True
-                        break
-                    batch.append(item)
+            batch, stop = ([], True) if first is None else self._collect(first)
             if stop:
-                while True:
-                    try:
-                        item = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if item is not None:
-                        batch.append(item)
+                batch += self._leftovers()
             self._commit(batch)
             if stop:
                 return
+
+    def _collect(self, first: _Item) -> tuple[list[_Item], bool]:
+        """The group for one commit, and whether a stop was requested.
+
+        A lone message is committed at once: there is nobody to share its fsync
+        with, and waiting would only add latency. When messages arrive together
+        (a burst, audit records next to detections) the group also takes what
+        comes within `commit_wait_ms`, up to `max_batch`.
+        """
+        batch = [first]
+        deadline: float | None = None
+        while len(batch) < self.config.max_batch:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                if len(batch) == 1:
+                    break
+                if deadline is None:
+                    deadline = time.monotonic() + self.config.commit_wait_ms / 1000
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    item = self._queue.get(timeout=remaining)
+                except queue.Empty:
+                    break
+            if item is None:
+                return batch, True
+            batch.append(item)
+        return batch, False
+
+    def _leftovers(self) -> list[_Item]:
+        items = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return items
+            if item is not None:
+                items.append(item)
 
     def _commit(self, batch: list[_Item]) -> None:
         conn = self._writer
