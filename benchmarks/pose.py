@@ -81,8 +81,7 @@ def landmark_stages(timer: Timer, estimator: LandmarkPose, frame: np.ndarray, de
         crop_points = timer.time(f"{prefix}normalise + invoke", estimator.infer)
         if crop_points is None:
             continue
-        points = timer.time(f"{prefix}map back (multiply-add)",
-                            lambda: to_frame(crop_points.astype(np.float64), affine))
+        points = timer.time(f"{prefix}map back (multiply-add)", lambda: to_frame(crop_points, affine))
         timer.time(f"{prefix}solvePnP + angles", lambda: fit_pose(points, LANDMARK_MODEL, camera))
         timer.time(f"{prefix}bare invoke()", estimator.runner.invoke)
 

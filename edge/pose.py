@@ -201,13 +201,20 @@ def line_of_sight(position: np.ndarray) -> np.ndarray:
     which depends on the (usually uncalibrated) focal length. On the optical
     axis the two coincide.
     """
-    ray = position / np.linalg.norm(position)
-    axis = np.array([-ray[1], ray[0], 0.0])  # z x ray
-    sine, cosine = float(np.linalg.norm(axis)), float(ray[2])
+    x, y, z = (float(v) for v in position)
+    length = math.sqrt(x * x + y * y + z * z)
+    sine = math.sqrt(x * x + y * y) / length  # the axis is z x ray = (-y, x, 0), normalised below
     if sine < SMALL_ANGLE:
         return np.eye(3)
-    rvec = axis / sine * math.atan2(sine, cosine)
-    return cv2.Rodrigues(rvec)[0]
+    cosine = z / length
+    ux, uy = -y / (sine * length), x / (sine * length)
+    one_minus = 1.0 - cosine
+    # Rodrigues' formula for a rotation about (ux, uy, 0).
+    return np.array([
+        [cosine + ux * ux * one_minus, ux * uy * one_minus, uy * sine],
+        [ux * uy * one_minus, cosine + uy * uy * one_minus, -ux * sine],
+        [-uy * sine, ux * sine, cosine],
+    ])
 
 
 def check_frame(image: Any) -> np.ndarray:

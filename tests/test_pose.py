@@ -181,6 +181,17 @@ def test_angles_are_measured_against_the_line_of_sight() -> None:
     assert abs(pose.pitch) < 0.01 and abs(pose.roll) < 0.01
 
 
+@given(st.floats(-2.0, 2.0), st.floats(-2.0, 2.0), st.floats(0.05, 3.0))
+def test_the_line_of_sight_is_the_smallest_turn_onto_the_ray(x: float, y: float, z: float) -> None:
+    turn = line_of_sight(np.array([x, y, z]))
+    ray = np.array([x, y, z]) / math.sqrt(x * x + y * y + z * z)
+    np.testing.assert_allclose(turn @ [0.0, 0.0, 1.0], ray, atol=1e-8)  # identity below SMALL_ANGLE
+    np.testing.assert_allclose(turn.T @ turn, np.eye(3), atol=1e-12)
+    assert np.linalg.det(turn) == pytest.approx(1.0)
+    axis = np.cross([0.0, 0.0, 1.0], ray)  # about the axis perpendicular to both: it stays put
+    np.testing.assert_allclose(turn @ axis, axis, atol=1e-8)
+
+
 @settings(max_examples=40)
 @given(st.floats(-60.0, 60.0), st.floats(-40.0, 40.0), st.floats(-60.0, 60.0), st.floats(-0.3, 0.3))
 def test_mirroring_synthetic_points_negates_yaw_and_roll(yaw: float, pitch: float, roll: float, x: float) -> None:
@@ -500,3 +511,20 @@ def test_a_detector_without_keypoints_gets_an_upright_crop_and_a_pose(shared_ima
         assert (face.pose is not None) == expect_pose
         if face.pose is not None:
             assert max(abs(face.pose.yaw), abs(face.pose.pitch), abs(face.pose.roll)) <= FRONTAL_TOLERANCE
+
+
+@pytest.mark.parametrize("box, eyes", [
+    (Box(0.35, 0.2, 0.3, 0.4), [[0.42, 0.35], [0.58, 0.42]]),    # inside the frame, tilted
+    (Box(-0.1, 0.7, 0.3, 0.4), [[0.0, 0.8], [0.12, 0.74]]),     # cut by the left and bottom edges
+    (Box(0.85, -0.1, 0.3, 0.3), [[0.9, 0.0], [1.05, 0.02]]),    # cut by the right and top edges
+    (Box(1.5, 1.5, 0.2, 0.2), [[1.55, 1.55], [1.65, 1.55]]),    # entirely outside
+])
+def test_both_crop_paths_sample_the_same_pixels(box: Box, eyes: list, landmark_pose: LandmarkPose) -> None:
+    """The RGBA window path (fast kernel) and the plain 3-channel warp give the same crop."""
+    image = load_rgb(skimage_data("astronaut.png"))
+    keypoints = np.array(eyes + [[0.5, 0.5]] * 4, np.float32)
+    detection = Detection(box, 0.9, keypoints)
+    plain = LandmarkPose(landmark_pose.runner, landmark_pose.spec, rgba_window_limit=0)
+    assert np.array_equal(landmark_pose.crop(image, detection), plain.crop(image, detection))
+    difference = np.abs(landmark_pose.canvas.astype(np.int16) - plain.canvas.astype(np.int16))
+    assert difference.max() <= 1  # rounding of the two kernels' fixed-point arithmetic
