@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
+import cv2
 import numpy as np
 
 from edge.errors import AcceleratorError, ConfigError, ModelError
@@ -208,9 +209,12 @@ class PixelTransform:
     def apply(self, pixels: np.ndarray, out: np.ndarray) -> None:
         if self.identity:
             out[...] = pixels
+        elif self.dtype == np.float32:
+            # One pass, written straight into `out` (the interpreter's own input buffer).
+            cv2.addWeighted(pixels, self.gain, pixels, 0.0, self.offset, dst=out, dtype=cv2.CV_32F)
         elif self.dtype.kind == "f":
-            np.multiply(pixels, np.float32(self.gain), out=out, casting="unsafe")
-            out += np.float32(self.offset)
+            np.multiply(pixels, self.gain, out=out, casting="unsafe")
+            out += self.offset
         else:
             info = np.iinfo(self.dtype)
             values = np.rint(pixels.astype(np.float32) * self.gain + self.offset)
@@ -228,7 +232,8 @@ class Runner:
         self._input = interpreter.get_input_details()[0]
         self.input_codec = TensorCodec.from_details(self._input)
         self.input_shape = tuple(int(d) for d in self._input["shape"])
-        self._buffer = np.zeros(self.input_shape, self.input_codec.dtype)
+        # A view factory onto the interpreter's input buffer: pixels are written in place, no set_tensor copy.
+        self._input_view = interpreter.tensor(self._input["index"])
         self._outputs = interpreter.get_output_details()
         self._codecs = [TensorCodec.from_details(d) for d in self._outputs]
 
@@ -237,11 +242,10 @@ class Runner:
 
     def run_pixels(self, pixels: np.ndarray, transform: PixelTransform) -> list[np.ndarray]:
         """Run on an H x W x 3 uint8 image already at the model's input size."""
-        transform.apply(pixels, self._buffer[0])
-        return self.run_tensor(self._buffer)
+        transform.apply(pixels, self._input_view()[0])  # the view is dropped before invoke(), as LiteRT requires
+        return self._invoke()
 
-    def run_tensor(self, tensor: np.ndarray) -> list[np.ndarray]:
-        self.interpreter.set_tensor(self._input["index"], tensor)
+    def _invoke(self) -> list[np.ndarray]:
         self.interpreter.invoke()
         return [codec.decode(self.interpreter.get_tensor(d["index"])) for d, codec in zip(self._outputs, self._codecs)]
 

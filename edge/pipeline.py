@@ -33,7 +33,7 @@ from edge.inference import (
     _load,
 )
 from edge.models import Manifest, ModelSpec, load_manifest, locate, search_dirs
-from edge.preprocess import Fitter
+from edge.preprocess import Fit, Fitter
 from edge.tiling import drop_cut_faces, tile_grid, tile_to_frame
 
 DEFAULT_MODEL = "blazeface-full"
@@ -50,7 +50,8 @@ PIXEL_MAX = 255.0
 class Decoder(Protocol):
     num_keypoints: int
 
-    def decode(self, outputs: list[np.ndarray], threshold: float) -> RawDetections: ...
+    def decode(self, outputs: list[np.ndarray], threshold: float, fit: Fit) -> RawDetections:
+        """Faces in frame-normalised coordinates."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,7 +239,7 @@ class Detector:
         t1 = time.perf_counter()
         outputs = self.runner.run_pixels(pixels, self.transform)
         t2 = time.perf_counter()
-        dets = fit.to_frame(self.decoder.decode(outputs, self.threshold if threshold is None else threshold))
+        dets = self.decoder.decode(outputs, self.threshold if threshold is None else threshold, fit)
         t3 = time.perf_counter()
         self.timings = {"preprocess": (t1 - t0) * 1e3, "invoke": (t2 - t1) * 1e3, "decode": (t3 - t2) * 1e3}
         return dets

@@ -7,13 +7,15 @@ box centre and size relative to the anchor, six keypoints.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import numpy as np
 
 from edge.decode import RawDetections
 from edge.decode.nms import weighted_nms
+from edge.preprocess import Fit
 
 
 def _scale(min_scale: float, max_scale: float, index: int, count: int) -> float:
@@ -73,19 +75,25 @@ class BlazeFaceDecoder:
     """Decodes one BlazeFace model's (boxes, scores) outputs.
 
     Every raw coordinate decodes as `raw * gain + offset` with a per-anchor
-    gain (anchor size / scale) and offset (anchor centre, or 0 for sizes), so
-    both are computed once here and decoding is one multiply-add over the few
-    anchors that pass the threshold.
+    gain (anchor size / scale) and offset (anchor centre, or 0 for sizes).
+    Mapping model coordinates back to the frame is affine too, so for each
+    frame geometry the two fold into one gain and offset, computed once and
+    cached: decoding is then one multiply-add over the few anchors that pass
+    the threshold, straight into frame coordinates. (Few numpy calls matter
+    more than fast ones: between frames the code path falls out of the caches.)
     """
 
     gain: np.ndarray    # (N, C)
     offset: np.ndarray  # (N, C)
+    x_columns: np.ndarray  # columns that map with the frame's x scale
+    shifted: np.ndarray    # columns that are positions (not sizes), so move with the letterbox offset
     num_keypoints: int
     keypoint_offset: int
     score_clip: float
     iou_threshold: float
     boxes_output: int
     scores_output: int
+    _per_fit: dict[Fit, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_manifest(cls, params: Mapping[str, Any]) -> "BlazeFaceDecoder":
@@ -107,9 +115,15 @@ class BlazeFaceDecoder:
         gain[:, box + 3] = anchors[:, 3] / dec["h_scale"]
         offset[:, x_cols] = anchors[:, 0:1]
         offset[:, y_cols] = anchors[:, 1:2]
+        x_mask = np.zeros(coords, bool)
+        x_mask[[*x_cols, box + 2]] = True
+        shifted = np.zeros(coords, bool)
+        shifted[[*x_cols, *y_cols]] = True
         return cls(
             gain=gain,
             offset=offset,
+            x_columns=x_mask,
+            shifted=shifted,
             num_keypoints=kps,
             keypoint_offset=kp_offset,
             score_clip=float(dec["score_clipping_thresh"]),
@@ -118,14 +132,23 @@ class BlazeFaceDecoder:
             scores_output=int(params["outputs"]["scores"]),
         )
 
-    def decode(self, outputs: list[np.ndarray], threshold: float) -> RawDetections:
+    def _frame_map(self, fit: Fit) -> tuple[np.ndarray, np.ndarray]:
+        cached = self._per_fit.get(fit)
+        if cached is None:
+            scale = np.where(self.x_columns, fit.scale_x, fit.scale_y).astype(np.float32)
+            shift = np.where(self.shifted, np.where(self.x_columns, fit.offset_x, fit.offset_y), 0.0).astype(np.float32)
+            cached = self._per_fit[fit] = (self.gain / scale, (self.offset - shift) / scale)
+        return cached
+
+    def decode(self, outputs: list[np.ndarray], threshold: float, fit: Fit) -> RawDetections:
         count = len(self.gain)
         logits = outputs[self.scores_output].reshape(count)
         # Compare logits, not probabilities: the sigmoid is only computed for the few survivors.
-        index = np.flatnonzero(logits >= np.log(threshold / (1.0 - threshold)))
+        index = np.flatnonzero(logits >= math.log(threshold / (1.0 - threshold)))
         if index.size == 0:
             return RawDetections.empty(self.num_keypoints)
-        values = outputs[self.boxes_output].reshape(count, -1)[index] * self.gain[index] + self.offset[index]
+        gain, offset = self._frame_map(fit)
+        values = outputs[self.boxes_output].reshape(count, -1)[index] * gain[index] + offset[index]
         half = values[:, 2:4] * 0.5
         boxes = np.concatenate([values[:, 0:2] - half, values[:, 0:2] + half], axis=1)
         keypoints = values[:, self.keypoint_offset:self.keypoint_offset + 2 * self.num_keypoints].reshape(-1, self.num_keypoints, 2)

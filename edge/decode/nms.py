@@ -28,6 +28,13 @@ def weighted_nms(dets: RawDetections, iou_threshold: float) -> RawDetections:
     """Cluster by IoU with the best remaining box; each cluster becomes its score-weighted mean."""
     if len(dets) <= 1:
         return dets
+    best = int(np.argmax(dets.scores))
+    if (iou_one_to_many(dets.boxes[best], dets.boxes) > iou_threshold).all():
+        # The common case, one face: the whole set is one cluster, no sorting needed.
+        weights = dets.scores
+        total = weights.sum()
+        return RawDetections((weights @ dets.boxes / total)[None], dets.scores[best:best + 1],
+                             (np.tensordot(weights, dets.keypoints, axes=1) / total)[None])
     order = np.argsort(-dets.scores, kind="stable")
     boxes, scores, keypoints = dets.boxes[order], dets.scores[order], dets.keypoints[order]
     out_boxes, out_scores, out_kps = [], [], []

@@ -15,6 +15,7 @@ import numpy as np
 
 from edge.decode import RawDetections
 from edge.decode.nms import hard_nms
+from edge.preprocess import Fit
 
 FACE_CLASS = 1
 
@@ -56,7 +57,7 @@ class UlfdDecoder:
             scores_output=int(params["outputs"]["scores"]),
         )
 
-    def decode(self, outputs: list[np.ndarray], threshold: float) -> RawDetections:
+    def decode(self, outputs: list[np.ndarray], threshold: float, fit: Fit) -> RawDetections:
         # Output shapes are dynamic: only the first invoke() tells them, so reshape from the data.
         locations = outputs[self.boxes_output].reshape(-1, 4)
         scores = outputs[self.scores_output].reshape(-1, 2)[:, FACE_CLASS]
@@ -70,4 +71,4 @@ class UlfdDecoder:
         size = pri[:, 2:] * np.exp(loc[:, 2:] * self.size_variance)
         boxes = np.concatenate([centre - size / 2, centre + size / 2], axis=1).astype(np.float32)
         dets = RawDetections(boxes, scores[index].astype(np.float32), np.zeros((index.size, 0, 2), np.float32))
-        return hard_nms(dets, self.iou_threshold)
+        return fit.to_frame(hard_nms(dets, self.iou_threshold))
