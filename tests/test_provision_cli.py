@@ -241,3 +241,50 @@ def test_console_entry_point_runs(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "provisioning.cli", "--help"], capture_output=True, text=True,
                             cwd=REPO, timeout=60, env={**os.environ})
     assert result.returncode == 0 and "Exit codes" in result.stdout
+
+
+def _run_on_terminal(argv: list[str], answers: list[str], tmp_path: Path) -> tuple[int, str]:
+    """Run the tool with a pseudo-terminal as its controlling terminal, answering each prompt."""
+    import pty
+    import select
+    import time
+
+    pid, fd = pty.fork()
+    if pid == 0:  # child: the tool, with the pty as /dev/tty
+        os.chdir(REPO)
+        os.execv(sys.executable, [sys.executable, "-m", "provisioning.cli", *argv])
+    output = b""
+    pending = list(answers)
+    deadline = 30.0
+    settle = 0.1  # the pty applies the child's termios change asynchronously; answer after it
+    while True:
+        ready, _, _ = select.select([fd], [], [], deadline)
+        if not ready:
+            os.kill(pid, 9)
+            break
+        try:
+            chunk = os.read(fd, 1024)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+        if pending and output.rstrip().endswith(b":"):
+            time.sleep(settle)
+            os.write(fd, pending.pop(0).encode() + b"\n")
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), output.decode(errors="replace")
+
+
+def test_passphrase_prompt_on_a_terminal(tmp_path: Path) -> None:
+    code, out = _run_on_terminal(["init-root", "--dir", str(tmp_path / "r"), "--org", "Acme"], [PASS, PASS], tmp_path)
+    assert code == 0, out
+    assert "new root CA key passphrase:" in out and "(again)" in out and PASS not in out  # not echoed
+    assert serialization.load_pem_private_key((tmp_path / "r" / "root-ca.key").read_bytes(), password=PASS.encode())
+
+
+def test_mistyped_confirmation_is_refused(tmp_path: Path) -> None:
+    code, out = _run_on_terminal(["init-root", "--dir", str(tmp_path / "r"), "--org", "Acme"],
+                                 [PASS, PASS + "x"], tmp_path)
+    assert code == 4 and "differ" in out
+    assert not (tmp_path / "r" / "root-ca.key").exists()
