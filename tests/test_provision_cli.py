@@ -288,3 +288,19 @@ def test_mistyped_confirmation_is_refused(tmp_path: Path) -> None:
                                  [PASS, PASS + "x"], tmp_path)
     assert code == 4 and "differ" in out
     assert not (tmp_path / "r" / "root-ca.key").exists()
+
+
+def test_identification_without_any_tag_is_refused(ca: Path, csr: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = issue(capsys, ca, csr, tmp_path / "x.pem", "--grant-identification")
+    assert code == 5 and "no deployment tag" in err
+
+
+def test_inspect_reads_der(ca: Path, csr: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cert = tmp_path / "c.pem"
+    issue(capsys, ca, csr, cert, "--tag", "home")
+    der = tmp_path / "c.der"
+    der.write_bytes(x509.load_pem_x509_certificate(cert.read_bytes()).public_bytes(serialization.Encoding.DER))
+    code, out, _ = run(capsys, "inspect", str(der))
+    assert code == 0 and "device id   cam-1" in out and "'home': allowed" in out
+    assert "not evaluated: give --trust-anchor" in out
