@@ -3,9 +3,10 @@
 Why this shape: MediaPipe's face mesh was trained on square crops whose
 rotation levels the eyes and whose side is 1.5 times the detector's box, so
 the crop here is built the same way (DetectionsToRects + RectTransformation
-in MediaPipe's face-mesh graph) and sampled with one `cv2.warpAffine`. The same 2x3 affine map takes
-the model's points back to frame pixels in one multiply-add, so per face the
-stage costs one warp, the model's invoke and one `solvePnP`.
+in MediaPipe's face-mesh graph) and sampled with one bilinear
+`cv2.warpAffine`. The same 2x3 affine map takes the model's points back to
+frame pixels in one multiply-add, so per face the stage costs one warp, the
+model's invoke and one `solvePnP`, with no Python loop over landmarks.
 """
 from __future__ import annotations
 
