@@ -1,7 +1,7 @@
 """The detection pipeline: frame -> faces with head pose.
 
 Configuration and runtime sit side by side per model family (`FAMILIES`),
-and every family meets the same contract (`RawDetections` -> `Detection`),
+and every family meets the same contract (`Candidate` -> `Detection`),
 so delegates, tiling, pose and publishing never look at a family's tensors.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from edge.decode import RawDetections
+from edge.decode import Candidate
 from edge.decode.blazeface import BlazeFaceDecoder
 from edge.decode.nms import hard_nms, weighted_nms
 from edge.decode.ulfd import UlfdDecoder
@@ -34,7 +34,7 @@ from edge.inference import (
 )
 from edge.models import Manifest, ModelSpec, load_manifest, locate, search_dirs
 from edge.preprocess import Fit, Fitter
-from edge.tiling import drop_cut_faces, tile_grid, tile_to_frame
+from edge.tiling import Tile, cut_by_inner_edge, tile_grid
 
 DEFAULT_MODEL = "blazeface-full"
 # The one detector compiled for the Edge TPU; `auto` on a Coral runs it.
@@ -48,9 +48,7 @@ PIXEL_MAX = 255.0
 
 
 class Decoder(Protocol):
-    num_keypoints: int
-
-    def decode(self, outputs: list[np.ndarray], threshold: float, fit: Fit) -> RawDetections:
+    def decode(self, outputs: list[np.ndarray], threshold: float, fit: Fit) -> list[Candidate]:
         """Faces in frame-normalised coordinates."""
 
 
@@ -60,7 +58,7 @@ class Family:
 
     decoder: Callable[[Mapping[str, Any]], Decoder]
     fit: str
-    merge: Callable[[RawDetections, float], RawDetections]
+    merge: Callable[[list[Candidate], float], list[Candidate]]
 
 
 FAMILIES: dict[str, Family] = {
@@ -233,47 +231,48 @@ class Detector:
         self.transform = runner.pixel_transform(*input_normalisation(spec.params))
         self.timings: dict[str, float] = {}
 
-    def detect_raw(self, image: np.ndarray, threshold: float | None = None) -> RawDetections:
+    def candidates(self, image: np.ndarray, threshold: float | None = None, tile: Tile | None = None) -> list[Candidate]:
+        """Faces in frame-normalised coordinates; with `tile`, `image` is that region of the frame."""
         t0 = time.perf_counter()
         pixels, fit = self.fitter.fit(image)
+        if tile is not None:
+            fit = fit.within(*tile.normalised)
         t1 = time.perf_counter()
         outputs = self.runner.run_pixels(pixels, self.transform)
         t2 = time.perf_counter()
-        dets = self.decoder.decode(outputs, self.threshold if threshold is None else threshold, fit)
+        found = self.decoder.decode(outputs, self.threshold if threshold is None else threshold, fit)
         t3 = time.perf_counter()
         self.timings = {"preprocess": (t1 - t0) * 1e3, "invoke": (t2 - t1) * 1e3, "decode": (t3 - t2) * 1e3}
-        return dets
+        return found
 
-    def detect_tiled(self, image: np.ndarray, tile: int, overlap: int, threshold: float) -> RawDetections:
+    def candidates_tiled(self, image: np.ndarray, tile_size: int, overlap: int, threshold: float) -> list[Candidate]:
         height, width = image.shape[:2]
-
-        parts = []
+        found: list[Candidate] = []
         totals = {"preprocess": 0.0, "invoke": 0.0, "decode": 0.0}
         threshold = max(self.threshold, threshold)
-        for t in tile_grid(width, height, tile, overlap):
-            dets = drop_cut_faces(self.detect_raw(image[t.y0:t.y1, t.x0:t.x1], threshold), t, width, height)
-            parts.append(tile_to_frame(dets, t, width, height))
-            for k, v in self.timings.items():
-                totals[k] += v
+        for tile in tile_grid(width, height, tile_size, overlap):
+            crop = image[tile.y0:tile.y1, tile.x0:tile.x1]
+            found += [c for c in self.candidates(crop, threshold, tile) if not cut_by_inner_edge(c, tile)]
+            for stage, value in self.timings.items():
+                totals[stage] += value
         t0 = time.perf_counter()
-        merged = self.family.merge(RawDetections.concat(parts, self.decoder.num_keypoints), self.spec.nms_iou_threshold)
+        merged = self.family.merge(found, self.spec.nms_iou_threshold)
         totals["decode"] += (time.perf_counter() - t0) * 1e3
         self.timings = totals
         return merged
 
     @staticmethod
-    def to_detections(dets: RawDetections) -> list[Detection]:
-        boxes = np.clip(dets.boxes, 0.0, 1.0)
+    def to_detections(candidates: list[Candidate]) -> list[Detection]:
         out = []
-        for box, score, kps in zip(boxes, dets.scores, dets.keypoints):
-            x0, y0, x1, y1 = (float(v) for v in box)
-            if x1 <= x0 or y1 <= y0:
-                continue
-            out.append(Detection(Box(x0, y0, x1 - x0, y1 - y0), float(score), kps))
+        for c in candidates:
+            x0, y0, x1, y1 = max(c.x0, 0.0), max(c.y0, 0.0), min(c.x1, 1.0), min(c.y1, 1.0)
+            if x1 > x0 and y1 > y0:
+                keypoints = np.array(c.keypoints, np.float32).reshape(-1, 2)
+                out.append(Detection(Box(x0, y0, x1 - x0, y1 - y0), c.score, keypoints))
         return out
 
     def detect(self, image: np.ndarray) -> list[Detection]:
-        return self.to_detections(self.detect_raw(image))
+        return self.to_detections(self.candidates(image))
 
 
 class PoseEstimator(Protocol):
@@ -304,11 +303,11 @@ class Pipeline:
     def detect(self, image: np.ndarray) -> list[Detection]:
         image = check_image(image)
         if self.config.tiled:
-            raw = self.detector.detect_tiled(image, self.tile_size, self.config.tile_overlap,
-                                             self.config.tile_score_threshold)
+            found = self.detector.candidates_tiled(image, self.tile_size, self.config.tile_overlap,
+                                                   self.config.tile_score_threshold)
         else:
-            raw = self.detector.detect_raw(image)
-        return Detector.to_detections(raw)
+            found = self.detector.candidates(image)
+        return Detector.to_detections(found)
 
     def process(self, frame: FrameLike) -> FrameResult:
         detections = self.detect(frame.image)

@@ -2,7 +2,7 @@
 
 BlazeFace was trained on letterboxed input (aspect ratio kept, black
 borders), as MediaPipe feeds it; ULFD on a plain stretch. `Fit` records the
-map so decoded boxes and keypoints return to frame-normalised coordinates.
+map so decoders can return frame-normalised coordinates directly.
 """
 from __future__ import annotations
 
@@ -10,8 +10,6 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-
-from edge.decode import RawDetections
 
 FIT_MODES = ("letterbox", "stretch")
 
@@ -25,16 +23,14 @@ class Fit:
     offset_x: float
     offset_y: float
 
-    def to_frame(self, dets: RawDetections) -> RawDetections:
-        scale = np.asarray([self.scale_x, self.scale_y], np.float32)
-        offset = np.asarray([self.offset_x, self.offset_y], np.float32)
-        boxes = (dets.boxes.reshape(-1, 2, 2) - offset) / scale
-        keypoints = (dets.keypoints - offset) / scale
-        return RawDetections(boxes.reshape(-1, 4), dets.scores, keypoints)
+    def within(self, x0: float, y0: float, x1: float, y1: float) -> "Fit":
+        """The same map for an image that is the region [x0, x1] x [y0, y1] (normalised) of the frame."""
+        sx, sy = self.scale_x / (x1 - x0), self.scale_y / (y1 - y0)
+        return Fit(sx, sy, self.offset_x - x0 * sx, self.offset_y - y0 * sy)
 
 
 class Fitter:
-    """Resizes frames into a reusable model-sized canvas (no per-frame allocation of the canvas)."""
+    """Resizes frames into a reusable model-sized canvas (no per-frame allocation)."""
 
     def __init__(self, width: int, height: int, mode: str) -> None:
         if mode not in FIT_MODES:

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
-from edge.decode import RawDetections
+from edge.decode import Candidate
 
 # A box within this fraction of the tile size from an inner tile edge counts as cut.
 EDGE_MARGIN = 0.02
@@ -21,10 +19,18 @@ EDGE_MARGIN = 0.02
 
 @dataclass(frozen=True, slots=True)
 class Tile:
+    """A region of the frame in pixels, and the frame's size."""
+
     x0: int
     y0: int
     x1: int
     y1: int
+    width: int
+    height: int
+
+    @property
+    def normalised(self) -> tuple[float, float, float, float]:
+        return (self.x0 / self.width, self.y0 / self.height, self.x1 / self.width, self.y1 / self.height)
 
 
 def _starts(length: int, tile: int, step: int) -> list[int]:
@@ -41,33 +47,19 @@ def tile_grid(width: int, height: int, tile: int, overlap: int) -> list[Tile]:
         raise ValueError(f"tile overlap {overlap} must be at least 0 and less than the tile size {tile}")
     step = tile - overlap
     return [
-        Tile(x, y, min(x + tile, width), min(y + tile, height))
+        Tile(x, y, min(x + tile, width), min(y + tile, height), width, height)
         for y in _starts(height, tile, step)
         for x in _starts(width, tile, step)
     ]
 
 
-def drop_cut_faces(dets: RawDetections, tile: Tile, width: int, height: int) -> RawDetections:
-    """Remove tile-normalised detections that touch an edge of the tile that is not a frame edge."""
-    if len(dets) == 0:
-        return dets
-    margin = EDGE_MARGIN
-    b = dets.boxes
-    cut = np.zeros(len(dets), bool)
-    if tile.x0 > 0:
-        cut |= b[:, 0] <= margin
-    if tile.y0 > 0:
-        cut |= b[:, 1] <= margin
-    if tile.x1 < width:
-        cut |= b[:, 2] >= 1 - margin
-    if tile.y1 < height:
-        cut |= b[:, 3] >= 1 - margin
-    return dets.take(np.flatnonzero(~cut))
-
-
-def tile_to_frame(dets: RawDetections, tile: Tile, width: int, height: int) -> RawDetections:
-    """Tile-normalised coordinates -> frame-normalised coordinates."""
-    scale = np.asarray([(tile.x1 - tile.x0) / width, (tile.y1 - tile.y0) / height], np.float32)
-    offset = np.asarray([tile.x0 / width, tile.y0 / height], np.float32)
-    boxes = dets.boxes.reshape(-1, 2, 2) * scale + offset
-    return RawDetections(boxes.reshape(-1, 4), dets.scores, dets.keypoints * scale + offset)
+def cut_by_inner_edge(candidate: Candidate, tile: Tile) -> bool:
+    """Whether a frame-normalised detection touches an edge of its tile that is not a frame edge."""
+    x0, y0, x1, y1 = tile.normalised
+    mx, my = EDGE_MARGIN * (x1 - x0), EDGE_MARGIN * (y1 - y0)
+    return (
+        (x0 > 0 and candidate.x0 <= x0 + mx)
+        or (y0 > 0 and candidate.y0 <= y0 + my)
+        or (x1 < 1 and candidate.x1 >= x1 - mx)
+        or (y1 < 1 and candidate.y1 >= y1 - my)
+    )

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.decode import RawDetections
+from edge.decode import Candidate
 from edge.decode.nms import hard_nms, weighted_nms
 from edge.detection import Box
 from edge.pipeline import DetectorConfig, Pipeline, build_pipeline
@@ -128,19 +128,22 @@ def test_bad_frames_are_refused_with_a_clear_message(full_range: Pipeline) -> No
             full_range.detect(bad)
 
 
-def _dets(boxes: list[list[float]], scores: list[float]) -> RawDetections:
-    b = np.asarray(boxes, np.float32)
-    return RawDetections(b, np.asarray(scores, np.float32), np.repeat(b[:, None, :2], 2, axis=1))
-
-
 def test_weighted_nms_averages_a_cluster_by_score_and_keeps_the_best_score() -> None:
-    merged = weighted_nms(_dets([[0, 0, 1, 1], [0.1, 0, 1.1, 1], [3, 3, 4, 4]], [0.9, 0.3, 0.8]), 0.3)
-    assert len(merged) == 2
-    assert merged.scores.tolist() == pytest.approx([0.9, 0.8])
-    assert merged.boxes[0, 0] == pytest.approx(0.1 * 0.3 / 1.2)
-    assert merged.keypoints[0, 0, 0] == pytest.approx(0.1 * 0.3 / 1.2)
+    a = Candidate(0.9, 0.0, 0.0, 1.0, 1.0, (0.0, 0.0))
+    b = Candidate(0.3, 0.1, 0.0, 1.1, 1.0, (0.1, 0.0))
+    far = Candidate(0.8, 3.0, 3.0, 4.0, 4.0, (3.0, 3.0))
+    merged = weighted_nms([b, far, a], 0.3)
+    assert [m.score for m in merged] == pytest.approx([0.9, 0.8])
+    assert merged[0].x0 == pytest.approx(0.1 * 0.3 / 1.2)
+    assert merged[0].keypoints[0] == pytest.approx(0.1 * 0.3 / 1.2)
+    assert merged[1] == far
 
 
 def test_hard_nms_keeps_the_best_of_each_group() -> None:
-    kept = hard_nms(_dets([[0, 0, 1, 1], [0.05, 0, 1.05, 1], [3, 3, 4, 4]], [0.5, 0.9, 0.7]), 0.3)
-    assert kept.scores.tolist() == pytest.approx([0.9, 0.7])
+    kept = hard_nms([Candidate(0.5, 0, 0, 1, 1), Candidate(0.9, 0.05, 0, 1.05, 1), Candidate(0.7, 3, 3, 4, 4)], 0.3)
+    assert [k.score for k in kept] == pytest.approx([0.9, 0.7])
+
+
+def test_a_degenerate_box_is_its_own_cluster() -> None:
+    point = Candidate(0.9, 0.5, 0.5, 0.5, 0.5)
+    assert weighted_nms([point, Candidate(0.6, 0.0, 0.0, 1.0, 1.0)], 0.3)[0] == point

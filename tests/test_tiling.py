@@ -7,9 +7,10 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.decode import RawDetections
+from edge.decode import Candidate
 from edge.pipeline import DetectorConfig, Pipeline, build_pipeline
-from edge.tiling import Tile, drop_cut_faces, tile_grid, tile_to_frame
+from edge.preprocess import Fit
+from edge.tiling import Tile, cut_by_inner_edge, tile_grid
 
 from conftest import load_rgb
 
@@ -32,7 +33,7 @@ def test_tiles_cover_the_frame_with_the_requested_overlap() -> None:
 
 
 def test_a_frame_smaller_than_a_tile_is_one_tile() -> None:
-    assert tile_grid(100, 80, 192, 48) == [Tile(0, 0, 100, 80)]
+    assert tile_grid(100, 80, 192, 48) == [Tile(0, 0, 100, 80, 100, 80)]
 
 
 def test_bad_overlap_is_refused() -> None:
@@ -41,14 +42,23 @@ def test_bad_overlap_is_refused() -> None:
 
 
 def test_faces_cut_by_an_inner_tile_edge_are_dropped_but_frame_edges_are_kept() -> None:
-    boxes = np.array([[0.0, 0.4, 0.2, 0.6], [0.4, 0.4, 0.6, 0.6], [0.9, 0.4, 1.0, 0.6]], np.float32)
-    dets = RawDetections(boxes, np.ones(3, np.float32), np.zeros((3, 0, 2), np.float32))
-    inner = Tile(100, 0, 292, 192)  # left edge inside the frame, right edge inside too
-    assert len(drop_cut_faces(dets, inner, FRAME_W, FRAME_H)) == 1
-    corner = Tile(0, 0, 192, 192)  # left edge is the frame's
-    assert len(drop_cut_faces(dets, corner, FRAME_W, FRAME_H)) == 2
-    back = tile_to_frame(dets, inner, FRAME_W, FRAME_H)
-    assert back.boxes[1, 0] == pytest.approx((100 + 0.4 * 192) / FRAME_W)
+    inner = Tile(960, 0, 1152, 192, FRAME_W, FRAME_H)  # left and right edges inside the frame, top is the frame's
+    x0, y0, x1, y1 = inner.normalised
+    w = x1 - x0
+    touching_left = Candidate(0.9, x0, 0.0, x0 + 0.2 * w, 0.05)
+    middle = Candidate(0.9, x0 + 0.4 * w, 0.0, x0 + 0.6 * w, 0.05)  # touches only the frame's top edge
+    assert cut_by_inner_edge(touching_left, inner)
+    assert not cut_by_inner_edge(middle, inner)
+    corner = Tile(0, 0, 192, 192, FRAME_W, FRAME_H)
+    assert not cut_by_inner_edge(Candidate(0.9, 0.0, 0.0, 0.05, 0.05), corner)
+
+
+def test_fit_within_a_tile_maps_model_coordinates_to_the_frame() -> None:
+    tile = Tile(960, 540, 1152, 732, FRAME_W, FRAME_H)
+    fit = Fit(1.0, 1.0, 0.0, 0.0).within(*tile.normalised)
+    # The tile's model-space centre (0.5, 0.5) is the tile's centre in the frame.
+    assert (0.5 - fit.offset_x) / fit.scale_x == pytest.approx(1056 / FRAME_W)
+    assert (0.5 - fit.offset_y) / fit.scale_y == pytest.approx(636 / FRAME_H)
 
 
 def face_crops(detector: Pipeline, images: Path) -> list[tuple[np.ndarray, float]]:

@@ -1,44 +1,26 @@
-"""Decoders: raw detector tensors -> `RawDetections` in model-input coordinates.
+"""Decoders: raw detector tensors -> `Candidate`s in frame-normalised coordinates.
 
 Each model family has its decoder here, configured from the manifest; all of
-them produce the same `RawDetections`, which the detector maps back to the
-frame. Non-maximum suppression is shared (`edge.decode.nms`).
+them produce the same `Candidate` list, which tiling, NMS and the detector
+share. Non-maximum suppression is shared too (`edge.decode.nms`).
+
+Why plain tuples after the first few array operations: a frame yields a
+handful of candidates, and between frames the inference call evicts numpy's
+code paths from the CPU caches, so each further numpy call costs tens of
+microseconds while Python arithmetic on a few floats stays cheap (see
+docs/benchmarks.md).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import numpy as np
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class RawDetections:
-    """Faces in model-input-normalised coordinates.
+class Candidate(NamedTuple):
+    """One face: score, box corners and flattened keypoints (x0, y0, x1, y1, ...)."""
 
-    boxes: (N, 4) float32 x0, y0, x1, y1; scores: (N,) float32;
-    keypoints: (N, K, 2) float32 (K = 0 for families without keypoints).
-    """
-
-    boxes: np.ndarray
-    scores: np.ndarray
-    keypoints: np.ndarray
-
-    @classmethod
-    def empty(cls, num_keypoints: int = 0) -> "RawDetections":
-        return cls(np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0, num_keypoints, 2), np.float32))
-
-    def __len__(self) -> int:
-        return int(self.scores.shape[0])
-
-    def take(self, index: np.ndarray) -> "RawDetections":
-        return RawDetections(self.boxes[index], self.scores[index], self.keypoints[index])
-
-    @staticmethod
-    def concat(parts: list["RawDetections"], num_keypoints: int) -> "RawDetections":
-        if not parts:
-            return RawDetections.empty(num_keypoints)
-        return RawDetections(
-            np.concatenate([p.boxes for p in parts]),
-            np.concatenate([p.scores for p in parts]),
-            np.concatenate([p.keypoints for p in parts]),
-        )
+    score: float
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    keypoints: tuple[float, ...] = ()

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from edge.decode import RawDetections
+from edge.decode import Candidate
 from edge.decode.nms import weighted_nms
 from edge.preprocess import Fit
 
@@ -140,17 +140,20 @@ class BlazeFaceDecoder:
             cached = self._per_fit[fit] = (self.gain / scale, (self.offset - shift) / scale)
         return cached
 
-    def decode(self, outputs: list[np.ndarray], threshold: float, fit: Fit) -> RawDetections:
+    def decode(self, outputs: list[np.ndarray], threshold: float, fit: Fit) -> list[Candidate]:
         count = len(self.gain)
         logits = outputs[self.scores_output].reshape(count)
         # Compare logits, not probabilities: the sigmoid is only computed for the few survivors.
         index = np.flatnonzero(logits >= math.log(threshold / (1.0 - threshold)))
         if index.size == 0:
-            return RawDetections.empty(self.num_keypoints)
+            return []
         gain, offset = self._frame_map(fit)
-        values = outputs[self.boxes_output].reshape(count, -1)[index] * gain[index] + offset[index]
-        half = values[:, 2:4] * 0.5
-        boxes = np.concatenate([values[:, 0:2] - half, values[:, 0:2] + half], axis=1)
-        keypoints = values[:, self.keypoint_offset:self.keypoint_offset + 2 * self.num_keypoints].reshape(-1, self.num_keypoints, 2)
-        scores = 1.0 / (1.0 + np.exp(-np.clip(logits[index], -self.score_clip, self.score_clip)))
-        return weighted_nms(RawDetections(boxes, scores.astype(np.float32), keypoints), self.iou_threshold)
+        rows = (outputs[self.boxes_output].reshape(count, -1)[index] * gain[index] + offset[index]).tolist()
+        clip, kp0, kp1 = self.score_clip, self.keypoint_offset, self.keypoint_offset + 2 * self.num_keypoints
+        candidates = []
+        for row, logit in zip(rows, logits[index].tolist()):
+            half_w, half_h = row[2] * 0.5, row[3] * 0.5
+            score = 1.0 / (1.0 + math.exp(-max(-clip, min(clip, logit))))
+            candidates.append(Candidate(score, row[0] - half_w, row[1] - half_h, row[0] + half_w, row[1] + half_h,
+                                        tuple(row[kp0:kp1])))
+        return weighted_nms(candidates, self.iou_threshold)

@@ -6,64 +6,50 @@ does, gives steadier boxes and keypoints than keeping only the best one.
 """
 from __future__ import annotations
 
-import numpy as np
-
-from edge.decode import RawDetections
+from edge.decode import Candidate
 
 
-def iou_one_to_many(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """Intersection over union of one x0,y0,x1,y1 box with each of `boxes`."""
-    ix0 = np.maximum(box[0], boxes[:, 0])
-    iy0 = np.maximum(box[1], boxes[:, 1])
-    ix1 = np.minimum(box[2], boxes[:, 2])
-    iy1 = np.minimum(box[3], boxes[:, 3])
-    inter = np.maximum(ix1 - ix0, 0) * np.maximum(iy1 - iy0, 0)
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    union = area + areas - inter
-    return inter / np.maximum(union, np.finfo(np.float32).tiny)
+def iou(a: Candidate, b: Candidate) -> float:
+    iw = min(a.x1, b.x1) - max(a.x0, b.x0)
+    ih = min(a.y1, b.y1) - max(a.y0, b.y0)
+    if iw <= 0 or ih <= 0:
+        return 0.0
+    inter = iw * ih
+    union = (a.x1 - a.x0) * (a.y1 - a.y0) + (b.x1 - b.x0) * (b.y1 - b.y0) - inter
+    return inter / union if union > 0 else 0.0
 
 
-def weighted_nms(dets: RawDetections, iou_threshold: float) -> RawDetections:
+def _split(best: Candidate, candidates: list[Candidate], threshold: float) -> tuple[list[Candidate], list[Candidate]]:
+    cluster, rest = [best], []
+    for c in candidates:
+        if c is not best:
+            (cluster if iou(best, c) > threshold else rest).append(c)
+    return cluster, rest
+
+
+def weighted_nms(candidates: list[Candidate], threshold: float) -> list[Candidate]:
     """Cluster by IoU with the best remaining box; each cluster becomes its score-weighted mean."""
-    if len(dets) <= 1:
-        return dets
-    best = int(np.argmax(dets.scores))
-    if (iou_one_to_many(dets.boxes[best], dets.boxes) > iou_threshold).all():
-        # The common case, one face: the whole set is one cluster, no sorting needed.
-        weights = dets.scores
-        total = weights.sum()
-        return RawDetections((weights @ dets.boxes / total)[None], dets.scores[best:best + 1],
-                             (np.tensordot(weights, dets.keypoints, axes=1) / total)[None])
-    order = np.argsort(-dets.scores, kind="stable")
-    boxes, scores, keypoints = dets.boxes[order], dets.scores[order], dets.keypoints[order]
-    out_boxes, out_scores, out_kps = [], [], []
-    remaining = np.arange(len(scores))
-    while remaining.size:
+    remaining = sorted(candidates, key=lambda c: -c.score)
+    out = []
+    while remaining:
         best = remaining[0]
-        in_cluster = iou_one_to_many(boxes[best], boxes[remaining]) > iou_threshold
-        in_cluster[0] = True  # a degenerate box overlaps nothing, not even itself
-        cluster = remaining[in_cluster]
-        weights = scores[cluster]
-        total = weights.sum()
-        out_boxes.append(weights @ boxes[cluster] / total)
-        out_kps.append(np.tensordot(weights, keypoints[cluster], axes=1) / total)
-        out_scores.append(scores[best])
-        remaining = remaining[~in_cluster]
-    return RawDetections(
-        np.asarray(out_boxes, np.float32), np.asarray(out_scores, np.float32), np.asarray(out_kps, np.float32)
-    )
+        cluster, remaining = _split(best, remaining, threshold)
+        if len(cluster) == 1:
+            out.append(best)
+            continue
+        total = sum(c.score for c in cluster)
+        mean = [sum(c.score * c[i] for c in cluster) / total for i in range(1, 5)]
+        keypoints = tuple(sum(c.score * c.keypoints[j] for c in cluster) / total for j in range(len(best.keypoints)))
+        out.append(Candidate(best.score, *mean, keypoints))
+    return out
 
 
-def hard_nms(dets: RawDetections, iou_threshold: float) -> RawDetections:
+def hard_nms(candidates: list[Candidate], threshold: float) -> list[Candidate]:
     """Keep the best box of each overlapping group (SSD families such as ULFD)."""
-    if len(dets) <= 1:
-        return dets
-    order = np.argsort(-dets.scores, kind="stable")
-    keep = []
-    while order.size:
-        best = order[0]
-        keep.append(best)
-        overlap = iou_one_to_many(dets.boxes[best], dets.boxes[order[1:]])
-        order = order[1:][overlap <= iou_threshold]
-    return dets.take(np.asarray(keep))
+    remaining = sorted(candidates, key=lambda c: -c.score)
+    out = []
+    while remaining:
+        best = remaining[0]
+        out.append(best)
+        remaining = _split(best, remaining, threshold)[1]
+    return out

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from edge.decode import RawDetections
+from edge.decode import Candidate
 from edge.decode.nms import hard_nms
 from edge.preprocess import Fit
 
@@ -57,7 +57,7 @@ class UlfdDecoder:
             scores_output=int(params["outputs"]["scores"]),
         )
 
-    def decode(self, outputs: list[np.ndarray], threshold: float, fit: Fit) -> RawDetections:
+    def decode(self, outputs: list[np.ndarray], threshold: float, fit: Fit) -> list[Candidate]:
         # Output shapes are dynamic: only the first invoke() tells them, so reshape from the data.
         locations = outputs[self.boxes_output].reshape(-1, 4)
         scores = outputs[self.scores_output].reshape(-1, 2)[:, FACE_CLASS]
@@ -65,10 +65,13 @@ class UlfdDecoder:
             raise ValueError(f"model returned {locations.shape[0]} boxes for {len(self.priors)} priors")
         index = np.flatnonzero(scores >= threshold)
         if index.size == 0:
-            return RawDetections.empty()
+            return []
         loc, pri = locations[index], self.priors[index]
         centre = pri[:, :2] + loc[:, :2] * self.center_variance * pri[:, 2:]
-        size = pri[:, 2:] * np.exp(loc[:, 2:] * self.size_variance)
-        boxes = np.concatenate([centre - size / 2, centre + size / 2], axis=1).astype(np.float32)
-        dets = RawDetections(boxes, scores[index].astype(np.float32), np.zeros((index.size, 0, 2), np.float32))
-        return fit.to_frame(hard_nms(dets, self.iou_threshold))
+        half = pri[:, 2:] * np.exp(loc[:, 2:] * self.size_variance) * 0.5
+        sx, sy, ox, oy = fit.scale_x, fit.scale_y, fit.offset_x, fit.offset_y
+        candidates = [
+            Candidate(score, (cx - hw - ox) / sx, (cy - hh - oy) / sy, (cx + hw - ox) / sx, (cy + hh - oy) / sy)
+            for score, (cx, cy), (hw, hh) in zip(scores[index].tolist(), centre.tolist(), half.tolist())
+        ]
+        return hard_nms(candidates, self.iou_threshold)
