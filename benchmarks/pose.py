@@ -14,6 +14,7 @@ markdown table (and writes it to --output).
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import time
@@ -73,11 +74,14 @@ class Timer:
         return result
 
 
-def landmark_stages(timer: Timer, estimator: LandmarkPose, frame: np.ndarray, detections: list, prefix: str) -> None:
-    """One face at a time, each stage on its own clock, exactly as `LandmarkPose.estimate` runs them."""
+def landmark_stages(timer: Timer, estimator: LandmarkPose, plain: LandmarkPose, frame: np.ndarray, detections: list,
+                    prefix: str) -> None:
+    """One face at a time, each stage on its own clock, exactly as `LandmarkPose.estimate` runs them;
+    plus the crop by a plain 3-channel warp, for comparison with the RGBA-window path used."""
     camera = camera_for(frame.shape[1], frame.shape[0])
     for detection in detections:
-        affine = timer.time(f"{prefix}crop (warpAffine)", lambda: estimator.crop(frame, detection))
+        timer.time(f"{prefix}crop, plain 3-channel warp (not used)", lambda: plain.crop(frame, detection))
+        affine = timer.time(f"{prefix}crop (RGBA window + warpAffine)", lambda: estimator.crop(frame, detection))
         crop_points = timer.time(f"{prefix}normalise + invoke", estimator.infer)
         if crop_points is None:
             continue
@@ -102,6 +106,8 @@ def run(seconds: float, threads: tuple[int, ...]) -> tuple[dict[str, list[float]
     sets = {"single": [(f, detector.detect(f)) for f in singles], "multi": [(f, detector.detect(f)) for f in multis]}
     faces = {name: sum(len(d) for _, d in frames) for name, frames in sets.items()}
     estimators = {n: build_pose_estimator("landmarks", n) for n in threads}
+    plain = {n: LandmarkPose(e.runner, e.spec, rgba_window_limit=0) for n, e in estimators.items()
+             if isinstance(e, LandmarkPose)}
     keypoints = KeypointPose()
     timer = Timer({})
     deadline = time.perf_counter() + seconds
@@ -109,7 +115,7 @@ def run(seconds: float, threads: tuple[int, ...]) -> tuple[dict[str, list[float]
         for n, estimator in estimators.items():
             assert isinstance(estimator, LandmarkPose)
             for frame, detections in sets["single"]:
-                landmark_stages(timer, estimator, frame, detections, f"landmarks t{n}|")
+                landmark_stages(timer, estimator, plain[n], frame, detections, f"landmarks t{n}|")
             for kind, frames in sets.items():
                 for frame, detections in frames:
                     timer.time(f"landmarks t{n}|per {kind}-face frame", lambda: estimator.estimate(frame, detections))
@@ -121,12 +127,13 @@ def run(seconds: float, threads: tuple[int, ...]) -> tuple[dict[str, list[float]
     return timer.samples, faces
 
 
-def table(samples: dict[str, list[float]], faces: dict[str, int], seconds: float, threads: tuple[int, ...]) -> str:
+def table(samples: dict[str, list[float]], faces: dict[str, int], seconds: float, load: tuple[float, float]) -> str:
     lines = [
         f"Head-pose stages, median (p90) ms, {FRAME_WIDTH}x{FRAME_HEIGHT} frames, {DETECTOR} detections, "
         f"{len(SINGLE_FACE) + 1} single-face frames and {len(MULTI_FACE)} multi-face frames ({faces['multi']} faces); "
         f"{seconds:.0f} s; {platform.processor() or platform.machine()}, Python {platform.python_version()}, "
-        f"OpenCV {cv2.__version__}, numpy {np.__version__}.",
+        f"OpenCV {cv2.__version__}, numpy {np.__version__}; 1-minute load average {load[0]:.1f} before, "
+        f"{load[1]:.1f} after (a shared 2-core machine: compare rows of one run, not runs).",
         "",
         "| mode | threads | stage | median ms | p90 ms | samples |",
         "|---|---|---|---|---|---|",
@@ -147,8 +154,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.seconds <= 0 or any(n < 1 for n in args.threads):
         parser.error("--seconds must be positive and --threads whole numbers of at least 1")
+    load_before = os.getloadavg()[0]
     samples, faces = run(args.seconds, tuple(args.threads))
-    text = table(samples, faces, args.seconds, tuple(args.threads))
+    text = table(samples, faces, args.seconds, (load_before, os.getloadavg()[0]))
     print(text)
     if args.output:
         args.output.write_text(text)
