@@ -201,6 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--frames", type=int, default=BENCH_FRAMES, help=f"frames to time (default: {BENCH_FRAMES})")
     _detector_options(bench)
     bench.set_defaults(func=cmd_bench)
+
+    from edge.policy_cli import add_parsers
+
+    add_parsers(sub)
     return parser
 
 

@@ -236,17 +236,22 @@ class Runner:
         self._input_view = interpreter.tensor(self._input["index"])
         self._outputs = interpreter.get_output_details()
         self._codecs = [TensorCodec.from_details(d) for d in self._outputs]
+        self._output_views = [interpreter.tensor(d["index"]) for d in self._outputs]
 
     def pixel_transform(self, real_gain: float, real_offset: float) -> PixelTransform:
         return PixelTransform.for_input(real_gain, real_offset, self.input_codec)
 
-    def run_pixels(self, pixels: np.ndarray, transform: PixelTransform) -> list[np.ndarray]:
-        """Run on an H x W x 3 uint8 image already at the model's input size."""
-        transform.apply(pixels, self._input_view()[0])  # the view is dropped before invoke(), as LiteRT requires
-        return self._invoke()
+    def run_pixels(self, pixels: np.ndarray, transform: PixelTransform, views: bool = False) -> list[np.ndarray]:
+        """Run on an H x W x 3 uint8 image already at the model's input size.
 
-    def _invoke(self) -> list[np.ndarray]:
+        With `views`, float outputs are views of the interpreter's own buffers
+        (no copy): the caller must drop them before the next run, as LiteRT
+        refuses to invoke while its buffers are referenced.
+        """
+        transform.apply(pixels, self._input_view()[0])  # the view is dropped before invoke(), as LiteRT requires
         self.interpreter.invoke()
+        if views:
+            return [codec.decode(view()) for view, codec in zip(self._output_views, self._codecs)]
         return [codec.decode(self.interpreter.get_tensor(d["index"])) for d, codec in zip(self._outputs, self._codecs)]
 
     def invoke(self) -> None:

@@ -238,9 +238,10 @@ class Detector:
         if tile is not None:
             fit = fit.within(*tile.normalised)
         t1 = time.perf_counter()
-        outputs = self.runner.run_pixels(pixels, self.transform)
+        outputs = self.runner.run_pixels(pixels, self.transform, views=True)
         t2 = time.perf_counter()
         found = self.decoder.decode(outputs, self.threshold if threshold is None else threshold, fit)
+        del outputs  # views of the interpreter's buffers: gone before the next invoke()
         t3 = time.perf_counter()
         self.timings = {"preprocess": (t1 - t0) * 1e3, "invoke": (t2 - t1) * 1e3, "decode": (t3 - t2) * 1e3}
         return found
