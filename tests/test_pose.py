@@ -39,7 +39,7 @@ from edge.pose import (
     pose_to_rotation,
     rotation_to_pose,
 )
-from tests.conftest import load_rgb, skimage_data
+from conftest import load_rgb, skimage_data
 
 # Mesh indices used to judge signs from the projected picture.
 NOSE_TIP, RIGHT_EYE_OUTER, LEFT_EYE_OUTER, RIGHT_EAR_LEVEL, LEFT_EAR_LEVEL = 1, 33, 263, 234, 454
