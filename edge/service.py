@@ -16,7 +16,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterable
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -83,8 +82,7 @@ class DetectionsStream:
 class Service:
     """Owns the outbox and publisher for one run; frames and pipeline are handed in."""
 
-    def __init__(self, config: ServiceConfig, status: serialize.DeviceStatus,
-                 on_crl: Callable[[bytes], object] | None = None) -> None:
+    def __init__(self, config: ServiceConfig, status: serialize.DeviceStatus) -> None:
         self.config = config
         self.status = status
         self.device = config.device.id
@@ -95,7 +93,7 @@ class Service:
         if config.homeassistant.enabled:
             extra = serialize.discovery(config.homeassistant.prefix, config.mqtt.topic_root,
                                         serialize.DiscoveryDevice(self.device, status.model, status.firmware))
-        self.publisher = Publisher(self.device, config.mqtt, self.outbox, status, on_crl=on_crl,
+        self.publisher = Publisher(self.device, config.mqtt, self.outbox, status, on_crl=self._crl,
                                    retained_extra=extra)
         self.stream = DetectionsStream(self.device, Tracker())
         self.frames = FrameStats()
@@ -103,6 +101,11 @@ class Service:
         self._hangup = threading.Event()
         self.last_seq = 0
         self.on_hangup: Callable[[], None] | None = None
+        self.crl_handler: Callable[[bytes], object] | None = None
+
+    def _crl(self, payload: bytes) -> None:
+        if self.crl_handler is not None:
+            self.crl_handler(payload)
 
     def audit_sink(self, record: dict[str, Any]) -> None:
         """`AuditLog.on_append`: every audit record goes through the outbox at QoS 1."""
@@ -189,38 +192,42 @@ def status_for(pipeline: Any) -> serialize.DeviceStatus:
                                   firmware=__version__)
 
 
+def attach_policy(service: Service, policy: Any) -> Any:
+    """Wire the policy gate: its audit records go out on `audit`, CRLs from MQTT reach its store.
+
+    Detection never waits for the gate: whatever it decides, this service runs
+    detection (identification is a separate, gated entry point).
+    """
+    from edge.audit import AuditLog
+    from edge.policy import PolicyGate
+
+    gate = PolicyGate(policy, audit=AuditLog(policy.audit_log, on_append=service.audit_sink))
+
+    def decide() -> None:
+        decision = gate.decide()
+        log.info("policy decision: %s (%s)", decision.mode.value, "; ".join(decision.reasons) or "all checks passed")
+
+    def hangup() -> None:
+        result = gate.crl_store.reload()
+        log.info("SIGHUP: local CRL %s (%s)", result.outcome.value, result.reason)
+        decide()
+
+    gate.crl_store.on_change = lambda _crl: decide()
+    service.crl_handler = gate.crl_store.handle
+    service.on_hangup = hangup
+    decide()
+    return gate
+
+
 def run_from_config(config: ServiceConfig, limits: RunLimits = RunLimits()) -> int:
     """`edge-camera run`: the configured camera and detector, the policy gate when configured."""
     from edge.camera import open_source
     from edge.pipeline import build_pipeline
 
     pipeline = build_pipeline(config.detector)
-    status = status_for(pipeline)
-    gate = None
-    on_crl = None
-    service: Service
+    service = Service(config, status_for(pipeline))
     if config.policy is not None:
-        from edge.audit import AuditLog
-        from edge.policy import PolicyGate
-
-        holder: list[Service] = []
-        audit = AuditLog(config.policy.audit_log, on_append=lambda record: holder[0].audit_sink(record) if holder else None)
-        gate = PolicyGate(config.policy, audit=audit)
-        decision = gate.decide()
-        log.info("policy decision: %s (%s)", decision.mode.value, "; ".join(decision.reasons) or "all checks passed")
-        gate.crl_store.on_change = lambda _crl: gate.decide()  # type: ignore[union-attr]
-        on_crl = gate.crl_store.handle
-        service = Service(config, status, on_crl=on_crl)
-        holder.append(service)
-
-        def hangup() -> None:
-            result = gate.crl_store.reload()  # type: ignore[union-attr]
-            log.info("SIGHUP: local CRL %s; policy re-evaluated: %s", result.outcome.value, gate.decide().mode.value)  # type: ignore[union-attr]
-
-        service.on_hangup = hangup
-    else:
-        service = Service(config, status)
+        attach_policy(service, config.policy)
     service.install_signal_handlers()
-    with ExitStack() as stack:
-        frames = stack.enter_context(open_source(config.camera))
+    with open_source(config.camera) as frames:
         return service.run(frames, pipeline, limits)

@@ -85,27 +85,30 @@ def test_unreachable_broker_does_not_stop_detection(tmp_path: Path, mosquitto: B
 
 def test_outbox_limit_during_outage_drops_oldest_and_health_reports_it(
         tmp_path: Path, mosquitto: BrokerUnderTest, pipeline) -> None:
-    mosquitto.broker.stop()
     limited = OutboxConfig(max_messages=5)
     config = service_config(tmp_path / "state", mosquitto.device_config("cam-a"), limited, health_s=0.05)
-    Service(config, status_for(pipeline)).run(frames("F" * 15), pipeline)
-    assert Outbox(tmp_path / "state" / OUTBOX_FILE, limited).stats().dropped == 10
-
-    mosquitto.broker.start()
-    with Subscriber(mosquitto.broker, mosquitto.pki) as sub:
+    with Subscriber(mosquitto.broker, mosquitto.pki) as sub:  # its session persists through the outage
         service = Service(config, status_for(pipeline))
 
-        def once_connected() -> Iterator[StillFrame]:
-            # The limit still holds: frames before the connection would push out more of the backlog.
+        def outage_then_recovery() -> Iterator[StillFrame]:
+            assert wait_until(lambda: service.publisher.stats().connected)
+            mosquitto.broker.stop()
+            stream = frames("F" * 16)
+            for _ in range(15):
+                yield next(stream)
+            assert wait_until(lambda: service.outbox.handoff_backlog() == 0)
+            mosquitto.broker.start()
             assert wait_until(lambda: service.publisher.stats().connected and service.outbox.stats().depth == 0)
-            yield from frames("F" * 30, FRAME_INTERVAL_S)
+            assert wait_until(sub.connected.is_set)  # health is QoS 0: not queued for an absent subscriber
+            time.sleep(0.2)
+            yield next(stream)
 
-        service.run(once_connected(), pipeline, RunLimits(drain_s=10))
-        assert wait_until(lambda: bool(sub.on("cam-a/health")) and 45 in sub.seqs())
-    assert first_occurrences(sub.seqs()) == list(range(11, 46))  # the 10 oldest were dropped, nothing else
-    health = sub.on("cam-a/health")[-1]
+        service.run(outage_then_recovery(), pipeline, RunLimits(drain_s=10))
+        assert wait_until(lambda: 16 in sub.seqs() and any(h["outbox"]["dropped"] for h in sub.on("cam-a/health"))), (sub.seqs(), sub.on("cam-a/health"))
+    assert first_occurrences(sub.seqs()) == list(range(11, 17))  # the 10 oldest were dropped, nothing else
+    health = [h for h in sub.on("cam-a/health") if h["outbox"]["dropped"]][-1]
     assert health["outbox"]["dropped"] == 10
-    assert health["frames"]["processed"] > 0
+    assert health["frames"]["processed"] == 16
 
 
 SERVICE_SCRIPT = textwrap.dedent("""
@@ -190,3 +193,49 @@ def test_sighup_runs_the_reload_hook_and_sigterm_stops_after_the_frame(tmp_path:
     assert reloads == [3]
     assert processed == 5  # frame 6 arrived after SIGTERM and was not processed
     assert service.last_seq == 5
+
+
+def test_policy_audit_and_fleet_crl_flow_over_mqtt(tmp_path: Path, mosquitto: BrokerUnderTest, pipeline) -> None:
+    """Real provisioning PKI: the gate's decision is audited on MQTT; a signed CRL from the fleet topic is applied."""
+    import datetime as dt
+    import jsonschema
+    import paho.mqtt.client as mqtt
+    from cryptography.hazmat.primitives import serialization
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from edge.service import attach_policy
+    from edge_pki import Pki, provision
+    from mosquitto import OPERATOR, client_context
+
+    now = dt.datetime.now(dt.timezone.utc)
+    pki_ = Pki.create(now)
+    device = provision(tmp_path, pki_, device_id="cam-a")
+    config = service_config(tmp_path / "state", mosquitto.device_config("cam-a"))
+    audit_schema = jsonschema.Draft202012Validator(json.loads((REPO / "edge" / "schemas" / "audit.json").read_text()))
+    with Subscriber(mosquitto.broker, mosquitto.pki) as sub:
+        service = Service(config, status_for(pipeline))
+        attach_policy(service, device.config)
+
+        def then_crl() -> Iterator[StillFrame]:
+            operator = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=OPERATOR, protocol=mqtt.MQTTv5)
+            operator.tls_set_context(client_context(mosquitto.pki, OPERATOR))
+            operator.connect(mosquitto.broker.host, mosquitto.broker.port)
+            operator.loop_start()
+            der = pki_.crl(now=now).public_bytes(serialization.Encoding.DER)
+            operator.publish("edge/v1/fleet/crl", der, qos=1, retain=True).wait_for_publish(5)
+            operator.disconnect()
+            operator.loop_stop()
+            assert wait_until(lambda: any(m["event"] == "crl-applied" for m in sub.on("cam-a/audit")))
+            yield from frames("F")
+
+        service.run(then_crl(), pipeline, RunLimits(drain_s=5))
+        assert wait_until(lambda: len(sub.on("cam-a/audit")) >= 2)
+    by_seq = {r["seq"]: r for r in sub.on("cam-a/audit")}  # QoS 1: de-duplicate by the log's seq
+    records = [by_seq[s] for s in sorted(by_seq)]
+    assert sorted(by_seq) == list(range(len(by_seq)))  # the audit chain arrived without a gap
+    assert [r["event"] for r in records if r["event"] != "crl-ignored"][0] == "policy-decision"
+    records = [r for r in records if r["event"] != "crl-ignored"]  # no local CRL file is installed here
+    assert records[0]["event"] == "policy-decision" and records[0]["data"]["mode"] == "detection"
+    assert "crl-applied" in [r["event"] for r in records]
+    for record in by_seq.values():
+        audit_schema.validate(record)
