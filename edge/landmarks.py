@@ -62,6 +62,14 @@ def crop_affine(detection: Detection, width: int, height: int, crop_scale: float
     return np.array([[cos, -sin, cx - (cos - sin) * half], [sin, cos, cy - (sin + cos) * half]])
 
 
+def usable_box(detection: Detection, width: int, height: int) -> bool:
+    """A crop can be built: finite box and keypoints, and a box at least a pixel wide and high."""
+    box = detection.box
+    if not all(math.isfinite(v) for v in (box.x, box.y, box.w, box.h)):
+        return False
+    return bool(np.isfinite(detection.keypoints).all()) and box.w * width >= 1.0 and box.h * height >= 1.0
+
+
 def pixel_centred(affine: np.ndarray) -> np.ndarray:
     """The same map in OpenCV's sampling convention (pixel i centred at i, not i + 0.5).
 
@@ -142,6 +150,9 @@ class LandmarkPose:
 
     def points(self, image: np.ndarray, detection: Detection) -> np.ndarray | None:
         """The pose landmarks of one face in frame pixels (an on-device intermediate, never published)."""
+        height, width = image.shape[:2]
+        if not usable_box(detection, width, height):
+            return None
         affine = self.crop(image, detection)
         crop_points = self.infer()
         return None if crop_points is None else to_frame(crop_points, affine)

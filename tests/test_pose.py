@@ -528,3 +528,15 @@ def test_both_crop_paths_sample_the_same_pixels(box: Box, eyes: list, landmark_p
     assert np.array_equal(landmark_pose.crop(image, detection), plain.crop(image, detection))
     difference = np.abs(landmark_pose.canvas.astype(np.int16) - plain.canvas.astype(np.int16))
     assert difference.max() <= 1  # rounding of the two kernels' fixed-point arithmetic
+
+
+@pytest.mark.parametrize("detection", [
+    Detection(Box(0.4, 0.3, 0.0, 0.3), 0.9),
+    Detection(Box(float("nan"), 0.3, 0.2, 0.3), 0.9),
+    Detection(Box(0.4, 0.3, 0.2, 0.3), 0.9, np.full((6, 2), np.nan, np.float32)),
+])
+def test_a_malformed_detection_gets_no_pose_instead_of_an_error(detection: Detection, landmark_pose,
+                                                                keypoint_pose) -> None:
+    image = load_rgb(skimage_data("astronaut.png"))
+    assert landmark_pose.estimate(image, [detection]) == [None]
+    assert keypoint_pose.estimate(image, [detection]) == [None]
