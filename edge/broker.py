@@ -19,6 +19,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -176,7 +177,7 @@ def mosquitto_conf(port: int, pki: ThrowawayPki, acl_path: Path, data_dir: Path,
     return "\n".join(lines) + "\n"
 
 
-def _wait_listening(port: int, proc_alive: callable, what: str, log_path: Path | None) -> None:  # type: ignore[valid-type]
+def _wait_listening(port: int, proc_alive: Callable[[], bool], what: str, log_path: Path | None) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if not proc_alive():

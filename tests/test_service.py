@@ -157,6 +157,8 @@ def test_service_sigkilled_mid_stream_then_restarted_loses_nothing(tmp_path: Pat
         assert wait_until(lambda: len(sub.seqs()) >= 20)
         os.kill(first.pid, signal.SIGKILL)
         first.wait()
+        # The broker publishes the last will: status goes offline (retained) without the device's help.
+        assert wait_until(lambda: sub.on("cam-a/status")[-1]["state"] == "offline")
         killed_at = max(sub.seqs())
         second = start()
         assert wait_until(lambda: max(sub.seqs()) >= killed_at + 20)
@@ -165,7 +167,7 @@ def test_service_sigkilled_mid_stream_then_restarted_loses_nothing(tmp_path: Pat
         last = Outbox(tmp_path / "state" / OUTBOX_FILE).stats().last_seq
         assert wait_until(lambda: last in sub.seqs())
     assert first_occurrences(sub.seqs()) == list(range(1, last + 1))
-    assert json.loads(sub.messages[-1][1])["state"] == "offline" or sub.on("cam-a/status")[-1]["state"] == "offline"
+    assert [m["state"] for m in sub.on("cam-a/status")] == ["online", "offline", "online", "offline"]
 
 
 def test_sighup_runs_the_reload_hook_and_sigterm_stops_after_the_frame(tmp_path: Path, mosquitto: BrokerUnderTest,
