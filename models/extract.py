@@ -69,10 +69,15 @@ def main() -> int:
                 print(f"wheel hash {wheel_hash} differs from the manifest's {source['wheel_sha256']}", file=sys.stderr)
                 return 1
             with zipfile.ZipFile(wheel) as zf:
+                licence = source["license_file"]
+                (HERE / licence["file"]).write_bytes(zf.read(licence["path"]))
+                print(f"extracted the wheel's licence: {licence['path']}")
                 for label, variant in shipped_variants(manifest):
                     (HERE / variant["file"]).write_bytes(zf.read(variant["source_path"]))
                     print(f"extracted {label}: {variant['source_path']}")
-    for label, variant in shipped_variants(manifest):
+    licence = manifest["sources"]["mediapipe-0.10.14"]["license_file"]
+    checks = [("licence", {"file": licence["file"], "sha256": licence["sha256"]})] + shipped_variants(manifest)
+    for label, variant in checks:
         path = HERE / variant["file"]
         if not path.exists():
             print(f"MISSING {label}: {path}")
