@@ -8,12 +8,11 @@ from pathlib import Path
 
 import jsonschema
 import paho.mqtt.client as mqtt
-import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge import serialize
 from edge.audit import AuditLog
-from edge.broker import EmbeddedBroker, MosquittoBroker, free_port
+from edge.broker import EmbeddedBroker
 from edge.detection import Box, Detection, Face, HeadPose
 from edge.observation import observe
 from edge.outbox import Outbox, OutboxConfig

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import skimage.data
 
-from edge import serialize
 from edge.config import DeviceConfig, HealthConfig, HomeAssistantConfig, ServiceConfig
 from edge.outbox import Outbox, OutboxConfig
 from edge.pipeline import DetectorConfig, build_pipeline
