@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol
 
 import numpy as np
 
@@ -33,13 +33,13 @@ from edge.inference import (
     _load,
 )
 from edge.models import Manifest, ModelSpec, load_manifest, locate, search_dirs
+from edge.pose import POSE_MODES, PoseEstimator, build_pose_estimator
 from edge.preprocess import Fit, Fitter
 from edge.tiling import Tile, cut_by_inner_edge, tile_grid
 
 DEFAULT_MODEL = "blazeface-full"
 # The one detector compiled for the Edge TPU; `auto` on a Coral runs it.
 EDGETPU_DETECTOR = "blazeface-short"
-POSE_MODES = ("landmarks", "keypoints", "off")
 # Tiling runs the model on ~100 windows per frame instead of one, so each window
 # gets a stricter threshold to keep false positives per frame where one pass has them.
 DEFAULT_TILE_SCORE_THRESHOLD = 0.6
@@ -276,10 +276,6 @@ class Detector:
         return self.to_detections(self.candidates(image))
 
 
-class PoseEstimator(Protocol):
-    def estimate(self, image: np.ndarray, detections: Sequence[Detection]) -> list[HeadPose | None]: ...
-
-
 class FrameLike(Protocol):
     image: np.ndarray
     number: int
@@ -297,7 +293,7 @@ def check_image(image: Any) -> np.ndarray:
 class Pipeline:
     """Detector + optional tiling + head pose; turns frames into `FrameResult`s."""
 
-    def __init__(self, detector: Detector, pose: PoseEstimator | None, config: DetectorConfig, selection: Selection) -> None:
+    def __init__(self, detector: Detector, pose: PoseEstimator, config: DetectorConfig, selection: Selection) -> None:
         self.detector, self.pose, self.config, self.selection = detector, pose, config, selection
         self.tile_size = config.tile_size or max(detector.spec.input_width, detector.spec.input_height)
 
@@ -314,9 +310,7 @@ class Pipeline:
         detections = self.detect(frame.image)
         timings = dict(self.detector.timings)
         t0 = time.perf_counter()
-        poses: list[HeadPose | None] = (
-            self.pose.estimate(frame.image, detections) if self.pose and detections else [None] * len(detections)
-        )
+        poses: list[HeadPose | None] = self.pose.estimate(frame.image, detections) if detections else []
         timings["pose"] = (time.perf_counter() - t0) * 1e3
         h, w = frame.image.shape[:2]
         faces = tuple(Face(d, p) for d, p in zip(detections, poses))
@@ -330,10 +324,6 @@ def build_pipeline(config: DetectorConfig | None = None, manifest: Manifest | No
     runtime = runtime or load_runtime()
     runner, spec, selection = open_detector_runner(config, manifest, runtime)
     detector = Detector(runner, spec, config.score_threshold)
-    pose = None
-    if config.pose != "off":
-        from edge.pose import build_pose_estimator
-
-        pose = build_pose_estimator(config.pose, threads=config.delegate.threads, manifest=manifest,
-                                    runtime=runtime, model_dirs=config.model_dirs)
+    pose = build_pose_estimator(config.pose, threads=config.delegate.threads, manifest=manifest,
+                                runtime=runtime, model_dirs=config.model_dirs)
     return Pipeline(detector, pose, config, selection)
