@@ -40,7 +40,11 @@ class HeadPose:
     """Degrees. Camera axes: x right, y down, z away from the camera.
 
     yaw > 0: the face turns toward the image's right edge; pitch > 0: the face
-    tilts up; roll > 0: the face tilts clockwise as seen in the image.
+    tilts up; roll > 0: the face tilts clockwise as seen in the image. Angles
+    are measured against the line of sight (the camera turned to look straight
+    at the head), so a face looking at the camera reads (0, 0, 0) wherever it
+    is in the frame; on the optical axis this is the plain camera-axes pose.
+    See docs/head-pose.md.
     """
 
     yaw: float
