@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 10_000
 IDLE_ENFORCE_INTERVAL_S = 1.0
+DROP_LOG_INTERVAL_S = 60.0
 SEQ_KEY = "detections_seq"
 DROPPED_KEY = "dropped"
 COUNT_KEY = "count"
@@ -45,6 +46,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     refused TEXT
 );
 CREATE INDEX IF NOT EXISTS outbox_refused ON outbox(id) WHERE refused IS NOT NULL;
+CREATE INDEX IF NOT EXISTS outbox_created ON outbox(created);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO counters VALUES ('{SEQ_KEY}', 0), ('{DROPPED_KEY}', 0), ('{COUNT_KEY}', 0), ('{BYTES_KEY}', 0);
 CREATE TRIGGER IF NOT EXISTS outbox_in AFTER INSERT ON outbox BEGIN
@@ -155,8 +157,9 @@ class Outbox:
         self._writer.executescript(_SCHEMA)
         self._reader = _connect(self.path, "NORMAL")
         self._reader_lock = threading.Lock()
+        self._unlogged_drops = 0
+        self._last_drop_log: float | None = None
         self._thread: threading.Thread | None = None
-        self._stopped = threading.Event()
 
     # --- producer side -------------------------------------------------
     def add_listener(self, callback: Callable[[], None]) -> None:
@@ -192,6 +195,8 @@ class Outbox:
             self._queue.put(None)
             self._thread.join()
             self._thread = None
+        if self._unlogged_drops:
+            log.warning("outbox limit reached: dropped %d more oldest message(s)", self._unlogged_drops)
         self._writer.close()
         with self._reader_lock:
             self._reader.close()
@@ -274,10 +279,21 @@ class Outbox:
         with self._counter_lock:
             self._committed += len(batch)
         if dropped:
-            log.warning("outbox limit reached: dropped the %d oldest message(s)", dropped)
+            self._report_drops(dropped)
         if batch:
             for listener in self._listeners:
                 listener()
+
+    def _report_drops(self, dropped: int) -> None:
+        """Log drops at once, then at most once per interval, so a long outage does not flood the log."""
+        self._unlogged_drops += dropped
+        now = time.monotonic()
+        if self._last_drop_log is None or now - self._last_drop_log >= DROP_LOG_INTERVAL_S:
+            log.warning("outbox limit reached: dropped the %d oldest message(s) (limits: %d messages, %d bytes, "
+                        "%.0f s)", self._unlogged_drops, self.config.max_messages, self.config.max_bytes,
+                        self.config.max_age_s)
+            self._unlogged_drops = 0
+            self._last_drop_log = now
 
     def _enforce_limits(self, conn: sqlite3.Connection) -> int:
         """Drop oldest messages beyond the age, count and byte limits; returns how many."""
