@@ -141,9 +141,17 @@ class PublisherStats:
 
 def tls_context(config: MqttConfig) -> ssl.SSLContext:
     """Only the configured CA is trusted (pinned), the device proves itself with its own key."""
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(config.ca))
+    try:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(config.ca))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError("[mqtt] ca", f"{config.ca}: {getattr(exc, 'strerror', None) or exc}",
+                          "a readable PEM file with the fleet CA certificate") from None
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(str(config.cert), str(config.key))
+    try:
+        context.load_cert_chain(str(config.cert), str(config.key))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError("[mqtt] cert/key", f"{config.cert} with {config.key}: {getattr(exc, 'strerror', None) or exc}",
+                          "the device certificate (PEM, with its chain) and its matching private key") from None
     return context
 
 

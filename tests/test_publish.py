@@ -8,6 +8,7 @@ from pathlib import Path
 
 import jsonschema
 import paho.mqtt.client as mqtt
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge import serialize
@@ -204,3 +205,13 @@ def test_shipped_example_acl_is_the_tested_one() -> None:
     for directive in ("require_certificate true", "use_identity_as_username true", "persistence true",
                       "allow_anonymous false"):
         assert directive in conf
+
+
+def test_unreadable_tls_material_is_a_configuration_error(tmp_path: Path, mosquitto: BrokerUnderTest) -> None:
+    from edge.errors import ConfigError
+    from edge.publish import tls_context
+
+    with pytest.raises(ConfigError, match=r"\[mqtt\] ca"):
+        tls_context(mosquitto.device_config("cam-a", ca=str(tmp_path / "missing.pem")))
+    with pytest.raises(ConfigError, match=r"\[mqtt\] cert/key"):
+        tls_context(mosquitto.device_config("cam-a", key=str(mosquitto.pki.clients["cam-b"].key)))
