@@ -141,7 +141,6 @@ class Outbox:
     def __init__(self, path: Path, config: OutboxConfig = OutboxConfig(),
                  clock: Callable[[], float] = time.time) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.config = config
         self._clock = clock
         self._queue: queue.Queue[_Item | None] = queue.Queue(maxsize=config.queue_capacity)
@@ -153,9 +152,15 @@ class Outbox:
         # synchronous=FULL where messages are born; acknowledgements may be lost
         # by a power cut (the message is then delivered twice, and subscribers
         # de-duplicate by seq), so they need not wait for an fsync.
-        self._writer = _connect(self.path, "FULL")
-        self._writer.executescript(_SCHEMA)
-        self._reader = _connect(self.path, "NORMAL")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = _connect(self.path, "FULL")
+            self._writer.executescript(_SCHEMA)
+            self._reader = _connect(self.path, "NORMAL")
+        except (OSError, sqlite3.Error) as exc:
+            raise EdgeError(f"outbox {self.path} cannot be opened: {exc}",
+                            "check that the state directory exists, is writable by the service user "
+                            "and is not full") from None
         self._reader_lock = threading.Lock()
         self._unlogged_drops = 0
         self._last_drop_log: float | None = None

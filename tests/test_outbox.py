@@ -129,3 +129,12 @@ def test_hand_off_queue_full_is_counted_not_blocking(tmp_path: Path) -> None:
 def test_config_errors_name_the_problem(data: dict, fragment: str) -> None:
     with pytest.raises(ConfigError, match=fragment):
         OutboxConfig.from_mapping(data)
+
+
+def test_unusable_state_directory_is_a_clear_error(tmp_path: Path) -> None:
+    from edge.errors import EdgeError
+
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    with pytest.raises(EdgeError, match="cannot be opened"):
+        Outbox(blocker / "outbox.db")
