@@ -85,9 +85,7 @@ class Service:
         self.config = config
         self.status = status
         self.device = config.device.id
-        state_dir = config.device.state_dir
-        state_dir.mkdir(parents=True, exist_ok=True)
-        self.outbox = Outbox(state_dir / OUTBOX_FILE, config.outbox)
+        self.outbox = Outbox(config.device.state_dir / OUTBOX_FILE, config.outbox)
         extra: tuple[tuple[str, bytes], ...] = ()
         if config.homeassistant.enabled:
             extra = serialize.discovery(config.homeassistant.prefix, config.mqtt.topic_root,
