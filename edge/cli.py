@@ -202,9 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
     _detector_options(bench)
     bench.set_defaults(func=cmd_bench)
 
-    from edge.policy_cli import add_parsers
+    from edge.demo import add_parser as add_service_parsers
+    from edge.policy_cli import add_parsers as add_policy_parsers
 
-    add_parsers(sub)
+    add_service_parsers(sub)
+    add_policy_parsers(sub)
     return parser
 
 
