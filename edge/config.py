@@ -32,6 +32,8 @@ RETIRED_TERMS = frozenset({
     "facialhair", "beard", "moustache", "mustache", "hair", "haircolor", "haircolour", "hairstyle", "bald",
     "makeup", "cosmetics", "lipstick", "eyemakeup", "attribute", "attributes", "faceattributes",
 })
+DEFAULT_HEALTH_INTERVAL_S = 30.0
+DEFAULT_DISCOVERY_PREFIX = "homeassistant"
 SERVICE_SECTIONS = ("device", "camera", "detector", "policy", "mqtt", "outbox", "health", "homeassistant")
 
 
@@ -86,12 +88,12 @@ class DeviceConfig:
 
 @dataclass(frozen=True, slots=True)
 class HealthConfig:
-    interval_s: float = 30.0
+    interval_s: float = DEFAULT_HEALTH_INTERVAL_S
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> "HealthConfig":
         _only(data, "[health]", tuple(f.name for f in fields(cls)))
-        interval = data.get("interval_s", cls.interval_s)
+        interval = data.get("interval_s", DEFAULT_HEALTH_INTERVAL_S)
         if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval <= 0:
             raise ConfigError("[health] interval_s", f"{interval!r} is not a positive number", "seconds > 0")
         return cls(float(interval))
@@ -100,13 +102,13 @@ class HealthConfig:
 @dataclass(frozen=True, slots=True)
 class HomeAssistantConfig:
     enabled: bool = False
-    prefix: str = "homeassistant"
+    prefix: str = DEFAULT_DISCOVERY_PREFIX
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> "HomeAssistantConfig":
         _only(data, "[homeassistant]", ("enabled", "prefix"))
         enabled = data.get("enabled", False)
-        prefix = data.get("prefix", "homeassistant")
+        prefix = data.get("prefix", DEFAULT_DISCOVERY_PREFIX)
         if not isinstance(enabled, bool):
             raise ConfigError("[homeassistant] enabled", f"{enabled!r}", "true or false")
         if not isinstance(prefix, str) or not prefix or any(c in prefix for c in "+#"):

@@ -29,7 +29,8 @@ from edge.config import DeviceConfig, HealthConfig, HomeAssistantConfig, Service
 from edge.errors import ConfigError
 from edge.outbox import OutboxConfig
 from edge.publish import MqttConfig
-from edge.service import RunLimits, Service, run_from_config, status_for
+from edge.camera import CameraConfig, open_source
+from edge.service import RunLimits, Service, model_input_size, run_from_config, status_for
 
 DEMO_DEVICE = "demo-camera"
 DEMO_SUBSCRIBER = "demo-subscriber"
@@ -115,13 +116,6 @@ def start_private_broker(workdir: Path, pki: ThrowawayPki, prefer_embedded: bool
     return broker
 
 
-def _virtual_camera(seconds: float) -> tuple[Any, Any]:
-    from edge.camera import CameraConfig, open_source
-
-    config = CameraConfig.from_mapping({"source": "virtual"})
-    return config, open_source(config)
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     from edge.pipeline import DetectorConfig, build_pipeline
 
@@ -145,14 +139,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
             mqtt_config = MqttConfig.from_mapping({
                 "host": broker.host, "port": broker.port, "ca": str(pki.ca), "cert": str(cred.cert),
                 "key": str(cred.key), "protocol": protocol, **DEMO_BACKOFF})
-            camera_config, source = _virtual_camera(args.seconds)
+            camera_config = CameraConfig(source="virtual", max_frames=args.frames)
             config = ServiceConfig(DeviceConfig(DEMO_DEVICE, workdir / "state"), mqtt_config, OutboxConfig(),
                                    HealthConfig(DEMO_HEALTH_S), HomeAssistantConfig(), camera_config,
                                    DetectorConfig(), None)
             pipeline = build_pipeline(config.detector)
             service = Service(config, status_for(pipeline))
             service.install_signal_handlers()
-            with source as frames:
+            with open_source(camera_config, model_input_size(pipeline)) as frames:
                 processed = service.run(frames, pipeline, RunLimits(max_seconds=args.seconds, max_frames=args.frames))
             last = service.last_seq
             deadline = time.monotonic() + CATCH_UP_S

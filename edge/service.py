@@ -189,6 +189,12 @@ def status_for(pipeline: Any) -> serialize.DeviceStatus:
                                   firmware=__version__)
 
 
+def model_input_size(pipeline: Any) -> tuple[int, int]:
+    """The detector's input size, so a Pi camera can deliver a matching low-resolution stream."""
+    spec = pipeline.detector.spec
+    return (spec.input_width, spec.input_height)
+
+
 def attach_policy(service: Service, policy: Any) -> Any:
     """Wire the policy gate: its audit records go out on `audit`, CRLs from MQTT reach its store.
 
@@ -226,5 +232,5 @@ def run_from_config(config: ServiceConfig, limits: RunLimits = RunLimits()) -> i
     if config.policy is not None:
         attach_policy(service, config.policy)
     service.install_signal_handlers()
-    with open_source(config.camera) as frames:
+    with open_source(config.camera, model_input_size(pipeline)) as frames:
         return service.run(frames, pipeline, limits)

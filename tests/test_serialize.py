@@ -240,3 +240,14 @@ def test_service_config_file_refuses_retired_attributes_at_start_up(tmp_path: Pa
         load(path)
     with pytest.raises(ConfigError, match="cannot be read"):
         load(tmp_path / "missing.toml")
+
+
+def test_shipped_example_configuration_is_valid() -> None:
+    from edge.config import load
+
+    config = load(REPO / "systemd" / "edge-camera.toml")
+    assert config.device.id == "cam-lobby-1"
+    assert config.mqtt.protocol == "auto" and config.mqtt.inflight == 20
+    assert config.outbox.commit_wait_ms == 3.0
+    assert config.camera.source == "picamera2"
+    assert config.policy is not None

@@ -240,3 +240,62 @@ def test_policy_audit_and_fleet_crl_flow_over_mqtt(tmp_path: Path, mosquitto: Br
     assert "crl-applied" in [r["event"] for r in records]
     for record in by_seq.values():
         audit_schema.validate(record)
+
+
+def _json_lines(text: str) -> list[tuple[str, dict]]:
+    lines = [line.split(" ", 1) for line in text.splitlines() if line.startswith("edge/v1/")]
+    return [(topic, json.loads(payload)) for topic, payload in lines]
+
+
+@pytest.mark.parametrize("broker_flag", [[], ["--embedded-broker"]])
+def test_demo_end_to_end(broker_flag: list[str]) -> None:
+    """`edge-camera demo`: virtual camera, real pipeline, private broker, a subscriber printing what arrives."""
+    import jsonschema
+
+    proc = subprocess.run([sys.executable, "-m", "edge.demo", "demo", "--frames", "20", "--json", *broker_flag],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert "none missing" in proc.stdout
+    messages = _json_lines(proc.stdout)
+    seqs = [m["seq"] for t, m in messages if t.endswith("/detections")]
+    assert seqs == list(range(1, 21))
+    for topic, message in messages:
+        name = topic.rsplit("/", 1)[-1]
+        schema = json.loads((REPO / "edge" / "schemas" / f"{name}.json").read_text())
+        jsonschema.Draft202012Validator(schema).validate(message)
+
+
+def test_run_command_with_a_config_file(tmp_path: Path, mosquitto: BrokerUnderTest) -> None:
+    cred = mosquitto.pki.clients["cam-a"]
+    config = tmp_path / "edge-camera.toml"
+    config.write_text(textwrap.dedent(f"""
+        [device]
+        id = "cam-a"
+        state_dir = "{tmp_path / 'state'}"
+        [camera]
+        source = "virtual"
+        fps = 30
+        max_frames = 15
+        [mqtt]
+        host = "{mosquitto.broker.host}"
+        port = {mosquitto.broker.port}
+        ca = "{mosquitto.pki.ca}"
+        cert = "{cred.cert}"
+        key = "{cred.key}"
+        backoff_min_s = 0.1
+        [homeassistant]
+        enabled = true
+    """))
+    with Subscriber(mosquitto.broker, mosquitto.pki) as sub:
+        proc = subprocess.run([sys.executable, "-m", "edge.demo", "run", "--config", str(config)],
+                              capture_output=True, text=True, timeout=120, cwd=REPO)
+        assert proc.returncode == 0, proc.stderr
+        assert wait_until(lambda: len(sub.seqs()) == 15)
+    assert sub.seqs() == list(range(1, 16))
+    assert len(sub.on("/config")) == 2  # Home Assistant discovery
+
+    config.write_text(config.read_text() + '[detector]\nattributes = ["smile"]\n')
+    refused = subprocess.run([sys.executable, "-m", "edge.demo", "run", "--config", str(config)],
+                             capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert refused.returncode == 2
+    assert "responsible-use rule" in refused.stderr and "Traceback" not in refused.stderr
