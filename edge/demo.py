@@ -188,21 +188,3 @@ def add_parser(subparsers: Any) -> None:
     run.add_argument("--seconds", type=float, help="stop after this long (default: until SIGTERM)")
     run.add_argument("--frames", type=int, help="stop after this many frames")
     run.set_defaults(func=cmd_run)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (`python -m edge.demo ...`) until the lead wires add_parser into edge.cli."""
-    from edge.errors import EdgeError
-
-    parser = argparse.ArgumentParser(prog="edge-camera")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args))
-    except EdgeError as exc:
-        print(f"edge-camera: {exc}", file=sys.stderr)
-        return exc.exit_code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -252,7 +252,7 @@ def test_demo_end_to_end(broker_flag: list[str]) -> None:
     """`edge-camera demo`: virtual camera, real pipeline, private broker, a subscriber printing what arrives."""
     import jsonschema
 
-    proc = subprocess.run([sys.executable, "-m", "edge.demo", "demo", "--frames", "20", "--json", *broker_flag],
+    proc = subprocess.run([sys.executable, "-m", "edge.cli", "demo", "--frames", "20", "--json", *broker_flag],
                           capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     assert "none missing" in proc.stdout
@@ -287,7 +287,7 @@ def test_run_command_with_a_config_file(tmp_path: Path, mosquitto: BrokerUnderTe
         enabled = true
     """))
     with Subscriber(mosquitto.broker, mosquitto.pki) as sub:
-        proc = subprocess.run([sys.executable, "-m", "edge.demo", "run", "--config", str(config)],
+        proc = subprocess.run([sys.executable, "-m", "edge.cli", "run", "--config", str(config)],
                               capture_output=True, text=True, timeout=120, cwd=REPO)
         assert proc.returncode == 0, proc.stderr
         assert wait_until(lambda: len(sub.seqs()) == 15)
@@ -295,7 +295,7 @@ def test_run_command_with_a_config_file(tmp_path: Path, mosquitto: BrokerUnderTe
     assert len(sub.on("/config")) == 2  # Home Assistant discovery
 
     config.write_text(config.read_text() + '[detector]\nattributes = ["smile"]\n')
-    refused = subprocess.run([sys.executable, "-m", "edge.demo", "run", "--config", str(config)],
+    refused = subprocess.run([sys.executable, "-m", "edge.cli", "run", "--config", str(config)],
                              capture_output=True, text=True, timeout=60, cwd=REPO)
     assert refused.returncode == 2
     assert "responsible-use rule" in refused.stderr and "Traceback" not in refused.stderr
