@@ -39,6 +39,9 @@ DEFAULT_FPS = 30.0
 VIRTUAL_FACE_WIDTH = (0.12, 0.32)
 VIRTUAL_MAX_ROLL = 25.0
 VIRTUAL_PERIODS = (211, 157, 97, 131)
+# The face is in view for the first part of each cycle and away for the rest (frames), so a
+# subscriber sees the face count return to zero (at 30 fps: 8 s in view, 2 s away).
+VIRTUAL_PRESENCE = (240, 60)
 BACKGROUND_TILE = 48
 PI_MODEL_FILE = Path("/proc/device-tree/model")
 
@@ -264,7 +267,15 @@ class VirtualCamera(FrameSource):
         roll = VIRTUAL_MAX_ROLL * math.sin(p[3])
         return cx, cy, face_w, roll
 
-    def render(self, number: int) -> tuple[np.ndarray, Truth]:
+    @staticmethod
+    def present(number: int) -> bool:
+        in_view, away = VIRTUAL_PRESENCE
+        return number % (in_view + away) < in_view
+
+    def render(self, number: int) -> tuple[np.ndarray, Truth | None]:
+        """Frame `number` and the truth about its face (None while the face is away)."""
+        if not self.present(number):
+            return self.background.copy(), None
         width, height = self.config.width, self.config.height
         cx, cy, face_w, roll = self.placement(number)
         scale = face_w / self.face_size[0]
@@ -283,7 +294,7 @@ class VirtualCamera(FrameSource):
         number = 0
         while True:
             frame, truth = self.render(number)
-            yield frame, (truth,)
+            yield frame, () if truth is None else (truth,)
             number += 1
 
 

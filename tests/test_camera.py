@@ -32,12 +32,25 @@ def test_virtual_camera_is_deterministic_per_seed() -> None:
 
 def test_virtual_camera_truth_moves_scales_and_rolls_within_the_frame() -> None:
     camera = VirtualCamera(CameraConfig(width=320, height=240, **FAST))
-    truths = [camera.render(n)[1] for n in range(0, 400, 7)]
+    truths = [t for n in range(0, 400, 7) if (t := camera.render(n)[1]) is not None]
     centres = [(t.box.x + t.box.w / 2, t.box.y + t.box.h / 2) for t in truths]
     assert all(0 < x < 1 and 0 < y < 1 for x, y in centres)
     assert np.ptp([c[0] for c in centres]) > 0.3 and np.ptp([t.box.w for t in truths]) > 0.1
     rolls = [t.roll for t in truths]
     assert max(rolls) > 15 and min(rolls) < -15 and max(abs(r) for r in rolls) <= 25
+
+
+def test_the_face_leaves_the_view_periodically_and_comes_back() -> None:
+    camera = VirtualCamera(CameraConfig(width=160, height=120, **FAST))
+    present = [VirtualCamera.present(n) for n in range(600)]
+    assert present[0] and not all(present)
+    away = present.index(False)
+    image, truth = camera.render(away)
+    assert truth is None and (image == camera.background).all()
+    assert camera.render(away + present[away:].index(True))[1] is not None
+    with open_source(CameraConfig(width=160, height=120, max_frames=away + 1, **FAST)) as source:
+        last = list(source)[-1]
+    assert last.truth == ()
 
 
 def test_the_face_is_drawn_where_the_truth_says() -> None:
