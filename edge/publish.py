@@ -248,7 +248,7 @@ class Publisher:
         client.max_queued_messages_set(self.config.inflight + CONTROL_HEADROOM)
         client.will_set(self.topics.status, serialize.status_offline(self.device), qos=1, retain=True)
         client.on_connect = self._on_connect
-        client.on_pre_connect = self._on_pre_connect
+        client.on_socket_open = self._on_socket_open
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
@@ -305,7 +305,8 @@ class Publisher:
             self._events.put(("control", info.mid, topic))
         self._events.put(("connected",))
 
-    def _on_pre_connect(self, _client: mqtt.Client, _userdata: object) -> None:
+    def _on_socket_open(self, _client: mqtt.Client, _userdata: object, _sock: object) -> None:
+        """The CONNACK clock starts once TCP and TLS are up, so a slow network never looks like an old broker."""
         with self._lock:
             self._connect_started = time.monotonic()
 
