@@ -227,6 +227,15 @@ class MosquittoBroker:
     def kill(self) -> None:
         self._signal(signal.SIGKILL)
 
+    def pause(self) -> None:
+        """SIGSTOP: the broker keeps its connections but answers nothing, like a hung or saturated broker."""
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGCONT)
+
     def _signal(self, sig: signal.Signals) -> None:
         if self._proc is None:
             return

@@ -215,3 +215,25 @@ def test_unreadable_tls_material_is_a_configuration_error(tmp_path: Path, mosqui
         tls_context(mosquitto.device_config("cam-a", ca=str(tmp_path / "missing.pem")))
     with pytest.raises(ConfigError, match=r"\[mqtt\] cert/key"):
         tls_context(mosquitto.device_config("cam-a", key=str(mosquitto.pki.clients["cam-b"].key)))
+
+
+def test_a_hung_broker_fills_the_disk_not_memory(tmp_path: Path, mosquitto: BrokerUnderTest) -> None:
+    """With no PUBACKs coming, at most `inflight` messages are handed to paho; the rest wait in the outbox."""
+    inflight = 5
+    with Subscriber(mosquitto.broker, mosquitto.pki) as sub:
+        outbox, publisher = open_publisher(tmp_path, mosquitto.device_config("cam-a", inflight=inflight))
+        assert wait_until(lambda: publisher.stats().connected)
+        mosquitto.broker.pause()
+        try:
+            for _ in range(50):
+                outbox.submit(publisher.topics.detections, detections_factory())
+            assert wait_until(lambda: outbox.stats().depth == 50)
+            time.sleep(0.5)
+            assert publisher.stats().inflight == inflight
+            assert publisher.stats().delivered == 0
+        finally:
+            mosquitto.broker.resume()
+        assert wait_until(lambda: publisher.stats().delivered == 50)
+        assert wait_until(lambda: len(set(sub.seqs())) == 50)
+        close(outbox, publisher)
+    assert first_occurrences(sub.seqs()) == list(range(1, 51))
