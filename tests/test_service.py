@@ -82,6 +82,25 @@ def test_unreachable_broker_does_not_stop_detection(tmp_path: Path, mosquitto: B
     assert stats.depth == 20 and stats.last_seq == 20
 
 
+def test_hung_broker_costs_disk_not_frames(tmp_path: Path, mosquitto: BrokerUnderTest, pipeline) -> None:
+    config = service_config(tmp_path / "state", mosquitto.device_config("cam-a"), health_s=0.05)
+    service = Service(config, status_for(pipeline))
+
+    def hang_then_frames() -> Iterator[StillFrame]:
+        assert wait_until(lambda: service.publisher.stats().connected)
+        mosquitto.broker.pause()
+        yield from frames("F" * 40)
+
+    started = time.monotonic()
+    try:
+        processed = service.run(hang_then_frames(), pipeline, RunLimits(drain_s=0))
+    finally:
+        mosquitto.broker.resume()
+    assert processed == 40
+    assert time.monotonic() - started < 20
+    assert Outbox(tmp_path / "state" / OUTBOX_FILE).stats().depth == 40
+
+
 def test_outbox_limit_during_outage_drops_oldest_and_health_reports_it(
         tmp_path: Path, mosquitto: BrokerUnderTest, pipeline) -> None:
     limited = OutboxConfig(max_messages=5)
