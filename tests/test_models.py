@@ -99,3 +99,31 @@ def test_search_dirs_put_configured_and_environment_dirs_first(tmp_path: Path, m
     dirs = search_dirs((tmp_path / "configured",))
     assert dirs[:2] == (tmp_path / "configured", tmp_path / "env")
     assert REPO_MODELS in dirs
+
+
+def run_fetch(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(REPO_MODELS / "fetch.py"), *args], capture_output=True, text=True)
+
+
+def test_packaging_step_installs_the_unshipped_models_after_checking_them(tmp_path: Path, shared_models: Path) -> None:
+    dest = tmp_path / "installed"
+    result = run_fetch("--dest", str(dest), "--from", str(shared_models))
+    assert result.returncode == 0, result.stdout
+    manifest = load_manifest()
+    for name in ("ulfd-rfb320", "blazeface-short"):
+        for variant in manifest.get(name).variants.values():
+            if not variant.shipped:
+                assert file_sha256(dest / variant.file) == variant.sha256
+
+
+def test_packaging_step_refuses_a_file_whose_hash_differs(tmp_path: Path, shared_models: Path) -> None:
+    source = tmp_path / "stick"
+    shutil.copytree(shared_models, source)
+    victim = source / "face-detector-quantized_edgetpu.tflite"
+    victim.write_bytes(victim.read_bytes()[:-1] + b"\x00")
+    dest = tmp_path / "installed"
+    result = run_fetch("--dest", str(dest), "--from", str(source))
+    assert result.returncode == 1
+    assert "BAD" in result.stdout and "not installed" in result.stdout
+    assert not (dest / victim.name).exists()
+    assert (dest / "ulfd_version-RFB-320_without_postprocessing.tflite").exists()
