@@ -16,24 +16,15 @@ import time
 from pathlib import Path
 
 import cv2
-import numpy as np
 
 from edge.pipeline import DetectorConfig, build_pipeline
+from edge.preprocess import letterbox
 from edge.tiling import tile_grid
 
 SHARED_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "images"
 SIZES = ((1280, 720), (1920, 1080))
 PHOTOS = ("fr_obama_and_biden.jpg", "coral_face.jpg", "fr_kit_with_rose.jpg", "mtcnn_no_faces.jpg")
 P90 = 0.9
-
-
-def letterbox(image: np.ndarray, width: int, height: int) -> np.ndarray:
-    scale = min(width / image.shape[1], height / image.shape[0])
-    resized = cv2.resize(image, (round(image.shape[1] * scale), round(image.shape[0] * scale)))
-    frame = np.zeros((height, width, 3), np.uint8)
-    top, left = (height - resized.shape[0]) // 2, (width - resized.shape[1]) // 2
-    frame[top:top + resized.shape[0], left:left + resized.shape[1]] = resized
-    return frame
 
 
 def summary(samples: list[float]) -> dict[str, float]:

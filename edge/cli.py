@@ -120,16 +120,9 @@ def _summary(samples: list[float]) -> dict[str, float]:
 
 def bench_frame(source: Path = SAMPLE_IMAGE) -> np.ndarray:
     """The sample portrait letterboxed into a 640x480 frame, as a camera would deliver it."""
-    import cv2
+    from edge.preprocess import letterbox
 
-    image = read_image(source)
-    width, height = BENCH_FRAME
-    scale = min(width / image.shape[1], height / image.shape[0])
-    resized = cv2.resize(image, (round(image.shape[1] * scale), round(image.shape[0] * scale)))
-    frame = np.zeros((height, width, 3), np.uint8)
-    top, left = (height - resized.shape[0]) // 2, (width - resized.shape[1]) // 2
-    frame[top:top + resized.shape[0], left:left + resized.shape[1]] = resized
-    return frame
+    return letterbox(read_image(source), *BENCH_FRAME)
 
 
 def run_bench(pipeline: Any, frames: int, source: Path = SAMPLE_IMAGE) -> dict[str, Any]:

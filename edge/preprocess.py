@@ -29,6 +29,17 @@ class Fit:
         return Fit(sx, sy, self.offset_x - x0 * sx, self.offset_y - y0 * sy)
 
 
+def letterbox(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """A new width x height frame holding `image` scaled to fit, centred, with black borders
+    (how benchmarks turn photographs into camera-sized frames)."""
+    scale = min(width / image.shape[1], height / image.shape[0])
+    resized = cv2.resize(image, (round(image.shape[1] * scale), round(image.shape[0] * scale)), interpolation=cv2.INTER_AREA)
+    frame = np.zeros((height, width, 3), np.uint8)
+    top, left = (height - resized.shape[0]) // 2, (width - resized.shape[1]) // 2
+    frame[top:top + resized.shape[0], left:left + resized.shape[1]] = resized
+    return frame
+
+
 class Fitter:
     """Resizes frames into a reusable model-sized canvas (no per-frame allocation)."""
 
