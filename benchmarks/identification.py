@@ -35,17 +35,8 @@ from edge.identify.gallery import DEFAULT_MATCH_THRESHOLD  # noqa: E402
 from edge.pipeline import DetectorConfig, build_pipeline  # noqa: E402
 from edge.policy import PolicyGate  # noqa: E402
 from edge_pki import NOW, Pki, provision  # noqa: E402
+from identity_groups import GROUPS, MODELS  # noqa: E402
 
-GROUPS = {
-    "obama": ["fr_obama.jpg", "fr_obama1.jpg", "fr_obama2.jpg", "fr_obama3.jpg"],
-    "biden": ["fr_biden.jpg", "fr_biden2.jpg"],
-    "kit": ["fr_kit_harington1.jpg", "fr_kit_harington2.jpg", "fr_kit_harington3.jpg"],
-    "rose": ["fr_rose_leslie1.jpg", "fr_rose_leslie2.jpg"],
-    "alex": ["fr_alex_lacamoire1.jpg", "fr_alex_lacamoire2.png"],
-    "ivan": ["mtcnn_ivan.jpg"],
-    "grace": ["coral_grace_hopper.bmp"],
-}
-MODELS = ("mobilefacenet_int8.tflite", "mobilefacenet_float32.tflite")
 PERCENTILE = 95
 MS = 1000.0
 

@@ -34,18 +34,9 @@ from edge.identify.gallery import (
 from edge.pipeline import DetectorConfig, Pipeline, build_pipeline
 from edge.policy import Mode, PolicyGate
 from edge_pki import DAY, NOW, Pki, provision
+from identity_groups import GROUPS, MODELS
 
 REPO = Path(__file__).resolve().parents[1]
-GROUPS = {
-    "obama": ["fr_obama.jpg", "fr_obama1.jpg", "fr_obama2.jpg", "fr_obama3.jpg"],
-    "biden": ["fr_biden.jpg", "fr_biden2.jpg"],
-    "kit": ["fr_kit_harington1.jpg", "fr_kit_harington2.jpg", "fr_kit_harington3.jpg"],
-    "rose": ["fr_rose_leslie1.jpg", "fr_rose_leslie2.jpg"],
-    "alex": ["fr_alex_lacamoire1.jpg", "fr_alex_lacamoire2.png"],
-    "ivan": ["mtcnn_ivan.jpg"],
-    "grace": ["coral_grace_hopper.bmp"],
-}
-MODELS = ("mobilefacenet_int8.tflite", "mobilefacenet_float32.tflite")
 
 
 @pytest.fixture(scope="module")
