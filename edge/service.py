@@ -11,6 +11,7 @@ and re-runs the policy gate.
 """
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import signal
 import threading
@@ -32,6 +33,10 @@ from edge.track import Tracker
 log = logging.getLogger(__name__)
 
 OUTBOX_FILE = "outbox.db"
+# The gate is asked again at least this often, and when its decision lapses (certificate expiry,
+# CRL nextUpdate): a device left alone must notice a lapse, or a clock that became trustworthy.
+POLICY_RECHECK_S = 300.0
+POLICY_RECHECK_MIN_S = 1.0
 MS_PER_S = 1000.0
 DRAIN_POLL_S = 0.02
 
@@ -195,6 +200,14 @@ def model_input_size(pipeline: Any) -> tuple[int, int]:
     return (spec.input_width, spec.input_height)
 
 
+def recheck_delay(valid_until: dt.datetime | None, now: dt.datetime, ceiling: float | None = None) -> float:
+    """Seconds until the gate must decide again: at the decision's lapse, and at least every `ceiling`."""
+    ceiling = POLICY_RECHECK_S if ceiling is None else ceiling
+    if valid_until is None:
+        return ceiling
+    return min(ceiling, max(POLICY_RECHECK_MIN_S, (valid_until - now).total_seconds()))
+
+
 def attach_policy(service: Service, policy: Any) -> Any:
     """Wire the policy gate: its audit records go out on `audit`, CRLs from MQTT reach its store.
 
@@ -205,10 +218,18 @@ def attach_policy(service: Service, policy: Any) -> Any:
     from edge.policy import PolicyGate
 
     gate = PolicyGate(policy, audit=AuditLog(policy.audit_log, on_append=service.audit_sink))
+    timer: list[threading.Timer] = []
+    lock = threading.Lock()
 
     def decide() -> None:
-        decision = gate.decide()
-        log.info("policy decision: %s (%s)", decision.mode.value, "; ".join(decision.reasons) or "all checks passed")
+        with lock:  # SIGHUP, a CRL from MQTT and the timer may all ask at once
+            decision = gate.decide()
+            log.info("policy decision: %s (%s)", decision.mode.value, "; ".join(decision.reasons) or "all checks passed")
+            for old in timer:
+                old.cancel()
+            timer[:] = [threading.Timer(recheck_delay(decision.valid_until, dt.datetime.now(dt.timezone.utc)), decide)]
+            timer[0].daemon = True
+            timer[0].start()
 
     def hangup() -> None:
         result = gate.crl_store.reload()

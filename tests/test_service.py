@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -318,3 +319,34 @@ def test_run_command_with_a_config_file(tmp_path: Path, mosquitto: BrokerUnderTe
                              capture_output=True, text=True, timeout=60, cwd=REPO)
     assert refused.returncode == 2
     assert "responsible-use rule" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_policy_is_rechecked_when_its_decision_lapses_and_at_least_every_few_minutes() -> None:
+    import datetime as dt
+
+    from edge.service import POLICY_RECHECK_MIN_S, POLICY_RECHECK_S, recheck_delay
+
+    now = dt.datetime(2027, 1, 1, tzinfo=dt.timezone.utc)
+    assert recheck_delay(None, now) == POLICY_RECHECK_S
+    assert recheck_delay(now + dt.timedelta(seconds=42), now) == 42
+    assert recheck_delay(now + dt.timedelta(days=30), now) == POLICY_RECHECK_S
+    assert recheck_delay(now - dt.timedelta(seconds=5), now) == POLICY_RECHECK_MIN_S
+
+
+def test_the_gate_decides_again_on_its_own(tmp_path: Path, mosquitto: BrokerUnderTest, pipeline,
+                                          monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A device left alone re-decides without a signal or a CRL (a lapse, or a clock that became trusted)."""
+    import datetime as dt
+
+    import edge.service
+    from edge.service import attach_policy
+    from edge_pki import Pki, provision
+
+    monkeypatch.setattr(edge.service, "POLICY_RECHECK_S", 0.2)
+    device = provision(tmp_path, Pki.create(dt.datetime.now(dt.timezone.utc)), device_id="cam-a")
+    service = Service(service_config(tmp_path / "state", mosquitto.device_config("cam-a")), status_for(pipeline))
+    with caplog.at_level(logging.INFO, logger="edge.service"):
+        attach_policy(service, device.config)
+        # The audit log records a decision only when it changes; the service log records every one.
+        assert wait_until(lambda: caplog.text.count("policy decision:") >= 3)
+    monkeypatch.setattr(edge.service, "POLICY_RECHECK_S", 3600.0)
