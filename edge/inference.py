@@ -140,7 +140,7 @@ def _quiet_destructors() -> Iterator[None]:
         sys.unraisablehook = previous
 
 
-def _load(runtime: Runtime, library: str, options: Mapping[str, str], what: str) -> Any:
+def load_delegate_checked(runtime: Runtime, library: str, options: Mapping[str, str], what: str) -> Any:
     problem = library_problem(library)
     if problem:
         raise AcceleratorError(f"{what} is not available: {problem}", "install its driver, or set delegate = \"cpu\"")
@@ -156,7 +156,7 @@ def edgetpu_delegate(runtime: Runtime, device: str | None) -> Any:
     library = EDGETPU_LIBRARY.get(platform.system(), EDGETPU_LIBRARY["Linux"])
     what = f"the Edge TPU ({library}, device {device or 'any'})"
     options = {"device": device} if device else {}
-    return _load(runtime, library, options, what)
+    return load_delegate_checked(runtime, library, options, what)
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,7 @@ from edge.inference import (
     edgetpu_devices,
     library_problem,
     load_runtime,
-    _load,
+    load_delegate_checked,
 )
 from edge.models import Manifest, ModelSpec, load_manifest, locate, search_dirs
 from edge.pose import POSE_MODES, PoseEstimator, build_pose_estimator
@@ -182,7 +182,7 @@ def open_detector_runner(config: DetectorConfig, manifest: Manifest, runtime: Ru
         runner = _open_variant(runtime, manifest, spec, "edgetpu", config, delegate)
     elif kind == "external":
         library = config.delegate.library or ""
-        delegate = _load(runtime, library, config.delegate.options, f"the external delegate {library}")
+        delegate = load_delegate_checked(runtime, library, config.delegate.options, f"the external delegate {library}")
         accel = "external" if "external" in spec.variants else "cpu"
         if accel == "cpu":
             notes.append(f"the external delegate runs the standard build of '{spec.name}'")
