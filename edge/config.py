@@ -34,6 +34,8 @@ RETIRED_TERMS = frozenset({
 })
 DEFAULT_HEALTH_INTERVAL_S = 30.0
 DEFAULT_DISCOVERY_PREFIX = "homeassistant"
+# Where the systemd unit, the tools and the docs expect the service's configuration.
+DEFAULT_CONFIG = Path("/etc/edge-camera/edge-camera.toml")
 SERVICE_SECTIONS = ("device", "camera", "detector", "policy", "mqtt", "outbox", "health", "homeassistant")
 
 

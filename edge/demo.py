@@ -25,7 +25,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.broker import BrokerError, EmbeddedBroker, MosquittoBroker, ThrowawayPki, make_throwaway_pki
-from edge.config import DeviceConfig, HealthConfig, HomeAssistantConfig, ServiceConfig
+from edge.config import DEFAULT_CONFIG, DeviceConfig, HealthConfig, HomeAssistantConfig, ServiceConfig
 from edge.errors import ConfigError
 from edge.outbox import OutboxConfig
 from edge.publish import MqttConfig
@@ -184,7 +184,8 @@ def add_parser(subparsers: Any) -> None:
     demo.set_defaults(func=cmd_demo)
 
     run = subparsers.add_parser("run", help="run the service: configured camera -> detection -> MQTT")
-    run.add_argument("--config", type=Path, required=True, help="the service's TOML configuration")
+    run.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
+                     help=f"the service's TOML configuration (default {DEFAULT_CONFIG})")
     run.add_argument("--seconds", type=float, help="stop after this long (default: until SIGTERM)")
     run.add_argument("--frames", type=int, help="stop after this many frames")
     run.set_defaults(func=cmd_run)

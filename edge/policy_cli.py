@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.audit import AuditError, AuditLog, verify_log
+from edge.config import DEFAULT_CONFIG
 from edge.errors import ConfigError
 from edge.policy import Mode, PolicyConfig, PolicyGate
 
@@ -106,14 +107,16 @@ def add_parsers(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]
     Erasure works whatever the mode: deleting biometric data never needs a grant."""
     policy = subparsers.add_parser("policy", help="print the effective mode (detection or identification) "
                                                   "and every reason")
-    policy.add_argument("--config", required=True, help="the camera's TOML configuration (its [policy] section)")
+    policy.add_argument("--config", default=str(DEFAULT_CONFIG),
+                        help=f"the camera's TOML configuration, its [policy] section (default {DEFAULT_CONFIG})")
     policy.set_defaults(func=cmd_policy)
 
     audit = subparsers.add_parser("audit", help="work with the tamper-evident audit log")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     verify = audit_sub.add_parser("verify", help="check that no record was edited, inserted or deleted")
-    source = verify.add_mutually_exclusive_group(required=True)
-    source.add_argument("--config", help="the camera's TOML configuration (audit.log in its state_dir)")
+    source = verify.add_mutually_exclusive_group()
+    source.add_argument("--config", default=str(DEFAULT_CONFIG),
+                        help=f"the camera's TOML configuration, audit.log in its state_dir (default {DEFAULT_CONFIG})")
     source.add_argument("--log", help="an audit log file")
     verify.set_defaults(func=cmd_audit_verify)
 
@@ -123,7 +126,8 @@ def add_parsers(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]
                              ("erase", cmd_gallery_erase, "erase every enrolment of one person, now"),
                              ("purge", cmd_gallery_purge, "erase everyone past their retention date")):
         command = gallery_sub.add_parser(name, help=text)
-        command.add_argument("--config", required=True, help="the camera's TOML configuration ([policy] state_dir)")
+        command.add_argument("--config", default=str(DEFAULT_CONFIG),
+                             help=f"the camera's TOML configuration, [policy] state_dir (default {DEFAULT_CONFIG})")
         if name == "erase":
             command.add_argument("--person", required=True, help="the person id given at enrolment")
         command.set_defaults(func=func)
