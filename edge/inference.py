@@ -71,14 +71,17 @@ class DelegateConfig:
     library: str | None = None
     options: Mapping[str, str] = field(default_factory=dict)
     threads: int = 1
-    # What `auto` tries before the CPU.
-    auto_order: tuple[str, ...] = ("edgetpu",)
+    # What `auto` tries before the CPU (the external delegate only when `library` names one).
+    auto_order: tuple[str, ...] = ("edgetpu", "external")
 
     def __post_init__(self) -> None:
         if self.kind not in DELEGATES:
             raise ConfigError("detector.delegate", f"unknown delegate '{self.kind}'", f"one of {', '.join(DELEGATES)}")
         if self.threads < 1:
             raise ConfigError("detector.threads", f"{self.threads} threads", "a whole number of at least 1")
+        unknown = set(self.auto_order) - {"edgetpu", "external"}
+        if unknown:
+            raise ConfigError("detector.auto_order", f"unknown accelerators {sorted(unknown)}", "edgetpu and/or external")
         if self.kind == "external" and not self.library:
             raise ConfigError(
                 "detector.delegate_library", "the external delegate needs the path of its library",

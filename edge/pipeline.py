@@ -181,24 +181,36 @@ def open_detector_runner(config: DetectorConfig, manifest: Manifest, runtime: Ru
         delegate = edgetpu_delegate(runtime, config.delegate.device)
         runner = _open_variant(runtime, manifest, spec, "edgetpu", config, delegate)
     elif kind == "external":
-        library = config.delegate.library or ""
-        delegate = load_delegate_checked(runtime, library, config.delegate.options, f"the external delegate {library}")
-        accel = "external" if "external" in spec.variants else "cpu"
-        if accel == "cpu":
-            notes.append(f"the external delegate runs the standard build of '{spec.name}'")
-        path = locate(spec.variant(accel), spec.name, search_dirs(config.model_dirs))
-        runner = accelerated_runner(runtime, path, delegate, "external", config.delegate.threads)
+        runner = _open_external(config, runtime, spec, notes)
     else:
         runner, spec = _auto(config, manifest, runtime, spec, notes)
     selection = Selection(spec.name, runner.accelerator, runtime.name, tuple(notes))
     return runner, spec, selection
 
 
+def _open_external(config: DetectorConfig, runtime: Runtime, spec: ModelSpec, notes: list[str]) -> Runner:
+    """An NPU delegate by path; it runs the model's `external` build, or its standard one."""
+    library = config.delegate.library or ""
+    delegate = load_delegate_checked(runtime, library, config.delegate.options, f"the external delegate {library}")
+    accel = "external" if "external" in spec.variants else "cpu"
+    if accel == "cpu":
+        notes.append(f"the external delegate runs the standard build of '{spec.name}'")
+    path = locate(spec.variant(accel), spec.name, search_dirs(config.model_dirs))
+    return accelerated_runner(runtime, path, delegate, "external", config.delegate.threads)
+
+
 def _auto(config: DetectorConfig, manifest: Manifest, runtime: Runtime, spec: ModelSpec,
           notes: list[str]) -> tuple[Runner, ModelSpec]:
+    """The configured accelerators in order (a Coral, then an NPU delegate when one is named), then the CPU."""
     for accel in config.delegate.auto_order:
-        if accel != "edgetpu":
-            continue
+        if accel == "external":
+            if not config.delegate.library:
+                continue
+            try:
+                return _open_external(config, runtime, spec, notes), spec
+            except (AcceleratorError, ModelError) as exc:
+                notes.append(f"auto: external delegate unusable ({exc.message}); running on the CPU")
+                continue
         library = EDGETPU_LIBRARY["Linux"]
         problem = library_problem(library)
         devices = edgetpu_devices()

@@ -133,3 +133,11 @@ def test_float_model_output_passes_through_unchanged() -> None:
     codec = TensorCodec(np.dtype(np.float32), 0.0, 0)
     raw = np.array([1.5, -2.0], np.float32)
     assert codec.decode(raw) is raw
+
+
+def test_auto_tries_a_named_npu_delegate_then_falls_back_to_the_cpu_and_says_why(capfd: pytest.CaptureFixture[str]) -> None:
+    config = DetectorConfig(delegate=DelegateConfig(kind="auto", library="libm.so.6"), pose="off")
+    runner, spec, selection = open_detector_runner(config, load_manifest(), load_runtime())
+    assert selection.accelerator == "cpu"
+    assert any("external delegate unusable" in note and "not a TFLite delegate" in note for note in selection.notes)
+    assert "Traceback" not in capfd.readouterr().err
