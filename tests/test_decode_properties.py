@@ -1,0 +1,110 @@
+"""Properties of the pure decoding core, over generated tensors and boxes (hypothesis)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from hypothesis import given, settings, strategies as st
+
+from edge.decode import Candidate
+from edge.decode.blazeface import BlazeFaceDecoder
+from edge.decode.nms import hard_nms, iou, weighted_nms
+from edge.decode.ulfd import UlfdDecoder
+from edge.models import REPO_MODELS
+from edge.preprocess import Fit
+from edge.tiling import tile_grid
+
+MANIFEST = json.loads((REPO_MODELS / "manifest.json").read_text())["models"]
+SHORT = BlazeFaceDecoder.from_manifest(MANIFEST["blazeface-short"])
+ULFD = UlfdDecoder.from_manifest(MANIFEST["ulfd-rfb320"])
+IDENTITY = Fit(1.0, 1.0, 0.0, 0.0)
+
+coord = st.floats(0.0, 1.0, allow_nan=False)
+
+
+@st.composite
+def candidates(draw: st.DrawFn) -> Candidate:
+    x0, y0 = draw(coord), draw(coord)
+    w, h = draw(st.floats(0.0, 0.5)), draw(st.floats(0.0, 0.5))
+    kps = tuple(draw(st.lists(coord, min_size=4, max_size=4)))
+    return Candidate(draw(st.floats(0.01, 1.0)), x0, y0, x0 + w, y0 + h, kps)
+
+
+@given(st.lists(candidates(), max_size=30), st.floats(0.05, 0.95))
+def test_weighted_nms_keeps_the_best_scores_in_order_and_boxes_in_range(cands: list[Candidate], threshold: float) -> None:
+    out = weighted_nms(cands, threshold)
+    assert len(out) <= len(cands)
+    assert [c.score for c in out] == sorted((c.score for c in out), reverse=True)
+    assert {c.score for c in out} <= {c.score for c in cands}
+    if cands:
+        assert out[0].score == max(c.score for c in cands)
+    for c in out:  # a weighted mean of boxes inside [0, 1.5] stays there
+        assert -1e-9 <= c.x0 <= c.x1 <= 1.5 + 1e-9 and -1e-9 <= c.y0 <= c.y1 <= 1.5 + 1e-9
+
+
+@given(st.lists(candidates(), max_size=30), st.floats(0.05, 0.95))
+def test_hard_nms_output_is_a_subset_with_no_pair_above_threshold(cands: list[Candidate], threshold: float) -> None:
+    out = hard_nms(cands, threshold)
+    assert set(out) <= set(cands)
+    for i, a in enumerate(out):
+        for b in out[i + 1:]:
+            assert iou(a, b) <= threshold
+
+
+def hot(rng: np.random.Generator, count: int, hot: int, low: float, high: float, cold: float) -> np.ndarray:
+    """Scores for `count` anchors: most at `cold`, `hot` of them drawn from [low, high]."""
+    values = np.full(count, cold, np.float32)
+    values[rng.choice(count, size=hot, replace=False)] = rng.uniform(low, high, size=hot)
+    return values
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(0, 60), st.floats(0.05, 0.95), st.floats(1.0, 100.0))
+def test_blazeface_decoder_never_fails_and_respects_the_threshold(seed: int, n_hot: int, threshold: float, spread: float) -> None:
+    rng = np.random.default_rng(seed)
+    boxes = rng.normal(0, spread, size=(1, 896, 16)).astype(np.float32)
+    logits = hot(rng, 896, n_hot, -20.0, 20.0, -10.0).reshape(1, 896, 1)
+    out = SHORT.decode([boxes, logits], threshold, IDENTITY)
+    assert len(out) <= int((logits.reshape(-1) >= np.log(threshold / (1 - threshold))).sum())
+    for c in out:
+        assert threshold - 1e-6 <= c.score <= 1.0
+        assert len(c.keypoints) == 12
+        assert all(np.isfinite([c.x0, c.y0, c.x1, c.y1, *c.keypoints]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(0, 200), st.floats(0.3, 0.95))
+def test_ulfd_decoder_never_fails_and_keeps_non_overlapping_faces(seed: int, n_hot: int, threshold: float) -> None:
+    rng = np.random.default_rng(seed)
+    boxes = rng.normal(0, 2, size=(1, 4420, 4)).astype(np.float32)
+    face = hot(rng, 4420, n_hot, 0.0, 1.0, 0.01)
+    scores = np.stack([1 - face, face], axis=-1)[None]
+    out = ULFD.decode([boxes, scores], threshold, IDENTITY)
+    assert len(out) <= int((face >= threshold).sum())
+    for c in out:
+        assert c.score >= threshold and c.x1 >= c.x0 and c.y1 >= c.y0 and c.keypoints == ()
+    for i, a in enumerate(out):
+        for b in out[i + 1:]:
+            assert iou(a, b) <= ULFD.iou_threshold
+
+
+@given(st.floats(0.1, 1.0), st.floats(0.1, 1.0), st.floats(0.0, 0.4), st.floats(0.0, 0.4),
+       coord, coord, st.floats(0.05, 1.0), st.floats(0.05, 1.0), coord)
+def test_fit_within_composes_the_region_and_the_fit(sx: float, sy: float, ox: float, oy: float,
+                                                    x0: float, y0: float, w: float, h: float, u: float) -> None:
+    fit = Fit(sx, sy, ox, oy)
+    region = fit.within(x0, y0, x0 + w, y0 + h)
+    # model coordinate u -> region-normalised by `fit` -> frame by the region's placement
+    expected = x0 + (u - ox) / sx * w
+    assert np.isclose((u - region.offset_x) / region.scale_x, expected, rtol=1e-9, atol=1e-9)
+
+
+@given(st.integers(16, 2000), st.integers(16, 2000), st.integers(32, 256), st.data())
+def test_tiles_always_cover_the_frame_and_stay_inside_it(width: int, height: int, tile: int, data: st.DataObject) -> None:
+    overlap = data.draw(st.integers(0, tile - 1))
+    tiles = tile_grid(width, height, tile, overlap)
+    covered = np.zeros((height, width), bool)
+    for t in tiles:
+        assert 0 <= t.x0 < t.x1 <= width and 0 <= t.y0 < t.y1 <= height
+        covered[t.y0:t.y1, t.x0:t.x1] = True
+    assert covered.all()
