@@ -20,6 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from edge import __version__
+from edge.camera import Frame
 from edge.errors import EdgeError, InputError
 from edge.inference import DELEGATES, DelegateConfig
 from edge.observation import Observation, observe
@@ -88,7 +89,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
             failed += 1
             print(f"edge-camera: {exc}", file=sys.stderr)
             continue
-        frame = _Frame(image, number, time.time())
+        frame = Frame(image, number, time.time())
         result = pipeline.process(frame)
         faces = [observation_json(observe(face, track=0)) for face in result.faces]
         if args.json:
@@ -103,13 +104,6 @@ def cmd_detect(args: argparse.Namespace) -> int:
         print(f"edge-camera: {failed} of {len(paths)} image(s) could not be read", file=sys.stderr)
         return InputError.exit_code
     return 0
-
-
-class _Frame:
-    __slots__ = ("image", "number", "capture_time")
-
-    def __init__(self, image: np.ndarray, number: int, capture_time: float) -> None:
-        self.image, self.number, self.capture_time = image, number, capture_time
 
 
 def _summary(samples: list[float]) -> dict[str, float]:
@@ -138,7 +132,7 @@ def run_bench(pipeline: Any, frames: int, source: Path = SAMPLE_IMAGE) -> dict[s
         t0 = time.perf_counter()
         image = cv2.cvtColor(cv2.imdecode(encoded, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
         t1 = time.perf_counter()
-        result = pipeline.process(_Frame(image, i, time.time()))
+        result = pipeline.process(Frame(image, i, time.time()))
         t2 = time.perf_counter()
         runner.invoke()
         t3 = time.perf_counter()

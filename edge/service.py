@@ -27,6 +27,7 @@ from edge.detection import FrameResult
 from edge.health import FrameStats, cpu_temperature_c, cpu_throttled
 from edge.observation import observe
 from edge.outbox import Outbox
+from edge.pipeline import FrameLike
 from edge.publish import Publisher
 from edge.track import Tracker
 
@@ -39,12 +40,6 @@ POLICY_RECHECK_S = 300.0
 POLICY_RECHECK_MIN_S = 1.0
 MS_PER_S = 1000.0
 DRAIN_POLL_S = 0.02
-
-
-class FrameLike(Protocol):
-    image: Any
-    number: int
-    capture_time: float
 
 
 class FrameProcessor(Protocol):
