@@ -21,7 +21,7 @@ import numpy as np
 
 from edge import __version__
 from edge.camera import Frame
-from edge.errors import EdgeError, InputError
+from edge.errors import InputError, run_handler
 from edge.inference import DELEGATES, DelegateConfig
 from edge.observation import Observation, observe
 
@@ -200,13 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return int(args.func(args))
-    except EdgeError as exc:
-        print(f"edge-camera: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        return 130
+    return run_handler("edge-camera", args.func, args)
 
 
 if __name__ == "__main__":

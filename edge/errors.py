@@ -6,6 +6,13 @@ traceback. Anything that is not an `EdgeError` is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
+import sys
+from argparse import Namespace
+from typing import Callable
+
+# The shell's convention for a command stopped by Ctrl-C.
+EXIT_INTERRUPTED = 130
+
 
 class EdgeError(Exception):
     """A refusal or failure the user can fix; `hint` says what to do next."""
@@ -48,3 +55,16 @@ class InputError(EdgeError):
     """An image, video or camera could not be read."""
 
     exit_code = 5
+
+
+def run_handler(prog: str, handler: Callable[[Namespace], int], args: Namespace, prefix: str = "") -> int:
+    """Run a command-line handler as the field tools do: a refusal prints its
+    message (no traceback) and returns its exit code; Ctrl-C returns 130."""
+    try:
+        return int(handler(args))
+    except EdgeError as exc:
+        print(f"{prog}: {prefix}{exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

@@ -29,7 +29,7 @@ from edge.certificates import (
     read_device_identity,
     spki,
 )
-from edge.errors import EdgeError
+from edge.errors import run_handler
 from edge.grant import (
     CAPABILITY_DETECTION,
     CAPABILITY_IDENTIFICATION,
@@ -70,7 +70,6 @@ DEFAULT_DEVICE_DAYS = 5 * 365
 # Devices re-check revocation against nextUpdate: republish the CRL well before this.
 DEFAULT_CRL_DAYS = 90
 MAX_FILE_BYTES = 2 * 1024 * 1024
-EXIT_INTERRUPTED = 130
 EXIT_CODES_HELP = """Exit codes:
   0  done
   2  wrong command line
@@ -519,14 +518,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, name, 1) is not None and getattr(args, name, 1) <= 0:
             print(f"{PROG}: error: --{name.replace('_', '-')} must be a positive number of days", file=sys.stderr)
             return 2
-    try:
-        return int(args.func(args))
-    except EdgeError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    return run_handler(PROG, args.func, args, prefix="error: ")
 
 
 if __name__ == "__main__":
