@@ -99,6 +99,7 @@ def test_fit_within_composes_the_region_and_the_fit(sx: float, sy: float, ox: fl
     assert np.isclose((u - region.offset_x) / region.scale_x, expected, rtol=1e-9, atol=1e-9)
 
 
+@settings(deadline=None)  # a 2000x2000 frame in 32 px tiles is thousands of tiles: slow, not wrong
 @given(st.integers(16, 2000), st.integers(16, 2000), st.integers(32, 256), st.data())
 def test_tiles_always_cover_the_frame_and_stay_inside_it(width: int, height: int, tile: int, data: st.DataObject) -> None:
     overlap = data.draw(st.integers(0, tile - 1))
@@ -108,3 +109,17 @@ def test_tiles_always_cover_the_frame_and_stay_inside_it(width: int, height: int
         assert 0 <= t.x0 < t.x1 <= width and 0 <= t.y0 < t.y1 <= height
         covered[t.y0:t.y1, t.x0:t.x1] = True
     assert covered.all()
+
+
+def test_the_decoders_frame_maps_stay_bounded_and_still_decode_every_geometry() -> None:
+    from edge.decode.blazeface import FRAME_MAPS_KEPT
+
+    decoder = BlazeFaceDecoder.from_manifest(MANIFEST["blazeface-short"])
+    rng = np.random.default_rng(0)
+    boxes = rng.normal(0, 5, size=(1, 896, 16)).astype(np.float32)
+    logits = hot(rng, 896, 5, 5.0, 10.0, -10.0).reshape(1, 896, 1)
+    reference = decoder.decode([boxes, logits], 0.5, IDENTITY)
+    for i in range(3 * FRAME_MAPS_KEPT):
+        decoder.decode([boxes, logits], 0.5, Fit(1.0, 1.0 - i / 100, 0.0, i / 200))
+        assert len(decoder._per_fit) <= FRAME_MAPS_KEPT
+    assert decoder.decode([boxes, logits], 0.5, IDENTITY) == reference

@@ -70,6 +70,11 @@ def ssd_anchors(opts: Mapping[str, Any]) -> np.ndarray:
     return np.asarray(anchors, np.float32)
 
 
+# Frame geometries whose folded gain and offset are kept (a camera stream has one; each costs
+# two arrays of anchors x coordinates, 0.3 MB for the full-range model).
+FRAME_MAPS_KEPT = 4
+
+
 @dataclass(frozen=True)
 class BlazeFaceDecoder:
     """Decodes one BlazeFace model's (boxes, scores) outputs.
@@ -135,6 +140,8 @@ class BlazeFaceDecoder:
     def _frame_map(self, fit: Fit) -> tuple[np.ndarray, np.ndarray]:
         cached = self._per_fit.get(fit)
         if cached is None:
+            if len(self._per_fit) >= FRAME_MAPS_KEPT:  # a folder of odd sizes, or tiles: forget the oldest
+                del self._per_fit[next(iter(self._per_fit))]
             scale = np.where(self.x_columns, fit.scale_x, fit.scale_y).astype(np.float32)
             shift = np.where(self.shifted, np.where(self.x_columns, fit.offset_x, fit.offset_y), 0.0).astype(np.float32)
             cached = self._per_fit[fit] = (self.gain / scale, (self.offset - shift) / scale)
