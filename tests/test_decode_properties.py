@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from edge.decode import Candidate
@@ -111,15 +112,39 @@ def test_tiles_always_cover_the_frame_and_stay_inside_it(width: int, height: int
     assert covered.all()
 
 
-def test_the_decoders_frame_maps_stay_bounded_and_still_decode_every_geometry() -> None:
-    from edge.decode.blazeface import FRAME_MAPS_KEPT
+def test_blazeface_decoding_matches_mediapipes_formulas() -> None:
+    """The folded per-anchor arithmetic against the textbook decoding, written out with numpy:
+    model coordinates = raw / scale * anchor size + anchor centre, then back through the fit."""
+    from edge.decode.blazeface import ssd_anchors
 
-    decoder = BlazeFaceDecoder.from_manifest(MANIFEST["blazeface-short"])
-    rng = np.random.default_rng(0)
-    boxes = rng.normal(0, 5, size=(1, 896, 16)).astype(np.float32)
-    logits = hot(rng, 896, 5, 5.0, 10.0, -10.0).reshape(1, 896, 1)
-    reference = decoder.decode([boxes, logits], 0.5, IDENTITY)
-    for i in range(3 * FRAME_MAPS_KEPT):
-        decoder.decode([boxes, logits], 0.5, Fit(1.0, 1.0 - i / 100, 0.0, i / 200))
-        assert len(decoder._per_fit) <= FRAME_MAPS_KEPT
-    assert decoder.decode([boxes, logits], 0.5, IDENTITY) == reference
+    params = MANIFEST["blazeface-full"]
+    decoder = BlazeFaceDecoder.from_manifest(params)
+    anchors = ssd_anchors(params["anchors"]).astype(np.float64)
+    dec = params["box_decoding"]
+    rng = np.random.default_rng(7)
+    boxes = rng.normal(0, 20, size=(1, 2304, 16)).astype(np.float32)
+    logits = np.full(2304, -10.0, np.float32)
+    far_apart = [100, 900, 2000]  # anchors far enough apart that no two clusters merge
+    logits[far_apart] = 4.0
+    fit = Fit(0.8, 0.6, 0.1, 0.2)
+    out = decoder.decode([boxes, logits.reshape(1, -1, 1)], 0.5, fit)
+    assert len(out) == 3
+    for i, c in zip(far_apart, sorted(out, key=lambda c: c.y0)):
+        raw = boxes[0, i].astype(np.float64)
+        cx = raw[0] / dec["x_scale"] * anchors[i, 2] + anchors[i, 0]
+        cy = raw[1] / dec["y_scale"] * anchors[i, 3] + anchors[i, 1]
+        w, h = raw[2] / dec["w_scale"] * anchors[i, 2], raw[3] / dec["h_scale"] * anchors[i, 3]
+        kx = raw[4::2] / dec["x_scale"] * anchors[i, 2] + anchors[i, 0]
+        ky = raw[5::2] / dec["y_scale"] * anchors[i, 3] + anchors[i, 1]
+        expected = [(cx - w / 2 - fit.offset_x) / fit.scale_x, (cy - h / 2 - fit.offset_y) / fit.scale_y,
+                    (cx + w / 2 - fit.offset_x) / fit.scale_x, (cy + h / 2 - fit.offset_y) / fit.scale_y]
+        np.testing.assert_allclose([c.x0, c.y0, c.x1, c.y1], expected, atol=1e-5)
+        np.testing.assert_allclose(c.keypoints[0::2], (kx - fit.offset_x) / fit.scale_x, atol=1e-5)
+        np.testing.assert_allclose(c.keypoints[1::2], (ky - fit.offset_y) / fit.scale_y, atol=1e-5)
+        assert c.score == 1.0 / (1.0 + np.exp(-4.0))
+
+
+def test_a_model_with_the_wrong_anchor_count_is_refused_by_name() -> None:
+    boxes, logits = np.zeros((1, 100, 16), np.float32), np.zeros((1, 100, 1), np.float32)
+    with pytest.raises(ValueError, match="100 scores for 896 anchors"):
+        SHORT.decode([boxes, logits], 0.5, IDENTITY)

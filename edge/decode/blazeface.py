@@ -8,7 +8,7 @@ box centre and size relative to the anchor, six keypoints.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
@@ -70,35 +70,29 @@ def ssd_anchors(opts: Mapping[str, Any]) -> np.ndarray:
     return np.asarray(anchors, np.float32)
 
 
-# Frame geometries whose folded gain and offset are kept (a camera stream has one; each costs
-# two arrays of anchors x coordinates, 0.3 MB for the full-range model).
-FRAME_MAPS_KEPT = 4
-
-
 @dataclass(frozen=True)
 class BlazeFaceDecoder:
     """Decodes one BlazeFace model's (boxes, scores) outputs.
 
-    Every raw coordinate decodes as `raw * gain + offset` with a per-anchor
-    gain (anchor size / scale) and offset (anchor centre, or 0 for sizes).
-    Mapping model coordinates back to the frame is affine too, so for each
-    frame geometry the two fold into one gain and offset, computed once and
-    cached: decoding is then one multiply-add over the few anchors that pass
-    the threshold, straight into frame coordinates. (Few numpy calls matter
-    more than fast ones: between frames the code path falls out of the caches.)
+    Only the few anchors whose logit passes the threshold are decoded, each
+    straight into frame coordinates: model-normalised coordinates are
+    `raw / scale * anchor size + anchor centre`, and the fit back to the frame
+    is affine too, so per anchor the two fold into one gain and offset per
+    axis, worked out in plain Python floats. (Between frames the interpreter
+    evicts numpy's code paths from the CPU caches, so each numpy call costs
+    tens of microseconds while arithmetic on a handful of floats stays cheap;
+    see docs/benchmarks.md.)
     """
 
-    gain: np.ndarray    # (N, C)
-    offset: np.ndarray  # (N, C)
-    x_columns: np.ndarray  # columns that map with the frame's x scale
-    shifted: np.ndarray    # columns that are positions (not sizes), so move with the letterbox offset
+    anchors: tuple[tuple[float, float, float, float], ...]  # centre x, centre y, width, height
+    scales: tuple[float, float, float, float]  # x, y, w, h scales of the raw box coordinates
+    box_offset: int
     num_keypoints: int
     keypoint_offset: int
     score_clip: float
     iou_threshold: float
     boxes_output: int
     scores_output: int
-    _per_fit: dict[Fit, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_manifest(cls, params: Mapping[str, Any]) -> "BlazeFaceDecoder":
@@ -107,60 +101,41 @@ class BlazeFaceDecoder:
         if len(anchors) != expected:
             raise ValueError(f"anchor settings give {len(anchors)} anchors, the manifest says {expected}")
         dec = params["box_decoding"]
-        coords, kp_offset, kps = int(dec["num_coords"]), int(dec["keypoint_coord_offset"]), int(dec["num_keypoints"])
-        box = int(dec["box_coord_offset"])
-        gain = np.zeros((len(anchors), coords), np.float32)
-        offset = np.zeros((len(anchors), coords), np.float32)
-        # x-like columns: the box centre x, the box width, every keypoint x; y-like likewise.
-        x_cols = [box, *range(kp_offset, kp_offset + 2 * kps, 2)]
-        y_cols = [box + 1, *range(kp_offset + 1, kp_offset + 2 * kps, 2)]
-        gain[:, x_cols] = anchors[:, 2:3] / dec["x_scale"]
-        gain[:, y_cols] = anchors[:, 3:4] / dec["y_scale"]
-        gain[:, box + 2] = anchors[:, 2] / dec["w_scale"]
-        gain[:, box + 3] = anchors[:, 3] / dec["h_scale"]
-        offset[:, x_cols] = anchors[:, 0:1]
-        offset[:, y_cols] = anchors[:, 1:2]
-        x_mask = np.zeros(coords, bool)
-        x_mask[[*x_cols, box + 2]] = True
-        shifted = np.zeros(coords, bool)
-        shifted[[*x_cols, *y_cols]] = True
         return cls(
-            gain=gain,
-            offset=offset,
-            x_columns=x_mask,
-            shifted=shifted,
-            num_keypoints=kps,
-            keypoint_offset=kp_offset,
+            anchors=tuple(tuple(a) for a in anchors.astype(np.float64).tolist()),
+            scales=(float(dec["x_scale"]), float(dec["y_scale"]), float(dec["w_scale"]), float(dec["h_scale"])),
+            box_offset=int(dec["box_coord_offset"]),
+            num_keypoints=int(dec["num_keypoints"]),
+            keypoint_offset=int(dec["keypoint_coord_offset"]),
             score_clip=float(dec["score_clipping_thresh"]),
             iou_threshold=float(params.get("nms_iou_threshold", 0.3)),
             boxes_output=int(params["outputs"]["boxes"]),
             scores_output=int(params["outputs"]["scores"]),
         )
 
-    def _frame_map(self, fit: Fit) -> tuple[np.ndarray, np.ndarray]:
-        cached = self._per_fit.get(fit)
-        if cached is None:
-            if len(self._per_fit) >= FRAME_MAPS_KEPT:  # a folder of odd sizes, or tiles: forget the oldest
-                del self._per_fit[next(iter(self._per_fit))]
-            scale = np.where(self.x_columns, fit.scale_x, fit.scale_y).astype(np.float32)
-            shift = np.where(self.shifted, np.where(self.x_columns, fit.offset_x, fit.offset_y), 0.0).astype(np.float32)
-            cached = self._per_fit[fit] = (self.gain / scale, (self.offset - shift) / scale)
-        return cached
-
     def decode(self, outputs: list[np.ndarray], threshold: float, fit: Fit) -> list[Candidate]:
-        count = len(self.gain)
-        logits = outputs[self.scores_output].reshape(count)
+        logits = outputs[self.scores_output].reshape(-1)
+        if logits.size != len(self.anchors):
+            raise ValueError(f"model returned {logits.size} scores for {len(self.anchors)} anchors")
         # Compare logits, not probabilities: the sigmoid is only computed for the few survivors.
-        index = np.flatnonzero(logits >= math.log(threshold / (1.0 - threshold)))
-        if index.size == 0:
+        hot = (logits >= math.log(threshold / (1.0 - threshold))).nonzero()[0]
+        if hot.size == 0:
             return []
-        gain, offset = self._frame_map(fit)
-        rows = (outputs[self.boxes_output].reshape(count, -1)[index] * gain[index] + offset[index]).tolist()
-        clip, kp0, kp1 = self.score_clip, self.keypoint_offset, self.keypoint_offset + 2 * self.num_keypoints
+        rows = outputs[self.boxes_output].reshape(logits.size, -1)[hot].tolist()
+        sx, sy, ox, oy = fit.scale_x, fit.scale_y, fit.offset_x, fit.offset_y
+        xs, ys, ws, hs = self.scales
+        b, clip = self.box_offset, self.score_clip
+        k0, k1 = self.keypoint_offset, self.keypoint_offset + 2 * self.num_keypoints
         candidates = []
-        for row, logit in zip(rows, logits[index].tolist()):
-            half_w, half_h = row[2] * 0.5, row[3] * 0.5
+        for anchor, row, logit in zip(hot.tolist(), rows, logits[hot].tolist()):
+            acx, acy, aw, ah = self.anchors[anchor]
+            gx, gy = aw / (xs * sx), ah / (ys * sy)
+            bx, by = (acx - ox) / sx, (acy - oy) / sy
+            cx, cy = row[b] * gx + bx, row[b + 1] * gy + by
+            half_w, half_h = row[b + 2] * aw / (ws * sx) * 0.5, row[b + 3] * ah / (hs * sy) * 0.5
+            keypoints = row[k0:k1]
+            keypoints[0::2] = [v * gx + bx for v in keypoints[0::2]]
+            keypoints[1::2] = [v * gy + by for v in keypoints[1::2]]
             score = 1.0 / (1.0 + math.exp(-max(-clip, min(clip, logit))))
-            candidates.append(Candidate(score, row[0] - half_w, row[1] - half_h, row[0] + half_w, row[1] + half_h,
-                                        tuple(row[kp0:kp1])))
+            candidates.append(Candidate(score, cx - half_w, cy - half_h, cx + half_w, cy + half_h, tuple(keypoints)))
         return weighted_nms(candidates, self.iou_threshold)
