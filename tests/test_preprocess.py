@@ -1,0 +1,80 @@
+"""Fitting frames into the model input: MediaPipe's geometry, warped once per frame, only where it changes."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from edge.inference import cpu_runner, load_runtime
+from edge.models import load_manifest, locate, search_dirs
+from edge.pipeline import DetectorConfig, build_pipeline
+from edge.preprocess import FIT_MODES, Fit, Fitter
+
+from conftest import load_rgb
+
+# OpenCV's warp works in 1/1024-pixel fixed point; moving the destination origin
+# can round a coordinate the other way, which moves a pixel by at most one level.
+ROUNDING_LEVELS = 1
+
+
+def whole_canvas_warp(image: np.ndarray, width: int, height: int, mode: str) -> tuple[np.ndarray, Fit]:
+    """The plain way: one warp over the whole canvas, corners mapped to corners, and its map back."""
+    h, w = image.shape[:2]
+    if mode == "stretch":
+        sx, sy, left, top = width / w, height / h, 0.0, 0.0
+    else:
+        sx = sy = min(width / w, height / h)
+        left, top = (width - w * sx) / 2, (height - h * sy) / 2
+    matrix = np.array([[sx, 0.0, left], [0.0, sy, top]])
+    canvas = cv2.warpAffine(image, matrix, (width, height), flags=cv2.INTER_LINEAR,
+                            borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return canvas, Fit(w * sx / width, h * sy / height, left / width, top / height)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(8, 700), st.integers(8, 700), st.sampled_from([128, 192]), st.sampled_from(FIT_MODES),
+       st.integers(0, 2**32 - 1))
+def test_warping_only_the_content_gives_the_whole_canvas_warp(w: int, h: int, size: int, mode: str, seed: int) -> None:
+    image = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    fitter = Fitter(size, size, mode)
+    fitter.fit(np.full((h + 1, w, 3), 255, np.uint8))  # a different size first: its pixels must not linger
+    canvas, fit, changed = fitter.fit(image)
+    assert changed is None  # a new size: the whole canvas was redone
+    expected, expected_fit = whole_canvas_warp(image, size, size, mode)
+    assert np.abs(canvas.astype(int) - expected).max() <= ROUNDING_LEVELS
+    assert fit == expected_fit
+    again, fit_again, changed = fitter.fit(image)
+    assert changed is not None and fit_again == fit
+    assert np.array_equal(again, canvas)
+
+
+@pytest.mark.parametrize("name", ["face-landmark", "blazeface-short", "blazeface-full"])
+def test_the_interpreter_keeps_its_input_between_invokes(name: str) -> None:
+    """What writing only the changed region relies on."""
+    manifest = load_manifest()
+    spec = manifest.get(name)
+    runner = cpu_runner(load_runtime(), locate(spec.variant("cpu"), name, search_dirs(())), 1)
+    view = runner.interpreter.tensor(runner.interpreter.get_input_details()[0]["index"])
+    written = np.random.default_rng(1).uniform(-1, 1, view().shape).astype(view().dtype)
+    view()[...] = written
+    for _ in range(3):
+        runner.invoke()
+    assert np.array_equal(view(), written)
+
+
+@pytest.mark.parametrize("padding", [(0, 0, 200, 200), (150, 150, 0, 0)], ids=["landscape", "portrait"])
+def test_frames_of_one_size_in_a_row_leave_the_same_input_as_a_fresh_start(shared_images: Path, padding: tuple[int, ...]) -> None:
+    """Only the content region is rewritten from the second frame on; the model must see what it would
+    have seen on a fresh pipeline, borders included."""
+    first = cv2.copyMakeBorder(load_rgb(shared_images / "coral_grace_hopper.bmp"), *padding, cv2.BORDER_CONSTANT, value=0)
+    second = cv2.resize(load_rgb(shared_images / "fr_biden2.jpg"), (first.shape[1], first.shape[0]))
+    streaming = build_pipeline(DetectorConfig(model="blazeface-full", pose="off"))
+    fresh = build_pipeline(DetectorConfig(model="blazeface-full", pose="off"))
+    streaming.detect(first)
+    assert streaming.detect(second) == fresh.detect(second)
+    tensor = streaming.detector.runner.interpreter.get_tensor
+    index = streaming.detector.runner.interpreter.get_input_details()[0]["index"]
+    assert np.array_equal(tensor(index), fresh.detector.runner.interpreter.get_tensor(index))
