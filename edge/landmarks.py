@@ -42,8 +42,13 @@ RGBA = 4
 BILINEAR_REACH = 2
 
 
-def crop_affine(detection: Detection, width: int, height: int, crop_scale: float, size: int) -> np.ndarray:
-    """2x3 map from crop pixels (size x size) to frame pixels.
+# A 2x3 affine map [[a, b, c], [d, e, f]] as six plain floats, row by row: the crop
+# geometry is a handful of arithmetic, which costs less in floats than in numpy calls.
+Affine = tuple[float, float, float, float, float, float]
+
+
+def crop_map(detection: Detection, width: int, height: int, crop_scale: float, size: int) -> Affine:
+    """The map from crop pixels (size x size) to frame pixels.
 
     Centre: the detector's box centre. Side: the box's longer side times
     `crop_scale`. Rotation: the eye line (clockwise-positive in the image), so
@@ -54,12 +59,17 @@ def crop_affine(detection: Detection, width: int, height: int, crop_scale: float
     side = max(box.w * width, box.h * height) * crop_scale
     angle = 0.0
     if len(detection.keypoints) > LEFT_EYE:
-        (rx, ry), (lx, ly) = detection.keypoints[RIGHT_EYE], detection.keypoints[LEFT_EYE]
-        angle = math.atan2(float(ly - ry) * height, float(lx - rx) * width)
+        (rx, ry), (lx, ly) = detection.keypoints[[RIGHT_EYE, LEFT_EYE]].tolist()
+        angle = math.atan2((ly - ry) * height, (lx - rx) * width)
     scale = side / size
     cos, sin = scale * math.cos(angle), scale * math.sin(angle)
     half = size / 2.0
-    return np.array([[cos, -sin, cx - (cos - sin) * half], [sin, cos, cy - (sin + cos) * half]])
+    return (cos, -sin, cx - (cos - sin) * half, sin, cos, cy - (sin + cos) * half)
+
+
+def as_matrix(affine: Affine) -> np.ndarray:
+    """The 2x3 array OpenCV takes."""
+    return np.array(affine, np.float64).reshape(2, 3)
 
 
 def usable_box(detection: Detection, width: int, height: int) -> bool:
@@ -67,28 +77,29 @@ def usable_box(detection: Detection, width: int, height: int) -> bool:
     box = detection.box
     if not all(math.isfinite(v) for v in (box.x, box.y, box.w, box.h)):
         return False
-    return bool(np.isfinite(detection.keypoints).all()) and box.w * width >= 1.0 and box.h * height >= 1.0
+    return all(map(math.isfinite, detection.keypoints.ravel().tolist())) and box.w * width >= 1.0 and box.h * height >= 1.0
 
 
-def pixel_centred(affine: np.ndarray) -> np.ndarray:
+def pixel_centred(affine: Affine) -> Affine:
     """The same map in OpenCV's sampling convention (pixel i centred at i, not i + 0.5).
 
     Points here live in continuous coordinates (pixel i spans [i, i + 1]), the
     convention in which mirroring is exactly x -> width - x; sampling the crop
     in it keeps the crop of a mirrored frame the exact mirror of the crop.
     """
-    shifted = affine.copy()
-    shifted[:, 2] += affine[:, :2] @ np.array([HALF_PIXEL, HALF_PIXEL]) - HALF_PIXEL
-    return shifted
+    a, b, c, d, e, f = affine
+    return (a, b, c + (a + b) * HALF_PIXEL - HALF_PIXEL, d, e, f + (d + e) * HALF_PIXEL - HALF_PIXEL)
 
 
-def source_window(sampling: np.ndarray, size: int, width: int, height: int) -> tuple[int, int, int, int]:
+def source_window(sampling: Affine, size: int, width: int, height: int) -> tuple[int, int, int, int]:
     """The frame pixels (x0, y0, x1, y1; end exclusive, clipped) a size x size warp with `sampling` reads."""
-    corners = sampling[:, :2] @ np.array([[0.0, size - 1.0, 0.0, size - 1.0], [0.0, 0.0, size - 1.0, size - 1.0]])
-    corners += sampling[:, 2:]
-    x0, y0 = (max(0, math.floor(v)) for v in corners.min(axis=1))
-    x1 = min(width, math.floor(corners[0].max()) + BILINEAR_REACH)
-    y1 = min(height, math.floor(corners[1].max()) + BILINEAR_REACH)
+    a, b, c, d, e, f = sampling
+    last = size - 1.0
+    xs = (c, c + a * last, c + b * last, c + (a + b) * last)
+    ys = (f, f + d * last, f + e * last, f + (d + e) * last)
+    x0, y0 = max(0, math.floor(min(xs))), max(0, math.floor(min(ys)))
+    x1 = min(width, math.floor(max(xs)) + BILINEAR_REACH)
+    y1 = min(height, math.floor(max(ys)) + BILINEAR_REACH)
     return x0, y0, max(x0, x1), max(y0, y1)
 
 
@@ -125,21 +136,21 @@ class LandmarkPose:
         fast one), else on the frame itself; both give the same crop.
         """
         height, width = image.shape[:2]
-        affine = crop_affine(detection, width, height, self.crop_scale, self.size)
+        affine = crop_map(detection, width, height, self.crop_scale, self.size)
         sampling = pixel_centred(affine)
         x0, y0, x1, y1 = source_window(sampling, self.size, width, height)
         area = (x1 - x0) * (y1 - y0)
         if area <= 0 or area > self.rgba_window_limit:
-            cv2.warpAffine(image, sampling, (self.size, self.size), dst=self.canvas,
+            cv2.warpAffine(image, as_matrix(sampling), (self.size, self.size), dst=self.canvas,
                            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-            return affine
+            return as_matrix(affine)
         window = self._rgba_window[:area * RGBA].reshape(y1 - y0, x1 - x0, RGBA)
         cv2.cvtColor(image[y0:y1, x0:x1], cv2.COLOR_RGB2RGBA, dst=window)
-        sampling[:, 2] -= (x0, y0)
-        cv2.warpAffine(window, sampling, (self.size, self.size), dst=self._rgba_canvas,
+        a, b, c, d, e, f = sampling
+        cv2.warpAffine(window, as_matrix((a, b, c - x0, d, e, f - y0)), (self.size, self.size), dst=self._rgba_canvas,
                        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
         cv2.cvtColor(self._rgba_canvas, cv2.COLOR_RGBA2RGB, dst=self.canvas)
-        return affine
+        return as_matrix(affine)
 
     def infer(self) -> np.ndarray | None:
         """Run the model on the canvas: the mesh points (x, y) in crop pixels, or None if no face."""

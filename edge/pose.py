@@ -164,10 +164,10 @@ def pose_to_rotation(pose: HeadPose) -> np.ndarray:
 
 def rotation_to_pose(rotation: np.ndarray) -> HeadPose:
     """Inverse of `pose_to_rotation` (ZYX Euler angles with the documented signs)."""
-    r = np.asarray(rotation, np.float64)
-    yaw = math.degrees(math.asin(max(-1.0, min(1.0, r[2, 0]))))
-    pitch = -math.degrees(math.atan2(r[2, 1], r[2, 2]))
-    roll = math.degrees(math.atan2(r[1, 0], r[0, 0]))
+    (r00, _, _), (r10, _, _), (r20, r21, r22) = np.asarray(rotation, np.float64).tolist()
+    yaw = math.degrees(math.asin(max(-1.0, min(1.0, r20))))
+    pitch = -math.degrees(math.atan2(r21, r22))
+    roll = math.degrees(math.atan2(r10, r00))
     return HeadPose(yaw, pitch, roll)
 
 
@@ -185,13 +185,14 @@ def fit_pose(image_points: np.ndarray, model: np.ndarray, camera: Camera) -> Hea
     if points.shape != (len(model), 2) or not np.isfinite(points).all():
         return None
     ok, rvec, tvec = cv2.solvePnP(model, points, camera.matrix, camera.distortion, flags=cv2.SOLVEPNP_SQPNP)
-    if not ok or not (np.isfinite(rvec).all() and np.isfinite(tvec).all()) or tvec[2, 0] <= 0:
+    position = tvec.ravel().tolist()
+    if not ok or not all(map(math.isfinite, rvec.ravel().tolist() + position)) or position[2] <= 0:
         return None
     rotation, _ = cv2.Rodrigues(rvec)
-    return rotation_to_pose(line_of_sight(tvec[:, 0]).T @ rotation)
+    return rotation_to_pose(line_of_sight(position).T @ rotation)
 
 
-def line_of_sight(position: np.ndarray) -> np.ndarray:
+def line_of_sight(position: Sequence[float]) -> np.ndarray:
     """The smallest rotation taking the camera's z axis onto the ray to `position`.
 
     Angles are measured against the line of sight, not the optical axis, so

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from edge.detection import Box, Detection, HeadPose
 from edge.errors import ConfigError, InputError
 from edge.inference import DelegateConfig
-from edge.landmarks import LandmarkPose, crop_affine, pixel_centred, to_frame
+from edge.landmarks import LandmarkPose, as_matrix, crop_map, pixel_centred, to_frame
 from edge.pipeline import DetectorConfig, build_pipeline
 from edge.pose import (
     FACE_MODEL,
@@ -281,7 +281,7 @@ def test_the_crop_levels_the_eyes_and_is_centred_on_the_box() -> None:
     eyes = np.array([[0.42, 0.40], [0.58, 0.47]])  # tilted clockwise in the image
     keypoints = np.vstack([eyes, [[0.5, 0.5], [0.5, 0.6], [0.35, 0.45], [0.65, 0.5]]]).astype(np.float32)
     detection = Detection(Box(0.35, 0.3, 0.3, 0.4), 0.9, keypoints)
-    affine = crop_affine(detection, FRAME_W, FRAME_H, 1.5, 192)
+    affine = as_matrix(crop_map(detection, FRAME_W, FRAME_H, 1.5, 192))
     inverse = cv2.invertAffineTransform(affine)
     eyes_in_crop = to_frame(eyes * (FRAME_W, FRAME_H), inverse)
     assert eyes_in_crop[0, 1] == pytest.approx(eyes_in_crop[1, 1], abs=1e-4)
@@ -290,7 +290,7 @@ def test_the_crop_levels_the_eyes_and_is_centred_on_the_box() -> None:
     np.testing.assert_allclose(centre, [0.5 * FRAME_W, 0.5 * FRAME_H])
     side = np.linalg.norm(affine[:, 0]) * 192
     assert side == pytest.approx(1.5 * max(0.3 * FRAME_W, 0.4 * FRAME_H))
-    upright = crop_affine(Detection(detection.box, 0.9), FRAME_W, FRAME_H, 1.5, 192)
+    upright = as_matrix(crop_map(Detection(detection.box, 0.9), FRAME_W, FRAME_H, 1.5, 192))
     assert upright[0, 1] == 0.0 and upright[1, 0] == 0.0
 
 
@@ -301,8 +301,9 @@ def test_a_point_sampled_into_the_crop_maps_back_to_where_it_was() -> None:
     cv2.circle(image, dot, 3, (255, 255, 255), -1)
     keypoints = np.array([[0.40, 0.40], [0.55, 0.46]] + [[0.5, 0.5]] * 4, np.float32)
     detection = Detection(Box(0.35, 0.3, 0.3, 0.4), 0.9, keypoints)
-    affine = crop_affine(detection, FRAME_W, FRAME_H, 1.5, 192)
-    crop = cv2.warpAffine(image, pixel_centred(affine), (192, 192), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+    geometry = crop_map(detection, FRAME_W, FRAME_H, 1.5, 192)
+    affine = as_matrix(geometry)
+    crop = cv2.warpAffine(image, as_matrix(pixel_centred(geometry)), (192, 192), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
     weights = crop[:, :, 0].astype(np.float64)
     rows, cols = np.indices(weights.shape)
     centroid = np.array([(cols * weights).sum(), (rows * weights).sum()]) / weights.sum() + 0.5
