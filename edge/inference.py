@@ -240,6 +240,7 @@ class Runner:
         self._outputs = interpreter.get_output_details()
         self._codecs = [TensorCodec.from_details(d) for d in self._outputs]
         self._output_views = [interpreter.tensor(d["index"]) for d in self._outputs]
+        self._float_outputs = not any(codec.quantised for codec in self._codecs)
 
     def pixel_transform(self, real_gain: float, real_offset: float) -> PixelTransform:
         return PixelTransform.for_input(real_gain, real_offset, self.input_codec)
@@ -255,14 +256,15 @@ class Runner:
         (no copy): the caller must drop them before the next run, as LiteRT
         refuses to invoke while its buffers are referenced.
         """
-        target = self._input_view()[0]
         if changed is None:
-            transform.apply(pixels, target)
+            transform.apply(pixels, self._input_view()[0])
         else:
-            transform.apply(pixels[changed], target[changed])
-        del target  # LiteRT refuses to invoke while a view of its buffers is alive
+            transform.apply(pixels[changed], self._input_view()[(0, *changed)])
+        # The input view is gone by now: LiteRT refuses to invoke while a view of its buffers is alive.
         self.interpreter.invoke()
         if views:
+            if self._float_outputs:
+                return [view() for view in self._output_views]
             return [codec.decode(view()) for view, codec in zip(self._output_views, self._codecs)]
         return [codec.decode(self.interpreter.get_tensor(d["index"])) for d, codec in zip(self._outputs, self._codecs)]
 
