@@ -91,6 +91,7 @@ class Fitter:
         self.canvas = np.zeros((height, width, 3), np.uint8)
         self._size: tuple[int, int] | None = None
         self._placement: Placement | None = None
+        self._content = self.canvas
 
     def fit(self, image: np.ndarray) -> tuple[np.ndarray, Fit, tuple[slice, slice] | None]:
         """The canvas, the map back to the frame, and which region changed: the
@@ -102,9 +103,10 @@ class Fitter:
             placement = self._placement = place(w, h, self.width, self.height, self.mode)
             self._size = (w, h)
             self.canvas[...] = 0
+            self._content = self.canvas[placement.rows, placement.cols]
         else:
             changed = (placement.rows, placement.cols)
-        content = self.canvas[placement.rows, placement.cols]
+        content = self._content
         cv2.warpAffine(image, placement.matrix, (content.shape[1], content.shape[0]), dst=content,
                        flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
         return self.canvas, placement.fit, changed

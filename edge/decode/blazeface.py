@@ -133,9 +133,9 @@ class BlazeFaceDecoder:
             bx, by = (acx - ox) / sx, (acy - oy) / sy
             cx, cy = row[b] * gx + bx, row[b + 1] * gy + by
             half_w, half_h = row[b + 2] * aw / (ws * sx) * 0.5, row[b + 3] * ah / (hs * sy) * 0.5
-            keypoints = row[k0:k1]
-            keypoints[0::2] = [v * gx + bx for v in keypoints[0::2]]
-            keypoints[1::2] = [v * gy + by for v in keypoints[1::2]]
+            keypoints = row[k0:k1]  # x, y, x, y, ...: each axis through its own multiply-add, in C
+            keypoints[0::2] = map(bx.__add__, map(gx.__mul__, keypoints[0::2]))
+            keypoints[1::2] = map(by.__add__, map(gy.__mul__, keypoints[1::2]))
             score = 1.0 / (1.0 + math.exp(-max(-clip, min(clip, logit))))
             candidates.append(Candidate(score, cx - half_w, cy - half_h, cx + half_w, cy + half_h, tuple(keypoints)))
         return weighted_nms(candidates, self.iou_threshold)

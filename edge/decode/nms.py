@@ -6,9 +6,13 @@ does, gives steadier boxes and keypoints than keeping only the best one.
 """
 from __future__ import annotations
 
-from operator import mul
+from operator import attrgetter, itemgetter, mul
 
 from edge.decode import Candidate
+
+SCORE = attrgetter("score")
+BOX = itemgetter(slice(1, 5))
+KEYPOINTS = attrgetter("keypoints")
 
 
 def iou(a: Candidate, b: Candidate) -> float:
@@ -35,7 +39,7 @@ def weighted_nms(candidates: list[Candidate], threshold: float) -> list[Candidat
     The means run column by column through `map` and `sum`, which stay in C:
     a near face can put a few dozen anchors in one cluster.
     """
-    remaining = sorted(candidates, key=lambda c: -c.score)
+    remaining = sorted(candidates, key=SCORE, reverse=True)
     out = []
     while remaining:
         best = remaining[0]
@@ -43,17 +47,17 @@ def weighted_nms(candidates: list[Candidate], threshold: float) -> list[Candidat
         if len(cluster) == 1:
             out.append(best)
             continue
-        weights = [c.score for c in cluster]
+        weights = list(map(SCORE, cluster))
         total = sum(weights)
-        box = [sum(map(mul, weights, column)) / total for column in zip(*(c[1:5] for c in cluster))]
-        keypoints = tuple(sum(map(mul, weights, column)) / total for column in zip(*(c.keypoints for c in cluster)))
+        box = [sum(map(mul, weights, column)) / total for column in zip(*map(BOX, cluster))]
+        keypoints = tuple([sum(map(mul, weights, column)) / total for column in zip(*map(KEYPOINTS, cluster))])
         out.append(Candidate(best.score, *box, keypoints))
     return out
 
 
 def hard_nms(candidates: list[Candidate], threshold: float) -> list[Candidate]:
     """Keep the best box of each overlapping group (SSD families such as ULFD)."""
-    remaining = sorted(candidates, key=lambda c: -c.score)
+    remaining = sorted(candidates, key=SCORE, reverse=True)
     out = []
     while remaining:
         best = remaining[0]
