@@ -2,12 +2,14 @@
 
 Why one run: the issue's goals are ratios (ours / MediaPipe's pipeline, ours /
 the bare interpreter call), and on a shared machine only contenders timed in
-the same minutes, interleaved frame by frame, see the same noise. Each round
-walks the frames; at every frame each contender runs once, the order rotating
-from round to round, until the time budget is spent.
+the same minutes, interleaved, see the same noise. Each round walks the frames;
+at every frame each contender runs once, the order rotating from round to round,
+until the time budget is spent. With `--order bursts` each contender instead
+runs on all the frames back to back within a round (warm caches, as on a device
+that runs one pipeline).
 
     bash benchmarks/setup
-    .venv-bench/bin/python benchmarks/detection.py [--seconds 120] [--threads 1 2] [--json [PATH]]
+    .venv-bench/bin/python benchmarks/detection.py [--seconds 120] [--threads 1 2] [--order frames|bursts] [--json [PATH]]
 
 Runs in ``.venv-bench`` only (MediaPipe needs numpy<2); MediaPipe is never a
 run-time dependency of the firmware.
@@ -55,6 +57,9 @@ P90 = 90
 MS_PER_S = 1e3
 # solutions.face_mesh's face limit for the multi-face variant; above the most faces any frame holds.
 MESH_MULTI_MAX_FACES = 6
+# How a round walks the (frame, contender) pairs: see run_rounds.
+ORDERS = ("frames", "bursts")
+ORDER_TEXT = {"frames": "contenders interleaved frame by frame", "bursts": "each contender on every frame back to back"}
 # Our model names in the manifest, per MediaPipe model.
 OUR_MODEL = {"short": "blazeface-short", "full": "blazeface-full"}
 # The issue's goals.
@@ -323,8 +328,15 @@ def build_contenders(frames: list[BenchFrame], threads: tuple[int, ...]) -> Setu
 
 # ---------------------------------------------------------------- timing
 
-def run_rounds(frames: list[BenchFrame], setup: Setup, seconds: float, log: Callable[[str], None]) -> int:
-    """Interleave the contenders frame by frame, rotating their order each round, until the budget is spent."""
+def run_rounds(frames: list[BenchFrame], setup: Setup, seconds: float, log: Callable[[str], None],
+               order_by: str = "frames") -> int:
+    """Interleave the contenders, rotating their order each round, until the budget is spent.
+
+    `frames`: at each frame every contender runs once, so each starts with caches full of the
+    others' work (the default). `bursts`: each contender runs on all the frames back to back
+    before the next one starts, as a device running one pipeline on a stream would, with warm
+    caches; noise is still shared, a round at a time.
+    """
     contenders = setup.contenders
     # Warm-up: one untimed pass over every frame (XNNPACK packs weights, MediaPipe starts its graph).
     for frame in frames:
@@ -337,11 +349,14 @@ def run_rounds(frames: list[BenchFrame], setup: Setup, seconds: float, log: Call
     while rounds < MIN_ROUNDS or time.perf_counter() < deadline:
         shift = rounds % len(contenders)
         order = contenders[shift:] + contenders[:shift]
-        for frame in frames:
-            for c in order:
-                if frame.name in c.frames:
-                    setup.pre_invoke.get(c.key, lambda f: None)(frame)
-                    c.time_once(frame)
+        if order_by == "bursts":
+            calls = [(frame, c) for c in order for frame in frames]
+        else:
+            calls = [(frame, c) for frame in frames for c in order]
+        for frame, c in calls:
+            if frame.name in c.frames:
+                setup.pre_invoke.get(c.key, lambda f: None)(frame)
+                c.time_once(frame)
         rounds += 1
         if rounds % 10 == 0:
             log(f"round {rounds}, {max(0.0, deadline - time.perf_counter()):.0f} s left")
@@ -386,7 +401,7 @@ def machine() -> dict[str, Any]:
 
 
 def results(setup: Setup, frames: list[BenchFrame], rounds: int, seconds: float, threads: tuple[int, ...],
-            load: tuple[float, float]) -> dict[str, Any]:
+            load: tuple[float, float], order_by: str = "frames") -> dict[str, Any]:
     by_key = {c.key: c for c in setup.contenders}
 
     def stat(key: str) -> dict[str, float] | None:
@@ -427,6 +442,7 @@ def results(setup: Setup, frames: list[BenchFrame], rounds: int, seconds: float,
         "machine": machine(),
         "frames": {"count": len(frames), "size": [FRAME_WIDTH, FRAME_HEIGHT], "names": [f.name for f in frames], **setup.frame_sets},
         "rounds": rounds,
+        "order": order_by,
         "budget_seconds": seconds,
         # Other work on the machine shows up here first: it is the noise the interleaving spreads evenly.
         "load_average_1min": {"before": round(load[0], 2), "after": round(load[1], 2)},
@@ -468,8 +484,9 @@ def markdown(res: dict[str, Any]) -> str:
     lines = [
         f"Machine: {m['cpu']}, {m['nproc']} CPUs; Python {m['python']}, mediapipe {m['mediapipe']}, "
         f"ai-edge-litert {m['ai_edge_litert']}, numpy {m['numpy']}, OpenCV {m['opencv']}.",
-        f"{res['frames']['count']} frames of {FRAME_WIDTH}x{FRAME_HEIGHT} RGB, {res['rounds']} interleaved rounds "
-        f"(budget {res['budget_seconds']:.0f} s; 1-minute load average {res['load_average_1min']['before']} before, "
+        f"{res['frames']['count']} frames of {FRAME_WIDTH}x{FRAME_HEIGHT} RGB, {res['rounds']} rounds "
+        f"({ORDER_TEXT[res['order']]}; "
+        f"budget {res['budget_seconds']:.0f} s; 1-minute load average {res['load_average_1min']['before']} before, "
         f"{res['load_average_1min']['after']} after). Times are per frame, median / p90 in ms.",
         "",
         "Detection (MediaPipe: `solutions.face_detection`; its inference runs on one thread whatever the row):",
@@ -517,6 +534,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=DEFAULT_SECONDS, help="time budget for the timed rounds (default 120)")
     parser.add_argument("--threads", type=int, nargs="+", default=list(DEFAULT_THREADS), help="inference thread counts (default 1 2)")
+    parser.add_argument("--order", choices=ORDERS, default="frames",
+                        help="frames: contenders interleaved frame by frame (cold caches, the default); "
+                             "bursts: each contender on all frames back to back (warm, as on a device)")
     parser.add_argument("--json", nargs="?", const="-", metavar="PATH",
                         help="print the results as JSON instead of markdown; with PATH, write the JSON there and still print markdown")
     args = parser.parse_args(argv)
@@ -531,8 +551,8 @@ def main(argv: list[str] | None = None) -> int:
     setup = build_contenders(frames, threads)
     log(f"{len(frames)} frames, {len(setup.contenders)} contenders; timing for {args.seconds:.0f} s")
     load_before = os.getloadavg()[0]
-    rounds = run_rounds(frames, setup, args.seconds, log)
-    res = results(setup, frames, rounds, args.seconds, threads, (load_before, os.getloadavg()[0]))
+    rounds = run_rounds(frames, setup, args.seconds, log, args.order)
+    res = results(setup, frames, rounds, args.seconds, threads, (load_before, os.getloadavg()[0]), args.order)
     if args.json == "-":
         print(json.dumps(res, indent=1))
         return 0
