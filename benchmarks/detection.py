@@ -462,7 +462,8 @@ def _ratio_cell(value: float | None, goal: float | None) -> str:
         return "n/a"
     if goal is None:
         return f"{value:.2f}"
-    return f"{value:.2f} {'ok' if value <= goal else 'MISSED'}"
+    # Three decimals next to a verdict: "0.75 MISSED" would hide that the ratio was 0.752.
+    return f"{value:.3f} {'ok' if value <= goal else 'MISSED'}"
 
 
 def _stages_cell(stages: dict[str, float]) -> str:
