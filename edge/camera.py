@@ -103,7 +103,10 @@ class CameraConfig:
             if not isinstance(value, kinds[key]) or (isinstance(value, bool) and bool not in kinds[key]):
                 names = " or ".join(k.__name__ for k in kinds[key])
                 raise ConfigError(f"camera.{key}", f"{value!r} is a {type(value).__name__}", f"a {names}")
-        return cls(**{k: (float(v) if k == "fps" else v) for k, v in data.items()})
+        values: dict[str, Any] = dict(data)
+        if "fps" in values:
+            values["fps"] = float(values["fps"])
+        return cls(**values)
 
 
 def rgb(bgr: np.ndarray) -> np.ndarray:
@@ -311,7 +314,7 @@ class PiCamera(FrameSource):
     def __init__(self, config: CameraConfig, model_size: tuple[int, int]) -> None:
         super().__init__(replace(config, fps=0.0))  # the sensor paces itself
         try:
-            from picamera2 import Picamera2  # type: ignore[import-not-found]
+            from picamera2 import Picamera2
         except ImportError:
             raise InputError("picamera2 is not installed", "on Raspberry Pi OS: sudo apt install python3-picamera2") from None
         self.pi5 = "Raspberry Pi 5" in _pi_model()

@@ -66,7 +66,8 @@ def _describe(topic: str, payload: dict[str, Any]) -> str:
 class PrintingSubscriber:
     """What any user of the camera would run: subscribe, read, de-duplicate by seq."""
 
-    def __init__(self, host: str, port: int, pki: ThrowawayPki, protocol: int, out: TextIO, raw: bool) -> None:
+    def __init__(self, host: str, port: int, pki: ThrowawayPki, protocol: mqtt.MQTTProtocolVersion, out: TextIO,
+                 raw: bool) -> None:
         self.out = out
         self.raw = raw
         self.seqs: list[int] = []
@@ -128,8 +129,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         broker = start_private_broker(workdir, pki, args.embedded_broker)
         embedded = isinstance(broker, EmbeddedBroker)
         try:
-            kind = ("embedded amqtt (MQTT 3.1.1, TLS; it does not enforce client certificates or ACLs)" if embedded
-                    else f"Mosquitto ({broker.binary}, MQTT 5, mutual TLS, ACLs)")
+            kind = ("embedded amqtt (MQTT 3.1.1, TLS; it does not enforce client certificates or ACLs)"
+                    if isinstance(broker, EmbeddedBroker) else f"Mosquitto ({broker.binary}, MQTT 5, mutual TLS, ACLs)")
             print(f"private broker: {kind} on {broker.host}:{broker.port} with throwaway certificates; "
                   f"it stops when the demo ends", file=out, flush=True)
             protocol = "3.1.1" if embedded else "5"

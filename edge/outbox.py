@@ -251,7 +251,7 @@ class Outbox:
         return batch, False
 
     def _leftovers(self) -> list[_Item]:
-        items = []
+        items: list[_Item] = []
         while True:
             try:
                 item = self._queue.get_nowait()

@@ -297,9 +297,16 @@ class Detector:
 
 
 class FrameLike(Protocol):
-    image: np.ndarray
-    number: int
-    capture_time: float
+    """What the pipeline reads of a frame (camera frames are frozen, so read-only)."""
+
+    @property
+    def image(self) -> np.ndarray: ...
+
+    @property
+    def number(self) -> int: ...
+
+    @property
+    def capture_time(self) -> float: ...
 
 
 def check_image(image: Any) -> np.ndarray:

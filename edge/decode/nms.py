@@ -26,7 +26,8 @@ def iou(a: Candidate, b: Candidate) -> float:
 
 
 def _split(best: Candidate, candidates: list[Candidate], threshold: float) -> tuple[list[Candidate], list[Candidate]]:
-    cluster, rest = [best], []
+    cluster: list[Candidate] = [best]
+    rest: list[Candidate] = []
     for c in candidates:
         if c is not best:
             (cluster if iou(best, c) > threshold else rest).append(c)
@@ -49,9 +50,9 @@ def weighted_nms(candidates: list[Candidate], threshold: float) -> list[Candidat
             continue
         weights = list(map(SCORE, cluster))
         total = sum(weights)
-        box = [sum(map(mul, weights, column)) / total for column in zip(*map(BOX, cluster))]
+        x0, y0, x1, y1 = [sum(map(mul, weights, column)) / total for column in zip(*map(BOX, cluster))]
         keypoints = tuple([sum(map(mul, weights, column)) / total for column in zip(*map(KEYPOINTS, cluster))])
-        out.append(Candidate(best.score, *box, keypoints))
+        out.append(Candidate(best.score, x0, y0, x1, y1, keypoints))
     return out
 
 
