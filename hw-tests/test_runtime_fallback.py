@@ -27,3 +27,20 @@ def test_detector_runs_on_tflite_runtime() -> None:
     image = cv2.cvtColor(cv2.imread(str(SAMPLE)), cv2.COLOR_BGR2RGB)
     assert len(pipeline.detect(image)) == 1
     assert pipeline.selection.runtime == "tflite_runtime"
+
+
+def test_tflite_runtime_keeps_its_input_between_invokes() -> None:
+    """The detector rewrites only the changed region of the input from the second frame of a size on."""
+    import numpy as np
+
+    runtime = load_runtime(("tflite_runtime.interpreter",))
+    streaming = build_pipeline(DetectorConfig(model="blazeface-full", pose="off"), runtime=runtime)
+    fresh = build_pipeline(DetectorConfig(model="blazeface-full", pose="off"), runtime=runtime)
+    image = cv2.cvtColor(cv2.imread(str(SAMPLE)), cv2.COLOR_BGR2RGB)
+    first = cv2.copyMakeBorder(image, 100, 100, 0, 0, cv2.BORDER_CONSTANT, value=0)
+    second = cv2.flip(first, 1)
+    streaming.detect(first)
+    assert streaming.detect(second) == fresh.detect(second)
+    index = streaming.detector.runner.interpreter.get_input_details()[0]["index"]
+    assert np.array_equal(streaming.detector.runner.interpreter.get_tensor(index),
+                          fresh.detector.runner.interpreter.get_tensor(index))
