@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from edge.inference import EDGETPU_LIBRARY, DelegateConfig, edgetpu_devices, library_problem
-from edge.pipeline import DetectorConfig, build_pipeline
+from edge.pipeline import DetectorConfig, Pipeline, build_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MODELS = REPO.parent / "shared" / "models"
@@ -47,7 +47,7 @@ def timed(pipeline, image: np.ndarray) -> float:
     return statistics.median(samples)
 
 
-def assert_input_kept(pipeline) -> None:  # type: ignore[no-untyped-def]
+def assert_input_kept(pipeline: Pipeline) -> None:
     """The detector writes only the changed region of the input from the second frame of a size
     on, which needs the delegate to leave the interpreter's input buffer as it was."""
     interpreter = pipeline.detector.runner.interpreter
