@@ -41,8 +41,8 @@ def letterbox(image: np.ndarray, width: int, height: int) -> np.ndarray:
     return frame
 
 
-# Bilinear sampling reaches one source pixel beyond where a destination pixel maps.
-BILINEAR_REACH = 1
+# A destination pixel mapped within one source pixel of the frame still blends some of it in (bilinear).
+SOURCE_MARGIN = 1
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -68,10 +68,10 @@ def place(width: int, height: int, model_width: int, model_height: int, mode: st
         sx = sy = min(model_width / width, model_height / height)
         left, top = (model_width - width * sx) / 2, (model_height - height * sy) / 2
     # Only the pixels whose bilinear footprint touches the frame can differ from the black border.
-    x0 = max(0, math.floor(left - sx * BILINEAR_REACH))
-    x1 = min(model_width, math.ceil(left + (width + BILINEAR_REACH) * sx))
-    y0 = max(0, math.floor(top - sy * BILINEAR_REACH))
-    y1 = min(model_height, math.ceil(top + (height + BILINEAR_REACH) * sy))
+    x0 = max(0, math.floor(left - sx * SOURCE_MARGIN))
+    x1 = min(model_width, math.ceil(left + (width + SOURCE_MARGIN) * sx))
+    y0 = max(0, math.floor(top - sy * SOURCE_MARGIN))
+    y1 = min(model_height, math.ceil(top + (height + SOURCE_MARGIN) * sy))
     matrix = np.array([[sx, 0.0, left - x0], [0.0, sy, top - y0]], np.float64)
     fit = Fit(width * sx / model_width, height * sy / model_height, left / model_width, top / model_height)
     return Placement(slice(y0, y1), slice(x0, x1), matrix, fit)
