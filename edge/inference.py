@@ -34,6 +34,8 @@ CORAL_PCI_GLOB = "apex_*"
 DELEGATE_ENTRY_POINT = "tflite_plugin_create_delegate"
 # A uint8 input whose quantisation maps pixels to within half a step of themselves is fed as is.
 HALF_STEP = 0.5 + 1e-6
+# The test pattern for `Runner.keeps_input`: values that fit every input type (uint8, int8, float).
+INPUT_PATTERN_PERIOD = 101
 IDENTITY_GAIN_TOLERANCE = 1e-2
 
 
@@ -271,6 +273,17 @@ class Runner:
     def invoke(self) -> None:
         """The bare interpreter call, for benchmarks that compare against it."""
         self.interpreter.invoke()
+
+    def keeps_input(self) -> bool:
+        """Whether the input buffer comes out of invoke() as it went in, which writing only
+        the changed region of the next frame relies on. LiteRT and tflite_runtime keep it
+        (tests and hw-tests check that); a vendor's delegate is taken at its word only after
+        this one invoke on a test pattern, run once when a detector is built."""
+        count = int(np.prod(self.input_shape))
+        pattern = (np.arange(count) % INPUT_PATTERN_PERIOD).reshape(self.input_shape).astype(self.input_codec.dtype)
+        self._input_view()[...] = pattern
+        self.interpreter.invoke()
+        return bool(np.array_equal(self._input_view(), pattern))
 
 
 @contextlib.contextmanager

@@ -248,12 +248,16 @@ class Detector:
         self.threshold = spec.score_threshold if threshold is None else threshold
         self.fitter = Fitter(spec.input_width, spec.input_height, family.fit)
         self.transform = runner.pixel_transform(*input_normalisation(spec.params))
+        # Rewrite only the changed region of the input from frame to frame, if the runtime lets us.
+        self.region_writes = runner.keeps_input()
         self.timings: dict[str, float] = {}
 
     def candidates(self, image: np.ndarray, threshold: float | None = None, tile: Tile | None = None) -> list[Candidate]:
         """Faces in frame-normalised coordinates; with `tile`, `image` is that region of the frame."""
         t0 = time.perf_counter()
         pixels, fit, changed = self.fitter.fit(image)
+        if not self.region_writes:
+            changed = None
         if tile is not None:
             fit = fit.within(*tile.normalised)
         t1 = time.perf_counter()

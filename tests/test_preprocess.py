@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from edge.inference import cpu_runner, load_runtime
+from edge.inference import Runner, cpu_runner, load_runtime
 from edge.models import load_manifest, locate, search_dirs
 from edge.pipeline import DetectorConfig, build_pipeline
 from edge.preprocess import FIT_MODES, Fit, Fitter
@@ -53,7 +53,7 @@ def test_warping_only_the_content_gives_the_whole_canvas_warp(w: int, h: int, si
 
 @pytest.mark.parametrize("name", ["face-landmark", "blazeface-short", "blazeface-full"])
 def test_the_interpreter_keeps_its_input_between_invokes(name: str) -> None:
-    """What writing only the changed region relies on."""
+    """What writing only the changed region relies on; `Runner.keeps_input` checks it the same way."""
     manifest = load_manifest()
     spec = manifest.get(name)
     runner = cpu_runner(load_runtime(), locate(spec.variant("cpu"), name, search_dirs(())), 1)
@@ -63,6 +63,28 @@ def test_the_interpreter_keeps_its_input_between_invokes(name: str) -> None:
     for _ in range(3):
         runner.invoke()
     assert np.array_equal(view(), written)
+    assert runner.keeps_input()
+
+
+def test_a_runtime_that_does_not_keep_its_input_gets_whole_frames(shared_images: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A delegate that scribbles on the input between invokes must not leave stale borders behind."""
+    monkeypatch.setattr(Runner, "keeps_input", lambda self: False)
+    pipeline = build_pipeline(DetectorConfig(model="blazeface-full", pose="off"))
+    assert not pipeline.detector.region_writes
+    runner = pipeline.detector.runner
+    original_invoke = runner.interpreter.invoke
+
+    def scribbling_invoke() -> None:
+        original_invoke()
+        runner.interpreter.tensor(runner.interpreter.get_input_details()[0]["index"])()[...] = 7.0
+
+    monkeypatch.setattr(runner.interpreter, "invoke", scribbling_invoke)
+    image = cv2.copyMakeBorder(load_rgb(shared_images / "coral_grace_hopper.bmp"), 0, 0, 200, 200,
+                               cv2.BORDER_CONSTANT, value=0)
+    first = pipeline.detect(image)
+    assert pipeline.detect(image) == first  # the second frame is written whole, borders included
+    assert len(first) == 1
 
 
 @pytest.mark.parametrize("padding", [(0, 0, 200, 200), (150, 150, 0, 0)], ids=["landscape", "portrait"])
