@@ -49,6 +49,8 @@ PIXEL_MAX = 255.0
 # OpenCV only ever works on model-sized images here, too small to gain from its thread pool,
 # whose spinning workers would take CPU from the interpreter's threads.
 OPENCV_THREADS = 1
+# Compared with every frame's dtype: a dtype object, not the scalar type numpy would convert each time.
+UINT8 = np.dtype(np.uint8)
 
 
 class Decoder(Protocol):
@@ -311,7 +313,7 @@ class FrameLike(Protocol):
 
 
 def check_image(image: Any) -> np.ndarray:
-    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != UINT8:
         shape = getattr(image, "shape", None)
         dtype = getattr(image, "dtype", type(image).__name__)
         raise ValueError(f"frame of shape {shape} and type {dtype}: expected an H x W x 3 RGB uint8 image")
