@@ -252,8 +252,8 @@ class Runner:
         """Run on an H x W x 3 uint8 image already at the model's input size.
 
         With `changed` (rows, cols), only that region differs from the pixels
-        of the previous run, so only it is written: the interpreter keeps its
-        input buffer between invokes (tests check this for every model).
+        of the previous run, so only it is written; pass it only where
+        `keeps_input()` said the interpreter keeps its input between invokes.
         With `views`, float outputs are views of the interpreter's own buffers
         (no copy): the caller must drop them before the next run, as LiteRT
         refuses to invoke while its buffers are referenced.
