@@ -54,6 +54,9 @@ class Placement:
     cols: slice
     matrix: np.ndarray
     fit: Fit
+    # At scale 1 with whole-pixel offsets every sample lands on a pixel, so the warp is a plain copy:
+    # the case of a camera whose ISP already scales to the model (picamera2's lores stream) and of tiles.
+    copies: bool = False
 
 
 def place(width: int, height: int, model_width: int, model_height: int, mode: str) -> Placement:
@@ -67,13 +70,16 @@ def place(width: int, height: int, model_width: int, model_height: int, mode: st
     else:
         sx = sy = min(model_width / width, model_height / height)
         left, top = (model_width - width * sx) / 2, (model_height - height * sy) / 2
+    fit = Fit(width * sx / model_width, height * sy / model_height, left / model_width, top / model_height)
+    if sx == sy == 1.0 and left.is_integer() and top.is_integer():
+        x0, y0 = int(left), int(top)
+        return Placement(slice(y0, y0 + height), slice(x0, x0 + width), np.eye(2, 3), fit, copies=True)
     # Only the pixels whose bilinear footprint touches the frame can differ from the black border.
     x0 = max(0, math.floor(left - sx * SOURCE_MARGIN))
     x1 = min(model_width, math.ceil(left + (width + SOURCE_MARGIN) * sx))
     y0 = max(0, math.floor(top - sy * SOURCE_MARGIN))
     y1 = min(model_height, math.ceil(top + (height + SOURCE_MARGIN) * sy))
     matrix = np.array([[sx, 0.0, left - x0], [0.0, sy, top - y0]], np.float64)
-    fit = Fit(width * sx / model_width, height * sy / model_height, left / model_width, top / model_height)
     return Placement(slice(y0, y1), slice(x0, x1), matrix, fit)
 
 
@@ -107,6 +113,9 @@ class Fitter:
         else:
             changed = (placement.rows, placement.cols)
         content = self._content
-        cv2.warpAffine(image, placement.matrix, (content.shape[1], content.shape[0]), dst=content,
-                       flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        if placement.copies:
+            np.copyto(content, image)
+        else:
+            cv2.warpAffine(image, placement.matrix, (content.shape[1], content.shape[0]), dst=content,
+                           flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
         return self.canvas, placement.fit, changed

@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 from edge.inference import Runner, cpu_runner, load_runtime
 from edge.models import load_manifest, locate, search_dirs
 from edge.pipeline import DetectorConfig, build_pipeline
-from edge.preprocess import FIT_MODES, Fit, Fitter
+from edge.preprocess import FIT_MODES, Fit, Fitter, place
 
 from conftest import load_rgb
 
@@ -49,6 +49,37 @@ def test_warping_only_the_content_gives_the_whole_canvas_warp(w: int, h: int, si
     again, fit_again, changed = fitter.fit(image)
     assert changed is not None and fit_again == fit
     assert np.array_equal(again, canvas)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from([128, 192]), st.integers(8, 192), st.booleans(), st.integers(0, 2**32 - 1))
+def test_frames_at_the_models_scale_are_copied_exactly_as_the_warp_would_sample_them(
+        size: int, short_side: int, portrait: bool, seed: int) -> None:
+    """A frame whose long side is the model's (picamera2's lores stream, tiles) lands at scale 1:
+    when its offset is a whole pixel the copy must equal the warp bit for bit, borders included."""
+    short_side = min(short_side, size)
+    w, h = (short_side, size) if portrait else (size, short_side)
+    image = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    placement = place(w, h, size, size, "letterbox")
+    assert placement.copies == ((size - short_side) % 2 == 0)
+    fitter = Fitter(size, size, "letterbox")
+    fitter.fit(np.full((h, w + 3, 3), 255, np.uint8))  # a different size first: its pixels must not linger
+    tolerance = 0 if placement.copies else ROUNDING_LEVELS
+    canvas, fit, _ = fitter.fit(image)
+    expected, expected_fit = whole_canvas_warp(image, size, size, "letterbox")
+    assert np.abs(canvas.astype(int) - expected).max() <= tolerance
+    assert fit == expected_fit
+    again, _, changed = fitter.fit(255 - image)  # the same size again: only the content is rewritten
+    assert changed is not None
+    assert np.abs(again.astype(int) - whole_canvas_warp(255 - image, size, size, "letterbox")[0]).max() <= tolerance
+
+
+def test_a_frame_of_the_models_size_is_a_copy_in_either_fit_mode() -> None:
+    for mode in FIT_MODES:
+        placement = place(192, 192, 192, 192, mode)
+        assert placement.copies and (placement.rows, placement.cols) == (slice(0, 192), slice(0, 192))
+    assert not place(640, 480, 192, 192, "letterbox").copies
+    assert not place(96, 72, 192, 192, "letterbox").copies  # upscaled: a real warp
 
 
 @pytest.mark.parametrize("name", ["face-landmark", "blazeface-short", "blazeface-full"])
