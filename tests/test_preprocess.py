@@ -51,35 +51,59 @@ def test_warping_only_the_content_gives_the_whole_canvas_warp(w: int, h: int, si
     assert np.array_equal(again, canvas)
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.sampled_from([128, 192]), st.integers(8, 192), st.booleans(), st.integers(0, 2**32 - 1))
-def test_frames_at_the_models_scale_are_copied_exactly_as_the_warp_would_sample_them(
-        size: int, short_side: int, portrait: bool, seed: int) -> None:
-    """A frame whose long side is the model's (picamera2's lores stream, tiles) lands at scale 1:
-    when its offset is a whole pixel the copy must equal the warp bit for bit, borders included."""
+@settings(max_examples=100, deadline=None)
+@given(st.sampled_from([128, 192]), st.integers(1, 5), st.integers(4, 192), st.booleans(), st.sampled_from(FIT_MODES),
+       st.integers(0, 2**32 - 1))
+def test_frames_sampled_on_whole_pixels_are_copied_exactly_as_the_warp_would_sample_them(
+        size: int, step: int, short_side: int, portrait: bool, mode: str, seed: int) -> None:
+    """A frame whose long side is a whole multiple of the model's (picamera2's lores stream and tiles at
+    step 1, 640x480 into the short-range model at step 5) is sampled on its pixels: when the offsets
+    are whole pixels too, the strided copy must equal the warp bit for bit, borders included."""
     short_side = min(short_side, size)
-    w, h = (short_side, size) if portrait else (size, short_side)
+    w, h = (short_side * step, size * step) if portrait else (size * step, short_side * step)
     image = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
-    placement = place(w, h, size, size, "letterbox")
-    assert placement.copies == ((size - short_side) % 2 == 0)
-    fitter = Fitter(size, size, "letterbox")
+    placement = place(w, h, size, size, mode)
+    if mode == "letterbox":
+        assert placement.copies == ((size - short_side) % 2 == 0)
+    else:
+        assert placement.copies == (w % size == 0 and h % size == 0)
+    fitter = Fitter(size, size, mode)
     fitter.fit(np.full((h, w + 3, 3), 255, np.uint8))  # a different size first: its pixels must not linger
     tolerance = 0 if placement.copies else ROUNDING_LEVELS
     canvas, fit, _ = fitter.fit(image)
-    expected, expected_fit = whole_canvas_warp(image, size, size, "letterbox")
+    expected, expected_fit = whole_canvas_warp(image, size, size, mode)
     assert np.abs(canvas.astype(int) - expected).max() <= tolerance
     assert fit == expected_fit
     again, _, changed = fitter.fit(255 - image)  # the same size again: only the content is rewritten
     assert changed is not None
-    assert np.abs(again.astype(int) - whole_canvas_warp(255 - image, size, size, "letterbox")[0]).max() <= tolerance
+    assert np.abs(again.astype(int) - whole_canvas_warp(255 - image, size, size, mode)[0]).max() <= tolerance
 
 
-def test_a_frame_of_the_models_size_is_a_copy_in_either_fit_mode() -> None:
+def test_which_frame_sizes_are_copied() -> None:
     for mode in FIT_MODES:
         placement = place(192, 192, 192, 192, mode)
         assert placement.copies and (placement.rows, placement.cols) == (slice(0, 192), slice(0, 192))
-    assert not place(640, 480, 192, 192, "letterbox").copies
+    lores = place(192, 144, 192, 192, "letterbox")  # picamera2's lores stream for the full-range model
+    assert lores.copies and (lores.rows, lores.cols) == (slice(24, 168), slice(0, 192))
+    short = place(640, 480, 128, 128, "letterbox")  # every fifth pixel of every fifth row
+    assert short.samples == (slice(None, None, 5), slice(None, None, 5)) and short.rows == slice(16, 112)
+    assert place(1920, 1080, 192, 192, "letterbox").copies  # step 10, which 1 / 0.1 in floats is not
+    assert not place(640, 480, 192, 192, "letterbox").copies  # 10/3 frame pixels per model pixel
+    assert not place(192, 143, 192, 192, "letterbox").copies  # a half-pixel offset
     assert not place(96, 72, 192, 192, "letterbox").copies  # upscaled: a real warp
+
+
+@pytest.mark.parametrize("step", [1, 5])
+def test_copied_frames_may_be_views_with_any_strides(step: int) -> None:
+    """Tiles are row-strided views of the frame; a BGR-to-RGB flip is a view with reversed channels."""
+    size = 128
+    frame = np.random.default_rng(step).integers(0, 256, (96 * step + 40, size * step + 40, 3), dtype=np.uint8)
+    views = {"tile": frame[20:-20, 20:-20], "reversed channels": frame[20:-20, 20:-20, ::-1]}
+    for name, view in views.items():
+        fitter = Fitter(size, size, "letterbox")
+        canvas, _, _ = fitter.fit(view)
+        assert place(view.shape[1], view.shape[0], size, size, "letterbox").copies, name
+        assert np.array_equal(canvas, whole_canvas_warp(np.ascontiguousarray(view), size, size, "letterbox")[0]), name
 
 
 @pytest.mark.parametrize("name", ["face-landmark", "blazeface-short", "blazeface-full"])
