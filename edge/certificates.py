@@ -7,9 +7,11 @@ then rejects in the field.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -60,11 +62,15 @@ def load_certificates(data: bytes, what: str) -> list[x509.Certificate]:
                                f"expected at most {MAX_CHAIN_CERTIFICATES} certificates of "
                                f"{MAX_CERTIFICATE_BYTES // 1024} KiB each")
     try:
-        if PEM_MARKER in data:
-            certs = x509.load_pem_x509_certificates(data)
-        else:
-            certs = [x509.load_der_x509_certificate(data)]
-    except (ValueError, x509.InvalidVersion) as exc:
+        with warnings.catch_warnings():
+            # cryptography still reads what RFC 5280 forbids (a serial number that is not positive),
+            # with a deprecation warning, and will refuse it in a later release: refuse it now, alike.
+            warnings.simplefilter("error", CryptographyDeprecationWarning)
+            if PEM_MARKER in data:
+                certs = x509.load_pem_x509_certificates(data)
+            else:
+                certs = [x509.load_der_x509_certificate(data)]
+    except (ValueError, x509.InvalidVersion, CryptographyDeprecationWarning) as exc:
         raise CertificateError(f"{what} is not a readable X.509 certificate ({_first_line(exc)})",
                                "expected PEM ('-----BEGIN CERTIFICATE-----') or DER") from None
     if PEM_MARKER in data and len(certs) != _pem_blocks(data):

@@ -316,6 +316,19 @@ def test_malformed_certificate_file(device: Device, content: bytes, words: str) 
     assert re.search(words, failed(decision)["certificate"])
 
 
+def test_certificate_with_a_serial_number_that_is_not_positive(device: Device) -> None:
+    """RFC 5280 wants a positive serial; cryptography only warns today and will refuse later."""
+    der = bytearray(device.cert.public_bytes(serialization.Encoding.DER))
+    serial = device.cert.serial_number.to_bytes((device.cert.serial_number.bit_length() + 8) // 8, "big")
+    start = bytes(der).index(bytes([0x02, len(serial)]) + serial) + 2
+    der[start] |= 0x80  # the same length, now negative
+    (device.state_dir / "device.pem").write_bytes(bytes(der))
+    decision = decide(device)
+    assert decision.mode is Mode.DETECTION
+    assert "not a readable X.509 certificate" in failed(decision)["certificate"]
+    assert "serial" in failed(decision)["certificate"].lower()
+
+
 def test_certificate_over_16_kib(device: Device) -> None:
     big = x509.Extension(x509.ObjectIdentifier("1.3.6.1.4.1.55555.1"), False,
                          x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.55555.1"), b"\x04" * 17000))
