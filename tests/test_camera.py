@@ -7,10 +7,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from edge.camera import CameraConfig, Frame, VirtualCamera, lores_size, open_source
 from edge.errors import ConfigError, InputError
 from edge.pipeline import DetectorConfig, build_pipeline
+from edge.preprocess import place
 
 FAST = dict(fps=0.0)
 
@@ -162,3 +164,12 @@ def test_lores_stream_keeps_the_aspect_ratio_near_the_model_size() -> None:
     assert lores_size((640, 480), (192, 192)) == (192, 144)
     assert lores_size((1920, 1080), (128, 128)) == (128, 72)
     assert lores_size((160, 120), (192, 192)) == (160, 120)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(192, 4656), st.integers(192, 4656), st.sampled_from([128, 192]))
+def test_the_lores_stream_lands_in_the_model_without_a_warp(width: int, height: int, model: int) -> None:
+    """Even sizes with the longer side at the model's: the fitter copies the ISP's pixels as they are."""
+    lores = lores_size((width, height), (model, model))
+    assert max(lores) == model
+    assert place(*lores, model, model, "letterbox").samples == (slice(None, None, 1), slice(None, None, 1))
