@@ -11,10 +11,10 @@ import warnings
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import NameOID, SignatureAlgorithmOID
 
 from edge.errors import EdgeError

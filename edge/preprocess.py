@@ -62,10 +62,6 @@ class Placement:
     # (rows, columns) of the frame to copy when every sample lands on a pixel, else None: see `_pixel_steps`.
     samples: tuple[slice, slice] | None = None
 
-    @property
-    def copies(self) -> bool:
-        return self.samples is not None
-
 
 def _pixel_steps(width: int, height: int, model_width: int, model_height: int,
                  mode: str) -> tuple[int, int, int, int] | None:

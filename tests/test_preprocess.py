@@ -63,13 +63,14 @@ def test_frames_sampled_on_whole_pixels_are_copied_exactly_as_the_warp_would_sam
     w, h = (short_side * step, size * step) if portrait else (size * step, short_side * step)
     image = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
     placement = place(w, h, size, size, mode)
+    copied = placement.samples is not None
     if mode == "letterbox":
-        assert placement.copies == ((size - short_side) % 2 == 0)
+        assert copied == ((size - short_side) % 2 == 0)
     else:
-        assert placement.copies == (w % size == 0 and h % size == 0)
+        assert copied == (w % size == 0 and h % size == 0)
     fitter = Fitter(size, size, mode)
     fitter.fit(np.full((h, w + 3, 3), 255, np.uint8))  # a different size first: its pixels must not linger
-    tolerance = 0 if placement.copies else ROUNDING_LEVELS
+    tolerance = 0 if copied else ROUNDING_LEVELS
     canvas, fit, _ = fitter.fit(image)
     expected, expected_fit = whole_canvas_warp(image, size, size, mode)
     assert np.abs(canvas.astype(int) - expected).max() <= tolerance
@@ -82,15 +83,15 @@ def test_frames_sampled_on_whole_pixels_are_copied_exactly_as_the_warp_would_sam
 def test_which_frame_sizes_are_copied() -> None:
     for mode in FIT_MODES:
         placement = place(192, 192, 192, 192, mode)
-        assert placement.copies and (placement.rows, placement.cols) == (slice(0, 192), slice(0, 192))
+        assert placement.samples is not None and (placement.rows, placement.cols) == (slice(0, 192), slice(0, 192))
     lores = place(192, 144, 192, 192, "letterbox")  # picamera2's lores stream for the full-range model
-    assert lores.copies and (lores.rows, lores.cols) == (slice(24, 168), slice(0, 192))
+    assert lores.samples is not None and (lores.rows, lores.cols) == (slice(24, 168), slice(0, 192))
     short = place(640, 480, 128, 128, "letterbox")  # every fifth pixel of every fifth row
     assert short.samples == (slice(None, None, 5), slice(None, None, 5)) and short.rows == slice(16, 112)
-    assert place(1920, 1080, 192, 192, "letterbox").copies  # step 10, which 1 / 0.1 in floats is not
-    assert not place(640, 480, 192, 192, "letterbox").copies  # 10/3 frame pixels per model pixel
-    assert not place(192, 143, 192, 192, "letterbox").copies  # a half-pixel offset
-    assert not place(96, 72, 192, 192, "letterbox").copies  # upscaled: a real warp
+    assert place(1920, 1080, 192, 192, "letterbox").samples is not None  # step 10, which 1 / 0.1 in floats is not
+    assert place(640, 480, 192, 192, "letterbox").samples is None  # 10/3 frame pixels per model pixel
+    assert place(192, 143, 192, 192, "letterbox").samples is None  # a half-pixel offset
+    assert place(96, 72, 192, 192, "letterbox").samples is None  # upscaled: a real warp
 
 
 @pytest.mark.parametrize("step", [1, 5])
@@ -102,7 +103,7 @@ def test_copied_frames_may_be_views_with_any_strides(step: int) -> None:
     for name, view in views.items():
         fitter = Fitter(size, size, "letterbox")
         canvas, _, _ = fitter.fit(view)
-        assert place(view.shape[1], view.shape[0], size, size, "letterbox").copies, name
+        assert place(view.shape[1], view.shape[0], size, size, "letterbox").samples is not None, name
         assert np.array_equal(canvas, whole_canvas_warp(np.ascontiguousarray(view), size, size, "letterbox")[0]), name
 
 
