@@ -116,7 +116,8 @@ class Fitter:
     """Warps frames into a reusable model-sized canvas (no per-frame allocation).
 
     The placement is worked out once per frame size, and only the content
-    region is warped: the borders stay black from when the size last changed.
+    region is rewritten (warped, or copied when the warp would only sample
+    pixels): the borders stay black from when the size last changed.
     """
 
     def __init__(self, width: int, height: int, mode: str) -> None:
