@@ -243,8 +243,8 @@ class PoseRun:
 
 
 def our_pipeline(model: str, threads: int, pose: str) -> Any:
-    from edge.inference import DelegateConfig
-    from edge.pipeline import DetectorConfig, build_pipeline
+    from edge.vision.runtime import DelegateConfig
+    from edge.vision.pipeline import DetectorConfig, build_pipeline
 
     config = DetectorConfig(model=OUR_MODEL[model], delegate=DelegateConfig(kind="cpu", threads=threads), pose=pose)
     return build_pipeline(config)

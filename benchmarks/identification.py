@@ -27,15 +27,15 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 sys.path.insert(0, str(REPO / "tests"))
 
-from edge.audit import AuditLog  # noqa: E402
+from edge.trust.audit import AuditLog  # noqa: E402
 from edge.identify import IdentificationSession  # noqa: E402
 from edge.identify.align import align_face  # noqa: E402
 from edge.identify.embedding import FaceEmbedder  # noqa: E402
 from edge.identify.gallery import DEFAULT_MATCH_THRESHOLD  # noqa: E402
-from edge.pipeline import DetectorConfig, build_pipeline  # noqa: E402
-from edge.policy import PolicyGate  # noqa: E402
-from edge_pki import NOW, Pki, provision  # noqa: E402
-from identity_groups import GROUPS, MODELS  # noqa: E402
+from edge.vision.pipeline import DetectorConfig, build_pipeline  # noqa: E402
+from edge.policy.gate import PolicyGate  # noqa: E402
+from support.pki import NOW, Pki, provision  # noqa: E402
+from support.identity_groups import GROUPS, MODELS  # noqa: E402
 
 PERCENTILE = 95
 MS = 1000.0

@@ -27,17 +27,17 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge import serialize
-from edge.broker import MosquittoBroker, make_throwaway_pki
-from edge.camera import CameraConfig, Frame, open_source
-from edge.config import DeviceConfig, HealthConfig, HomeAssistantConfig, ServiceConfig
-from edge.detection import Box, Detection, Face, HeadPose
-from edge.health import percentile
-from edge.observation import observe
-from edge.outbox import Outbox, OutboxConfig
-from edge.pipeline import DetectorConfig, build_pipeline
-from edge.publish import MqttConfig, Publisher
-from edge.service import RunLimits, Service, status_for
+from edge.wire import serialize
+from edge.demo.broker import MosquittoBroker, make_throwaway_pki
+from edge.sources.camera import CameraConfig, Frame, open_source
+from edge.app.config import DeviceConfig, HealthConfig, HomeAssistantConfig, ServiceConfig
+from edge.vision.detection import Box, Detection, Face, HeadPose
+from edge.delivery.health import percentile
+from edge.wire.observation import observe
+from edge.delivery.outbox import Outbox, OutboxConfig
+from edge.vision.pipeline import DetectorConfig, build_pipeline
+from edge.delivery.publish import MqttConfig, Publisher
+from edge.app.service import RunLimits, Service, status_for
 
 DEVICE = "bench-cam"
 SUBSCRIBER = "bench-subscriber"

@@ -28,10 +28,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import load_rgb, require_shared, skimage_data_dir  # noqa: E402
 
-from edge.inference import DelegateConfig  # noqa: E402
-from edge.landmarks import LandmarkPose, to_frame  # noqa: E402
-from edge.pipeline import DetectorConfig, build_pipeline  # noqa: E402
-from edge.pose import (  # noqa: E402
+from edge.vision.runtime import DelegateConfig  # noqa: E402
+from edge.pose.landmarks import LandmarkPose, to_frame  # noqa: E402
+from edge.vision.pipeline import DetectorConfig, build_pipeline  # noqa: E402
+from edge.pose.fit import (  # noqa: E402
     KEYPOINT_MODEL,
     LANDMARK_MODEL,
     KeypointPose,

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import cv2
 
-from edge.pipeline import DetectorConfig, build_pipeline
-from edge.preprocess import letterbox
-from edge.tiling import tile_grid
+from edge.vision.pipeline import DetectorConfig, build_pipeline
+from edge.vision.preprocess import letterbox
+from edge.vision.tiling import tile_grid
 
 SHARED_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "images"
 SIZES = ((1280, 720), (1920, 1080))

@@ -1,7 +1,7 @@
 """Render docs/head-pose.png: the generic face projected at each sign of each angle.
 
 Why rendered, not drawn: the picture is made by the same model, rotation and
-projection the firmware uses (`edge.pose`), so it cannot drift from the code.
+projection the firmware uses (`edge.pose.fit`), so it cannot drift from the code.
 
     .venv/bin/python docs/head_pose_figure.py [--output docs/head-pose.png]
 """
@@ -13,8 +13,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.detection import HeadPose
-from edge.pose import FACE_MODEL, camera_for, pose_to_rotation
+from edge.vision.detection import HeadPose
+from edge.pose.fit import FACE_MODEL, camera_for, pose_to_rotation
 
 PANEL = 260
 DISTANCE_MM = 380.0

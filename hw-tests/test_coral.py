@@ -15,12 +15,12 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.inference import EDGETPU_LIBRARY, DelegateConfig, edgetpu_devices, library_problem
-from edge.pipeline import DetectorConfig, Pipeline, build_pipeline
+from edge.vision.runtime import EDGETPU_LIBRARY, DelegateConfig, edgetpu_devices, library_problem
+from edge.vision.pipeline import DetectorConfig, Pipeline, build_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MODELS = REPO.parent / "shared" / "models"
-SAMPLE = REPO / "edge" / "data" / "astronaut.png"
+SAMPLE = REPO / "edge" / "demo" / "astronaut.png"
 TIMED_RUNS = 100
 EXTERNAL_DELEGATE_ENV = "EDGE_EXTERNAL_DELEGATE"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.camera import CameraConfig, lores_size, open_source
+from edge.sources.camera import CameraConfig, lores_size, open_source
 
 MODEL_SIZE = (192, 192)
 FRAMES = 30
@@ -48,7 +48,7 @@ def test_camera_delivers_rgb_frames_at_the_requested_lores_size() -> None:
 
 
 def test_camera_frames_reach_the_detector() -> None:
-    from edge.pipeline import DetectorConfig, build_pipeline
+    from edge.vision.pipeline import DetectorConfig, build_pipeline
 
     pipeline = build_pipeline(DetectorConfig(pose="keypoints"))
     with open_source(CameraConfig(source="picamera2"), model_size=MODEL_SIZE) as source:

@@ -11,10 +11,10 @@ from pathlib import Path
 import cv2
 import pytest
 
-from edge.inference import load_runtime
-from edge.pipeline import DetectorConfig, build_pipeline
+from edge.vision.runtime import load_runtime
+from edge.vision.pipeline import DetectorConfig, build_pipeline
 
-SAMPLE = Path(__file__).resolve().parents[1] / "edge" / "data" / "astronaut.png"
+SAMPLE = Path(__file__).resolve().parents[1] / "edge" / "demo" / "astronaut.png"
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("tflite_runtime") is None,
                                 reason="tflite_runtime is not installed (pip install tflite-runtime on a numpy-1 image)")

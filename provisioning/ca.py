@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from edge.certificates import GRANT_OID, check_public_key, read_device_identity
-from edge.grant import EdgeGrant, device_uri, encode_grant
+from edge.trust.certificates import GRANT_OID, check_public_key, read_device_identity
+from edge.trust.grant import EdgeGrant, device_uri, encode_grant
 
 ROOT_PATH_LENGTH = 1  # root -> provisioning CA -> device
 PROVISIONING_PATH_LENGTH = 0

@@ -19,7 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from edge.certificates import (
+from edge.trust.certificates import (
     CertificateError,
     check_certificate_profile,
     common_name,
@@ -29,8 +29,8 @@ from edge.certificates import (
     read_device_identity,
     spki,
 )
-from edge.errors import run_handler
-from edge.grant import (
+from edge.common.errors import run_handler
+from edge.trust.grant import (
     CAPABILITY_DETECTION,
     CAPABILITY_IDENTIFICATION,
     DEVICE_URI_PREFIX,
@@ -38,10 +38,10 @@ from edge.grant import (
     GrantError,
     check_device_id,
 )
-from edge.identity import IdentityError, build_csr, load_device_key, load_or_create_device_key
-from edge.policy import FIRMWARE_POLICY_VERSION, Mode
-from edge.revocation import check_crl_signature, crl_number
-from edge.tags import TagClass, classify_tag, identification_blockers
+from edge.trust.device_key import IdentityError, build_csr, load_device_key, load_or_create_device_key
+from edge.policy.gate import FIRMWARE_POLICY_VERSION, Mode
+from edge.trust.revocation import check_crl_signature, crl_number
+from edge.trust.tags import TagClass, classify_tag, identification_blockers
 from provisioning import ca as builders
 from provisioning.errors import (
     EXIT_OK,
@@ -51,7 +51,7 @@ from provisioning.errors import (
     VerificationFailed,
 )
 from provisioning.report import decide_for, render
-from provisioning.secrets import PassphraseSource, load_encrypted_key, save_encrypted_key
+from provisioning.keystore import PassphraseSource, load_encrypted_key, save_encrypted_key
 
 PROG = "edge-provision"
 ROOT_CERT = "root-ca.pem"

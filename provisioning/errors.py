@@ -1,7 +1,7 @@
 """Refusals of `edge-provision`, each with the exit code documented in docs/provisioning.md."""
 from __future__ import annotations
 
-from edge.errors import EdgeError
+from edge.common.errors import EdgeError
 
 EXIT_OK = 0
 EXIT_USAGE = 2  # argparse's own code for a wrong command line

@@ -9,10 +9,10 @@ import datetime as dt
 
 from cryptography import x509
 
-from edge.certificates import read_device_identity
-from edge.errors import EdgeError
-from edge.policy import Mode, PolicyDecision, PolicyMaterial, evaluate
-from edge.tags import classify_tag
+from edge.trust.certificates import read_device_identity
+from edge.common.errors import EdgeError
+from edge.policy.gate import Mode, PolicyDecision, PolicyMaterial, evaluate
+from edge.trust.tags import classify_tag
 
 KEY_CHECK = "key"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.audit import GENESIS_HASH, AuditError, AuditLog, record_hash, verify_log
+from edge.trust.audit import GENESIS_HASH, AuditError, AuditLog, record_hash, verify_log
 
 
 def write(path: Path, n: int, on_append=None) -> list[dict[str, object]]:  # type: ignore[no-untyped-def]

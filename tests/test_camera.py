@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from edge.camera import CameraConfig, Frame, VirtualCamera, lores_size, open_source
-from edge.errors import ConfigError, InputError
-from edge.pipeline import DetectorConfig, build_pipeline
-from edge.preprocess import place
+from edge.sources.camera import CameraConfig, Frame, VirtualCamera, lores_size, open_source
+from edge.common.errors import ConfigError, InputError
+from edge.vision.pipeline import DetectorConfig, build_pipeline
+from edge.vision.preprocess import place
 
 FAST = dict(fps=0.0)
 

@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from edge.errors import ConfigError
-from edge.pipeline import DetectorConfig
+from edge.common.errors import ConfigError
+from edge.vision.pipeline import DetectorConfig
 
-from conftest import REPO
+from support.data import REPO
 
 ALLOWED_FACE_FIELDS = {"box", "score", "pose"}
 
 
 def edge_camera(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edge.cli", *args], capture_output=True, text=True, cwd=REPO, timeout=120)
+    return subprocess.run([sys.executable, "-m", "edge.app.cli", *args], capture_output=True, text=True, cwd=REPO, timeout=120)
 
 
 def test_detect_prints_only_anonymised_observations(shared_images: Path) -> None:

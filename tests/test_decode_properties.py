@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from edge.decode import Candidate
-from edge.decode.blazeface import BlazeFaceDecoder
-from edge.decode.nms import hard_nms, iou, weighted_nms
-from edge.decode.ulfd import UlfdDecoder
-from edge.models import REPO_MODELS
-from edge.preprocess import Fit
-from edge.tiling import tile_grid
+from edge.vision.decode import Candidate
+from edge.vision.decode.blazeface import BlazeFaceDecoder
+from edge.vision.decode.nms import hard_nms, iou, weighted_nms
+from edge.vision.decode.ulfd import UlfdDecoder
+from edge.vision.manifest import REPO_MODELS
+from edge.vision.preprocess import Fit
+from edge.vision.tiling import tile_grid
 
 MANIFEST = json.loads((REPO_MODELS / "manifest.json").read_text())["models"]
 SHORT = BlazeFaceDecoder.from_manifest(MANIFEST["blazeface-short"])
@@ -115,7 +115,7 @@ def test_tiles_always_cover_the_frame_and_stay_inside_it(width: int, height: int
 def test_blazeface_decoding_matches_mediapipes_formulas() -> None:
     """The folded per-anchor arithmetic against the textbook decoding, written out with numpy:
     model coordinates = raw / scale * anchor size + anchor centre, then back through the fit."""
-    from edge.decode.blazeface import ssd_anchors
+    from edge.vision.decode.blazeface import ssd_anchors
 
     params = MANIFEST["blazeface-full"]
     decoder = BlazeFaceDecoder.from_manifest(params)

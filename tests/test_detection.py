@@ -8,12 +8,12 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.decode import Candidate
-from edge.decode.nms import hard_nms, weighted_nms
-from edge.detection import Box
-from edge.pipeline import DetectorConfig, Pipeline, build_pipeline
+from edge.vision.decode import Candidate
+from edge.vision.decode.nms import hard_nms, weighted_nms
+from edge.vision.detection import Box
+from edge.vision.pipeline import DetectorConfig, Pipeline, build_pipeline
 
-from conftest import REPO, load_rgb, skimage_data
+from support.data import REPO, load_rgb, skimage_data
 
 FIXTURE = REPO / "tests" / "fixtures" / "mediapipe_full_range.json"
 LFW_SIZE = 64

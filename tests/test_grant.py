@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pyasn1.codec.ber import encoder as ber_encoder
 
-from edge.grant import (
+from edge.trust.grant import (
     GRANT_OID_DOTTED,
     EdgeGrant,
     GrantError,

@@ -16,9 +16,9 @@ from cryptography.hazmat.primitives import serialization
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import load_rgb
-from edge.audit import AuditLog, verify_log
-from edge.errors import ModelError
+from support.data import load_rgb
+from edge.trust.audit import AuditLog, verify_log
+from edge.common.errors import ModelError
 from edge.identify import IdentificationRefused, IdentificationSession
 from edge.identify.align import ALIGNED_SIZE, similarity_transform
 from edge.identify.embedding import FaceEmbedder
@@ -31,10 +31,10 @@ from edge.identify.gallery import (
     GalleryFile,
     Identifier,
 )
-from edge.pipeline import DetectorConfig, Pipeline, build_pipeline
-from edge.policy import Mode, PolicyGate
-from edge_pki import DAY, NOW, Pki, provision
-from identity_groups import GROUPS, MODELS
+from edge.vision.pipeline import DetectorConfig, Pipeline, build_pipeline
+from edge.policy.gate import Mode, PolicyGate
+from support.pki import DAY, NOW, Pki, provision
+from support.identity_groups import GROUPS, MODELS
 
 REPO = Path(__file__).resolve().parents[1]
 

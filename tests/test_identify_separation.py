@@ -11,8 +11,8 @@ import edge
 
 REPO = Path(__file__).resolve().parents[1]
 # The detection path by name; each one present must load without edge.identify.
-DETECTION_MODULES = ("edge.pipeline", "edge.publish", "edge.camera", "edge.inference", "edge.observation",
-                     "edge.track", "edge.pose", "edge.service", "edge.cli", "edge.policy", "edge.policy_cli")
+DETECTION_MODULES = ("edge.vision.pipeline", "edge.delivery.publish", "edge.sources.camera", "edge.vision.runtime", "edge.wire.observation",
+                     "edge.wire.track", "edge.pose.fit", "edge.app.service", "edge.app.cli", "edge.policy.gate", "edge.app.policy_commands")
 
 
 def _edge_modules() -> list[str]:
@@ -53,7 +53,7 @@ def test_no_module_outside_identify_imports_it_at_import_time() -> None:
 def test_importing_the_detection_path_does_not_load_identify() -> None:
     """A fresh interpreter imports every edge module but edge.identify; identify must stay unloaded."""
     modules = sorted(set(_edge_modules()) | {m for m in DETECTION_MODULES if _exists(m)})
-    assert "edge.pipeline" in modules and "edge.publish" in modules
+    assert "edge.vision.pipeline" in modules and "edge.delivery.publish" in modules
     script = (
         "import importlib, sys, json\n"
         f"mods = {modules!r}\n"
@@ -72,7 +72,7 @@ def test_importing_the_detection_path_does_not_load_identify() -> None:
 
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["loaded"] == [], f"detection path loaded {report['loaded']}"
-    core = {m: report["failed"][m] for m in ("edge.pipeline", "edge.publish", "edge.policy") if m in report["failed"]}
+    core = {m: report["failed"][m] for m in ("edge.vision.pipeline", "edge.delivery.publish", "edge.policy.gate") if m in report["failed"]}
     assert not core, f"detection-path modules failed to import, so the check above proved nothing: {core}"
 
 

@@ -10,8 +10,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from edge.grant import GrantError
-from edge.identity import IdentityError, build_csr, load_device_key, load_or_create_device_key
+from edge.trust.grant import GrantError
+from edge.trust.device_key import IdentityError, build_csr, load_device_key, load_or_create_device_key
 
 
 def test_key_created_once_with_private_mode(tmp_path: Path) -> None:

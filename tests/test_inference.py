@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.errors import AcceleratorError, ConfigError, ModelError
-from edge.inference import (
+from edge.common.errors import AcceleratorError, ConfigError, ModelError
+from edge.vision.runtime import (
     DelegateConfig,
     PixelTransform,
     TensorCodec,
@@ -16,8 +16,8 @@ from edge.inference import (
     library_problem,
     load_runtime,
 )
-from edge.models import load_manifest
-from edge.pipeline import DetectorConfig, build_pipeline, open_detector_runner
+from edge.vision.manifest import load_manifest
+from edge.vision.pipeline import DetectorConfig, build_pipeline, open_detector_runner
 
 
 def test_litert_is_preferred_and_reported() -> None:

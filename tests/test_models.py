@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from edge.errors import ModelError
-from edge.models import REPO_MODELS, file_sha256, load_manifest, locate, parse_manifest, search_dirs
-from edge.decode.blazeface import ssd_anchors
+from edge.common.errors import ModelError
+from edge.vision.manifest import REPO_MODELS, file_sha256, load_manifest, locate, parse_manifest, search_dirs
+from edge.vision.decode.blazeface import ssd_anchors
 
 MANIFEST = json.loads((REPO_MODELS / "manifest.json").read_text())
 

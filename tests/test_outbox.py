@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.errors import ConfigError
-from edge.outbox import Outbox, OutboxConfig
+from edge.common.errors import ConfigError
+from edge.delivery.outbox import Outbox, OutboxConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -88,7 +88,7 @@ def test_sigkill_leaves_outbox_consistent(tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
         import json, sys, time
         sys.path.insert(0, {str(REPO)!r})
-        from edge.outbox import Outbox
+        from edge.delivery.outbox import Outbox
         box = Outbox({str(tmp_path / 'outbox.db')!r})
         box.start()
         print("ready", flush=True)
@@ -132,7 +132,7 @@ def test_config_errors_name_the_problem(data: dict, fragment: str) -> None:
 
 
 def test_unusable_state_directory_is_a_clear_error(tmp_path: Path) -> None:
-    from edge.errors import EdgeError
+    from edge.common.errors import EdgeError
 
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")

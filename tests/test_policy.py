@@ -15,13 +15,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from edge.audit import AuditLog, verify_log
-from edge.certificates import GRANT_OID
-from edge.errors import ConfigError
-from edge.grant import encode_grant
+from edge.trust.audit import AuditLog, verify_log
+from edge.trust.certificates import GRANT_OID
+from edge.common.errors import ConfigError
+from edge.trust.grant import encode_grant
 from edge.identify import IdentificationRefused, IdentificationSession
-from edge.identity import build_csr
-from edge.policy import (
+from edge.trust.device_key import build_csr
+from edge.policy.gate import (
     FIRMWARE_BUILD_TIME,
     IdentificationGrant,
     Mode,
@@ -29,7 +29,7 @@ from edge.policy import (
     PolicyGate,
     is_gate_issued,
 )
-from edge_pki import DAY, NOW, Device, Pki, grant, provision, resign
+from support.pki import DAY, NOW, Device, Pki, grant, provision, resign
 
 
 @pytest.fixture(scope="module")
@@ -199,8 +199,8 @@ def test_critical_grant_extension(device: Device) -> None:
 
 
 def test_duplicated_grant_extension(device: Device) -> None:
-    from edge.certificates import read_grant_extension
-    from edge.grant import GrantError
+    from edge.trust.certificates import read_grant_extension
+    from edge.trust.grant import GrantError
 
     dup = _with_duplicate_grant(device)
     with pytest.raises(GrantError, match="repeats extension"):

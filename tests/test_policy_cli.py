@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from edge.audit import AuditError
-from edge.errors import ConfigError, EdgeError
-from edge.policy_cli import add_parsers
-from edge_pki import Pki, grant
+from edge.trust.audit import AuditError
+from edge.common.errors import ConfigError, EdgeError
+from edge.app.policy_commands import add_parsers
+from support.pki import Pki, grant
 
 
 def run(argv: list[str]) -> int:
-    """What edge/cli.py's main does with these subcommands."""
+    """What edge/app/cli.py's main does with these subcommands."""
     parser = argparse.ArgumentParser(prog="edge-camera")
     add_parsers(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
@@ -50,8 +50,8 @@ def install_crl(pki: Pki, state: Path) -> None:
 def issue_now(tmp_path: Path, pki: Pki, **kwargs: object):  # type: ignore[no-untyped-def]
     import datetime as dt
 
-    from edge.identity import build_csr, load_or_create_device_key
-    from edge_pki import Device
+    from edge.trust.device_key import build_csr, load_or_create_device_key
+    from support.pki import Device
 
     state = tmp_path / "state"
     key = load_or_create_device_key(state)

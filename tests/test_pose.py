@@ -19,12 +19,12 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from edge.detection import Box, Detection, HeadPose
-from edge.errors import ConfigError, InputError
-from edge.inference import DelegateConfig
-from edge.landmarks import LandmarkPose, as_matrix, crop_map, pixel_centred, to_frame
-from edge.pipeline import DetectorConfig, build_pipeline
-from edge.pose import (
+from edge.vision.detection import Box, Detection, HeadPose
+from edge.common.errors import ConfigError, InputError
+from edge.vision.runtime import DelegateConfig
+from edge.pose.landmarks import LandmarkPose, as_matrix, crop_map, pixel_centred, to_frame
+from edge.vision.pipeline import DetectorConfig, build_pipeline
+from edge.pose.fit import (
     FACE_MODEL,
     KEYPOINT_MODEL,
     MESH_POINTS,
@@ -39,7 +39,7 @@ from edge.pose import (
     pose_to_rotation,
     rotation_to_pose,
 )
-from conftest import load_rgb, skimage_data
+from support.data import load_rgb, skimage_data
 
 # Mesh indices used to judge signs from the projected picture.
 NOSE_TIP, RIGHT_EYE_OUTER, LEFT_EYE_OUTER, RIGHT_EAR_LEVEL, LEFT_EAR_LEVEL = 1, 33, 263, 234, 454

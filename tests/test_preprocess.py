@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from edge.inference import Runner, cpu_runner, load_runtime
-from edge.models import load_manifest, locate, search_dirs
-from edge.pipeline import DetectorConfig, build_pipeline
-from edge.preprocess import FIT_MODES, Fit, Fitter, place
+from edge.vision.runtime import Runner, cpu_runner, load_runtime
+from edge.vision.manifest import load_manifest, locate, search_dirs
+from edge.vision.pipeline import DetectorConfig, build_pipeline
+from edge.vision.preprocess import FIT_MODES, Fit, Fitter, place
 
-from conftest import load_rgb
+from support.data import load_rgb
 
 # OpenCV's warp works in 1/1024-pixel fixed point; moving the destination origin
 # can round a coordinate the other way, which moves a pixel by at most one level.

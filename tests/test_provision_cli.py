@@ -179,7 +179,7 @@ def test_malformed_csr(ca: Path, tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 
 def test_csr_with_wrong_curve(ca: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from edge.identity import build_csr
+    from edge.trust.device_key import build_csr
 
     bad = tmp_path / "p384.csr"
     bad.write_bytes(build_csr(ec.generate_private_key(ec.SECP384R1()), "cam-1"))  # type: ignore[arg-type]

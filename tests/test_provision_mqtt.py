@@ -18,9 +18,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.broker import DEFAULT_TOPIC_ROOT, Credentials, MosquittoBroker, ThrowawayPki, make_throwaway_pki
-from edge.identity import build_csr, load_or_create_device_key
-from edge_pki import Pki, grant, pem
+from edge.demo.broker import DEFAULT_TOPIC_ROOT, Credentials, MosquittoBroker, ThrowawayPki, make_throwaway_pki
+from edge.trust.device_key import build_csr, load_or_create_device_key
+from support.pki import Pki, grant, pem
 
 WAIT_S = 15.0
 QOS = 1

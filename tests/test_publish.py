@@ -11,17 +11,16 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge import serialize
-from edge.audit import AuditLog
-from edge.broker import EmbeddedBroker
-from edge.detection import Box, Detection, Face, HeadPose
-from edge.observation import observe
-from edge.outbox import Outbox, OutboxConfig
-from edge.publish import Publisher, backoff_delay
-from mosquitto import (OPERATOR, BrokerUnderTest, Subscriber, client_context, first_occurrences, mosquitto, pki,  # noqa: F401
-                       wait_until)
+from edge.wire import serialize
+from edge.trust.audit import AuditLog
+from edge.demo.broker import EmbeddedBroker
+from edge.vision.detection import Box, Detection, Face, HeadPose
+from edge.wire.observation import observe
+from edge.delivery.outbox import Outbox, OutboxConfig
+from edge.delivery.publish import Publisher, backoff_delay
+from support.mosquitto import OPERATOR, BrokerUnderTest, Subscriber, client_context, first_occurrences, wait_until
 
-SCHEMAS = Path(__file__).resolve().parents[1] / "edge" / "schemas"
+SCHEMAS = Path(__file__).resolve().parents[1] / "edge" / "wire" / "schemas"
 STATUS = serialize.DeviceStatus(mode="detection", model="blazeface-full", accelerator="cpu", firmware="0.1.0")
 FACE = Face(Detection(Box(0.25, 0.2, 0.3, 0.4), 0.934, ), HeadPose(12.4, -3.6, 1.2))
 
@@ -194,7 +193,7 @@ def test_device_receives_the_retained_crl_and_nothing_else(tmp_path: Path, mosqu
 
 
 def test_shipped_example_acl_is_the_tested_one() -> None:
-    from edge.broker import acl_text
+    from edge.demo.broker import acl_text
 
     shipped = (Path(__file__).resolve().parents[1] / "systemd" / "mosquitto-edge.acl").read_text()
     rules = [line for line in shipped.splitlines() if line and not line.startswith("#")]
@@ -208,8 +207,8 @@ def test_shipped_example_acl_is_the_tested_one() -> None:
 
 
 def test_unreadable_tls_material_is_a_configuration_error(tmp_path: Path, mosquitto: BrokerUnderTest) -> None:
-    from edge.errors import ConfigError
-    from edge.publish import tls_context
+    from edge.common.errors import ConfigError
+    from edge.delivery.publish import tls_context
 
     with pytest.raises(ConfigError, match=r"\[mqtt\] ca"):
         tls_context(mosquitto.device_config("cam-a", ca=str(tmp_path / "missing.pem")))

@@ -11,9 +11,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge.audit import AuditLog, verify_log
-from edge.revocation import CrlOutcome, CrlStore, HELD_CRL_FILE
-from edge_pki import DAY, NOW, Pki, resign
+from edge.trust.audit import AuditLog, verify_log
+from edge.trust.revocation import CrlOutcome, CrlStore, HELD_CRL_FILE
+from support.pki import DAY, NOW, Pki, resign
 
 
 @pytest.fixture(scope="module")

@@ -11,15 +11,15 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge import serialize
-from edge.config import refuse_retired_attributes
-from edge.detection import Box, Detection, Face, HeadPose
-from edge.errors import ConfigError
-from edge.observation import Observation, Pose, observe
-from edge.track import Tracker, initial_state, step
+from edge.wire import serialize
+from edge.app.config import refuse_retired_attributes
+from edge.vision.detection import Box, Detection, Face, HeadPose
+from edge.common.errors import ConfigError
+from edge.wire.observation import Observation, Pose, observe
+from edge.wire.track import Tracker, initial_state, step
 
 REPO = Path(__file__).resolve().parents[1]
-SCHEMAS = REPO / "edge" / "schemas"
+SCHEMAS = REPO / "edge" / "wire" / "schemas"
 ASYNCAPI = REPO / "docs" / "asyncapi.yaml"
 TOP_FIELDS = {"device", "seq", "frame", "captured", "faces"}
 FACE_FIELDS = {"box", "score", "pose", "track"}
@@ -188,7 +188,7 @@ def test_ordinary_keys_are_not_mistaken_for_attributes() -> None:
 
 
 def test_health_figures() -> None:
-    from edge.health import FrameStats, parse_throttled, percentile
+    from edge.delivery.health import FrameStats, parse_throttled, percentile
 
     assert percentile([], 50) is None
     assert percentile([5.0, 1.0, 3.0, 2.0, 4.0], 50) == 3.0
@@ -217,8 +217,8 @@ def test_health_figures() -> None:
     ("homeassistant", {"enabled": "yes"}, "enabled"),
 ])
 def test_service_sections_name_what_is_wrong(section: str, data: dict, fragment: str) -> None:
-    from edge.config import DeviceConfig, HealthConfig, HomeAssistantConfig
-    from edge.publish import MqttConfig
+    from edge.app.config import DeviceConfig, HealthConfig, HomeAssistantConfig
+    from edge.delivery.publish import MqttConfig
 
     parse = {"device": DeviceConfig.from_mapping, "mqtt": MqttConfig.from_mapping,
              "health": HealthConfig.from_mapping, "homeassistant": HomeAssistantConfig.from_mapping}[section]
@@ -227,7 +227,7 @@ def test_service_sections_name_what_is_wrong(section: str, data: dict, fragment:
 
 
 def test_service_config_file_refuses_retired_attributes_at_start_up(tmp_path: Path) -> None:
-    from edge.config import load
+    from edge.app.config import load
 
     path = tmp_path / "edge-camera.toml"
     path.write_text('[device]\nid = "cam-a"\nstate_dir = "/tmp/x"\n[detector]\nmodel = "blazeface-full"\n'
@@ -243,7 +243,7 @@ def test_service_config_file_refuses_retired_attributes_at_start_up(tmp_path: Pa
 
 
 def test_shipped_example_configuration_is_valid() -> None:
-    from edge.config import load
+    from edge.app.config import load
 
     config = load(REPO / "systemd" / "edge-camera.toml")
     assert config.device.id == "cam-lobby-1"

@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 import skimage.data
 
-from edge.config import DeviceConfig, HealthConfig, HomeAssistantConfig, ServiceConfig
-from edge.outbox import Outbox, OutboxConfig
-from edge.pipeline import DetectorConfig, build_pipeline
-from edge.publish import MqttConfig
-from edge.service import OUTBOX_FILE, RunLimits, Service, status_for
-from mosquitto import BrokerUnderTest, Subscriber, first_occurrences, mosquitto, pki, wait_until  # noqa: F401
+from edge.app.config import DeviceConfig, HealthConfig, HomeAssistantConfig, ServiceConfig
+from edge.delivery.outbox import Outbox, OutboxConfig
+from edge.vision.pipeline import DetectorConfig, build_pipeline
+from edge.delivery.publish import MqttConfig
+from edge.app.service import OUTBOX_FILE, RunLimits, Service, status_for
+from support.mosquitto import BrokerUnderTest, Subscriber, first_occurrences, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 FRAME_INTERVAL_S = 1 / 30
@@ -134,11 +134,11 @@ SERVICE_SCRIPT = textwrap.dedent("""
     import itertools, sys, time
     sys.path[:0] = [{repo!r}, {tests!r}]
     import numpy as np, skimage.data
-    from edge.config import DeviceConfig, HealthConfig, HomeAssistantConfig, ServiceConfig
-    from edge.outbox import OutboxConfig
-    from edge.pipeline import DetectorConfig, build_pipeline
-    from edge.publish import MqttConfig
-    from edge.service import Service, status_for
+    from edge.app.config import DeviceConfig, HealthConfig, HomeAssistantConfig, ServiceConfig
+    from edge.delivery.outbox import OutboxConfig
+    from edge.vision.pipeline import DetectorConfig, build_pipeline
+    from edge.delivery.publish import MqttConfig
+    from edge.app.service import Service, status_for
     from test_service import StillFrame
 
     mqtt = MqttConfig.from_mapping({mqtt!r})
@@ -224,15 +224,15 @@ def test_policy_audit_and_fleet_crl_flow_over_mqtt(tmp_path: Path, mosquitto: Br
     from cryptography.hazmat.primitives import serialization
     from paho.mqtt.enums import CallbackAPIVersion
 
-    from edge.service import attach_policy
-    from edge_pki import Pki, provision
-    from mosquitto import OPERATOR, client_context
+    from edge.app.service import attach_policy
+    from support.pki import Pki, provision
+    from support.mosquitto import OPERATOR, client_context
 
     now = dt.datetime.now(dt.timezone.utc)
     pki_ = Pki.create(now)
     device = provision(tmp_path, pki_, device_id="cam-a")
     config = service_config(tmp_path / "state", mosquitto.device_config("cam-a"))
-    audit_schema = jsonschema.Draft202012Validator(json.loads((REPO / "edge" / "schemas" / "audit.json").read_text()))
+    audit_schema = jsonschema.Draft202012Validator(json.loads((REPO / "edge" / "wire" / "schemas" / "audit.json").read_text()))
     with Subscriber(mosquitto.broker, mosquitto.pki) as sub:
         service = Service(config, status_for(pipeline))
         attach_policy(service, device.config)
@@ -272,7 +272,7 @@ def test_demo_end_to_end(broker_flag: list[str]) -> None:
     """`edge-camera demo`: virtual camera, real pipeline, private broker, a subscriber printing what arrives."""
     import jsonschema
 
-    proc = subprocess.run([sys.executable, "-m", "edge.cli", "demo", "--frames", "20", "--json", *broker_flag],
+    proc = subprocess.run([sys.executable, "-m", "edge.app.cli", "demo", "--frames", "20", "--json", *broker_flag],
                           capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     assert "none missing" in proc.stdout
@@ -281,7 +281,7 @@ def test_demo_end_to_end(broker_flag: list[str]) -> None:
     assert seqs == list(range(1, 21))
     for topic, message in messages:
         name = topic.rsplit("/", 1)[-1]
-        schema = json.loads((REPO / "edge" / "schemas" / f"{name}.json").read_text())
+        schema = json.loads((REPO / "edge" / "wire" / "schemas" / f"{name}.json").read_text())
         jsonschema.Draft202012Validator(schema).validate(message)
 
 
@@ -307,7 +307,7 @@ def test_run_command_with_a_config_file(tmp_path: Path, mosquitto: BrokerUnderTe
         enabled = true
     """))
     with Subscriber(mosquitto.broker, mosquitto.pki) as sub:
-        proc = subprocess.run([sys.executable, "-m", "edge.cli", "run", "--config", str(config)],
+        proc = subprocess.run([sys.executable, "-m", "edge.app.cli", "run", "--config", str(config)],
                               capture_output=True, text=True, timeout=120, cwd=REPO)
         assert proc.returncode == 0, proc.stderr
         assert wait_until(lambda: len(sub.seqs()) == 15)
@@ -315,7 +315,7 @@ def test_run_command_with_a_config_file(tmp_path: Path, mosquitto: BrokerUnderTe
     assert len(sub.on("/config")) == 2  # Home Assistant discovery
 
     config.write_text(config.read_text() + '[detector]\nattributes = ["smile"]\n')
-    refused = subprocess.run([sys.executable, "-m", "edge.cli", "run", "--config", str(config)],
+    refused = subprocess.run([sys.executable, "-m", "edge.app.cli", "run", "--config", str(config)],
                              capture_output=True, text=True, timeout=60, cwd=REPO)
     assert refused.returncode == 2
     assert "responsible-use rule" in refused.stderr and "Traceback" not in refused.stderr
@@ -324,7 +324,7 @@ def test_run_command_with_a_config_file(tmp_path: Path, mosquitto: BrokerUnderTe
 def test_policy_is_rechecked_when_its_decision_lapses_and_at_least_every_few_minutes() -> None:
     import datetime as dt
 
-    from edge.service import POLICY_RECHECK_MIN_S, POLICY_RECHECK_S, recheck_delay
+    from edge.app.service import POLICY_RECHECK_MIN_S, POLICY_RECHECK_S, recheck_delay
 
     now = dt.datetime(2027, 1, 1, tzinfo=dt.timezone.utc)
     assert recheck_delay(None, now) == POLICY_RECHECK_S
@@ -338,15 +338,15 @@ def test_the_gate_decides_again_on_its_own(tmp_path: Path, mosquitto: BrokerUnde
     """A device left alone re-decides without a signal or a CRL (a lapse, or a clock that became trusted)."""
     import datetime as dt
 
-    import edge.service
-    from edge.service import attach_policy
-    from edge_pki import Pki, provision
+    import edge.app.service
+    from edge.app.service import attach_policy
+    from support.pki import Pki, provision
 
-    monkeypatch.setattr(edge.service, "POLICY_RECHECK_S", 0.2)
+    monkeypatch.setattr(edge.app.service, "POLICY_RECHECK_S", 0.2)
     device = provision(tmp_path, Pki.create(dt.datetime.now(dt.timezone.utc)), device_id="cam-a")
     service = Service(service_config(tmp_path / "state", mosquitto.device_config("cam-a")), status_for(pipeline))
-    with caplog.at_level(logging.INFO, logger="edge.service"):
+    with caplog.at_level(logging.INFO, logger="edge.app.service"):
         attach_policy(service, device.config)
         # The audit log records a decision only when it changes; the service log records every one.
         assert wait_until(lambda: caplog.text.count("policy decision:") >= 3)
-    monkeypatch.setattr(edge.service, "POLICY_RECHECK_S", 3600.0)
+    monkeypatch.setattr(edge.app.service, "POLICY_RECHECK_S", 3600.0)

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge.errors import ConfigError
-from edge.tags import (
+from edge.common.errors import ConfigError
+from edge.trust.tags import (
     FOLDED_TAG_PATTERN,
     TagClass,
     Vocabulary,
@@ -35,7 +35,7 @@ def test_shipped_vocabulary_is_the_documented_one() -> None:
 
 
 def test_vocabulary_is_shipped_as_package_data() -> None:
-    raw = resources.files("edge").joinpath("data", "deployment-tags.json").read_text(encoding="utf-8")
+    raw = resources.files("edge.trust").joinpath("deployment-tags.json").read_text(encoding="utf-8")
     assert json.loads(raw)["vocabulary_version"] == default_vocabulary().version
 
 

@@ -7,12 +7,12 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.decode import Candidate
-from edge.pipeline import DetectorConfig, Pipeline, build_pipeline
-from edge.preprocess import Fit
-from edge.tiling import Tile, cut_by_inner_edge, tile_grid
+from edge.vision.decode import Candidate
+from edge.vision.pipeline import DetectorConfig, Pipeline, build_pipeline
+from edge.vision.preprocess import Fit
+from edge.vision.tiling import Tile, cut_by_inner_edge, tile_grid
 
-from conftest import load_rgb
+from support.data import load_rgb
 
 FRAME_W, FRAME_H = 1920, 1080
 FACE_WIDTHS = (24, 40)

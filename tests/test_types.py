@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO
+from support.data import REPO
 
 
 def test_mypy_finds_no_type_errors(tmp_path: Path) -> None:

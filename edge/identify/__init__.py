@@ -4,7 +4,7 @@ Why a separate subpackage: the detection path (camera, inference, pose,
 publish) never imports it, so a detection-only deployment does not even load
 identification code. Everything here starts from an `IdentificationSession`,
 and a session can only be opened with an `IdentificationGrant` that
-`edge.policy.PolicyGate.decide` issued (in the spirit of `cryptography`'s
+`edge.policy.gate.PolicyGate.decide` issued (in the spirit of `cryptography`'s
 hazmat separation).
 
 Modules: `align` (pure geometry), `embedding` (MobileFaceNet), `gallery`
@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-from edge.errors import EdgeError
-from edge.policy import IdentificationGrant, is_gate_issued
+from edge.common.errors import EdgeError
+from edge.policy.gate import IdentificationGrant, is_gate_issued
 
 
 class IdentificationRefused(EdgeError):

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.detection import Detection
-from edge.errors import ModelError
+from edge.vision.detection import Detection
+from edge.common.errors import ModelError
 from edge.identify import IdentificationSession, require_session
 from edge.identify.align import ALIGNED_SIZE, align_face
-from edge.inference import Runner, cpu_runner, load_runtime
+from edge.vision.runtime import Runner, cpu_runner, load_runtime
 
 EMBEDDING_SIZE = 128
 INPUT_SHAPE = (1, ALIGNED_SIZE, ALIGNED_SIZE, 3)

@@ -22,11 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from edge.audit import AuditLog
-from edge.errors import EdgeError
+from edge.trust.audit import AuditLog
+from edge.common.errors import EdgeError
 from edge.identify import IdentificationSession, require_session
 from edge.identify.embedding import EMBEDDING_SIZE
-from edge.tags import TagClass, classify_tag
+from edge.trust.tags import TagClass, classify_tag
 
 # BIPA: destroy at the latest three years after the last interaction.
 MAX_RETENTION = dt.timedelta(days=3 * 365)

@@ -1,0 +1,134 @@
+"""`edge-camera policy`, `audit verify` and `gallery list|erase|purge`: the gate, the audit log, erasure.
+
+Why separate from edge/app/cli.py: the lead's CLI stays about detection; this
+module only adds subcommands (`add_parsers`) and reads the `[policy]` section
+of the configuration file itself.
+"""
+from __future__ import annotations
+
+import argparse
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from edge.trust.audit import AuditError, AuditLog, verify_log
+from edge.app.config import DEFAULT_CONFIG
+from edge.common.errors import ConfigError
+from edge.policy.gate import Mode, PolicyConfig, PolicyGate
+
+EXIT_OK = 0
+POLICY_SECTION = "policy"
+
+
+def load_policy_config(path: Path) -> PolicyConfig:
+    try:
+        with open(path, "rb") as handle:
+            data: dict[str, Any] = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(str(path), "does not exist", "the camera's TOML configuration file") from None
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot be read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), f"is not valid TOML ({exc})") from None
+    if POLICY_SECTION not in data:
+        raise ConfigError(str(path), f"has no [{POLICY_SECTION}] section",
+                          "state_dir, trust_anchor, certificate (and optionally key, crl)")
+    return PolicyConfig.from_mapping(data[POLICY_SECTION])
+
+
+def cmd_policy(args: argparse.Namespace) -> int:
+    config = load_policy_config(Path(args.config))
+    gate = PolicyGate(config, audit=AuditLog(config.audit_log))
+    reload = gate.startup_crl
+    decision = gate.decide()
+    print(f"device      {decision.device_id or '(no usable certificate)'}")
+    print(f"mode        {decision.mode.value}")
+    if config.crl is not None:
+        print(f"local CRL   {reload.outcome.value}: {reload.reason}")
+    for check in decision.checks:
+        print(f"  [{' ok ' if check.ok else 'FAIL'}] {check.name}: {check.detail}")
+    if decision.mode is Mode.IDENTIFICATION:
+        print(f"identification allowed until {decision.valid_until:%Y-%m-%d %H:%M} UTC at the latest")
+    else:
+        print("identification is off for the reasons marked FAIL; detection keeps running")
+    return EXIT_OK
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    path = Path(args.log) if args.log else load_policy_config(Path(args.config)).audit_log
+    result = verify_log(path)
+    print(f"audit log   {path}")
+    print(f"records     {result.records}")
+    print(f"head        {result.head}")
+    if result.ok:
+        print("intact: every record follows the one before (compare the head with the last one the broker saw)")
+        return EXIT_OK
+    for problem in result.problems:
+        print(f"  {problem}")
+    raise AuditError(f"audit log {path} was altered or damaged ({len(result.problems)} problem(s) above)",
+                     "keep the file as evidence and compare with the records published on the audit topic")
+
+
+def _gallery(args: argparse.Namespace) -> Any:
+    """Imported here, on demand: the detection path never loads edge.identify (hence `Any`: not
+    even a type-checking import of it at module level, which tests/test_identify_separation.py forbids)."""
+    from edge.identify.gallery import GALLERY_FILE, GalleryFile
+
+    config = load_policy_config(Path(args.config))
+    return GalleryFile(config.state_dir / GALLERY_FILE, AuditLog(config.audit_log))
+
+
+def cmd_gallery_list(args: argparse.Namespace) -> int:
+    gallery = _gallery(args).load()
+    for item in sorted(gallery.enrollments, key=lambda e: (e.person_id, e.enrolled_at)):
+        print(f"{item.person_id}  consent {item.consent.reference} ({item.consent.obtained_at:%Y-%m-%d})  "
+              f"retained until {item.retention_until:%Y-%m-%d}  source {item.source}")
+    print(f"{len(gallery.people())} person(s), {len(gallery.enrollments)} enrolment(s)")
+    return EXIT_OK
+
+
+def cmd_gallery_erase(args: argparse.Namespace) -> int:
+    removed = _gallery(args).erase(args.person)
+    print(f"erased {removed} enrolment(s) of {args.person!r}" if removed else
+          f"nothing enrolled for {args.person!r}; the erasure is recorded in the audit log")
+    return EXIT_OK
+
+
+def cmd_gallery_purge(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    expired = _gallery(args).purge_expired(dt.datetime.now(dt.timezone.utc))
+    print(f"erased {len(expired)} person(s) past their retention date" + (f": {', '.join(expired)}" if expired else ""))
+    return EXIT_OK
+
+
+def add_parsers(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """Add `policy`, `audit verify` and `gallery ...` to the edge-camera command line (handlers set as `func`).
+
+    Erasure works whatever the mode: deleting biometric data never needs a grant."""
+    policy = subparsers.add_parser("policy", help="print the effective mode (detection or identification) "
+                                                  "and every reason")
+    policy.add_argument("--config", default=str(DEFAULT_CONFIG),
+                        help=f"the camera's TOML configuration, its [policy] section (default {DEFAULT_CONFIG})")
+    policy.set_defaults(func=cmd_policy)
+
+    audit = subparsers.add_parser("audit", help="work with the tamper-evident audit log")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_sub.add_parser("verify", help="check that no record was edited, inserted or deleted")
+    source = verify.add_mutually_exclusive_group()
+    source.add_argument("--config", default=str(DEFAULT_CONFIG),
+                        help=f"the camera's TOML configuration, audit.log in its state_dir (default {DEFAULT_CONFIG})")
+    source.add_argument("--log", help="an audit log file")
+    verify.set_defaults(func=cmd_audit_verify)
+
+    gallery = subparsers.add_parser("gallery", help="the identification gallery: list, erase a person, purge expired")
+    gallery_sub = gallery.add_subparsers(dest="gallery_command", required=True)
+    for name, func, text in (("list", cmd_gallery_list, "list enrolled people with consent and retention"),
+                             ("erase", cmd_gallery_erase, "erase every enrolment of one person, now"),
+                             ("purge", cmd_gallery_purge, "erase everyone past their retention date")):
+        command = gallery_sub.add_parser(name, help=text)
+        command.add_argument("--config", default=str(DEFAULT_CONFIG),
+                             help=f"the camera's TOML configuration, [policy] state_dir (default {DEFAULT_CONFIG})")
+        if name == "erase":
+            command.add_argument("--person", required=True, help="the person id given at enrolment")
+        command.set_defaults(func=func)

@@ -1,0 +1,1 @@
+"""What every part shares and nothing else: errors a person can act on, file helpers, text folding."""

@@ -1,0 +1,448 @@
+"""The MQTT client: drains the outbox to the broker and reports every refusal.
+
+Why this shape:
+- paho keeps unacknowledged messages only in memory and its queue is
+  unbounded by default, so it is never the only copy: messages come from the
+  outbox, at most `inflight` at a time, and leave the outbox only when a
+  PUBACK with a success reason code arrives. A failure reason code (0x87 Not
+  authorized, say) is not a delivery: the message is marked refused in the
+  outbox, counted and logged.
+- One pump thread owns all bookkeeping; paho's callbacks only post events to
+  it, so no lock of ours is ever taken while paho holds its own.
+- paho's own reconnect delay doubles without jitter; a fleet that lost its
+  broker would come back in lock-step, so the delay is re-drawn with jitter
+  before every attempt.
+- MQTT 5 first (reason codes in PUBACK, session expiry); a broker that
+  answers "unsupported protocol version" gets MQTT 3.1.1, where refused
+  messages are dropped by the broker silently (docs/mqtt.md).
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from edge.wire import serialize
+from edge.common.errors import ConfigError
+from edge.delivery.outbox import Outbox, Pending
+
+log = logging.getLogger(__name__)
+
+UNSUPPORTED_PROTOCOL_VERSION = 0x84
+FALLBACK_AFTER_CLOSES = 2
+# A 3.1.1-only broker may neither answer nor close when it cannot parse an MQTT 5 CONNECT.
+CONNACK_TIMEOUT_S = 5.0
+CONTROL_HEADROOM = 16
+EVENT_POLL_S = 0.5
+STOP_FLUSH_S = 2.0
+PROTOCOLS = {"auto": MQTTProtocolVersion.MQTTv5, "5": MQTTProtocolVersion.MQTTv5, "3.1.1": MQTTProtocolVersion.MQTTv311}
+PROTOCOL_NAMES = {MQTTProtocolVersion.MQTTv5: "5", MQTTProtocolVersion.MQTTv311: "3.1.1"}
+
+
+def backoff_delay(attempt: int, minimum: float, maximum: float, rng: random.Random) -> float:
+    """Capped exponential backoff with 'equal jitter': never below half the step, never above the cap."""
+    step = min(maximum, minimum * (2 ** min(attempt, 32)))
+    return rng.uniform(step / 2, step)
+
+
+@dataclass(frozen=True, slots=True)
+class MqttConfig:
+    host: str = "localhost"
+    port: int = 8883
+    topic_root: str = "edge/v1"
+    crl_topic: str = ""
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    protocol: str = "auto"
+    keepalive_s: int = 30
+    session_expiry_s: int = 7 * 24 * 3600
+    inflight: int = 20
+    backoff_min_s: float = 1.0
+    backoff_max_s: float = 60.0
+
+    @property
+    def crl(self) -> str:
+        return self.crl_topic or f"{self.topic_root}/fleet/crl"
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any], where: str = "[mqtt]") -> "MqttConfig":
+        spec = {f.name: f for f in fields(cls)}
+        unknown = set(data) - set(spec)
+        if unknown:
+            raise ConfigError(where, f"unknown key(s) {sorted(unknown)}", f"only {sorted(spec)}")
+        values: dict[str, Any] = {}
+        for name, value in data.items():
+            default = spec[name].default
+            if name in ("ca", "cert", "key"):
+                if not isinstance(value, str) or not value:
+                    raise ConfigError(f"{where} {name}", f"{value!r} is not a path", "a file path string")
+                values[name] = Path(value)
+            elif isinstance(default, str):
+                if not isinstance(value, str):
+                    raise ConfigError(f"{where} {name}", f"{value!r} is not text", "a string")
+                values[name] = value
+            elif isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ConfigError(f"{where} {name}", f"{value!r} is not a positive number", "a number > 0")
+            elif isinstance(default, int) and not isinstance(value, int):
+                raise ConfigError(f"{where} {name}", f"{value!r} is not a whole number", "an integer")
+            else:
+                values[name] = value
+        config = cls(**values)
+        if config.protocol not in PROTOCOLS:
+            raise ConfigError(f"{where} protocol", f"{config.protocol!r} is not supported", f"one of {sorted(PROTOCOLS)}")
+        for name in ("ca", "cert", "key"):
+            if getattr(config, name) is None:
+                raise ConfigError(f"{where} {name}", "is missing: the device uses mutual TLS with a pinned CA",
+                                  "paths to the CA certificate, the device certificate and its key")
+        if any(c in config.topic_root for c in "+#") or config.topic_root.endswith("/"):
+            raise ConfigError(f"{where} topic_root", f"{config.topic_root!r} is not a plain topic prefix",
+                              "a prefix like 'edge/v1' without wildcards or trailing slash")
+        if config.backoff_min_s > config.backoff_max_s:
+            raise ConfigError(f"{where} backoff_min_s", "is larger than backoff_max_s", "backoff_min_s <= backoff_max_s")
+        return config
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    detections: str
+    status: str
+    health: str
+    audit: str
+
+    @classmethod
+    def for_device(cls, root: str, device: str) -> "Topics":
+        base = f"{root}/{device}"
+        return cls(f"{base}/detections", f"{base}/status", f"{base}/health", f"{base}/audit")
+
+
+@dataclass(frozen=True, slots=True)
+class PublisherStats:
+    connected: bool
+    protocol: str | None
+    delivered: int
+    refused: int
+    last_refusal: str | None
+    inflight: int
+
+
+def tls_context(config: MqttConfig) -> ssl.SSLContext:
+    """Only the configured CA is trusted (pinned), the device proves itself with its own key."""
+    try:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(config.ca))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError("[mqtt] ca", f"{config.ca}: {getattr(exc, 'strerror', None) or exc}",
+                          "a readable PEM file with the fleet CA certificate") from None
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(str(config.cert), str(config.key))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError("[mqtt] cert/key", f"{config.cert} with {config.key}: {getattr(exc, 'strerror', None) or exc}",
+                          "the device certificate (PEM, with its chain) and its matching private key") from None
+    return context
+
+
+@dataclass
+class _PumpState:
+    client: mqtt.Client | None = None
+    connected: bool = False
+    cursor: int = 0
+    inflight: dict[int, Pending] = field(default_factory=dict)
+    control: dict[int, str] = field(default_factory=dict)
+
+
+class Publisher:
+    """Owns one paho client (recreated once for the 3.1.1 fallback) and the pump thread."""
+
+    def __init__(self, device: str, config: MqttConfig, outbox: Outbox, status: serialize.DeviceStatus,
+                 *, on_crl: Callable[[bytes], object] | None = None,
+                 retained_extra: tuple[tuple[str, bytes], ...] = (),
+                 clock: Callable[[], float] | None = None, rng: random.Random | None = None) -> None:
+        self.device = device
+        self.config = config
+        self.outbox = outbox
+        self.status = status
+        self.topics = Topics.for_device(config.topic_root, device)
+        self._on_crl = on_crl
+        self._retained_extra = retained_extra
+        self._clock = clock or time.time
+        self._rng = rng or random.SystemRandom()
+        self._context = tls_context(config)
+        self._events: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._stopping = threading.Event()
+        self._protocol = PROTOCOLS[config.protocol]
+        self._attempt = 0
+        self._lock = threading.Lock()  # guards the figures below, read by health
+        self._connected = False
+        self._delivered = 0
+        self._refused = 0
+        self._last_refusal: str | None = None
+        self._inflight_count = 0
+        self._client: mqtt.Client | None = None
+        self._fallback = False
+        self._ever_connected = False
+        self._closed_before_connack = 0
+        self._connect_started: float | None = None
+        self._refused_retained: set[str] = set()
+        self._network: threading.Thread | None = None
+        self._pump: threading.Thread | None = None
+        outbox.add_listener(lambda: self._events.put(("wake",)))
+
+    # --- lifecycle -----------------------------------------------------
+    def start(self) -> None:
+        self._pump = threading.Thread(target=self._pump_loop, name="mqtt-pump", daemon=True)
+        self._pump.start()
+        self._network = threading.Thread(target=self._network_loop, name="mqtt-network", daemon=True)
+        self._network.start()
+
+    def stop(self) -> None:
+        """Say offline (retained), disconnect cleanly; unacknowledged messages stay in the outbox."""
+        self._stopping.set()
+        client = self._client
+        if client is not None and client.is_connected():
+            info = client.publish(self.topics.status, serialize.status_offline(self.device), qos=1, retain=True)
+            try:
+                info.wait_for_publish(STOP_FLUSH_S)
+            except (RuntimeError, ValueError):
+                pass
+        while self._network is not None and self._network.is_alive():
+            # Repeated because a connection attempt in progress can overwrite the state disconnect() sets.
+            if self._client is not None:
+                self._client.disconnect()
+            self._network.join(EVENT_POLL_S)
+        self._events.put(("stop",))
+        if self._pump is not None:
+            self._pump.join()
+
+    def stats(self) -> PublisherStats:
+        with self._lock:
+            return PublisherStats(self._connected, PROTOCOL_NAMES[self._protocol] if self._connected else None,
+                                  self._delivered, self._refused, self._last_refusal, self._inflight_count)
+
+    def publish_health(self, payload: bytes) -> None:
+        """Health is a periodic sample: QoS 0, and skipped while offline (the next sample supersedes it)."""
+        client = self._client
+        if client is not None and client.is_connected():
+            client.publish(self.topics.health, payload, qos=0)
+
+    # --- network thread ------------------------------------------------
+    def _make_client(self) -> mqtt.Client:
+        v5 = self._protocol == MQTTProtocolVersion.MQTTv5
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.device, protocol=self._protocol,
+                             clean_session=None if v5 else False)
+        client.tls_set_context(self._context)
+        client.max_inflight_messages_set(self.config.inflight)
+        client.max_queued_messages_set(self.config.inflight + CONTROL_HEADROOM)
+        client.will_set(self.topics.status, serialize.status_offline(self.device), qos=1, retain=True)
+        client.on_connect = self._on_connect
+        client.on_socket_open = self._on_socket_open
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
+        properties = None
+        if v5:
+            properties = Properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = self.config.session_expiry_s
+        self._set_delay(client)
+        client.connect_async(self.config.host, self.config.port, keepalive=self.config.keepalive_s,
+                             clean_start=False if v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY, properties=properties)
+        return client
+
+    def _network_loop(self) -> None:
+        while not self._stopping.is_set():
+            client = self._make_client()
+            self._client = client
+            self._events.put(("client", client))
+            self._fallback = False
+            client.loop_forever(retry_first_connection=True)
+            if not self._fallback:
+                return
+
+    def _set_delay(self, client: mqtt.Client) -> None:
+        delay = backoff_delay(self._attempt, self.config.backoff_min_s, self.config.backoff_max_s, self._rng)
+        self._attempt += 1
+        client.reconnect_delay_set(delay, delay)  # type: ignore[arg-type]  # paho accepts float seconds
+
+    def _on_connect(self, client: mqtt.Client, _userdata: object, flags: mqtt.ConnectFlags,
+                    reason: ReasonCode, _properties: Properties | None) -> None:
+        if reason.is_failure:
+            if reason.value == UNSUPPORTED_PROTOCOL_VERSION and self._may_fall_back():
+                self._fall_back(client, "the broker answered 'unsupported protocol version'")
+                return
+            log.error("broker refused the connection: %s", reason)
+            self._set_delay(client)
+            return
+        self._attempt = 0
+        self._ever_connected = True
+        with self._lock:
+            self._connect_started = None
+        with self._lock:
+            self._connected = True
+        log.info("connected to %s:%d (MQTT %s, session present: %s)", self.config.host, self.config.port,
+                 PROTOCOL_NAMES[self._protocol], flags.session_present)
+        client.subscribe(self.config.crl, qos=1)
+        for topic, payload in ((self.topics.status, serialize.status_online(self.device, self.status, self._clock())),
+                               *self._retained_extra):
+            with self._lock:
+                if topic in self._refused_retained:
+                    continue
+            info = client.publish(topic, payload, qos=1, retain=True)
+            self._events.put(("control", info.mid, topic))
+        self._events.put(("connected",))
+
+    def _on_socket_open(self, _client: mqtt.Client, _userdata: object, _sock: object) -> None:
+        """The CONNACK clock starts once TCP and TLS are up, so a slow network never looks like an old broker."""
+        with self._lock:
+            self._connect_started = time.monotonic()
+
+    def _check_connack_timeout(self) -> None:
+        """Pump thread: an MQTT 5 CONNECT that gets no answer at all means a broker that cannot parse it."""
+        with self._lock:
+            started = self._connect_started
+        client = self._client
+        if (started is not None and client is not None and self._may_fall_back()
+                and time.monotonic() - started > CONNACK_TIMEOUT_S):
+            with self._lock:
+                self._connect_started = None
+            self._fall_back(client, f"no answer to an MQTT 5 CONNECT within {CONNACK_TIMEOUT_S:.0f} s")
+
+    def _may_fall_back(self) -> bool:
+        return (self.config.protocol == "auto" and self._protocol == MQTTProtocolVersion.MQTTv5
+                and not self._ever_connected)
+
+    def _fall_back(self, client: mqtt.Client, why: str) -> None:
+        log.warning("falling back to MQTT 3.1.1 (%s); refused messages will then be dropped by the broker "
+                    "silently, prefer a broker that speaks MQTT 5", why)
+        self._protocol = MQTTProtocolVersion.MQTTv311
+        self._fallback = True
+        client.disconnect()
+
+    def _on_connect_fail(self, client: mqtt.Client, _userdata: object) -> None:
+        log.warning("cannot reach broker %s:%d; retrying", self.config.host, self.config.port)
+        with self._lock:
+            self._connect_started = None
+        self._set_delay(client)
+
+    def _on_disconnect(self, client: mqtt.Client, _userdata: object, _flags: object,
+                       reason: ReasonCode, _properties: Properties | None) -> None:
+        with self._lock:
+            was = self._connected
+            self._connected = False
+            self._connect_started = None
+        if was and not self._stopping.is_set():
+            log.warning("disconnected from broker: %s", reason)
+        if not was and self._may_fall_back() and not self._stopping.is_set():
+            # Some 3.1.1-only brokers (amqtt) cannot parse an MQTT 5 CONNECT and just close.
+            self._closed_before_connack += 1
+            if self._closed_before_connack >= FALLBACK_AFTER_CLOSES:
+                self._fall_back(client, "the broker closed MQTT 5 connections before answering")
+                return
+        self._events.put(("disconnected",))
+        self._set_delay(client)
+
+    def _on_publish(self, _client: mqtt.Client, _userdata: object, mid: int,
+                    reason: ReasonCode, _properties: Properties | None) -> None:
+        self._events.put(("ack", mid, reason))
+
+    def _on_subscribe(self, _client: mqtt.Client, _userdata: object, _mid: int,
+                      reasons: list[ReasonCode], _properties: Properties | None) -> None:
+        for reason in reasons:
+            if reason.is_failure:
+                log.error("subscription to the CRL topic %s refused: %s", self.config.crl, reason)
+
+    def _on_message(self, _client: mqtt.Client, _userdata: object, message: mqtt.MQTTMessage) -> None:
+        """The device takes no commands: the only subscription is the signed CRL."""
+        if message.topic != self.config.crl or self._on_crl is None:
+            return
+        try:
+            self._on_crl(bytes(message.payload))
+        except Exception:  # a bad CRL must never take the publisher down
+            log.exception("CRL handler failed")
+
+    # --- pump thread ---------------------------------------------------
+    def _pump_loop(self) -> None:
+        state = _PumpState()
+        while True:
+            try:
+                events = [self._events.get(timeout=EVENT_POLL_S)]
+            except queue.Empty:
+                events = [("wake",)]
+            while True:
+                try:
+                    events.append(self._events.get_nowait())
+                except queue.Empty:
+                    break
+            acked: list[int] = []
+            refused: list[tuple[int, str]] = []
+            for event in events:
+                kind = event[0]
+                if kind == "stop":
+                    self.outbox.settle(acked, refused)
+                    return
+                if kind == "client":
+                    # A new client (protocol fallback) has none of the old one's in-flight messages.
+                    state = _PumpState(client=event[1])
+                elif kind == "connected":
+                    state.connected = True
+                elif kind == "disconnected":
+                    state.connected = False
+                elif kind == "control":
+                    state.control[event[1]] = event[2]
+                elif kind == "ack":
+                    self._settle_one(state, event[1], event[2], acked, refused)
+            self.outbox.settle(acked, refused)
+            self._check_connack_timeout()
+            if state.connected and not self._stopping.is_set():
+                self._fill(state)
+            with self._lock:
+                self._inflight_count = len(state.inflight)
+
+    def _settle_one(self, state: _PumpState, mid: int, reason: ReasonCode,
+                    acked: list[int], refused: list[tuple[int, str]]) -> None:
+        pending = state.inflight.pop(mid, None)
+        topic = pending.topic if pending is not None else state.control.pop(mid, "control message")
+        if reason.is_failure:
+            text = f"{topic}: {reason} (0x{reason.value:02x})"
+            log.error("broker refused a message, it is not delivered: %s", text)
+            with self._lock:
+                self._refused += 1
+                self._last_refusal = text
+            if pending is not None:
+                refused.append((pending.id, f"{reason} (0x{reason.value:02x})"))
+            else:
+                # Mosquitto closes the connection after refusing a retained message; asking
+                # again on every reconnect would keep the device from ever publishing.
+                with self._lock:
+                    self._refused_retained.add(topic)
+        elif pending is not None:
+            acked.append(pending.id)
+            with self._lock:
+                self._delivered += 1
+
+    def _fill(self, state: _PumpState) -> None:
+        client = state.client
+        room = self.config.inflight - len(state.inflight)
+        if client is None or room <= 0:
+            return
+        for pending in self.outbox.fetch(state.cursor, room):
+            info = client.publish(pending.topic, pending.payload, qos=pending.qos)
+            if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+                break  # paho's bounded queue is full; the rest stay on disk
+            # NO_CONN: paho keeps the message and sends it on reconnect, so it is in flight either way.
+            state.inflight[info.mid] = pending
+            state.cursor = pending.id

@@ -1,0 +1,277 @@
+"""Head pose from 2D face points: a generic 3D face, perspective-n-point, Euler angles.
+
+Why a generic face: the appliance must not learn anything about a person's
+own face shape, and a single average head fitted with OpenCV's `solvePnP` is
+accurate to a few degrees, which is what an anonymised observation needs.
+
+The generic face is MediaPipe's canonical face model (the mean face the face
+mesh was built on, `mediapipe/modules/face_geometry/data/canonical_face_model.obj`,
+Apache-2.0, in centimetres), whose distances agree with Farkas' adult
+anthropometric means (docs/head-pose.md has the table and the comparison).
+Using the vertices of that model means the landmark model's points and the 3D
+points correspond by construction, mesh index for mesh index.
+
+Conventions (also in `edge.vision.detection.HeadPose` and docs/head-pose.md): camera
+axes x to the image's right, y down, z away from the camera; the face model
+is expressed in the same axes for a face looking straight into the camera, so
+a frontal face has rotation identity and reads (0, 0, 0). The angles are
+measured against the line of sight to the head (see `line_of_sight`), which on
+the optical axis is the camera's z axis. The rotation is decomposed as
+R = Rz(roll) @ Ry(-yaw) @ Rx(-pitch): roll is outermost, so an in-plane
+rotation of the image adds to roll and leaves yaw and pitch alone, and
+mirroring the image negates yaw and roll.
+
+This module is the pure core plus the cheap keypoint estimator; the landmark
+model stage (which needs the TFLite runtime) is in `edge.pose.landmarks`.
+"""
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Protocol, Sequence
+
+import cv2
+import numpy as np
+
+from edge.vision.detection import Detection, HeadPose
+from edge.common.errors import ConfigError, InputError, ModelError
+
+POSE_MODES = ("landmarks", "keypoints", "off")
+MODEL_FILE = "canonical_face_model.csv"
+MESH_POINTS = 468
+CM_TO_MM = 10.0
+SMALL_ANGLE = 1e-9
+# How many distortion coefficients OpenCV's camera model accepts.
+DISTORTION_COUNTS = (0, 4, 5, 8, 12, 14)
+# Canonical-model axes are x toward the person's left, y up, z toward the
+# viewer; camera axes for a frontal face are x right, y down, z away.
+CANONICAL_TO_CAMERA = np.array([1.0, -1.0, -1.0])
+
+
+def mirror_twin_indices(half: np.ndarray) -> np.ndarray:
+    """Mesh index of each of the 468 vertices, given rows 0-247 (midline and right side).
+
+    The face mesh numbers its vertices so that rows 248-467 are the mirror
+    images of the right-side rows (x < 0) of rows 0-247, in the same order;
+    tests check this against the landmark model's own output.
+    """
+    right = np.flatnonzero(half[:, 0] != 0.0)
+    return np.concatenate([np.arange(len(half)), right])
+
+
+def mirrored_model(half: np.ndarray) -> np.ndarray:
+    """All 468 vertices (mm, camera axes for a frontal face) from the stored half, exactly symmetric."""
+    rows = mirror_twin_indices(half)
+    full = half[rows].copy()
+    full[len(half):, 0] *= -1.0
+    return full * CANONICAL_TO_CAMERA * CM_TO_MM
+
+
+def load_face_model() -> np.ndarray:
+    """The generic face (468 x 3, mm, camera axes), read from the package's data."""
+    text = resources.files(__package__).joinpath(MODEL_FILE).read_text()
+    table = np.loadtxt(io.StringIO(text), delimiter=",", comments="#", ndmin=2)
+    if not np.array_equal(table[:, 0], np.arange(len(table))):
+        raise ModelError(f"{MODEL_FILE}: vertex rows are not numbered 0..{len(table) - 1}", "reinstall the firmware")
+    model = mirrored_model(table[:, 1:])
+    if len(model) != MESH_POINTS:
+        raise ModelError(f"{MODEL_FILE}: {len(model)} vertices after mirroring, expected {MESH_POINTS}",
+                         "reinstall the firmware")
+    return model
+
+
+FACE_MODEL = load_face_model()
+# Landmark mode fits every mesh point: SQPnP's cost grows slowly with the
+# number of points (about 0.1 ms for all 468), and the more points, the less
+# the fit depends on any one landmark's error; mirror consistency and frontal
+# readings were best with the whole mesh (docs/head-pose.md).
+LANDMARK_MODEL = FACE_MODEL
+
+# Keypoint mode: BlazeFace's six keypoints in its order (right eye, left eye,
+# nose tip, mouth centre, right ear tragion, left ear tragion), each as the
+# canonical vertices that define it (an eye centre is the mean of its corners;
+# the canonical face has no ears, so the tragion is the face contour at ear level).
+KEYPOINT_GROUPS: tuple[tuple[int, ...], ...] = ((33, 133), (263, 362), (1,), (13, 14), (234,), (454,))
+KEYPOINT_MODEL = np.array([FACE_MODEL[list(group)].mean(axis=0) for group in KEYPOINT_GROUPS])
+BLAZEFACE_KEYPOINTS = len(KEYPOINT_GROUPS)
+
+
+@dataclass(frozen=True, slots=True)
+class Calibration:
+    """A calibrated camera: intrinsics measured at `width` x `height` pixels.
+
+    Frames of another size from the same sensor mode (the ISP scales them)
+    get the intrinsics scaled per axis.
+    """
+
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+    width: int
+    height: int
+    distortion: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not (self.fx > 0 and self.fy > 0):
+            raise ConfigError("camera.calibration", f"focal lengths fx={self.fx}, fy={self.fy}",
+                              "positive pixel values")
+        if not (self.width > 0 and self.height > 0):
+            raise ConfigError("camera.calibration", f"size {self.width}x{self.height}",
+                              "the positive frame size it was measured at")
+        if len(self.distortion) not in DISTORTION_COUNTS:
+            raise ConfigError("camera.calibration", f"{len(self.distortion)} distortion coefficients",
+                              f"one of {', '.join(map(str, DISTORTION_COUNTS))} (OpenCV's camera model)")
+
+
+@dataclass(frozen=True, slots=True)
+class Camera:
+    """Intrinsics for one frame size, in the form `solvePnP` takes."""
+
+    matrix: np.ndarray
+    distortion: np.ndarray | None
+
+
+def camera_for(width: int, height: int, calibration: Calibration | None = None) -> Camera:
+    """Without calibration the focal length is the frame width (about a 53-degree
+    horizontal field of view, typical of the Pi and webcam lenses) and the
+    principal point the frame centre; the angles depend only weakly on it."""
+    if calibration is None:
+        fx = fy = float(width)
+        cx, cy = width / 2.0, height / 2.0
+        distortion = None
+    else:
+        sx, sy = width / calibration.width, height / calibration.height
+        fx, fy, cx, cy = calibration.fx * sx, calibration.fy * sy, calibration.cx * sx, calibration.cy * sy
+        distortion = np.asarray(calibration.distortion, np.float64) if calibration.distortion else None
+    matrix = np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]], np.float64)
+    return Camera(matrix, distortion)
+
+
+def pose_to_rotation(pose: HeadPose) -> np.ndarray:
+    """The rotation (camera <- face) of a pose: Rz(roll) @ Ry(-yaw) @ Rx(-pitch)."""
+    yaw, pitch, roll = (math.radians(a) for a in (pose.yaw, pose.pitch, pose.roll))
+    cz, sz = math.cos(roll), math.sin(roll)
+    cy, sy = math.cos(-yaw), math.sin(-yaw)
+    cx, sx = math.cos(-pitch), math.sin(-pitch)
+    rz = np.array([[cz, -sz, 0.0], [sz, cz, 0.0], [0.0, 0.0, 1.0]])
+    ry = np.array([[cy, 0.0, sy], [0.0, 1.0, 0.0], [-sy, 0.0, cy]])
+    rx = np.array([[1.0, 0.0, 0.0], [0.0, cx, -sx], [0.0, sx, cx]])
+    return rz @ ry @ rx
+
+
+def rotation_to_pose(rotation: np.ndarray) -> HeadPose:
+    """Inverse of `pose_to_rotation` (ZYX Euler angles with the documented signs)."""
+    (r00, _, _), (r10, _, _), (r20, r21, r22) = np.asarray(rotation, np.float64).tolist()
+    yaw = math.degrees(math.asin(max(-1.0, min(1.0, r20))))
+    pitch = -math.degrees(math.atan2(r21, r22))
+    roll = math.degrees(math.atan2(r10, r00))
+    return HeadPose(yaw, pitch, roll)
+
+
+def fit_pose(image_points: np.ndarray, model: np.ndarray, camera: Camera) -> HeadPose | None:
+    """Fit the generic face to image points (pixels, rows matching `model`); None when it fails.
+
+    SOLVEPNP_SQPNP (Terzakis and Lourakis, ECCV 2020): a globally optimal
+    solver of the squared reprojection error that needs no initial guess, so
+    it cannot settle on the mirrored solution behind the camera that the
+    closed-form starts (DLT, EPnP) reach on few noisy points, and it is about
+    twenty times cheaper than SOLVEPNP_ITERATIVE's Levenberg-Marquardt on the
+    468 mesh points with the same answer (docs/head-pose.md).
+    """
+    points = np.ascontiguousarray(image_points, np.float64)
+    if points.shape != (len(model), 2) or not np.isfinite(points).all():
+        return None
+    ok, rvec, tvec = cv2.solvePnP(model, points, camera.matrix, camera.distortion, flags=cv2.SOLVEPNP_SQPNP)
+    position = tvec.ravel().tolist()
+    if not ok or not all(map(math.isfinite, rvec.ravel().tolist() + position)) or position[2] <= 0:
+        return None
+    rotation, _ = cv2.Rodrigues(rvec)
+    return rotation_to_pose(line_of_sight(position).T @ rotation)
+
+
+def line_of_sight(position: Sequence[float]) -> np.ndarray:
+    """The smallest rotation taking the camera's z axis onto the ray to `position`.
+
+    Angles are measured against the line of sight, not the optical axis, so
+    that a person looking into the camera reads (0, 0, 0) wherever they are in
+    the frame. That is also what the picture shows whatever the lens: the
+    camera-axes angles of an off-centre face would carry the ray's angle,
+    which depends on the (usually uncalibrated) focal length. On the optical
+    axis the two coincide.
+    """
+    x, y, z = (float(v) for v in position)
+    length = math.sqrt(x * x + y * y + z * z)
+    sine = math.sqrt(x * x + y * y) / length  # the axis is z x ray = (-y, x, 0), normalised below
+    if sine < SMALL_ANGLE:
+        return np.eye(3)
+    cosine = z / length
+    ux, uy = -y / (sine * length), x / (sine * length)
+    one_minus = 1.0 - cosine
+    # Rodrigues' formula for a rotation about (ux, uy, 0).
+    return np.array([
+        [cosine + ux * ux * one_minus, ux * uy * one_minus, uy * sine],
+        [ux * uy * one_minus, cosine + uy * uy * one_minus, -ux * sine],
+        [-uy * sine, ux * sine, cosine],
+    ])
+
+
+def check_frame(image: Any) -> np.ndarray:
+    """Estimators take what the pipeline holds: an H x W x 3 RGB uint8 frame."""
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        shape = getattr(image, "shape", None)
+        dtype = getattr(image, "dtype", type(image).__name__)
+        raise InputError(f"pose: frame of shape {shape} and type {dtype}", "pass an H x W x 3 RGB uint8 image")
+    return image
+
+
+class PoseEstimator(Protocol):
+    """One head pose per detection (None where no pose could be fitted)."""
+
+    def estimate(self, image: np.ndarray, detections: Sequence[Detection]) -> list[HeadPose | None]: ...
+
+
+class KeypointPose:
+    """The cheap mode: the detector's own six keypoints, one `solvePnP` per face.
+
+    Costs tens of microseconds per face but has only six points, two of them
+    (the tragions) poorly localised, so it is noisier than the landmark mode,
+    and families without keypoints (ULFD) get no pose.
+    """
+
+    def __init__(self, calibration: Calibration | None = None) -> None:
+        self.calibration = calibration
+
+    def estimate(self, image: np.ndarray, detections: Sequence[Detection]) -> list[HeadPose | None]:
+        height, width = check_frame(image).shape[:2]
+        camera = camera_for(width, height, self.calibration)
+        size = np.array([width, height], np.float64)
+        return [
+            fit_pose(d.keypoints * size, KEYPOINT_MODEL, camera) if len(d.keypoints) == BLAZEFACE_KEYPOINTS else None
+            for d in detections
+        ]
+
+
+class NoPose:
+    """Pose switched off: every face is published without angles."""
+
+    def estimate(self, image: np.ndarray, detections: Sequence[Detection]) -> list[HeadPose | None]:
+        return [None] * len(detections)
+
+
+def build_pose_estimator(mode: str, threads: int = 1, *, calibration: Calibration | None = None,
+                         manifest: Any = None, runtime: Any = None, model_dirs: Sequence[Any] = ()) -> PoseEstimator:
+    """The `[detector] pose` setting as an estimator: "landmarks", "keypoints" or "off"."""
+    if mode not in POSE_MODES:
+        raise ConfigError("detector.pose", f"unknown pose mode '{mode}'", f"one of {', '.join(POSE_MODES)}")
+    if mode == "off":
+        return NoPose()
+    if mode == "keypoints":
+        return KeypointPose(calibration)
+    # Imported here so that the pure core above imports without a TFLite runtime.
+    from edge.pose.landmarks import open_landmark_pose
+
+    return open_landmark_pose(threads, calibration=calibration, manifest=manifest, runtime=runtime,
+                              model_dirs=tuple(model_dirs))

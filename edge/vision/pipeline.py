@@ -1,0 +1,360 @@
+"""The detection pipeline: frame -> faces with head pose.
+
+Configuration and runtime sit side by side per model family (`FAMILIES`),
+and every family meets the same contract (`Candidate` -> `Detection`),
+so delegates, tiling, pose and publishing never look at a family's tensors.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol
+
+import cv2
+import numpy as np
+
+from edge.vision.decode import Candidate
+from edge.vision.decode.blazeface import BlazeFaceDecoder
+from edge.vision.decode.nms import hard_nms, weighted_nms
+from edge.vision.decode.ulfd import UlfdDecoder
+from edge.vision.detection import Box, Detection, Face, FrameResult, HeadPose
+from edge.common.errors import AcceleratorError, ConfigError, ModelError
+from edge.vision.runtime import (
+    DelegateConfig,
+    EDGETPU_LIBRARY,
+    Runner,
+    Runtime,
+    accelerated_runner,
+    cpu_runner,
+    edgetpu_delegate,
+    edgetpu_devices,
+    library_problem,
+    load_runtime,
+    load_delegate_checked,
+)
+from edge.vision.manifest import Manifest, ModelSpec, load_manifest, locate, search_dirs
+from edge.pose.fit import POSE_MODES, PoseEstimator, build_pose_estimator
+from edge.vision.preprocess import Fit, Fitter
+from edge.vision.tiling import Tile, cut_by_inner_edge, tile_grid
+
+DEFAULT_MODEL = "blazeface-full"
+# The one detector compiled for the Edge TPU; `auto` on a Coral runs it.
+EDGETPU_DETECTOR = "blazeface-short"
+# Tiling runs the model on ~100 windows per frame instead of one, so each window
+# gets a stricter threshold to keep false positives per frame where one pass has them.
+DEFAULT_TILE_SCORE_THRESHOLD = 0.6
+DEFAULT_TILE_OVERLAP = 48
+PIXEL_MAX = 255.0
+# OpenCV only ever works on model-sized images here, too small to gain from its thread pool,
+# whose spinning workers would take CPU from the interpreter's threads.
+OPENCV_THREADS = 1
+# Compared with every frame's dtype: a dtype object, not the scalar type numpy would convert each time.
+UINT8 = np.dtype(np.uint8)
+
+
+class Decoder(Protocol):
+    def decode(self, outputs: list[np.ndarray], threshold: float, fit: Fit) -> list[Candidate]:
+        """Faces in frame-normalised coordinates."""
+
+
+@dataclass(frozen=True, slots=True)
+class Family:
+    """How one model family is fed and decoded."""
+
+    decoder: Callable[[Mapping[str, Any]], Decoder]
+    fit: str
+    merge: Callable[[list[Candidate], float], list[Candidate]]
+
+
+FAMILIES: dict[str, Family] = {
+    "blazeface": Family(BlazeFaceDecoder.from_manifest, "letterbox", weighted_nms),
+    "ulfd": Family(UlfdDecoder.from_manifest, "stretch", hard_nms),
+}
+
+
+def input_normalisation(params: Mapping[str, Any]) -> tuple[float, float]:
+    """Gain and offset taking a uint8 pixel to the real value the model was trained on."""
+    spec = params["input"]
+    if "range" in spec:
+        low, high = spec["range"]
+        return (high - low) / PIXEL_MAX, low
+    return 1.0 / spec["std"], -spec["mean"] / spec["std"]
+
+
+@dataclass(frozen=True, slots=True)
+class DetectorConfig:
+    """The `[detector]` configuration section."""
+
+    model: str = DEFAULT_MODEL
+    delegate: DelegateConfig = field(default_factory=DelegateConfig)
+    score_threshold: float | None = None
+    pose: str = "landmarks"
+    tiled: bool = False
+    tile_size: int | None = None
+    tile_overlap: int = DEFAULT_TILE_OVERLAP
+    tile_score_threshold: float = DEFAULT_TILE_SCORE_THRESHOLD
+    model_dirs: tuple[Path, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.pose not in POSE_MODES:
+            raise ConfigError("detector.pose", f"unknown pose mode '{self.pose}'", f"one of {', '.join(POSE_MODES)}")
+        for name, value in (("score_threshold", self.score_threshold), ("tile_score_threshold", self.tile_score_threshold)):
+            if value is not None and not 0.0 < value < 1.0:
+                raise ConfigError(f"detector.{name}", f"{value}", "a number between 0 and 1")
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> "DetectorConfig":
+        known = {"model", "delegate", "device", "delegate_library", "delegate_options", "threads",
+                 "score_threshold", "pose", "tiled", "tile_size", "tile_overlap", "tile_score_threshold", "model_dirs"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"detector.{unknown[0]}", "unknown setting", f"one of {', '.join(sorted(known))}")
+
+        def typed(key: str, kind: type | tuple[type, ...], default: Any) -> Any:
+            value = data.get(key, default)
+            if value is not None and (not isinstance(value, kind) or isinstance(value, bool) and kind is not bool):
+                names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+                raise ConfigError(f"detector.{key}", f"{value!r} is a {type(value).__name__}", f"a {names}")
+            return value
+
+        threshold = data.get("score_threshold")
+        if threshold is not None and not isinstance(threshold, (int, float)):
+            raise ConfigError("detector.score_threshold", f"{threshold!r}", "a number between 0 and 1")
+        delegate = DelegateConfig(
+            kind=typed("delegate", str, "auto"),
+            device=typed("device", str, None),
+            library=typed("delegate_library", str, None),
+            options={str(k): str(v) for k, v in typed("delegate_options", dict, {}).items()},
+            threads=typed("threads", int, 1),
+        )
+        return cls(
+            model=typed("model", str, DEFAULT_MODEL),
+            delegate=delegate,
+            score_threshold=float(threshold) if threshold is not None else None,
+            pose=typed("pose", str, "landmarks"),
+            tiled=typed("tiled", bool, False),
+            tile_size=typed("tile_size", int, None),
+            tile_overlap=typed("tile_overlap", int, DEFAULT_TILE_OVERLAP),
+            tile_score_threshold=float(typed("tile_score_threshold", (int, float), DEFAULT_TILE_SCORE_THRESHOLD)),
+            model_dirs=tuple(Path(p) for p in typed("model_dirs", list, [])),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """What actually runs, and why, for the status topic and the log."""
+
+    model: str
+    accelerator: str
+    runtime: str
+    notes: tuple[str, ...]
+
+
+def _open_variant(runtime: Runtime, manifest: Manifest, spec: ModelSpec, accelerator: str,
+                  config: DetectorConfig, delegate: Any | None) -> Runner:
+    dirs = search_dirs(config.model_dirs)
+    variant = spec.variant(accelerator)
+    path = locate(variant, spec.name, dirs)
+    threads = config.delegate.threads
+    if accelerator == "cpu":
+        return cpu_runner(runtime, path, threads)
+    return accelerated_runner(runtime, path, delegate, accelerator, threads)
+
+
+def _require_edgetpu_build(manifest: Manifest, spec: ModelSpec) -> None:
+    if "edgetpu" not in spec.variants:
+        compiled = ", ".join(manifest.compiled_for("edgetpu"))
+        raise ModelError(
+            f"model '{spec.name}' is not compiled for the Edge TPU; the models compiled for it are: {compiled}",
+            f"set model = \"{EDGETPU_DETECTOR}\" to run on the Coral, or delegate = \"cpu\" to keep '{spec.name}'",
+        )
+
+
+def open_detector_runner(config: DetectorConfig, manifest: Manifest, runtime: Runtime) -> tuple[Runner, ModelSpec, Selection]:
+    """Pick the accelerator and model build; an explicitly requested accelerator never falls back."""
+    spec = manifest.get(config.model)
+    if spec.task != "detection":
+        raise ModelError(f"model '{spec.name}' is a {spec.task} model, not a face detector",
+                         f"use one of: {', '.join(manifest.compiled_for('cpu'))}")
+    kind = config.delegate.kind
+    notes: list[str] = []
+    if kind == "cpu":
+        runner = _open_variant(runtime, manifest, spec, "cpu", config, None)
+    elif kind == "edgetpu":
+        _require_edgetpu_build(manifest, spec)
+        locate(spec.variant("edgetpu"), spec.name, search_dirs(config.model_dirs))
+        delegate = edgetpu_delegate(runtime, config.delegate.device)
+        runner = _open_variant(runtime, manifest, spec, "edgetpu", config, delegate)
+    elif kind == "external":
+        runner = _open_external(config, runtime, spec, notes)
+    else:
+        runner, spec = _auto(config, manifest, runtime, spec, notes)
+    selection = Selection(spec.name, runner.accelerator, runtime.name, tuple(notes))
+    return runner, spec, selection
+
+
+def _open_external(config: DetectorConfig, runtime: Runtime, spec: ModelSpec, notes: list[str]) -> Runner:
+    """An NPU delegate by path; it runs the model's `external` build, or its standard one."""
+    library = config.delegate.library or ""
+    delegate = load_delegate_checked(runtime, library, config.delegate.options, f"the external delegate {library}")
+    accel = "external" if "external" in spec.variants else "cpu"
+    if accel == "cpu":
+        notes.append(f"the external delegate runs the standard build of '{spec.name}'")
+    path = locate(spec.variant(accel), spec.name, search_dirs(config.model_dirs))
+    return accelerated_runner(runtime, path, delegate, "external", config.delegate.threads)
+
+
+def _auto(config: DetectorConfig, manifest: Manifest, runtime: Runtime, spec: ModelSpec,
+          notes: list[str]) -> tuple[Runner, ModelSpec]:
+    """The configured accelerators in order (a Coral, then an NPU delegate when one is named), then the CPU."""
+    for accel in config.delegate.auto_order:
+        if accel == "external":
+            if not config.delegate.library:
+                continue
+            try:
+                return _open_external(config, runtime, spec, notes), spec
+            except (AcceleratorError, ModelError) as exc:
+                notes.append(f"auto: external delegate unusable ({exc.message}); running on the CPU")
+                continue
+        library = EDGETPU_LIBRARY["Linux"]
+        problem = library_problem(library)
+        devices = edgetpu_devices()
+        if problem or not devices:
+            notes.append(f"auto: no Edge TPU ({problem or 'no Coral device found'}); running on the CPU")
+            continue
+        chosen = spec if "edgetpu" in spec.variants else manifest.get(EDGETPU_DETECTOR)
+        if chosen is not spec:
+            notes.append(f"auto: Coral found; '{spec.name}' is not compiled for the Edge TPU, running '{chosen.name}' on it")
+        try:
+            delegate = edgetpu_delegate(runtime, config.delegate.device)
+            return _open_variant(runtime, manifest, chosen, "edgetpu", config, delegate), chosen
+        except (AcceleratorError, ModelError) as exc:
+            notes.append(f"auto: Edge TPU unusable ({exc.message}); running on the CPU")
+    return _open_variant(runtime, manifest, spec, "cpu", config, None), spec
+
+
+class Detector:
+    """One model on one runner: image -> detections in frame-normalised coordinates."""
+
+    def __init__(self, runner: Runner, spec: ModelSpec, threshold: float | None = None) -> None:
+        family = FAMILIES.get(spec.family)
+        if family is None:
+            raise ModelError(f"model '{spec.name}' is of family '{spec.family}', which has no decoder",
+                             f"known families: {', '.join(FAMILIES)}")
+        self.runner, self.spec, self.family = runner, spec, family
+        self.decoder = family.decoder(spec.params)
+        self.threshold = spec.score_threshold if threshold is None else threshold
+        self.fitter = Fitter(spec.input_width, spec.input_height, family.fit)
+        self.transform = runner.pixel_transform(*input_normalisation(spec.params))
+        # Rewrite only the changed region of the input from frame to frame, if the runtime lets us.
+        self.region_writes = runner.keeps_input()
+        self.timings: dict[str, float] = {}
+
+    def candidates(self, image: np.ndarray, threshold: float | None = None, tile: Tile | None = None) -> list[Candidate]:
+        """Faces in frame-normalised coordinates; with `tile`, `image` is that region of the frame."""
+        t0 = time.perf_counter()
+        pixels, fit, changed = self.fitter.fit(image)
+        if not self.region_writes:
+            changed = None
+        if tile is not None:
+            fit = fit.within(*tile.normalised)
+        t1 = time.perf_counter()
+        outputs = self.runner.run_pixels(pixels, self.transform, views=True, changed=changed)
+        t2 = time.perf_counter()
+        found = self.decoder.decode(outputs, self.threshold if threshold is None else threshold, fit)
+        del outputs  # views of the interpreter's buffers: gone before the next invoke()
+        t3 = time.perf_counter()
+        self.timings = {"preprocess": (t1 - t0) * 1e3, "invoke": (t2 - t1) * 1e3, "decode": (t3 - t2) * 1e3}
+        return found
+
+    def candidates_tiled(self, image: np.ndarray, tile_size: int, overlap: int, threshold: float) -> list[Candidate]:
+        height, width = image.shape[:2]
+        found: list[Candidate] = []
+        totals = {"preprocess": 0.0, "invoke": 0.0, "decode": 0.0}
+        threshold = max(self.threshold, threshold)
+        for tile in tile_grid(width, height, tile_size, overlap):
+            crop = image[tile.y0:tile.y1, tile.x0:tile.x1]
+            found += [c for c in self.candidates(crop, threshold, tile) if not cut_by_inner_edge(c, tile)]
+            for stage, value in self.timings.items():
+                totals[stage] += value
+        t0 = time.perf_counter()
+        merged = self.family.merge(found, self.spec.nms_iou_threshold)
+        totals["decode"] += (time.perf_counter() - t0) * 1e3
+        self.timings = totals
+        return merged
+
+    @staticmethod
+    def to_detections(candidates: list[Candidate]) -> list[Detection]:
+        out = []
+        for c in candidates:
+            x0, y0, x1, y1 = max(c.x0, 0.0), max(c.y0, 0.0), min(c.x1, 1.0), min(c.y1, 1.0)
+            if x1 > x0 and y1 > y0:
+                # Flat, then reshaped: numpy converts a flat tuple faster than nested pairs.
+                keypoints = np.array(c.keypoints, np.float32).reshape(-1, 2)
+                out.append(Detection(Box(x0, y0, x1 - x0, y1 - y0), c.score, keypoints))
+        return out
+
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        return self.to_detections(self.candidates(image))
+
+
+class FrameLike(Protocol):
+    """What the pipeline reads of a frame (camera frames are frozen, so read-only)."""
+
+    @property
+    def image(self) -> np.ndarray: ...
+
+    @property
+    def number(self) -> int: ...
+
+    @property
+    def capture_time(self) -> float: ...
+
+
+def check_image(image: Any) -> np.ndarray:
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != UINT8:
+        shape = getattr(image, "shape", None)
+        dtype = getattr(image, "dtype", type(image).__name__)
+        raise ValueError(f"frame of shape {shape} and type {dtype}: expected an H x W x 3 RGB uint8 image")
+    return image
+
+
+class Pipeline:
+    """Detector + optional tiling + head pose; turns frames into `FrameResult`s."""
+
+    def __init__(self, detector: Detector, pose: PoseEstimator, config: DetectorConfig, selection: Selection) -> None:
+        self.detector, self.pose, self.config, self.selection = detector, pose, config, selection
+        self.tile_size = config.tile_size or max(detector.spec.input_width, detector.spec.input_height)
+
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        image = check_image(image)
+        if self.config.tiled:
+            found = self.detector.candidates_tiled(image, self.tile_size, self.config.tile_overlap,
+                                                   self.config.tile_score_threshold)
+        else:
+            found = self.detector.candidates(image)
+        return Detector.to_detections(found)
+
+    def process(self, frame: FrameLike) -> FrameResult:
+        detections = self.detect(frame.image)
+        timings = dict(self.detector.timings)
+        t0 = time.perf_counter()
+        poses: list[HeadPose | None] = self.pose.estimate(frame.image, detections) if detections else []
+        timings["pose"] = (time.perf_counter() - t0) * 1e3
+        h, w = frame.image.shape[:2]
+        faces = tuple(Face(d, p) for d, p in zip(detections, poses))
+        return FrameResult(frame.number, frame.capture_time, w, h, faces, timings)
+
+
+def build_pipeline(config: DetectorConfig | None = None, manifest: Manifest | None = None,
+                   runtime: Runtime | None = None) -> Pipeline:
+    config = config or DetectorConfig()
+    cv2.setNumThreads(OPENCV_THREADS)
+    manifest = manifest or load_manifest()
+    runtime = runtime or load_runtime()
+    runner, spec, selection = open_detector_runner(config, manifest, runtime)
+    detector = Detector(runner, spec, config.score_threshold)
+    pose = build_pose_estimator(config.pose, threads=config.delegate.threads, manifest=manifest,
+                                runtime=runtime, model_dirs=config.model_dirs)
+    return Pipeline(detector, pose, config, selection)

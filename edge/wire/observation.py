@@ -1,0 +1,63 @@
+"""The one type that holds what may leave the device about a face.
+
+Why a separate type: `Face` carries keypoints and full-precision floats that
+are on-device intermediates. Everything published is built from
+`Observation`, which has no field that could hold pixels, landmarks,
+embeddings or attributes, and whose precision is fixed so that the payload is
+not a fingerprint of the face (see docs/mqtt.md).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edge.vision.detection import Face
+
+BOX_DECIMALS = 3
+SCORE_DECIMALS = 2
+ANGLE_LIMIT_DEGREES = 180
+
+
+@dataclass(frozen=True, slots=True)
+class Pose:
+    """Head pose in whole degrees, with the conventions of `edge.vision.detection.HeadPose`."""
+
+    yaw: int
+    pitch: int
+    roll: int
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """Normalised box [x, y, w, h], detection score, head pose and ephemeral track number."""
+
+    box: tuple[float, float, float, float]
+    score: float
+    pose: Pose | None
+    track: int
+
+
+def _unit(value: float) -> float:
+    return min(1.0, max(0.0, float(value)))
+
+
+def _angle(value: float) -> int:
+    """Whole degrees, wrapped into [-180, 180] so a fitted angle can never leave the schema."""
+    wrapped = (float(value) + ANGLE_LIMIT_DEGREES) % (2 * ANGLE_LIMIT_DEGREES) - ANGLE_LIMIT_DEGREES
+    return int(round(wrapped))
+
+
+def observe(face: Face, track: int) -> Observation:
+    """Reduce a face to what may be published: clipped to the frame, rounded to the documented precision."""
+    x0, y0, x1, y1 = (_unit(v) for v in face.detection.box.xyxy)
+    x0, y0 = round(x0, BOX_DECIMALS), round(y0, BOX_DECIMALS)
+    w = round(max(0.0, round(x1, BOX_DECIMALS) - x0), BOX_DECIMALS)
+    h = round(max(0.0, round(y1, BOX_DECIMALS) - y0), BOX_DECIMALS)
+    pose = None
+    if face.pose is not None:
+        pose = Pose(_angle(face.pose.yaw), _angle(face.pose.pitch), _angle(face.pose.roll))
+    return Observation(
+        box=(x0, y0, w, h),
+        score=round(_unit(face.detection.score), SCORE_DECIMALS),
+        pose=pose,
+        track=int(track),
+    )
