@@ -25,6 +25,16 @@ def run(argv: list[str]) -> int:
         return exc.exit_code
 
 
+def decide_as_the_service(config: Path) -> None:
+    """What `edge-camera run` does with the [policy] section at start: the gate decides and audits."""
+    from edge.app.policy_commands import load_policy_config
+    from edge.policy import PolicyGate
+    from edge.trust.audit import AuditLog
+
+    policy = load_policy_config(config)
+    PolicyGate(policy, audit=AuditLog(policy.audit_log)).decide()
+
+
 @pytest.fixture(scope="module")
 def pki() -> Pki:
     # Real time: the CLI reads the real clock, so the PKI must be valid now.
@@ -84,7 +94,7 @@ def test_audit_verify_intact_then_tampered(tmp_path: Path, pki: Pki, capsys: pyt
     device = issue_now(tmp_path, pki)
     install_crl(pki, device.state_dir)
     config = config_for(tmp_path, device.state_dir)
-    run(["policy", "--config", str(config)])
+    decide_as_the_service(config)  # `edge-camera policy` records nothing: the service writes the log
     assert run(["audit", "verify", "--config", str(config)]) == 0
     assert "intact" in capsys.readouterr().out
     log = device.state_dir / "audit.log"

@@ -7,6 +7,7 @@ of the configuration file itself.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,7 @@ from typing import Any
 from edge.trust.audit import AuditError, AuditLog, verify_log
 from edge.app.config import DEFAULT_CONFIG
 from edge.common.errors import ConfigError
-from edge.policy.config import PolicyConfig
-from edge.policy.gate import Mode, PolicyGate
+from edge.policy import Mode, PolicyConfig, preview_decision
 
 EXIT_OK = 0
 POLICY_SECTION = "policy"
@@ -38,14 +38,15 @@ def load_policy_config(path: Path) -> PolicyConfig:
 
 
 def cmd_policy(args: argparse.Namespace) -> int:
+    """Print what the gate would decide now; read-only (no directory, no stored CRL, no audit record)."""
     config = load_policy_config(Path(args.config))
-    gate = PolicyGate(config, audit=AuditLog(config.audit_log))
-    reload = gate.startup_crl
-    decision = gate.decide()
+    preview = preview_decision(config, dt.datetime.now(dt.timezone.utc))
+    decision = preview.decision
     print(f"device      {decision.device_id or '(no usable certificate)'}")
+    print(f"clock       {decision.evaluated_at:%Y-%m-%d %H:%M} UTC")
     print(f"mode        {decision.mode.value}")
     if config.crl is not None:
-        print(f"local CRL   {reload.outcome.value}: {reload.reason}")
+        print(f"local CRL   {preview.local_crl.outcome.value}: {preview.local_crl.reason}")
     for check in decision.checks:
         print(f"  [{' ok ' if check.ok else 'FAIL'}] {check.name}: {check.detail}")
     if decision.mode is Mode.IDENTIFICATION:
@@ -57,7 +58,7 @@ def cmd_policy(args: argparse.Namespace) -> int:
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     path = Path(args.log) if args.log else load_policy_config(Path(args.config)).audit_log
-    result = verify_log(path)
+    result = verify_log(path, missing_ok=False)
     print(f"audit log   {path}")
     print(f"records     {result.records}")
     print(f"head        {result.head}")
@@ -96,8 +97,6 @@ def cmd_gallery_erase(args: argparse.Namespace) -> int:
 
 
 def cmd_gallery_purge(args: argparse.Namespace) -> int:
-    import datetime as dt
-
     expired = _gallery(args).purge_expired(dt.datetime.now(dt.timezone.utc))
     print(f"erased {len(expired)} person(s) past their retention date" + (f": {', '.join(expired)}" if expired else ""))
     return EXIT_OK
