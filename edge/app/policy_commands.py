@@ -2,7 +2,16 @@
 
 Why separate from edge/app/cli.py: the lead's CLI stays about detection; this
 module only adds subcommands (`add_parsers`) and reads the `[policy]` section
-of the configuration file itself.
+of the configuration file itself. It imports nothing of the vision stack
+(numpy, OpenCV, the detector), so the read-only commands start quickly and
+work on a camera whose detector is broken; `edge.app.config`, for the default
+path, has to stay as light.
+
+`policy` and `audit verify` only read: `policy` previews the gate's decision
+(no directory made, no CRL stored, no audit record, no grant), and exits 0 in
+either mode, since detection is not an error. `audit verify` exits 0 when the
+chain is intact and 7 (`AuditError`) when the log was altered, cannot be read
+or does not exist. A configuration problem exits 2 (`ConfigError`).
 """
 from __future__ import annotations
 
