@@ -608,3 +608,23 @@ def test_a_real_change_is_recorded_even_across_restarts(tmp_path: Path) -> None:
     assert [d["mode"] for d in decisions()] == ["identification", "detection", "identification", "detection"]  # type: ignore[index]
     assert "was revoked" in str(decisions()[-1]["reasons"])  # type: ignore[index]
     assert verify_log(dev.state_dir / "audit.log").ok
+
+
+def test_restarts_add_no_crl_record_either(tmp_path: Path) -> None:
+    """The bundle's CRL file is older than the one that came over MQTT, then it goes missing: each refusal is
+    recorded once, however often the service starts and re-reads it."""
+    pki = Pki.create()
+    dev = provision(tmp_path, pki)
+    install_crl_file(dev, pki.crl())  # CRL 1, from the bundle
+    start_service(dev, NOW)
+    gate = PolicyGate(dev.config, audit=AuditLog(dev.state_dir / "audit.log"), clock=lambda: NOW)
+    assert gate.crl_store.handle(pki.crl().public_bytes(serialization.Encoding.DER)).applied  # CRL 2, from MQTT
+    for restart in range(4):
+        assert start_service(dev, NOW + restart * dt.timedelta(seconds=5)).mode is Mode.IDENTIFICATION
+    (dev.state_dir / "installed-crl.pem").unlink()
+    for restart in range(4):
+        start_service(dev, NOW + dt.timedelta(seconds=20 + 5 * restart))
+    events = [r["event"] for r in audit_records(dev)]
+    assert events == ["crl-applied", "policy-decision", "crl-applied", "crl-ignored", "crl-ignored"], events
+    ignored = [r["data"]["message"] for r in audit_records(dev) if r["event"] == "crl-ignored"]  # type: ignore[index]
+    assert "rollback refused" in ignored[0] and "cannot be read" in ignored[1]
