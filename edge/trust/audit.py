@@ -5,6 +5,8 @@ Why a hash chain: editing or deleting a line inside the log breaks the chain
 `on_append` (the service publishes it on the MQTT `audit` topic with its
 running hash) and the broker's last head shows how far the log reached.
 Why durable appends: a decision that was acted on must not vanish in a power cut.
+Why `append_if_changed`: the log records changes (of policy decision, of CRL
+outcome), not how often a service happened to start.
 """
 from __future__ import annotations
 
