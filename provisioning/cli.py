@@ -39,7 +39,7 @@ from edge.trust.grant import (
     check_device_id,
 )
 from edge.trust.device_key import IdentityError, build_csr, load_device_key, load_or_create_device_key
-from edge.policy.gate import FIRMWARE_POLICY_VERSION, Mode
+from edge.policy.decision import FIRMWARE_POLICY_VERSION, Mode
 from edge.trust.revocation import check_crl_signature, crl_number
 from edge.trust.tags import TagClass, classify_tag, identification_blockers
 from provisioning import ca as builders

@@ -11,7 +11,7 @@ from cryptography import x509
 
 from edge.trust.certificates import read_device_identity
 from edge.common.errors import EdgeError
-from edge.policy.gate import Mode, PolicyDecision, PolicyMaterial, evaluate
+from edge.policy.decision import Mode, PolicyDecision, PolicyMaterial, evaluate
 from edge.trust.tags import classify_tag
 
 KEY_CHECK = "key"

@@ -147,3 +147,73 @@ def test_unwritable_location_is_a_clear_error(tmp_path: Path) -> None:
     blocker.write_text("x")
     with pytest.raises(AuditError, match="cannot open audit log"):
         AuditLog(blocker / "audit.log").append("x")
+
+
+def test_verify_can_insist_the_log_exists(tmp_path: Path) -> None:
+    with pytest.raises(AuditError, match="does not exist"):
+        verify_log(tmp_path / "none.log", missing_ok=False)
+    assert not (tmp_path / "none.log").exists()
+
+
+# --- append only what changed ---------------------------------------------------------------------
+
+DECISION = {"mode": "detection", "reasons": ("no revocation list",), "serial": "3e9"}
+
+
+def test_same_data_again_is_not_appended_even_by_a_new_writer(tmp_path: Path) -> None:
+    """A restarted service is a new AuditLog over the same file: the file, not memory, says what was last."""
+    path = tmp_path / "audit.log"
+    sent: list[dict[str, object]] = []
+    first = AuditLog(path, on_append=sent.append).append_if_changed("decision", DECISION)
+    assert first is not None and json.loads(lines(path)[0])["data"] == {**DECISION, "reasons": ["no revocation list"]}
+    for _ in range(3):
+        assert AuditLog(path, on_append=sent.append).append_if_changed("decision", dict(DECISION)) is None
+    assert len(lines(path)) == 1 and len(sent) == 1
+
+
+def test_changed_data_is_appended_and_other_events_do_not_hide_the_last_one(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    log = AuditLog(path)
+    log.append_if_changed("decision", DECISION)
+    log.append("crl-applied", {"n": 1})
+    log.append("gallery-erase", {"person": "p-1"})
+    assert log.append_if_changed("decision", DECISION) is None  # the last *decision* is still the same
+    changed = {**DECISION, "mode": "identification", "reasons": ()}
+    assert log.append_if_changed("decision", changed) is not None
+    assert log.append_if_changed("decision", DECISION) is not None  # back again is a change too
+    assert [json.loads(line)["event"] for line in lines(path)] == [
+        "decision", "crl-applied", "gallery-erase", "decision", "decision"]
+    assert verify_log(path).ok
+
+
+def test_the_last_record_is_found_beyond_one_read_window(tmp_path: Path) -> None:
+    """Many other events after the last decision: the backwards search crosses window edges mid-line."""
+    from edge.trust.audit import TAIL_WINDOW_BYTES
+
+    path = tmp_path / "audit.log"
+    log = AuditLog(path)
+    log.append_if_changed("decision", DECISION)
+    filler = "x" * 997  # not a divisor of the window, so lines straddle its edges
+    while path.stat().st_size < 3 * TAIL_WINDOW_BYTES:
+        log.append("other", {"filler": filler})
+    before = path.stat().st_size
+    assert log.append_if_changed("decision", DECISION) is None and path.stat().st_size == before
+    assert log.append_if_changed("decision", {**DECISION, "serial": "3ea"}) is not None
+
+
+def test_an_altered_last_record_does_not_stand_for_the_decision(tmp_path: Path) -> None:
+    """Someone edits the recorded decision to match what the device would say next: it is appended anyway."""
+    path = tmp_path / "audit.log"
+    AuditLog(path).append_if_changed("decision", DECISION)
+    changed = {**DECISION, "mode": "identification"}
+    path.write_text(path.read_text().replace('"detection"', '"identification"'))
+    assert AuditLog(path).append_if_changed("decision", changed) is not None
+    assert len(lines(path)) == 2 and not verify_log(path).ok
+
+
+def test_a_torn_tail_is_skipped_when_looking_for_the_last_record(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    AuditLog(path).append_if_changed("decision", DECISION)
+    with open(path, "ab") as handle:
+        handle.write(b'{"seq": 1, "event": "decision", "da')  # power cut mid-write
+    assert AuditLog(path).append_if_changed("decision", DECISION) is None

@@ -32,7 +32,7 @@ from edge.identify.gallery import (
     Identifier,
 )
 from edge.vision.pipeline import DetectorConfig, Pipeline, build_pipeline
-from edge.policy.gate import Mode, PolicyGate
+from edge.policy import Mode, PolicyGate
 from support.pki import DAY, NOW, Pki, provision
 from support.identity_groups import GROUPS, MODELS
 

@@ -6,6 +6,7 @@ whatever happens to the certificate, only identification is switched off.
 from __future__ import annotations
 
 import copy
+import json
 import datetime as dt
 import pickle
 from pathlib import Path
@@ -21,7 +22,7 @@ from edge.common.errors import ConfigError
 from edge.trust.grant import encode_grant
 from edge.identify import IdentificationRefused, IdentificationSession
 from edge.trust.device_key import build_csr
-from edge.policy.gate import (
+from edge.policy import (
     FIRMWARE_BUILD_TIME,
     IdentificationGrant,
     Mode,
@@ -535,3 +536,95 @@ def test_each_decision_replaces_the_previous_grant(device: Device) -> None:
     gate = PolicyGate(device.config, audit=AuditLog(device.state_dir / "audit.log"), clock=lambda: NOW)
     first, second = gate.decide(), gate.decide()
     assert not is_gate_issued(first.identification) and is_gate_issued(second.identification)
+
+
+# --- the audit log records changes of decision, not restarts ----------------------------------------
+
+def audit_records(device: Device) -> list[dict[str, object]]:
+    return [json.loads(line) for line in (device.state_dir / "audit.log").read_text().splitlines()]
+
+
+def start_service(device: Device, now: dt.datetime):  # type: ignore[no-untyped-def]
+    """What each start of the service does (edge.app.service.attach_policy): a new gate over the same
+    state directory, which re-reads the installed CRL, then its first decision."""
+    return PolicyGate(device.config, audit=AuditLog(device.state_dir / "audit.log"), clock=lambda: now).decide()
+
+
+def install_crl_file(device: Device, crl: x509.CertificateRevocationList) -> None:
+    (device.state_dir / "installed-crl.pem").write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+
+
+def test_a_service_restarting_every_five_seconds_adds_no_record(device: Device) -> None:
+    install_crl_file(device, device.pki.crl())
+    first = start_service(device, NOW)
+    assert first.mode is Mode.IDENTIFICATION
+    after_first_start = audit_records(device)
+    assert [r["event"] for r in after_first_start] == ["crl-applied", "policy-decision"]
+    for restart in range(1, 8):
+        assert start_service(device, NOW + restart * dt.timedelta(seconds=5)).mode is Mode.IDENTIFICATION
+    assert audit_records(device) == after_first_start
+    assert verify_log(device.state_dir / "audit.log").ok
+
+
+def test_restarts_with_an_untrusted_clock_add_no_record(device: Device) -> None:
+    """The clock's reason must not carry the reading, or each new minute would look like a new decision."""
+    install_crl_file(device, device.pki.crl())
+    before_build = FIRMWARE_BUILD_TIME - DAY
+    for restart in range(4):
+        decision = start_service(device, before_build + restart * dt.timedelta(seconds=61))
+        assert decision.mode is Mode.DETECTION and "time is untrusted" in failed(decision)["clock"]
+    assert [r["event"] for r in audit_records(device)].count("policy-decision") == 1
+
+
+def test_a_real_change_is_recorded_even_across_restarts(tmp_path: Path) -> None:
+    """A replaced certificate and a revocation each add exactly one decision; restarts in between add none."""
+    from edge.trust.device_key import load_or_create_device_key
+
+    pki = Pki.create()
+    dev = provision(tmp_path, pki)
+    install_crl_file(dev, pki.crl())
+
+    def decisions() -> list[dict[str, object]]:
+        return [r["data"] for r in audit_records(dev) if r["event"] == "policy-decision"]  # type: ignore[misc]
+
+    start_service(dev, NOW)
+    start_service(dev, NOW + dt.timedelta(seconds=5))
+    assert [d["mode"] for d in decisions()] == ["identification"]  # type: ignore[index]
+
+    key = load_or_create_device_key(dev.state_dir)
+    dev.install(pki.issue(build_csr(key, "cam-1"), grant(capabilities=("detection",))))
+    for restart in range(3):
+        start_service(dev, NOW + dt.timedelta(seconds=10 + 5 * restart))
+    assert [d["mode"] for d in decisions()] == ["identification", "detection"]  # type: ignore[index]
+    assert decisions()[1]["serial"] == f"{dev.cert.serial_number:x}" != decisions()[0]["serial"]  # type: ignore[index]
+
+    dev.install(pki.issue(build_csr(key, "cam-1")))
+    start_service(dev, NOW + dt.timedelta(seconds=30))
+    pki.revoke(dev.cert)
+    install_crl_file(dev, pki.crl())
+    for restart in range(3):
+        decision = start_service(dev, NOW + dt.timedelta(seconds=35 + 5 * restart))
+        assert decision.mode is Mode.DETECTION and "was revoked" in failed(decision)["revocation"]
+    assert [d["mode"] for d in decisions()] == ["identification", "detection", "identification", "detection"]  # type: ignore[index]
+    assert "was revoked" in str(decisions()[-1]["reasons"])  # type: ignore[index]
+    assert verify_log(dev.state_dir / "audit.log").ok
+
+
+def test_restarts_add_no_crl_record_either(tmp_path: Path) -> None:
+    """The bundle's CRL file is older than the one that came over MQTT, then it goes missing: each refusal is
+    recorded once, however often the service starts and re-reads it."""
+    pki = Pki.create()
+    dev = provision(tmp_path, pki)
+    install_crl_file(dev, pki.crl())  # CRL 1, from the bundle
+    start_service(dev, NOW)
+    gate = PolicyGate(dev.config, audit=AuditLog(dev.state_dir / "audit.log"), clock=lambda: NOW)
+    assert gate.crl_store.handle(pki.crl().public_bytes(serialization.Encoding.DER)).applied  # CRL 2, from MQTT
+    for restart in range(4):
+        assert start_service(dev, NOW + restart * dt.timedelta(seconds=5)).mode is Mode.IDENTIFICATION
+    (dev.state_dir / "installed-crl.pem").unlink()
+    for restart in range(4):
+        start_service(dev, NOW + dt.timedelta(seconds=20 + 5 * restart))
+    events = [r["event"] for r in audit_records(dev)]
+    assert events == ["crl-applied", "policy-decision", "crl-applied", "crl-ignored", "crl-ignored"], events
+    ignored = [r["data"]["message"] for r in audit_records(dev) if r["event"] == "crl-ignored"]  # type: ignore[index]
+    assert "rollback refused" in ignored[0] and "cannot be read" in ignored[1]

@@ -2,11 +2,21 @@
 
 Why separate from edge/app/cli.py: the lead's CLI stays about detection; this
 module only adds subcommands (`add_parsers`) and reads the `[policy]` section
-of the configuration file itself.
+of the configuration file itself. It imports nothing of the vision stack
+(numpy, OpenCV, the detector), so the read-only commands start quickly and
+work on a camera whose detector is broken; `edge.app.config`, for the default
+path, has to stay as light.
+
+`policy` and `audit verify` only read: `policy` previews the gate's decision
+(no directory made, no CRL stored, no audit record, no grant), and exits 0 in
+either mode, since detection is not an error. `audit verify` exits 0 when the
+chain is intact and 7 (`AuditError`) when the log was altered, cannot be read
+or does not exist. A configuration problem exits 2 (`ConfigError`).
 """
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -14,7 +24,7 @@ from typing import Any
 from edge.trust.audit import AuditError, AuditLog, verify_log
 from edge.app.config import DEFAULT_CONFIG
 from edge.common.errors import ConfigError
-from edge.policy.gate import Mode, PolicyConfig, PolicyGate
+from edge.policy import Mode, PolicyConfig, preview_decision
 
 EXIT_OK = 0
 POLICY_SECTION = "policy"
@@ -37,14 +47,15 @@ def load_policy_config(path: Path) -> PolicyConfig:
 
 
 def cmd_policy(args: argparse.Namespace) -> int:
+    """Print what the gate would decide now; read-only (no directory, no stored CRL, no audit record)."""
     config = load_policy_config(Path(args.config))
-    gate = PolicyGate(config, audit=AuditLog(config.audit_log))
-    reload = gate.startup_crl
-    decision = gate.decide()
+    preview = preview_decision(config, dt.datetime.now(dt.timezone.utc))
+    decision = preview.decision
     print(f"device      {decision.device_id or '(no usable certificate)'}")
+    print(f"clock       {decision.evaluated_at:%Y-%m-%d %H:%M} UTC")
     print(f"mode        {decision.mode.value}")
     if config.crl is not None:
-        print(f"local CRL   {reload.outcome.value}: {reload.reason}")
+        print(f"local CRL   {preview.local_crl.outcome.value}: {preview.local_crl.reason}")
     for check in decision.checks:
         print(f"  [{' ok ' if check.ok else 'FAIL'}] {check.name}: {check.detail}")
     if decision.mode is Mode.IDENTIFICATION:
@@ -56,7 +67,7 @@ def cmd_policy(args: argparse.Namespace) -> int:
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     path = Path(args.log) if args.log else load_policy_config(Path(args.config)).audit_log
-    result = verify_log(path)
+    result = verify_log(path, missing_ok=False)
     print(f"audit log   {path}")
     print(f"records     {result.records}")
     print(f"head        {result.head}")
@@ -95,8 +106,6 @@ def cmd_gallery_erase(args: argparse.Namespace) -> int:
 
 
 def cmd_gallery_purge(args: argparse.Namespace) -> int:
-    import datetime as dt
-
     expired = _gallery(args).purge_expired(dt.datetime.now(dt.timezone.utc))
     print(f"erased {len(expired)} person(s) past their retention date" + (f": {', '.join(expired)}" if expired else ""))
     return EXIT_OK

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from edge.app.version import firmware_version
 from edge.wire import serialize
@@ -31,6 +31,9 @@ from edge.delivery.outbox import Outbox
 from edge.vision.pipeline import FrameLike
 from edge.delivery.publish import Publisher
 from edge.wire.track import Tracker
+
+if TYPE_CHECKING:  # the gate is imported on demand (attach_policy): a service without [policy] never loads it
+    from edge.policy import PolicyConfig, PolicyGate
 
 log = logging.getLogger(__name__)
 
@@ -204,14 +207,16 @@ def recheck_delay(valid_until: dt.datetime | None, now: dt.datetime, ceiling: fl
     return min(ceiling, max(POLICY_RECHECK_MIN_S, (valid_until - now).total_seconds()))
 
 
-def attach_policy(service: Service, policy: Any) -> Any:
+def attach_policy(service: Service, policy: PolicyConfig) -> PolicyGate:
     """Wire the policy gate: its audit records go out on `audit`, CRLs from MQTT reach its store.
 
     Detection never waits for the gate: whatever it decides, this service runs
-    detection (identification is a separate, gated entry point).
+    detection (identification is a separate, gated entry point). The gate
+    records a decision in the audit log only when it differs from the last one
+    there, so a service restarted again and again adds no record of its own.
     """
+    from edge.policy import PolicyGate
     from edge.trust.audit import AuditLog
-    from edge.policy.gate import PolicyGate
 
     gate = PolicyGate(policy, audit=AuditLog(policy.audit_log, on_append=service.audit_sink))
     timer: list[threading.Timer] = []

@@ -1,80 +1,33 @@
-"""The identification gate: decides, from the device's certificate, which mode may run.
+"""The identification gate: loads the material, decides, audits, and alone issues `IdentificationGrant`s.
 
-Why a gate and not a setting: identification may only switch on when a signed
-provisioning certificate explicitly grants it, for a deployment described by
-known tags, none of them law enforcement or a public space. Every condition is
-checked on the device itself; if any fails, the mode is detection, with the
-reasons. Detection never depends on this module: whatever happens to the
-certificate, detection keeps running.
-
-Functional core (`evaluate`) over loaded material and a clock reading; the
-imperative shell (`PolicyGate`) reads files, audits decisions, and is the only
-place that mints the `IdentificationGrant` that `edge.identify` requires.
+Why one place issues grants: `edge.identify` opens a session only with a grant
+this module minted for a decision in identification mode that the audit log
+recorded, so no other code path can switch identification on. The judgement
+itself is `edge.policy.decision.evaluate`; reading files is
+`edge.policy.material`; this module is the imperative shell around them.
+`preview_decision` is the same judgement with no side effect at all, for
+`edge-camera policy`.
 """
 from __future__ import annotations
 
 import datetime as dt
-import enum
 import logging
 import weakref
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Any, NoReturn
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
+from typing import NoReturn
 
-from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.x509.oid import ExtendedKeyUsageOID
-from cryptography.x509.verification import (
-    Criticality,
-    ExtensionPolicy,
-    PolicyBuilder,
-    Store,
-    VerificationError,
-)
-
+from edge.policy.config import PolicyConfig
+from edge.policy.decision import FIRMWARE_BUILD_TIME, Check, Mode, PolicyDecision, evaluate
+from edge.policy.material import load_crl_issuers, load_material, read_installed_crl
 from edge.trust.audit import AuditError, AuditLog
-from edge.trust.certificates import (
-    MAX_CERTIFICATE_BYTES,
-    MAX_CHAIN_CERTIFICATES,
-    CertificateError,
-    check_certificate_profile,
-    load_certificates,
-    read_device_identity,
-    spki,
-)
-from edge.common.errors import ConfigError, EdgeError
-from edge.trust.grant import DEVICE_URI_PREFIX, EdgeGrant
-from edge.trust.device_key import DEVICE_KEY_FILE, IdentityError, load_device_key
-from edge.trust.revocation import CrlStore, check_crl_signature, revoked_serial
-from edge.trust.tags import Vocabulary, identification_blockers
+from edge.trust.revocation import CrlResult, CrlStore
+from edge.trust.tags import Vocabulary
 
-# A clock earlier than the firmware's build is certainly wrong (a device without
-# an RTC boots in 1970): such time is untrusted and never enables identification.
-FIRMWARE_BUILD_TIME = dt.datetime(2026, 11, 21, tzinfo=dt.timezone.utc)
-# The newest grant policyVersion this firmware understands; newer grants may rely
-# on rules it does not know, so they keep identification off.
-FIRMWARE_POLICY_VERSION = 1
-# root -> provisioning CA -> device
-MAX_CHAIN_DEPTH = 2
-AUDIT_LOG_FILE = "audit.log"
-READ_LIMIT_CERT_FILE = MAX_CERTIFICATE_BYTES * MAX_CHAIN_CERTIFICATES + 1
+# The audit event of a policy decision; one is appended only when the decision changes.
+DECISION_EVENT = "policy-decision"
 
 logger = logging.getLogger(__name__)
-
-
-class Mode(enum.Enum):
-    DETECTION = "detection"
-    IDENTIFICATION = "identification"
-
-
-@dataclass(frozen=True, slots=True)
-class Check:
-    """One condition for identification; `detail` is written for an installer."""
-
-    name: str
-    ok: bool
-    detail: str
 
 
 class IdentificationGrant:
@@ -90,7 +43,7 @@ class IdentificationGrant:
 
     __slots__ = ("device_id", "site", "deployment_tags", "serial", "valid_until", "__weakref__")
 
-    def __init__(self, seal: object, decision: "PolicyDecision") -> None:
+    def __init__(self, seal: object, decision: PolicyDecision) -> None:
         if seal is not _GATE_SEAL:
             raise TypeError("IdentificationGrant is issued by the policy gate only (edge.policy.gate.PolicyGate.decide)")
         if decision.mode is not Mode.IDENTIFICATION or decision.grant is None or decision.valid_until is None:
@@ -129,309 +82,41 @@ def is_gate_issued(grant: object) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
-class PolicyDecision:
-    mode: Mode
-    reasons: tuple[str, ...]
-    checks: tuple[Check, ...]
-    evaluated_at: dt.datetime
-    device_id: str | None = None
-    grant: EdgeGrant | None = None
-    serial: int | None = None
-    # When this decision must be re-evaluated at the latest (certificate expiry, CRL nextUpdate).
-    valid_until: dt.datetime | None = None
+class GateDecision(PolicyDecision):
+    """A decision as the gate acted on it: audited, and carrying the grant it issued in identification mode."""
+
     identification: IdentificationGrant | None = field(default=None, compare=False, repr=False)
 
-    def to_record(self) -> dict[str, Any]:
-        return {
-            "mode": self.mode.value,
-            "reasons": list(self.reasons),
-            "device_id": self.device_id,
-            "serial": None if self.serial is None else f"{self.serial:x}",
-            "valid_until": None if self.valid_until is None else self.valid_until.isoformat(),
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class PolicyConfig:
-    """The `[policy]` configuration section. Relative paths are relative to `state_dir`."""
-
-    state_dir: Path
-    trust_anchor: Path
-    certificate: Path
-    key: Path
-    crl: Path | None = None
-
-    REQUIRED = ("state_dir", "trust_anchor", "certificate")
-    OPTIONAL = ("key", "crl")
-
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> "PolicyConfig":
-        if not isinstance(data, Mapping):
-            raise ConfigError("[policy]", "is not a table", "a [policy] section with paths")
-        unknown = sorted(set(data) - set(cls.REQUIRED) - set(cls.OPTIONAL))
-        if unknown:
-            raise ConfigError("[policy]", f"unknown keys {unknown}",
-                              f"only {', '.join(cls.REQUIRED + cls.OPTIONAL)}")
-        values: dict[str, str] = {}
-        for key in cls.REQUIRED + cls.OPTIONAL:
-            if key not in data:
-                if key in cls.REQUIRED:
-                    raise ConfigError(f"[policy] {key}", "is missing", "a file path")
-                continue
-            value = data[key]
-            if not isinstance(value, str) or not value.strip() or "\x00" in value:
-                raise ConfigError(f"[policy] {key}", f"{value!r} is not a path", "a non-empty string")
-            values[key] = value
-        state_dir = Path(values["state_dir"])
-        def under(value: str) -> Path:
-            path = Path(value)
-            return path if path.is_absolute() else state_dir / path
-        return cls(
-            state_dir=state_dir,
-            trust_anchor=under(values["trust_anchor"]),
-            certificate=under(values["certificate"]),
-            key=under(values.get("key", DEVICE_KEY_FILE)),
-            crl=under(values["crl"]) if "crl" in values else None,
-        )
-
-    @property
-    def audit_log(self) -> Path:
-        return self.state_dir / AUDIT_LOG_FILE
-
-
-@dataclass(frozen=True, slots=True)
-class PolicyMaterial:
-    """Everything the decision depends on, already read from disk."""
-
-    leaf: x509.Certificate | None
-    intermediates: tuple[x509.Certificate, ...]
-    anchors: tuple[x509.Certificate, ...]
-    device_public_key: Any | None
-    crl: x509.CertificateRevocationList | None
-    load_failures: tuple[Check, ...] = ()
-
-
-def _validate_client_auth(_policy: object, _cert: x509.Certificate, ext: object) -> None:
-    if not isinstance(ext, x509.ExtendedKeyUsage) or ExtendedKeyUsageOID.CLIENT_AUTH not in ext:
-        raise ValueError("device certificate is not for TLS client authentication")
-
-
-def _validate_device_san(_policy: object, _cert: x509.Certificate, ext: object) -> None:
-    if not isinstance(ext, x509.SubjectAlternativeName):
-        raise ValueError("no subject alternative name")
-    uris = [u for u in ext.get_values_for_type(x509.UniformResourceIdentifier) if u.startswith(DEVICE_URI_PREFIX)]
-    if len(uris) != 1:
-        raise ValueError(f"expected exactly one {DEVICE_URI_PREFIX}<device id> URI in the SAN")
-
-
-def verify_chain(leaf: x509.Certificate, intermediates: tuple[x509.Certificate, ...],
-                 anchors: tuple[x509.Certificate, ...], now: dt.datetime) -> str | None:
-    """None when the chain verifies to a pinned anchor at `now`; else the verifier's reason."""
-    ee_policy = (
-        ExtensionPolicy.webpki_defaults_ee()
-        .require_present(x509.ExtendedKeyUsage, Criticality.AGNOSTIC, _validate_client_auth)
-        .require_present(x509.SubjectAlternativeName, Criticality.AGNOSTIC, _validate_device_san)
-    )
-    verifier = (
-        PolicyBuilder()
-        .store(Store(list(anchors)))
-        .time(now)
-        .max_chain_depth(MAX_CHAIN_DEPTH)
-        .extension_policies(ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=ee_policy)
-        .build_client_verifier()
-    )
-    try:
-        verifier.verify(leaf, list(intermediates))
-    except VerificationError as exc:
-        return str(exc).split(" (encountered processing")[0]
-    return None
-
-
-_PARSE_ERRORS = (ValueError, TypeError, UnsupportedAlgorithm, x509.InvalidVersion)
-
-
-def _unparseable(name: str, exc: Exception) -> Check:
-    return Check(name, False, f"certificate is damaged and cannot be checked ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else 'no detail'})")
-
-
-def _explain(exc: EdgeError) -> str:
-    return exc.message if not exc.hint else f"{exc.message} ({exc.hint})"
-
-
-def _fmt(when: dt.datetime) -> str:
-    return when.strftime("%Y-%m-%d %H:%M UTC")
-
-
-def evaluate(material: PolicyMaterial, now: dt.datetime, *, build_time: dt.datetime = FIRMWARE_BUILD_TIME,
-             vocabulary: Vocabulary | None = None) -> PolicyDecision:
-    """Pure: identification only when every check passes; otherwise detection, with the reasons."""
-    checks: list[Check] = list(material.load_failures)
-    clock_ok = now >= build_time
-    checks.append(Check("clock", clock_ok,
-                        f"clock reads {_fmt(now)}, not earlier than the firmware build ({_fmt(build_time)})"
-                        if clock_ok else
-                        f"clock reads {_fmt(now)}, earlier than the firmware build ({_fmt(build_time)}): "
-                        "time is untrusted (set the clock or enable NTP)"))
-    leaf = material.leaf
-    grant: EdgeGrant | None = None
-    device_id: str | None = None
-    valid_until: dt.datetime | None = None
-    serial: int | None = None
-    if leaf is not None:
-        try:
-            check_certificate_profile(leaf, "device certificate")
-            identity = read_device_identity(leaf)
-            grant, device_id = identity.grant, identity.device_id
-            checks.append(Check("certificate", True,
-                                f"certificate names device {device_id!r} consistently (CN, SAN, grant)"))
-        except EdgeError as exc:
-            checks.append(Check("certificate", False, f"certificate refused: {_explain(exc)}"))
-        except _PARSE_ERRORS as exc:
-            checks.append(_unparseable("certificate", exc))
-        try:
-            serial = leaf.serial_number
-            checks.append(_validity_check(leaf, now))
-            problem = verify_chain(leaf, material.intermediates, material.anchors, now)
-            checks.append(Check("chain", problem is None, "chain verifies to the pinned trust anchor"
-                                if problem is None else f"chain does not verify to the pinned trust anchor: {problem}"))
-            checks.append(_key_check(leaf, material.device_public_key))
-            revocation, crl_next = _revocation_checks(leaf, material, now)
-            checks.extend(revocation)
-            valid_until = min(leaf.not_valid_after_utc, crl_next) if crl_next else leaf.not_valid_after_utc
-        except _PARSE_ERRORS as exc:
-            # cryptography parses lazily: a damaged field surfaces only when read.
-            checks.append(_unparseable("chain", exc))
-    if grant is not None:
-        checks.extend(_grant_checks(grant, vocabulary))
-    elif leaf is not None:
-        checks.append(Check("grant", False, "no usable grant: identification is not granted"))
-    else:
-        checks.append(Check("grant", False, "no usable device certificate, so nothing grants identification"))
-    failed = tuple(c.detail for c in checks if not c.ok)
-    mode = Mode.IDENTIFICATION if not failed else Mode.DETECTION
-    return PolicyDecision(mode=mode, reasons=failed, checks=tuple(checks), evaluated_at=now, device_id=device_id,
-                          grant=grant, serial=serial,
-                          valid_until=valid_until)
-
-
-def _validity_check(leaf: x509.Certificate, now: dt.datetime) -> Check:
-    start, end = leaf.not_valid_before_utc, leaf.not_valid_after_utc
-    if now < start:
-        return Check("validity", False, f"certificate is not valid yet: valid from {_fmt(start)}")
-    if now > end:
-        return Check("validity", False, f"certificate expired on {_fmt(end)}")
-    return Check("validity", True, f"certificate valid from {_fmt(start)} to {_fmt(end)}")
-
-
-def _key_check(leaf: x509.Certificate, device_key: Any | None) -> Check:
-    if device_key is None:
-        return Check("key", False, "the device key could not be read, so the certificate cannot be bound to it")
-    try:
-        same = spki(leaf.public_key()) == spki(device_key)  # type: ignore[arg-type]
-    except (ValueError, TypeError, AttributeError):
-        same = False
-    if not same:
-        return Check("key", False, "certificate was issued for another key, not this device's "
-                                   "(another device's certificate, or the key was replaced)")
-    return Check("key", True, "certificate is bound to this device's own key")
-
-
-def _revocation_checks(leaf: x509.Certificate, material: PolicyMaterial,
-                       now: dt.datetime) -> tuple[list[Check], dt.datetime | None]:
-    """The verifier does not look at CRLs: signature by the issuer, freshness and serial are checked here."""
-    crl = material.crl
-    if crl is None:
-        return [Check("revocation", False,
-                      "no revocation list (CRL) is installed, so revocation cannot be ruled out")], None
-    if crl.issuer != leaf.issuer:
-        return [Check("revocation", False, "revocation list refused: it is not from this certificate's issuer")], None
-    problem = check_crl_signature(crl, material.intermediates)
-    if problem:
-        return [Check("revocation", False, f"revocation list refused: {problem}")], None
-    checks = [_revocation_status(leaf, crl)]
-    next_update = crl.next_update_utc
-    if next_update is None:
-        checks.append(Check("crl-freshness", False, "revocation list has no nextUpdate, so it may be stale"))
-    elif now > next_update:
-        checks.append(Check("crl-freshness", False,
-                            f"revocation list is stale: it expired on {_fmt(next_update)} "
-                            "(publish a new one with 'edge-provision crl')"))
-    elif crl.last_update_utc > now:
-        checks.append(Check("crl-freshness", False,
-                            f"revocation list is dated in the future ({_fmt(crl.last_update_utc)}): "
-                            "the clock or the CRL is wrong"))
-    else:
-        checks.append(Check("crl-freshness", True, f"revocation list is current until {_fmt(next_update)}"))
-    return checks, next_update
-
-
-def _revocation_status(leaf: x509.Certificate, crl: x509.CertificateRevocationList) -> Check:
-    revoked_at = revoked_serial(crl, leaf.serial_number)
-    if revoked_at is not None:
-        return Check("revocation", False, f"certificate serial {leaf.serial_number:x} was revoked on {_fmt(revoked_at)}")
-    return Check("revocation", True, "certificate is not on the revocation list")
-
-
-def _grant_checks(grant: EdgeGrant, vocabulary: Vocabulary | None) -> list[Check]:
-    checks = []
-    version_ok = grant.policy_version <= FIRMWARE_POLICY_VERSION
-    checks.append(Check("policy-version", version_ok,
-                        f"grant policy version {grant.policy_version} is known to this firmware" if version_ok else
-                        f"grant policy version {grant.policy_version} is newer than this firmware's "
-                        f"{FIRMWARE_POLICY_VERSION}: update the firmware"))
-    checks.append(Check("capability", grant.grants_identification,
-                        "identification is granted" if grant.grants_identification else
-                        "identification is not granted by the certificate (detection only)"))
-    blockers = identification_blockers(grant.deployment_tags, vocabulary)
-    if blockers:
-        checks.extend(Check("tags", False, b) for b in blockers)
-    else:
-        checks.append(Check("tags", True, f"deployment tags {list(grant.deployment_tags)} allow identification"))
-    return checks
-
-
-def _read_limited(path: Path, limit: int, what: str) -> bytes:
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(limit + 1)
-    except FileNotFoundError:
-        raise CertificateError(f"{what} {path} does not exist",
-                               "install the device bundle made by 'edge-provision bundle'") from None
-    except OSError as exc:
-        raise CertificateError(f"{what} {path} cannot be read: {exc.strerror}") from None
-    if len(data) > limit:
-        raise CertificateError(f"{what} {path} is larger than {limit} bytes", "expected a certificate file")
-    return data
-
-
-def load_material(config: PolicyConfig, crl: x509.CertificateRevocationList | None) -> PolicyMaterial:
-    """Read the bundle and key; every failure becomes a failed check, never an exception."""
-    failures: list[Check] = []
-    anchors: tuple[x509.Certificate, ...] = ()
-    leaf: x509.Certificate | None = None
-    intermediates: tuple[x509.Certificate, ...] = ()
-    device_key = None
-    try:
-        anchors = tuple(load_certificates(_read_limited(config.trust_anchor, READ_LIMIT_CERT_FILE, "trust anchor"),
-                                          f"trust anchor {config.trust_anchor}"))
-    except CertificateError as exc:
-        failures.append(Check("trust-anchor", False, _explain(exc)))
-    try:
-        certs = load_certificates(_read_limited(config.certificate, READ_LIMIT_CERT_FILE, "device certificate"),
-                                  f"device certificate {config.certificate}")
-        leaf, intermediates = certs[0], tuple(certs[1:])
-    except CertificateError as exc:
-        failures.append(Check("certificate", False, _explain(exc)))
-    try:
-        device_key = load_device_key(config.key).public_key()
-    except IdentityError as exc:
-        failures.append(Check("key", False, _explain(exc)))
-    return PolicyMaterial(leaf, intermediates, anchors, device_key, crl, tuple(failures))
+    def issued(cls, decision: PolicyDecision, identification: IdentificationGrant | None) -> GateDecision:
+        return cls(**{f.name: getattr(decision, f.name) for f in fields(PolicyDecision)},
+                   identification=identification)
 
 
 def _utc_now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyPreview:
+    """What the gate would decide now, and what it would make of the locally installed CRL."""
+
+    decision: PolicyDecision
+    local_crl: CrlResult
+
+
+def preview_decision(config: PolicyConfig, now: dt.datetime, *,
+                     vocabulary: Vocabulary | None = None) -> PolicyPreview:
+    """The gate's decision without its side effects: no directory made, no CRL stored, no record, no grant.
+
+    Why: `edge-camera policy` is how an installer asks the device what it
+    would do, and asking must not change the answer the service finds later
+    (a stored CRL, an audit record the broker never saw). The one thing this
+    cannot tell is whether the audit log is writable by the service.
+    """
+    installed = read_installed_crl(config, load_crl_issuers(config))
+    decision = evaluate(load_material(config, installed.crl), now, vocabulary=vocabulary)
+    return PolicyPreview(decision, installed.local)
 
 
 class PolicyGate:
@@ -449,25 +134,14 @@ class PolicyGate:
         self.audit = audit
         self.clock = clock
         self.vocabulary = vocabulary
-        self._last_record: dict[str, Any] | None = None
         self._issued: "weakref.WeakSet[IdentificationGrant]" = weakref.WeakSet()
-        self.crl_store = CrlStore(config.state_dir, self._crl_issuers(), local_path=config.crl, audit=audit)
+        self.crl_store = CrlStore(config.state_dir, load_crl_issuers(config), local_path=config.crl, audit=audit)
         # The locally installed CRL counts from the start, not only after the first SIGHUP.
         self.startup_crl = self.crl_store.reload()
 
-    def _crl_issuers(self) -> tuple[x509.Certificate, ...]:
-        """The CAs in the installed chain; a CRL signed by anything else is ignored."""
-        try:
-            certs = load_certificates(_read_limited(self.config.certificate, READ_LIMIT_CERT_FILE,
-                                                    "device certificate"), "device certificate")
-        except CertificateError:
-            return ()
-        return tuple(certs[1:])
-
-    def decide(self) -> PolicyDecision:
+    def decide(self) -> GateDecision:
         now = self.clock()
-        material = load_material(self.config, self.crl_store.current())
-        decision = evaluate(material, now, vocabulary=self.vocabulary)
+        decision = evaluate(load_material(self.config, self.crl_store.current()), now, vocabulary=self.vocabulary)
         problem = self._audit(decision)
         if problem is not None and decision.mode is Mode.IDENTIFICATION:
             # Identification without an audit trail is not allowed; detection is unaffected.
@@ -479,24 +153,19 @@ class PolicyGate:
         for old in list(self._issued):
             _ISSUED.discard(old)
         self._issued = weakref.WeakSet()
+        grant = None
         if decision.mode is Mode.IDENTIFICATION:
             grant = IdentificationGrant(_GATE_SEAL, decision)
             self._issued.add(grant)
-            decision = replace(decision, identification=grant)
-        return decision
+        return GateDecision.issued(decision, grant)
 
     def _audit(self, decision: PolicyDecision) -> str | None:
-        """Append the decision when it differs from the last one audited; the problem, if it failed."""
-        record = decision.to_record()
+        """Record the decision unless the log's last one is the same; the problem, if the log failed."""
         if self.audit is None:
             return "no audit log is configured"
-        if record == self._last_record:
-            return None
         try:
-            self.audit.append("policy-decision", record)
+            self.audit.append_if_changed(DECISION_EVENT, decision.audit_record())
         except AuditError as exc:
             logger.error("%s", exc)
-            self._last_record = None
             return exc.message
-        self._last_record = record
         return None

@@ -1,8 +1,9 @@
-"""The device's own key: generated on first boot, kept in the state directory, never exported.
+"""The device's own key: made on the camera by `edge-provision device-key`, kept in the state directory, never exported.
 
 Why on the device: a key that never leaves the camera cannot be copied to
-another one, so a certificate bound to it (see `edge.policy.gate`) cannot be moved
-either. Only the public key leaves, inside a certificate request.
+another one, so a certificate bound to it (see `edge.policy.decision`) cannot be moved
+either. Only the public key leaves, inside a certificate request. The service
+only reads the key (`load_device_key`); it never makes one.
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def device_key_path(state_dir: Path) -> Path:
 
 
 def load_or_create_device_key(state_dir: Path) -> ec.EllipticCurvePrivateKey:
-    """First boot creates the key (O_EXCL, mode 0600); later boots load it."""
+    """The first call creates the key (O_EXCL, mode 0600); later calls load it (`edge-provision device-key`)."""
     path = device_key_path(state_dir)
     if path.exists():
         return load_device_key(path)

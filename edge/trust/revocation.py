@@ -200,8 +200,9 @@ class CrlStore:
     def _audit(self, event: str, message: str, number: int | None, **extra: object) -> None:
         if self.audit is None:
             return
+        # The same outcome again (each restart re-reading a local CRL older than the held one) adds nothing.
         try:
-            self.audit.append(event, {"message": message, "crl_number": number, **extra})
+            self.audit.append_if_changed(event, {"message": message, "crl_number": number, **extra})
         except AuditError as exc:  # a full disk must not stop revocation from applying
             logger.error("%s (%s: %s)", exc, event, message)
 
