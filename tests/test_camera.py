@@ -12,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 from edge.sources.camera import CameraConfig, Frame, VirtualCamera, lores_size, open_source
 from edge.common.errors import ConfigError, InputError
 from edge.vision.pipeline import DetectorConfig, build_pipeline
-from edge.vision.preprocess import place
+from edge.vision.geometry import place
 
 FAST = dict(fps=0.0)
 

@@ -25,21 +25,25 @@ from edge.vision.runtime import DelegateConfig
 from edge.pose.landmarks import LandmarkPose, as_matrix, crop_map, pixel_centred, to_frame
 from edge.vision.pipeline import DetectorConfig, build_pipeline
 from edge.pose.fit import (
-    FACE_MODEL,
-    KEYPOINT_MODEL,
     MESH_POINTS,
     Calibration,
     KeypointPose,
     NoPose,
     build_pose_estimator,
     camera_for,
+    face_model,
     fit_pose,
+    keypoint_model,
     line_of_sight,
     mirror_twin_indices,
     pose_to_rotation,
     rotation_to_pose,
 )
 from support.data import load_rgb, skimage_data
+
+# The generic face and its six BlazeFace keypoints, read from the package's data once for these tests.
+FACE_MODEL = face_model()
+KEYPOINT_MODEL = keypoint_model()
 
 # Mesh indices used to judge signs from the projected picture.
 NOSE_TIP, RIGHT_EYE_OUTER, LEFT_EYE_OUTER, RIGHT_EAR_LEVEL, LEFT_EAR_LEVEL = 1, 33, 263, 234, 454

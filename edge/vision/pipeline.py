@@ -35,7 +35,8 @@ from edge.vision.runtime import (
 )
 from edge.vision.manifest import Manifest, ModelSpec, load_manifest, locate, search_dirs
 from edge.pose.fit import POSE_MODES, PoseEstimator, build_pose_estimator
-from edge.vision.preprocess import Fit, Fitter
+from edge.vision.geometry import Fit
+from edge.vision.preprocess import Fitter
 from edge.vision.tiling import Tile, cut_by_inner_edge, tile_grid
 
 DEFAULT_MODEL = "blazeface-full"

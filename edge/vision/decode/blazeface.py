@@ -15,7 +15,7 @@ import numpy as np
 
 from edge.vision.decode import Candidate
 from edge.vision.decode.nms import weighted_nms
-from edge.vision.preprocess import Fit
+from edge.vision.geometry import Fit
 
 
 def _scale(min_scale: float, max_scale: float, index: int, count: int) -> float:

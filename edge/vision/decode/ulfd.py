@@ -15,7 +15,7 @@ import numpy as np
 
 from edge.vision.decode import Candidate
 from edge.vision.decode.nms import hard_nms
-from edge.vision.preprocess import Fit
+from edge.vision.geometry import Fit
 
 FACE_CLASS = 1
 
