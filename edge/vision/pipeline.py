@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol
 
-import cv2
 import numpy as np
 
 from edge.vision.decode import Candidate
@@ -47,9 +46,6 @@ EDGETPU_DETECTOR = "blazeface-short"
 DEFAULT_TILE_SCORE_THRESHOLD = 0.6
 DEFAULT_TILE_OVERLAP = 48
 PIXEL_MAX = 255.0
-# OpenCV only ever works on model-sized images here, too small to gain from its thread pool,
-# whose spinning workers would take CPU from the interpreter's threads.
-OPENCV_THREADS = 1
 # Compared with every frame's dtype: a dtype object, not the scalar type numpy would convert each time.
 UINT8 = np.dtype(np.uint8)
 
@@ -351,7 +347,6 @@ class Pipeline:
 def build_pipeline(config: DetectorConfig | None = None, manifest: Manifest | None = None,
                    runtime: Runtime | None = None) -> Pipeline:
     config = config or DetectorConfig()
-    cv2.setNumThreads(OPENCV_THREADS)
     manifest = manifest or load_manifest()
     runtime = runtime or load_runtime()
     runner, spec, selection = open_detector_runner(config, manifest, runtime)
