@@ -543,6 +543,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.seconds <= 0 or any(n < 1 for n in args.threads):
         parser.error("--seconds must be positive and every --threads value at least 1")
+    from edge.vision.runtime import configure_process
+
+    configure_process()  # an entry point: the firmware's own process settings, as the service runs
     threads = tuple(args.threads)
 
     def log(message: str) -> None:

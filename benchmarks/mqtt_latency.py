@@ -38,6 +38,7 @@ from edge.delivery.outbox import Outbox, OutboxConfig
 from edge.vision.pipeline import DetectorConfig, build_pipeline
 from edge.delivery.publish import MqttConfig, Publisher
 from edge.app.service import RunLimits, Service, status_for
+from edge.vision.runtime import configure_process
 
 DEVICE = "bench-cam"
 SUBSCRIBER = "bench-subscriber"
@@ -176,6 +177,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0, help="length of the 30 fps latency run")
     parser.add_argument("--outage-s", type=float, default=60.0, help="length of the simulated outage")
     args = parser.parse_args()
+    configure_process()  # an entry point: the firmware's own process settings, as the service runs
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         pki = make_throwaway_pki(workdir / "pki", (DEVICE, SUBSCRIBER))

@@ -28,7 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import load_rgb, require_shared, skimage_data_dir  # noqa: E402
 
-from edge.vision.runtime import DelegateConfig  # noqa: E402
+from edge.vision.runtime import DelegateConfig, configure_process  # noqa: E402
 from edge.pose.landmarks import LandmarkPose, to_frame  # noqa: E402
 from edge.vision.pipeline import DetectorConfig, build_pipeline  # noqa: E402
 from edge.pose.fit import (  # noqa: E402
@@ -154,6 +154,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=list(DEFAULT_THREADS), help="landmark-model threads")
     parser.add_argument("--output", type=Path, help="also write the markdown table here")
     args = parser.parse_args()
+    configure_process()  # an entry point: the firmware's own process settings, as the service runs
     if args.seconds <= 0 or any(n < 1 for n in args.threads):
         parser.error("--seconds must be positive and --threads whole numbers of at least 1")
     load_before = os.getloadavg()[0]
