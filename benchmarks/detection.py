@@ -44,9 +44,9 @@ from common import (  # noqa: E402
     MODEL_FILES,
     MODELS,
     load_rgb,
-    percentile,
     require_shared,
 )
+from edge.common.stats import percentile  # noqa: E402
 
 FRAME_WIDTH, FRAME_HEIGHT = 640, 480
 SCORE_THRESHOLD = 0.5

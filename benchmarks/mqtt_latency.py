@@ -32,7 +32,7 @@ from edge.demo.broker import MosquittoBroker, make_throwaway_pki
 from edge.sources.camera import CameraConfig, Frame, open_source
 from edge.app.config import DeviceConfig, HealthConfig, HomeAssistantConfig, ServiceConfig
 from edge.vision.detection import Box, Detection, Face, HeadPose
-from edge.delivery.health import percentile
+from edge.common.stats import percentile
 from edge.wire.observation import observe
 from edge.delivery.outbox import Outbox, OutboxConfig
 from edge.vision.pipeline import DetectorConfig, build_pipeline

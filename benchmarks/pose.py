@@ -28,6 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import load_rgb, require_shared, skimage_data_dir  # noqa: E402
 
+from edge.common.stats import percentile  # noqa: E402
 from edge.vision.runtime import DelegateConfig, configure_process  # noqa: E402
 from edge.pose.landmarks import LandmarkPose, to_frame  # noqa: E402
 from edge.vision.pipeline import DetectorConfig, build_pipeline  # noqa: E402
@@ -143,8 +144,8 @@ def table(samples: dict[str, list[float]], faces: dict[str, int], seconds: float
     for key, values in samples.items():
         mode, stage = key.split("|")
         name, _, thread = mode.partition(" t")
-        lines.append(f"| {name} | {thread or '-'} | {stage} | {np.median(values):.3f} | "
-                     f"{np.percentile(values, P90):.3f} | {len(values)} |")
+        lines.append(f"| {name} | {thread or '-'} | {stage} | {percentile(values, 50):.3f} | "
+                     f"{percentile(values, P90):.3f} | {len(values)} |")
     return "\n".join(lines) + "\n"
 
 

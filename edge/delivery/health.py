@@ -7,12 +7,12 @@ under-powered Pi throttles its CPU and detection slows down).
 """
 from __future__ import annotations
 
-import math
 import shutil
 import subprocess
 from collections import deque
-from collections.abc import Sequence
 from pathlib import Path
+
+from edge.common.stats import percentile
 
 THERMAL_ZONE = Path("/sys/class/thermal/thermal_zone0/temp")
 # Newer Raspberry Pi kernels expose the firmware's throttling mask here; vcgencmd is the fallback.
@@ -21,15 +21,6 @@ MILLIDEGREES = 1000.0
 VCGENCMD_TIMEOUT_S = 2.0
 LATENCY_WINDOW = 1024
 PERCENTILES = (50, 90, 99)
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """Nearest-rank percentile: always one of the measured values, None when there are none."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return ordered[rank - 1]
 
 
 def cpu_temperature_c(zone: Path = THERMAL_ZONE) -> float | None:
