@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import logging
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from edge.common.files import write_atomically
 from edge.trust.audit import AuditError, AuditLog
 from edge.trust.certificates import CertificateError, load_crl
 
@@ -184,14 +184,7 @@ class CrlStore:
     def _persist(self, der: bytes) -> None:
         """Write-then-rename, so a power cut leaves the old CRL or the new one, never half."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, STATE_FILE_MODE)
-        try:
-            os.write(fd, der)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
+        write_atomically(self.path, der, STATE_FILE_MODE)
 
     def _ignore(self, source: str, reason: str, number: int | None) -> CrlResult:
         self._audit("crl-ignored", f"CRL from {source} ignored: {reason}", number)
