@@ -545,3 +545,22 @@ def test_a_malformed_detection_gets_no_pose_instead_of_an_error(detection: Detec
     image = load_rgb(skimage_data("astronaut.png"))
     assert landmark_pose.estimate(image, [detection]) == [None]
     assert keypoint_pose.estimate(image, [detection]) == [None]
+
+
+class _OnePoseShort:
+    """A pose estimator that breaks the contract (one pose per detection) by returning one fewer."""
+
+    def estimate(self, image: np.ndarray, detections: list[Detection]) -> list[HeadPose | None]:
+        return [HeadPose(0.0, 0.0, 0.0)] * (len(detections) - 1)
+
+
+def test_a_pose_count_that_does_not_match_the_faces_is_an_error_not_a_lost_face(shared_images: Path) -> None:
+    from edge.sources.camera import Frame
+    from edge.vision.pipeline import Pipeline
+
+    built = build_pipeline(DetectorConfig(pose="off"))
+    pipeline = Pipeline(built.detector, _OnePoseShort(), built.config, built.selection)
+    image = load_rgb(shared_images / "fr_two_people.jpg")
+    assert len(built.process(Frame(image, 0, 0.0)).faces) == 2
+    with pytest.raises(ValueError, match="shorter"):
+        pipeline.process(Frame(image, 0, 0.0))

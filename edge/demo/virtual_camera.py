@@ -86,7 +86,7 @@ class VirtualCamera(FrameSource):
     def placement(self, number: int) -> tuple[float, float, float, float]:
         """Face centre (pixels), face width (pixels) and roll (degrees) of frame `number`."""
         width, height = self.config.width, self.config.height
-        p = [2 * math.pi * number / period + phase for period, phase in zip(VIRTUAL_PERIODS, self.phase)]
+        p = [2 * math.pi * number / period + phase for period, phase in zip(VIRTUAL_PERIODS, self.phase, strict=True)]
         low, high = VIRTUAL_FACE_WIDTH
         face_w = width * (low + (high - low) * (0.5 + 0.5 * math.sin(p[2])))
         margin_x = face_w * 0.9

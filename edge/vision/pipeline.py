@@ -340,7 +340,7 @@ class Pipeline:
         poses: list[HeadPose | None] = self.pose.estimate(frame.image, detections) if detections else []
         timings["pose"] = (time.perf_counter() - t0) * 1e3
         h, w = frame.image.shape[:2]
-        faces = tuple(Face(d, p) for d, p in zip(detections, poses))
+        faces = tuple(Face(d, p) for d, p in zip(detections, poses, strict=True))
         return FrameResult(frame.number, frame.capture_time, w, h, faces, timings)
 
 

@@ -258,8 +258,8 @@ class Runner:
         if views:
             if self._float_outputs:
                 return [view() for view in self._output_views]
-            return [codec.decode(view()) for view, codec in zip(self._output_views, self._codecs)]
-        return [codec.decode(self.interpreter.get_tensor(d["index"])) for d, codec in zip(self._outputs, self._codecs)]
+            return [codec.decode(view()) for view, codec in zip(self._output_views, self._codecs, strict=True)]
+        return [codec.decode(self.interpreter.get_tensor(d["index"])) for d, codec in zip(self._outputs, self._codecs, strict=True)]
 
     def invoke(self) -> None:
         """The bare interpreter call, for benchmarks that compare against it."""
