@@ -32,9 +32,9 @@ from edge.common.stats import percentile  # noqa: E402
 from edge.vision.runtime import DelegateConfig, configure_process  # noqa: E402
 from edge.pose.landmarks import LandmarkPose, to_frame  # noqa: E402
 from edge.vision.pipeline import DetectorConfig, build_pipeline  # noqa: E402
+from edge.pose.estimator import build_pose_estimator  # noqa: E402
 from edge.pose.fit import (  # noqa: E402
     KeypointPose,
-    build_pose_estimator,
     camera_for,
     face_model,
     fit_pose,

@@ -24,12 +24,12 @@ from edge.common.errors import ConfigError, InputError
 from edge.vision.runtime import DelegateConfig
 from edge.pose.landmarks import LandmarkPose, as_matrix, crop_map, pixel_centred, to_frame
 from edge.vision.pipeline import DetectorConfig, build_pipeline
+from edge.pose.estimator import build_pose_estimator
 from edge.pose.fit import (
     MESH_POINTS,
     Calibration,
     KeypointPose,
     NoPose,
-    build_pose_estimator,
     camera_for,
     face_model,
     fit_pose,

@@ -22,7 +22,8 @@ rotation of the image adds to roll and leaves yaw and pitch alone, and
 mirroring the image negates yaw and roll.
 
 This module is the pure core plus the cheap keypoint estimator; the landmark
-model stage (which needs the TFLite runtime) is in `edge.pose.landmarks`.
+model stage (which needs the TFLite runtime) is in `edge.pose.landmarks`, and
+choosing between them for the `[detector] pose` setting in `edge.pose.estimator`.
 """
 from __future__ import annotations
 
@@ -273,19 +274,3 @@ class NoPose:
 
     def estimate(self, image: np.ndarray, detections: Sequence[Detection]) -> list[HeadPose | None]:
         return [None] * len(detections)
-
-
-def build_pose_estimator(mode: str, threads: int = 1, *, calibration: Calibration | None = None,
-                         manifest: Any = None, runtime: Any = None, model_dirs: Sequence[Any] = ()) -> PoseEstimator:
-    """The `[detector] pose` setting as an estimator: "landmarks", "keypoints" or "off"."""
-    if mode not in POSE_MODES:
-        raise ConfigError("detector.pose", f"unknown pose mode '{mode}'", f"one of {', '.join(POSE_MODES)}")
-    if mode == "off":
-        return NoPose()
-    if mode == "keypoints":
-        return KeypointPose(calibration)
-    # Imported here so that the pure core above imports without a TFLite runtime.
-    from edge.pose.landmarks import open_landmark_pose
-
-    return open_landmark_pose(threads, calibration=calibration, manifest=manifest, runtime=runtime,
-                              model_dirs=tuple(model_dirs))

@@ -33,7 +33,8 @@ from edge.vision.runtime import (
     load_delegate_checked,
 )
 from edge.vision.manifest import Manifest, ModelSpec, load_manifest, locate, search_dirs
-from edge.pose.fit import POSE_MODES, PoseEstimator, build_pose_estimator
+from edge.pose.estimator import build_pose_estimator
+from edge.pose.fit import POSE_MODES, PoseEstimator
 from edge.vision.geometry import Fit
 from edge.vision.preprocess import Fitter
 from edge.vision.tiling import Tile, cut_by_inner_edge, tile_grid
