@@ -67,7 +67,12 @@ class FrameStats:
         self._period_frames = 0
 
     def record(self, frame_number: int, latency_ms: float) -> None:
-        """A gap in frame numbers means the camera skipped frames the pipeline could not take."""
+        """A gap in frame numbers means the camera skipped frames the pipeline could not take.
+
+        Frame numbers count the camera's own frames (`edge.sources.camera.Frame`):
+        the Pi camera numbers them from its sensor timestamps, so a frame libcamera
+        dropped for want of a free buffer leaves a gap here.
+        """
         if self._last_number is not None and frame_number > self._last_number + 1:
             self.dropped += frame_number - self._last_number - 1
         self._last_number = frame_number
