@@ -84,7 +84,3 @@ def photographs() -> list[Photograph]:
         path = data / name
         found.append(Photograph(name, "scikit-image wheel: skimage/data", sha256_of(path), load_rgb(path)))
     return found
-
-
-def percentile(values_ms: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values_ms), q))

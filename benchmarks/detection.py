@@ -44,9 +44,9 @@ from common import (  # noqa: E402
     MODEL_FILES,
     MODELS,
     load_rgb,
-    percentile,
     require_shared,
 )
+from edge.common.stats import percentile  # noqa: E402
 
 FRAME_WIDTH, FRAME_HEIGHT = 640, 480
 SCORE_THRESHOLD = 0.5
@@ -543,6 +543,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.seconds <= 0 or any(n < 1 for n in args.threads):
         parser.error("--seconds must be positive and every --threads value at least 1")
+    from edge.vision.runtime import configure_process
+
+    configure_process()  # an entry point: the firmware's own process settings, as the service runs
     threads = tuple(args.threads)
 
     def log(message: str) -> None:

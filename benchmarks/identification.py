@@ -33,6 +33,7 @@ from edge.identify.align import align_face  # noqa: E402
 from edge.identify.embedding import FaceEmbedder  # noqa: E402
 from edge.identify.gallery import DEFAULT_MATCH_THRESHOLD  # noqa: E402
 from edge.vision.pipeline import DetectorConfig, build_pipeline  # noqa: E402
+from edge.vision.runtime import configure_process  # noqa: E402
 from edge.policy.gate import PolicyGate  # noqa: E402
 from support.pki import NOW, Pki, provision  # noqa: E402
 from support.identity_groups import GROUPS, MODELS  # noqa: E402
@@ -62,6 +63,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="time budget per timed row")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    configure_process()  # an entry point: the firmware's own process settings, as the service runs
     if not SHARED.is_dir():
         print(f"{SHARED} is absent: the photographs and models sit beside the repository", file=sys.stderr)
         return 1

@@ -32,12 +32,13 @@ from edge.demo.broker import MosquittoBroker, make_throwaway_pki
 from edge.sources.camera import CameraConfig, Frame, open_source
 from edge.app.config import DeviceConfig, HealthConfig, HomeAssistantConfig, ServiceConfig
 from edge.vision.detection import Box, Detection, Face, HeadPose
-from edge.delivery.health import percentile
+from edge.common.stats import percentile
 from edge.wire.observation import observe
 from edge.delivery.outbox import Outbox, OutboxConfig
 from edge.vision.pipeline import DetectorConfig, build_pipeline
 from edge.delivery.publish import MqttConfig, Publisher
 from edge.app.service import RunLimits, Service, status_for
+from edge.vision.runtime import configure_process
 
 DEVICE = "bench-cam"
 SUBSCRIBER = "bench-subscriber"
@@ -176,6 +177,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0, help="length of the 30 fps latency run")
     parser.add_argument("--outage-s", type=float, default=60.0, help="length of the simulated outage")
     args = parser.parse_args()
+    configure_process()  # an entry point: the firmware's own process settings, as the service runs
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         pki = make_throwaway_pki(workdir / "pki", (DEVICE, SUBSCRIBER))

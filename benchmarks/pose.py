@@ -28,16 +28,17 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import load_rgb, require_shared, skimage_data_dir  # noqa: E402
 
-from edge.vision.runtime import DelegateConfig  # noqa: E402
+from edge.common.stats import percentile  # noqa: E402
+from edge.vision.runtime import DelegateConfig, configure_process  # noqa: E402
 from edge.pose.landmarks import LandmarkPose, to_frame  # noqa: E402
 from edge.vision.pipeline import DetectorConfig, build_pipeline  # noqa: E402
+from edge.pose.estimator import build_pose_estimator  # noqa: E402
 from edge.pose.fit import (  # noqa: E402
-    KEYPOINT_MODEL,
-    LANDMARK_MODEL,
     KeypointPose,
-    build_pose_estimator,
     camera_for,
+    face_model,
     fit_pose,
+    keypoint_model,
 )
 
 FRAME_WIDTH, FRAME_HEIGHT = 640, 480
@@ -79,6 +80,7 @@ def landmark_stages(timer: Timer, estimator: LandmarkPose, plain: LandmarkPose, 
     """One face at a time, each stage on its own clock, exactly as `LandmarkPose.estimate` runs them;
     plus the crop by a plain 3-channel warp, for comparison with the RGBA-window path used."""
     camera = camera_for(frame.shape[1], frame.shape[0])
+    model = face_model()
     for detection in detections:
         timer.time(f"{prefix}crop, plain 3-channel warp (not used)", lambda: plain.crop(frame, detection))
         affine = timer.time(f"{prefix}crop (RGBA window + warpAffine)", lambda: estimator.crop(frame, detection))
@@ -86,15 +88,16 @@ def landmark_stages(timer: Timer, estimator: LandmarkPose, plain: LandmarkPose, 
         if crop_points is None:
             continue
         points = timer.time(f"{prefix}map back (multiply-add)", lambda: to_frame(crop_points, affine))
-        timer.time(f"{prefix}solvePnP + angles", lambda: fit_pose(points, LANDMARK_MODEL, camera))
+        timer.time(f"{prefix}solvePnP + angles", lambda: fit_pose(points, model, camera))
         timer.time(f"{prefix}bare invoke()", estimator.runner.invoke)
 
 
 def keypoint_stages(timer: Timer, frame: np.ndarray, detections: list, prefix: str) -> None:
     camera = camera_for(frame.shape[1], frame.shape[0])
     size = np.array([frame.shape[1], frame.shape[0]], np.float64)
+    model = keypoint_model()
     for detection in detections:
-        timer.time(f"{prefix}solvePnP + angles", lambda: fit_pose(detection.keypoints * size, KEYPOINT_MODEL, camera))
+        timer.time(f"{prefix}solvePnP + angles", lambda: fit_pose(detection.keypoints * size, model, camera))
 
 
 def run(seconds: float, threads: tuple[int, ...]) -> tuple[dict[str, list[float]], dict[str, int]]:
@@ -141,8 +144,8 @@ def table(samples: dict[str, list[float]], faces: dict[str, int], seconds: float
     for key, values in samples.items():
         mode, stage = key.split("|")
         name, _, thread = mode.partition(" t")
-        lines.append(f"| {name} | {thread or '-'} | {stage} | {np.median(values):.3f} | "
-                     f"{np.percentile(values, P90):.3f} | {len(values)} |")
+        lines.append(f"| {name} | {thread or '-'} | {stage} | {percentile(values, 50):.3f} | "
+                     f"{percentile(values, P90):.3f} | {len(values)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -152,6 +155,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=list(DEFAULT_THREADS), help="landmark-model threads")
     parser.add_argument("--output", type=Path, help="also write the markdown table here")
     args = parser.parse_args()
+    configure_process()  # an entry point: the firmware's own process settings, as the service runs
     if args.seconds <= 0 or any(n < 1 for n in args.threads):
         parser.error("--seconds must be positive and --threads whole numbers of at least 1")
     load_before = os.getloadavg()[0]

@@ -20,6 +20,7 @@ import cv2
 from edge.vision.pipeline import DetectorConfig, build_pipeline
 from edge.vision.preprocess import letterbox
 from edge.vision.tiling import tile_grid
+from edge.vision.runtime import configure_process
 
 SHARED_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "images"
 SIZES = ((1280, 720), (1920, 1080))
@@ -37,6 +38,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    configure_process()  # an entry point: the firmware's own process settings, as the service runs
     if not SHARED_IMAGES.is_dir():
         print(f"needs the shared photographs at {SHARED_IMAGES}", file=sys.stderr)
         return 2

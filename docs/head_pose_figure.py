@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from edge.vision.detection import HeadPose
-from edge.pose.fit import FACE_MODEL, camera_for, pose_to_rotation
+from edge.pose.fit import camera_for, face_model, pose_to_rotation
 
 PANEL = 260
 DISTANCE_MM = 380.0
@@ -39,14 +39,14 @@ def panel(title: str, pose: HeadPose) -> np.ndarray:
     image = np.full((PANEL, PANEL, 3), 255, np.uint8)
     camera = camera_for(PANEL, PANEL)
     rvec, _ = cv2.Rodrigues(pose_to_rotation(pose))
-    points, _ = cv2.projectPoints(FACE_MODEL, rvec, POSITION_MM, camera.matrix, None)
+    points, _ = cv2.projectPoints(face_model(), rvec, POSITION_MM, camera.matrix, None)
     points = points[:, 0, :]
     for x, y in points:
         cv2.circle(image, (int(round(x)), int(round(y))), 1, GREY, -1, cv2.LINE_AA)
     eyes = (points[RIGHT_EYE_OUTER], points[LEFT_EYE_OUTER])  # the right eye is on the image's left
     cv2.line(image, tuple(int(v) for v in eyes[0]), tuple(int(v) for v in eyes[1]), BLUE, 2, cv2.LINE_AA)
     # The facing direction: from the head's centre through the nose tip, drawn from the nose.
-    nose = FACE_MODEL[NOSE_TIP]
+    nose = face_model()[NOSE_TIP]
     forward, _ = cv2.projectPoints(np.array([nose, nose * ARROW_LENGTH]), rvec, POSITION_MM, camera.matrix, None)
     start, end = (tuple(int(round(v)) for v in p[0]) for p in forward)
     cv2.arrowedLine(image, start, end, RED, 2, cv2.LINE_AA, tipLength=0.25)

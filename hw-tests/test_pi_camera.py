@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from edge.delivery.health import FrameStats
 from edge.sources.camera import CameraConfig, lores_size, open_source
 
 MODEL_SIZE = (192, 192)
@@ -63,3 +65,25 @@ def test_nothing_is_written_to_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     with open_source(CameraConfig(source="picamera2"), model_size=MODEL_SIZE) as source:
         list(itertools.islice(source, 5))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_capture_time_is_the_sensor_exposure_not_the_hand_over() -> None:
+    """libcamera's SensorTimestamp (CLOCK_BOOTTIME) turned into wall-clock time: before the frame
+    reached us, by less than the few buffered frames, and spaced by the frame period."""
+    with open_source(CameraConfig(source="picamera2", fps=30), model_size=MODEL_SIZE) as source:
+        stamped = []
+        for frame in itertools.islice(source, FRAMES):
+            stamped.append((frame.capture_time, time.time()))
+    for captured, received in stamped:
+        assert received - 1.0 < captured < received
+    gaps = np.diff([captured for captured, _ in stamped])
+    assert np.median(gaps) == pytest.approx(1 / 30, rel=0.2)
+
+
+def test_a_consumer_that_falls_behind_sees_gaps_counted_as_dropped_frames() -> None:
+    stats = FrameStats()
+    with open_source(CameraConfig(source="picamera2", fps=30), model_size=MODEL_SIZE) as source:
+        for frame in itertools.islice(source, 10):
+            stats.record(frame.number, 0.0)
+            time.sleep(0.2)  # about six frame periods: the four buffers run out and libcamera drops frames
+    assert stats.processed == 10 and stats.dropped > 0

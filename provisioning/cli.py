@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -30,6 +29,7 @@ from edge.trust.certificates import (
     spki,
 )
 from edge.common.errors import run_handler
+from edge.common.files import write_atomically
 from edge.trust.grant import (
     CAPABILITY_DETECTION,
     CAPABILITY_IDENTIFICATION,
@@ -40,7 +40,7 @@ from edge.trust.grant import (
 )
 from edge.trust.device_key import IdentityError, build_csr, load_device_key, load_or_create_device_key
 from edge.policy.decision import FIRMWARE_POLICY_VERSION, Mode
-from edge.trust.revocation import check_crl_signature, crl_number
+from edge.trust.crl import check_crl_signature, crl_number
 from edge.trust.tags import TagClass, classify_tag, identification_blockers
 from provisioning import ca as builders
 from provisioning.errors import (
@@ -70,6 +70,8 @@ DEFAULT_DEVICE_DAYS = 5 * 365
 # Devices re-check revocation against nextUpdate: republish the CRL well before this.
 DEFAULT_CRL_DAYS = 90
 MAX_FILE_BYTES = 2 * 1024 * 1024
+# Certificates, CRLs and the revocation list are public; only keys are private (keystore.PRIVATE_FILE_MODE).
+PUBLIC_FILE_MODE = 0o644
 EXIT_CODES_HELP = """Exit codes:
   0  done
   2  wrong command line
@@ -120,11 +122,9 @@ def _write_new(path: Path, data: bytes) -> None:
 
 
 def _replace(path: Path, data: bytes) -> None:
-    """For files that are meant to be refreshed (the CRL): write then rename."""
-    tmp = path.with_name(path.name + ".tmp")
+    """For public files that are meant to be refreshed (the CRL, the revocation list): replaced atomically."""
     try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        write_atomically(path, data, PUBLIC_FILE_MODE)
     except OSError as exc:
         raise InputFileError(f"cannot write {path}: {exc.strerror}") from None
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from edge.common.files import create_new
 from provisioning.errors import InputFileError, OutputExistsError, PassphraseError
 
 MIN_PASSPHRASE_CHARS = 12
@@ -67,16 +68,11 @@ class PassphraseSource:
 
 
 def write_private_file(path: Path, data: bytes) -> None:
-    """Create-only, mode 0600 from the first byte."""
+    """Create-only, mode 0600 from the first byte, synced to disk."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
+        create_new(path, data, PRIVATE_FILE_MODE)
     except FileExistsError:
         raise OutputExistsError(f"{path} already exists", "choose another directory; keys are never overwritten") from None
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def save_encrypted_key(path: Path, key: ec.EllipticCurvePrivateKey, passphrase: bytes) -> None:

@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
+import time
+import types
 from pathlib import Path
 
 import cv2
@@ -9,10 +13,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from edge.sources.camera import CameraConfig, Frame, VirtualCamera, lores_size, open_source
+from edge.demo.virtual_camera import VirtualCamera
+from edge.delivery.health import FrameStats
+from edge.sources.camera import CameraConfig, Frame, SensorTiming, lores_size, open_source
 from edge.common.errors import ConfigError, InputError
 from edge.vision.pipeline import DetectorConfig, build_pipeline
-from edge.vision.preprocess import place
+from edge.vision.geometry import place
 
 FAST = dict(fps=0.0)
 
@@ -173,3 +179,116 @@ def test_the_lores_stream_lands_in_the_model_without_a_warp(width: int, height: 
     lores = lores_size((width, height), (model, model))
     assert max(lores) == model
     assert place(*lores, model, model, "letterbox").samples == (slice(None, None, 1), slice(None, None, 1))
+
+
+def test_opening_file_and_folder_sources_does_not_load_the_demo(shared_images: Path) -> None:
+    """The virtual camera lives in edge.demo; a service reading a real source never imports that package."""
+    script = (
+        "import sys\n"
+        "from edge.sources.camera import CameraConfig, open_source\n"
+        f"for source in ({str(shared_images)!r}, {str(shared_images / 'mtcnn_ivan.jpg')!r}):\n"
+        "    with open_source(CameraConfig(source=source, fps=0.0, max_frames=1)) as frames:\n"
+        "        assert len(list(frames)) == 1\n"
+        "print(sorted(m for m in sys.modules if m == 'edge.demo' or m.startswith('edge.demo.')))\n"
+        "with open_source(CameraConfig(source='virtual', fps=0.0, max_frames=1)) as frames:\n"
+        "    list(frames)\n"
+        "print('edge.demo.virtual_camera' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr
+    # The second line shows the check can see the demo's package when it is loaded.
+    assert result.stdout.split() == ["[]", "True"]
+
+
+FRAME_DURATION_US = 33_333
+
+
+def test_sensor_timing_counts_gaps_as_drops_and_dates_frames_by_the_sensor() -> None:
+    boot, wall = [10_000_000_000], [1_700_000_000_000_000_000]
+    timing = SensorTiming(boottime_ns=lambda: boot[0], wall_ns=lambda: wall[0])
+    period = FRAME_DURATION_US * 1_000
+    stamps = [9_900_000_000 + k * period for k in (0, 1, 3, 4, 8)]
+    read = [timing.read({"SensorTimestamp": s, "FrameDuration": FRAME_DURATION_US}) for s in stamps]
+    assert [skipped for skipped, _ in read] == [0, 0, 1, 0, 3]
+    # Exposed 100 ms before "now" on the boot clock: 100 ms before "now" on the wall clock.
+    assert read[0][1] == pytest.approx((wall[0] - 100_000_000) / 1e9)
+    # A late frame (jitter of a fraction of a frame) is not a drop.
+    assert timing.read({"SensorTimestamp": stamps[-1] + int(period * 1.4), "FrameDuration": FRAME_DURATION_US})[0] == 0
+    # A camera that reports no timestamp: no drops can be seen, and the hand-over time stands in.
+    assert SensorTiming().read({}) == (0, None)
+
+
+class FakeRequest:
+    """A completed picamera2 request: the lores YUV420 buffer and libcamera's metadata."""
+
+    def __init__(self, camera: "FakePicamera2", stamp: int) -> None:
+        self.camera, self.stamp = camera, stamp
+
+    def get_metadata(self) -> dict[str, object]:
+        return {"SensorTimestamp": self.stamp, "FrameDuration": FRAME_DURATION_US, "ExposureTime": 10_000}
+
+    def make_array(self, stream: str) -> np.ndarray:
+        assert stream == "lores"
+        width, height = self.camera.lores
+        return np.full((height * 3 // 2, width), 128, np.uint8)
+
+    def release(self) -> None:
+        self.camera.released += 1
+
+
+class FakePicamera2:
+    """The Pi camera is hardware this machine does not have: its picamera2 object, delivering frame
+    k at sensor time `start + k * duration` for k in FRAMES (2 is missing: libcamera dropped it)."""
+
+    FRAMES = (0, 1, 3, 4, 5)
+
+    def __init__(self, camera_num: int) -> None:
+        self.lores = (0, 0)
+        self.released = 0
+        self.start_ns = time.clock_gettime_ns(time.CLOCK_BOOTTIME) - 500_000_000
+        self.pending = list(self.FRAMES)
+        FakePicamera2.last = self
+
+    def create_video_configuration(self, main: dict, lores: dict, **kw: object) -> dict:
+        return {"main": main, "lores": dict(lores)}
+
+    def align_configuration(self, config: dict) -> None:
+        pass
+
+    def configure(self, config: dict) -> None:
+        self.lores = tuple(config["lores"]["size"])
+
+    def start(self) -> None:
+        pass
+
+    def capture_request(self) -> FakeRequest:
+        k = self.pending.pop(0)
+        return FakeRequest(self, self.start_ns + k * FRAME_DURATION_US * 1_000)
+
+    def stop(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_pi_camera_frames_carry_sensor_time_and_gaps_become_dropped_frames(monkeypatch: pytest.MonkeyPatch) -> None:
+    module = types.ModuleType("picamera2")
+    module.Picamera2 = FakePicamera2  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "picamera2", module)
+    config = CameraConfig(source="picamera2", max_frames=len(FakePicamera2.FRAMES))
+    before = time.time()
+    with open_source(config, model_size=(192, 192)) as source:
+        got = list(source)
+    camera = FakePicamera2.last
+    assert [f.number for f in got] == [0, 1, 3, 4, 5]
+    assert camera.released == len(got)  # every request goes back to libcamera
+    assert all(f.image.shape == (144, 192, 3) for f in got)
+    # Frame k was exposed 500 ms - k frames before the source was opened; the hand-over time would be later.
+    for frame, k in zip(got, FakePicamera2.FRAMES, strict=True):
+        assert frame.capture_time == pytest.approx(before - 0.5 + k * FRAME_DURATION_US / 1e6, abs=0.05)
+    stats = FrameStats()
+    for frame in got:
+        stats.record(frame.number, 1.0)
+    assert stats.dropped == 1 and stats.processed == 5

@@ -12,7 +12,7 @@ from edge.vision.decode.blazeface import BlazeFaceDecoder
 from edge.vision.decode.nms import hard_nms, iou, weighted_nms
 from edge.vision.decode.ulfd import UlfdDecoder
 from edge.vision.manifest import REPO_MODELS
-from edge.vision.preprocess import Fit
+from edge.vision.geometry import Fit
 from edge.vision.tiling import tile_grid
 
 MANIFEST = json.loads((REPO_MODELS / "manifest.json").read_text())["models"]

@@ -1,4 +1,10 @@
-"""The detection path never imports `edge.identify`; identification is reachable only through the gate."""
+"""The detection path never imports `edge.identify`; identification is reachable only through the gate.
+
+The static rule is the `detection-path-without-identify` contract in .importlinter (run by CI's
+`lint-imports`). Its one ignored import, the gallery commands', is allowed only because it is made
+inside the command handlers; these tests check that it stays lazy: no module-level import, and a fresh
+interpreter that imports every other module does not load edge.identify.
+"""
 from __future__ import annotations
 
 import ast

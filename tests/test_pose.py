@@ -24,22 +24,26 @@ from edge.common.errors import ConfigError, InputError
 from edge.vision.runtime import DelegateConfig
 from edge.pose.landmarks import LandmarkPose, as_matrix, crop_map, pixel_centred, to_frame
 from edge.vision.pipeline import DetectorConfig, build_pipeline
+from edge.pose.estimator import build_pose_estimator
 from edge.pose.fit import (
-    FACE_MODEL,
-    KEYPOINT_MODEL,
     MESH_POINTS,
     Calibration,
     KeypointPose,
     NoPose,
-    build_pose_estimator,
     camera_for,
+    face_model,
     fit_pose,
+    keypoint_model,
     line_of_sight,
     mirror_twin_indices,
     pose_to_rotation,
     rotation_to_pose,
 )
 from support.data import load_rgb, skimage_data
+
+# The generic face and its six BlazeFace keypoints, read from the package's data once for these tests.
+FACE_MODEL = face_model()
+KEYPOINT_MODEL = keypoint_model()
 
 # Mesh indices used to judge signs from the projected picture.
 NOSE_TIP, RIGHT_EYE_OUTER, LEFT_EYE_OUTER, RIGHT_EAR_LEVEL, LEFT_EAR_LEVEL = 1, 33, 263, 234, 454
@@ -541,3 +545,22 @@ def test_a_malformed_detection_gets_no_pose_instead_of_an_error(detection: Detec
     image = load_rgb(skimage_data("astronaut.png"))
     assert landmark_pose.estimate(image, [detection]) == [None]
     assert keypoint_pose.estimate(image, [detection]) == [None]
+
+
+class _OnePoseShort:
+    """A pose estimator that breaks the contract (one pose per detection) by returning one fewer."""
+
+    def estimate(self, image: np.ndarray, detections: list[Detection]) -> list[HeadPose | None]:
+        return [HeadPose(0.0, 0.0, 0.0)] * (len(detections) - 1)
+
+
+def test_a_pose_count_that_does_not_match_the_faces_is_an_error_not_a_lost_face(shared_images: Path) -> None:
+    from edge.sources.camera import Frame
+    from edge.vision.pipeline import Pipeline
+
+    built = build_pipeline(DetectorConfig(pose="off"))
+    pipeline = Pipeline(built.detector, _OnePoseShort(), built.config, built.selection)
+    image = load_rgb(shared_images / "fr_two_people.jpg")
+    assert len(built.process(Frame(image, 0, 0.0)).faces) == 2
+    with pytest.raises(ValueError, match="shorter"):
+        pipeline.process(Frame(image, 0, 0.0))

@@ -11,7 +11,8 @@ from hypothesis import given, settings, strategies as st
 from edge.vision.runtime import Runner, cpu_runner, load_runtime
 from edge.vision.manifest import load_manifest, locate, search_dirs
 from edge.vision.pipeline import DetectorConfig, build_pipeline
-from edge.vision.preprocess import FIT_MODES, Fit, Fitter, place
+from edge.vision.geometry import FIT_MODES, Fit, place
+from edge.vision.preprocess import Fitter
 
 from support.data import load_rgb
 

@@ -9,7 +9,7 @@ import pytest
 
 from edge.vision.decode import Candidate
 from edge.vision.pipeline import DetectorConfig, Pipeline, build_pipeline
-from edge.vision.preprocess import Fit
+from edge.vision.geometry import Fit
 from edge.vision.tiling import Tile, cut_by_inner_edge, tile_grid
 
 from support.data import load_rgb

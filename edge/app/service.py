@@ -77,7 +77,7 @@ class DetectionsStream:
         if not result.faces and not self._had_faces:
             return None
         self._had_faces = bool(result.faces)
-        observations = tuple(observe(face, number) for face, number in zip(result.faces, numbers))
+        observations = tuple(observe(face, number) for face, number in zip(result.faces, numbers, strict=True))
         device, frame_number, capture_time = self.device, result.frame_number, result.capture_time
         return lambda seq: serialize.detections(device, seq, frame_number, capture_time, observations)
 

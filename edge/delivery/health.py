@@ -7,12 +7,12 @@ under-powered Pi throttles its CPU and detection slows down).
 """
 from __future__ import annotations
 
-import math
 import shutil
 import subprocess
 from collections import deque
-from collections.abc import Sequence
 from pathlib import Path
+
+from edge.common.stats import percentile
 
 THERMAL_ZONE = Path("/sys/class/thermal/thermal_zone0/temp")
 # Newer Raspberry Pi kernels expose the firmware's throttling mask here; vcgencmd is the fallback.
@@ -21,15 +21,6 @@ MILLIDEGREES = 1000.0
 VCGENCMD_TIMEOUT_S = 2.0
 LATENCY_WINDOW = 1024
 PERCENTILES = (50, 90, 99)
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """Nearest-rank percentile: always one of the measured values, None when there are none."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return ordered[rank - 1]
 
 
 def cpu_temperature_c(zone: Path = THERMAL_ZONE) -> float | None:
@@ -76,7 +67,12 @@ class FrameStats:
         self._period_frames = 0
 
     def record(self, frame_number: int, latency_ms: float) -> None:
-        """A gap in frame numbers means the camera skipped frames the pipeline could not take."""
+        """A gap in frame numbers means the camera skipped frames the pipeline could not take.
+
+        Frame numbers count the camera's own frames (`edge.sources.camera.Frame`):
+        the Pi camera numbers them from its sensor timestamps, so a frame libcamera
+        dropped for want of a free buffer leaves a gap here.
+        """
         if self._last_number is not None and frame_number > self._last_number + 1:
             self.dropped += frame_number - self._last_number - 1
         self._last_number = frame_number

@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -22,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from edge.common.files import write_atomically
 from edge.trust.audit import AuditLog
 from edge.common.errors import EdgeError
 from edge.identify import IdentificationSession, require_session
@@ -218,14 +218,7 @@ class GalleryFile:
 
     def save(self, gallery: Gallery) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-        try:
-            os.write(fd, json.dumps(_to_json(gallery)).encode("utf-8"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
+        write_atomically(self.path, json.dumps(_to_json(gallery)).encode("utf-8"), FILE_MODE)
 
     def erase(self, person_id: str) -> int:
         gallery, removed = erase(self.load(), person_id)

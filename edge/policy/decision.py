@@ -29,7 +29,7 @@ from cryptography.x509.verification import (
 from edge.common.errors import EdgeError
 from edge.trust.certificates import check_certificate_profile, read_device_identity, spki
 from edge.trust.grant import DEVICE_URI_PREFIX, EdgeGrant
-from edge.trust.revocation import check_crl_signature, revoked_serial
+from edge.trust.crl import check_crl_signature, revoked_serial
 from edge.trust.tags import Vocabulary, identification_blockers
 
 # A clock earlier than the firmware's build is certainly wrong (a device without

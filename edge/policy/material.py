@@ -25,7 +25,8 @@ from edge.trust.certificates import (
     load_crl,
 )
 from edge.trust.device_key import IdentityError, load_device_key
-from edge.trust.revocation import CrlOutcome, CrlResult, CrlStore, crl_number, judge_crl
+from edge.trust.crl import crl_number, judge_crl
+from edge.trust.revocation import CrlOutcome, CrlResult, CrlStore
 
 READ_LIMIT_CERT_FILE = MAX_CERTIFICATE_BYTES * MAX_CHAIN_CERTIFICATES + 1
 

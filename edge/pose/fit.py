@@ -22,10 +22,12 @@ rotation of the image adds to roll and leaves yaw and pitch alone, and
 mirroring the image negates yaw and roll.
 
 This module is the pure core plus the cheap keypoint estimator; the landmark
-model stage (which needs the TFLite runtime) is in `edge.pose.landmarks`.
+model stage (which needs the TFLite runtime) is in `edge.pose.landmarks`, and
+choosing between them for the `[detector] pose` setting in `edge.pose.estimator`.
 """
 from __future__ import annotations
 
+import functools
 import io
 import math
 from dataclasses import dataclass
@@ -69,8 +71,18 @@ def mirrored_model(half: np.ndarray) -> np.ndarray:
     return full * CANONICAL_TO_CAMERA * CM_TO_MM
 
 
-def load_face_model() -> np.ndarray:
-    """The generic face (468 x 3, mm, camera axes), read from the package's data."""
+@functools.cache
+def face_model() -> np.ndarray:
+    """The generic face (468 x 3, mm, camera axes), read from the package's data on first use.
+
+    Read on first use, not at import: importing the pose code must not read
+    files (a process that never fits a pose never reads it), and the one copy
+    is shared by every estimator afterwards. Landmark mode fits every mesh
+    point: SQPnP's cost grows slowly with the number of points (about 0.1 ms
+    for all 468), and the more points, the less the fit depends on any one
+    landmark's error; mirror consistency and frontal readings were best with
+    the whole mesh (docs/head-pose.md).
+    """
     text = resources.files(__package__).joinpath(MODEL_FILE).read_text()
     table = np.loadtxt(io.StringIO(text), delimiter=",", comments="#", ndmin=2)
     if not np.array_equal(table[:, 0], np.arange(len(table))):
@@ -79,23 +91,25 @@ def load_face_model() -> np.ndarray:
     if len(model) != MESH_POINTS:
         raise ModelError(f"{MODEL_FILE}: {len(model)} vertices after mirroring, expected {MESH_POINTS}",
                          "reinstall the firmware")
+    model.flags.writeable = False  # shared by every caller: nobody may change the generic face
     return model
 
-
-FACE_MODEL = load_face_model()
-# Landmark mode fits every mesh point: SQPnP's cost grows slowly with the
-# number of points (about 0.1 ms for all 468), and the more points, the less
-# the fit depends on any one landmark's error; mirror consistency and frontal
-# readings were best with the whole mesh (docs/head-pose.md).
-LANDMARK_MODEL = FACE_MODEL
 
 # Keypoint mode: BlazeFace's six keypoints in its order (right eye, left eye,
 # nose tip, mouth centre, right ear tragion, left ear tragion), each as the
 # canonical vertices that define it (an eye centre is the mean of its corners;
 # the canonical face has no ears, so the tragion is the face contour at ear level).
 KEYPOINT_GROUPS: tuple[tuple[int, ...], ...] = ((33, 133), (263, 362), (1,), (13, 14), (234,), (454,))
-KEYPOINT_MODEL = np.array([FACE_MODEL[list(group)].mean(axis=0) for group in KEYPOINT_GROUPS])
 BLAZEFACE_KEYPOINTS = len(KEYPOINT_GROUPS)
+
+
+@functools.cache
+def keypoint_model() -> np.ndarray:
+    """BlazeFace's six keypoints on the generic face (6 x 3, mm), worked out on first use."""
+    model = face_model()
+    points = np.array([model[list(group)].mean(axis=0) for group in KEYPOINT_GROUPS])
+    points.flags.writeable = False
+    return points
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,13 +257,14 @@ class KeypointPose:
 
     def __init__(self, calibration: Calibration | None = None) -> None:
         self.calibration = calibration
+        self.model = keypoint_model()
 
     def estimate(self, image: np.ndarray, detections: Sequence[Detection]) -> list[HeadPose | None]:
         height, width = check_frame(image).shape[:2]
         camera = camera_for(width, height, self.calibration)
         size = np.array([width, height], np.float64)
         return [
-            fit_pose(d.keypoints * size, KEYPOINT_MODEL, camera) if len(d.keypoints) == BLAZEFACE_KEYPOINTS else None
+            fit_pose(d.keypoints * size, self.model, camera) if len(d.keypoints) == BLAZEFACE_KEYPOINTS else None
             for d in detections
         ]
 
@@ -259,19 +274,3 @@ class NoPose:
 
     def estimate(self, image: np.ndarray, detections: Sequence[Detection]) -> list[HeadPose | None]:
         return [None] * len(detections)
-
-
-def build_pose_estimator(mode: str, threads: int = 1, *, calibration: Calibration | None = None,
-                         manifest: Any = None, runtime: Any = None, model_dirs: Sequence[Any] = ()) -> PoseEstimator:
-    """The `[detector] pose` setting as an estimator: "landmarks", "keypoints" or "off"."""
-    if mode not in POSE_MODES:
-        raise ConfigError("detector.pose", f"unknown pose mode '{mode}'", f"one of {', '.join(POSE_MODES)}")
-    if mode == "off":
-        return NoPose()
-    if mode == "keypoints":
-        return KeypointPose(calibration)
-    # Imported here so that the pure core above imports without a TFLite runtime.
-    from edge.pose.landmarks import open_landmark_pose
-
-    return open_landmark_pose(threads, calibration=calibration, manifest=manifest, runtime=runtime,
-                              model_dirs=tuple(model_dirs))

@@ -21,7 +21,7 @@ from edge.vision.detection import Detection, HeadPose
 from edge.common.errors import ConfigError, ModelError
 from edge.vision.runtime import Runner, Runtime, cpu_runner, load_runtime
 from edge.vision.manifest import Manifest, ModelSpec, load_manifest, locate, search_dirs
-from edge.pose.fit import LANDMARK_MODEL, MESH_POINTS, Calibration, camera_for, check_frame, fit_pose
+from edge.pose.fit import MESH_POINTS, Calibration, camera_for, check_frame, face_model, fit_pose
 
 LANDMARK_MODEL_NAME = "face-landmark"
 PIXEL_MAX = 255.0
@@ -127,6 +127,8 @@ class LandmarkPose:
         self.rgba_window_limit = rgba_window_limit
         self._rgba_canvas = np.zeros((self.size, self.size, RGBA), np.uint8)
         self._rgba_window = np.zeros(rgba_window_limit * RGBA, np.uint8)
+        # Every mesh point is fitted (see `face_model`), so the 3D points are the whole generic face.
+        self.model = face_model()
 
     def crop(self, image: np.ndarray, detection: Detection) -> np.ndarray:
         """Sample the face's crop into the reusable canvas; returns the crop -> frame map.
@@ -174,7 +176,7 @@ class LandmarkPose:
         poses: list[HeadPose | None] = []
         for detection in detections:
             points = self.points(image, detection)
-            poses.append(None if points is None else fit_pose(points, LANDMARK_MODEL, camera))
+            poses.append(None if points is None else fit_pose(points, self.model, camera))
         return poses
 
 

@@ -5,12 +5,16 @@ a Pi camera's ISP, a USB webcam, a video, a folder of photographs or the
 virtual camera the tests and the demo use. Every source is a context manager
 that yields `Frame`s (RGB uint8, a frame number, the capture time) and keeps
 nothing: no frame is stored or written by any source.
+
+The virtual camera lives with the demo (`edge.demo.virtual_camera`) and is
+imported only when `source = "virtual"` is asked for, so a service with a
+real camera never loads the demo's code.
 """
 from __future__ import annotations
 
 import logging
-import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -23,26 +27,17 @@ from edge.common.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
 
-SAMPLE_PORTRAIT = Path(__file__).resolve().parents[1] / "demo" / "astronaut.png"
-# The face in astronaut.png, normalised [x, y, w, h]: MediaPipe's full-range detector's box
-# (tests/fixtures/mediapipe_full_range.json), taken as the virtual camera's ground truth.
-SAMPLE_FACE_BOX = (0.339178, 0.132376, 0.202986, 0.20298)
-# How much of the portrait around the face the virtual camera moves: hair, neck and a margin.
-SPRITE_MARGIN = 0.6
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 SOURCES_HELP = "virtual, picamera2, v4l2:N, /dev/videoN, an image file, a folder of images or a video file"
 DEFAULT_SIZE = (640, 480)
 DEFAULT_FPS = 30.0
-# Virtual camera motion: the face's width as a fraction of the frame's, its roll range, and the
-# periods (in frames) of the movements, chosen co-prime so the sequence does not repeat soon.
-VIRTUAL_FACE_WIDTH = (0.12, 0.32)
-VIRTUAL_MAX_ROLL = 25.0
-VIRTUAL_PERIODS = (211, 157, 97, 131)
-# The face is in view for the first part of each cycle and away for the rest (frames), so a
-# subscriber sees the face count return to zero (at 30 fps: 8 s in view, 2 s away).
-VIRTUAL_PRESENCE = (240, 60)
-BACKGROUND_TILE = 48
 PI_MODEL_FILE = Path("/proc/device-tree/model")
+# libcamera's per-frame metadata (control_ids_core.yaml), as picamera2's request.get_metadata() names it:
+# when the sensor began exposing the frame, in ns of CLOCK_BOOTTIME, and the frame's duration in us.
+SENSOR_TIMESTAMP = "SensorTimestamp"
+FRAME_DURATION = "FrameDuration"
+NS_PER_US = 1_000
+NS_PER_S = 1_000_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,10 +55,34 @@ class Truth:
 
 @dataclass(frozen=True, slots=True)
 class Frame:
+    """One RGB frame and when it was taken.
+
+    `number` counts the camera's frames from the first one delivered, so a gap
+    (1, 2, 4) is a frame the camera captured and nobody took, which the health
+    figures count as dropped. `capture_time` is wall-clock seconds: when the
+    sensor exposed the frame where the camera reports it (the Pi camera), else
+    when the source handed it over.
+    """
+
     image: np.ndarray
     number: int
     capture_time: float
     truth: tuple[Truth, ...] = field(default=(), compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Shot:
+    """What a source read, before numbering: the image and what the camera said about it.
+
+    `skipped` is how many frames the camera captured just before this one
+    that were never delivered; `captured` the exposure's wall-clock time when
+    the camera reports one (None: the hand-over time stands in).
+    """
+
+    image: np.ndarray
+    truth: tuple[Truth, ...] = ()
+    skipped: int = 0
+    captured: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,17 +163,19 @@ class FrameSource:
     def close(self) -> None:
         """Release the device or file."""
 
-    def images(self) -> Iterator[tuple[np.ndarray, tuple[Truth, ...]]]:
+    def shots(self) -> Iterator[Shot]:
         raise NotImplementedError
 
     def __iter__(self) -> Iterator[Frame]:
+        """Frames numbered by the camera's count (gaps are frames it dropped), at most `max_frames` of them."""
         limit = self.config.max_frames
-        number = 0
-        for image, truth in self.images():
-            if limit is not None and number >= limit:
-                return
-            yield Frame(image, number, time.time(), truth)
-            number += 1
+        delivered, number = 0, -1
+        for shot in self.shots():
+            number += 1 + shot.skipped
+            yield Frame(shot.image, number, time.time() if shot.captured is None else shot.captured, shot.truth)
+            delivered += 1
+            if limit is not None and delivered >= limit:
+                return  # before reading a frame nobody will take
             self.pace.wait()
 
 
@@ -168,7 +189,7 @@ class ImageFiles(FrameSource):
         self.paths = paths
         self.skipped: list[Path] = []
 
-    def images(self) -> Iterator[tuple[np.ndarray, tuple[Truth, ...]]]:
+    def shots(self) -> Iterator[Shot]:
         while True:
             readable = 0
             for path in self.paths:
@@ -179,7 +200,7 @@ class ImageFiles(FrameSource):
                         log.warning("%s: not an image OpenCV can read; skipped", path)
                     continue
                 readable += 1
-                yield rgb(image), ()
+                yield Shot(rgb(image))
             if not self.config.loop or not readable:
                 return
 
@@ -194,13 +215,13 @@ class Capture(FrameSource):
             raise InputError(f"{what}: could not be opened", hint)
         self.capture, self.what, self.device = capture, what, device
 
-    def images(self) -> Iterator[tuple[np.ndarray, tuple[Truth, ...]]]:
+    def shots(self) -> Iterator[Shot]:
         failures = 0
         while True:
             ok, image = self.capture.read()
             if ok:
                 failures = 0
-                yield rgb(image), ()
+                yield Shot(rgb(image))
                 continue
             if not self.device and self.config.loop and self.capture.get(cv2.CAP_PROP_POS_FRAMES) > 0:
                 self.capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
@@ -215,89 +236,6 @@ class Capture(FrameSource):
 
     def close(self) -> None:
         self.capture.release()
-
-
-def _background(width: int, height: int, seed: int) -> np.ndarray:
-    """A textured, face-free backdrop: smooth colour gradients and blocks, deterministic per seed."""
-    rng = np.random.default_rng(seed)
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
-    base = np.stack([
-        96 + 60 * np.sin(xs / width * math.pi * rng.uniform(1, 3) + rng.uniform(0, math.pi)),
-        110 + 50 * np.cos(ys / height * math.pi * rng.uniform(1, 3)),
-        90 + 40 * np.sin((xs + ys) / (width + height) * math.pi * 2),
-    ], axis=-1)
-    blocks = rng.integers(-25, 25, size=(height // BACKGROUND_TILE + 1, width // BACKGROUND_TILE + 1, 3))
-    base += np.kron(blocks, np.ones((BACKGROUND_TILE, BACKGROUND_TILE, 1)))[:height, :width]
-    return np.clip(base, 0, 255).astype(np.uint8)
-
-
-class VirtualCamera(FrameSource):
-    """Moves, scales and rotates the bundled public-domain face over a backdrop, and knows the truth.
-
-    Deterministic for a seed, so a test sees the same sequence every run.
-    """
-
-    def __init__(self, config: CameraConfig) -> None:
-        super().__init__(config)
-        portrait = cv2.imread(str(SAMPLE_PORTRAIT), cv2.IMREAD_COLOR)
-        if portrait is None:
-            raise InputError(f"{SAMPLE_PORTRAIT}: the bundled sample portrait is missing", "reinstall the firmware")
-        portrait = rgb(portrait)
-        ph, pw = portrait.shape[:2]
-        x, y, w, h = SAMPLE_FACE_BOX
-        cx, cy, side = (x + w / 2) * pw, (y + h / 2) * ph, max(w * pw, h * ph)
-        half = side * (0.5 + SPRITE_MARGIN / 2)
-        x0, y0 = int(max(0, cx - half)), int(max(0, cy - half))
-        x1, y1 = int(min(pw, cx + half)), int(min(ph, cy + half))
-        self.sprite = portrait[y0:y1, x0:x1].copy()
-        self.face_centre = (cx - x0, cy - y0)
-        self.face_size = (w * pw, h * ph)
-        self.mask = np.full(self.sprite.shape[:2], 255, np.uint8)
-        self.background = _background(config.width, config.height, config.seed)
-        self.phase = np.random.default_rng(config.seed).uniform(0, 2 * math.pi, size=4)
-
-    def placement(self, number: int) -> tuple[float, float, float, float]:
-        """Face centre (pixels), face width (pixels) and roll (degrees) of frame `number`."""
-        width, height = self.config.width, self.config.height
-        p = [2 * math.pi * number / period + phase for period, phase in zip(VIRTUAL_PERIODS, self.phase)]
-        low, high = VIRTUAL_FACE_WIDTH
-        face_w = width * (low + (high - low) * (0.5 + 0.5 * math.sin(p[2])))
-        margin_x = face_w * 0.9
-        margin_y = face_w * self.face_size[1] / self.face_size[0] * 0.9
-        cx = margin_x + (width - 2 * margin_x) * (0.5 + 0.5 * math.sin(p[0]))
-        cy = margin_y + (height - 2 * margin_y) * (0.5 + 0.5 * math.sin(p[1]))
-        roll = VIRTUAL_MAX_ROLL * math.sin(p[3])
-        return cx, cy, face_w, roll
-
-    @staticmethod
-    def present(number: int) -> bool:
-        in_view, away = VIRTUAL_PRESENCE
-        return number % (in_view + away) < in_view
-
-    def render(self, number: int) -> tuple[np.ndarray, Truth | None]:
-        """Frame `number` and the truth about its face (None while the face is away)."""
-        if not self.present(number):
-            return self.background.copy(), None
-        width, height = self.config.width, self.config.height
-        cx, cy, face_w, roll = self.placement(number)
-        scale = face_w / self.face_size[0]
-        # getRotationMatrix2D turns counter-clockwise for a positive angle as the image is seen.
-        matrix = cv2.getRotationMatrix2D(self.face_centre, -roll, scale)
-        matrix[:, 2] += (cx - self.face_centre[0], cy - self.face_centre[1])
-        frame = self.background.copy()
-        sprite = cv2.warpAffine(self.sprite, matrix, (width, height), flags=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-        mask = cv2.warpAffine(self.mask, matrix, (width, height), flags=cv2.INTER_NEAREST)
-        np.copyto(frame, sprite, where=(mask > 0)[:, :, None])
-        face_h = self.face_size[1] * scale
-        box = Box((cx - face_w / 2) / width, (cy - face_h / 2) / height, face_w / width, face_h / height)
-        return frame, Truth(box, roll)
-
-    def images(self) -> Iterator[tuple[np.ndarray, tuple[Truth, ...]]]:
-        number = 0
-        while True:
-            frame, truth = self.render(number)
-            yield frame, () if truth is None else (truth,)
-            number += 1
 
 
 class PiCamera(FrameSource):
@@ -336,11 +274,13 @@ class PiCamera(FrameSource):
                              "check the ribbon cable and that no other program uses the camera") from None
         self.rgb = np.empty((self.lores[1], self.lores[0], 3), np.uint8)
 
-    def images(self) -> Iterator[tuple[np.ndarray, tuple[Truth, ...]]]:
+    def shots(self) -> Iterator[Shot]:
         width, height = self.lores
+        timing = SensorTiming()
         while True:
             request = self.camera.capture_request()
             try:
+                metadata = request.get_metadata()
                 array = request.make_array("lores")
                 if self.pi5:
                     cv2.cvtColor(array[:, :width, :3], cv2.COLOR_BGR2RGB, dst=self.rgb)  # RGB888 is B, G, R in memory
@@ -348,11 +288,44 @@ class PiCamera(FrameSource):
                     cv2.cvtColor(array[: height * 3 // 2, :width], cv2.COLOR_YUV2RGB_I420, dst=self.rgb)
             finally:
                 request.release()
-            yield self.rgb.copy(), ()
+            skipped, captured = timing.read(metadata)
+            yield Shot(self.rgb.copy(), (), skipped, captured)
 
     def close(self) -> None:
         self.camera.stop()
         self.camera.close()
+
+
+def _boottime_ns() -> int:
+    """Now on the clock libcamera stamps frames with (CLOCK_BOOTTIME: monotonic, and counts suspend)."""
+    return time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+
+
+class SensorTiming:
+    """Frame drops and capture times from each request's libcamera metadata.
+
+    A frame the pipeline did not take in time is dropped by libcamera when its
+    buffers run out, and shows as a gap between sensor timestamps of about a
+    whole number of frame durations; the timestamp, on CLOCK_BOOTTIME, becomes
+    wall-clock time through the two clocks read side by side.
+    """
+
+    def __init__(self, boottime_ns: Callable[[], int] = _boottime_ns, wall_ns: Callable[[], int] = time.time_ns) -> None:
+        self.boottime_ns, self.wall_ns = boottime_ns, wall_ns
+        self.last: int | None = None
+
+    def read(self, metadata: Mapping[str, object]) -> tuple[int, float | None]:
+        """(frames skipped since the last one read, capture time in wall-clock seconds or None)."""
+        stamp = metadata.get(SENSOR_TIMESTAMP)
+        if not isinstance(stamp, int):
+            return 0, None
+        duration = metadata.get(FRAME_DURATION)
+        skipped = 0
+        if self.last is not None and isinstance(duration, int) and duration > 0:
+            skipped = max(0, round((stamp - self.last) / (duration * NS_PER_US)) - 1)
+        self.last = stamp
+        age = self.boottime_ns() - stamp
+        return skipped, (self.wall_ns() - age) / NS_PER_S
 
 
 def _pi_model() -> str:
@@ -372,6 +345,9 @@ def open_source(config: CameraConfig, model_size: tuple[int, int] = (192, 192)) 
     """The configured source; an absent device or file is an `InputError` saying what was expected."""
     source = config.source
     if source == "virtual":
+        # Only here: the demo's package stays unloaded for every other source.
+        from edge.demo.virtual_camera import VirtualCamera
+
         return VirtualCamera(config)
     if source == "picamera2":
         return PiCamera(config, model_size)

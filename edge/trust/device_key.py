@@ -7,7 +7,6 @@ only reads the key (`load_device_key`); it never makes one.
 """
 from __future__ import annotations
 
-import os
 import stat
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from edge.common.files import create_new
 from edge.trust.certificates import KEY_EXPECTED, CertificateError, check_public_key
 from edge.common.errors import EdgeError
 from edge.trust.grant import check_device_id, device_uri
@@ -39,7 +39,8 @@ def device_key_path(state_dir: Path) -> Path:
 
 
 def load_or_create_device_key(state_dir: Path) -> ec.EllipticCurvePrivateKey:
-    """The first call creates the key (O_EXCL, mode 0600); later calls load it (`edge-provision device-key`)."""
+    """The first call creates the key (create-once, mode 0600, synced to disk); later calls load it
+    (`edge-provision device-key`)."""
     path = device_key_path(state_dir)
     if path.exists():
         return load_device_key(path)
@@ -48,15 +49,9 @@ def load_or_create_device_key(state_dir: Path) -> ec.EllipticCurvePrivateKey:
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, KEY_FILE_MODE)
+        create_new(path, pem, KEY_FILE_MODE)
     except FileExistsError:
         return load_device_key(path)  # another process created it first
-    try:
-        os.fchmod(fd, KEY_FILE_MODE)  # the umask may have narrowed it; make it exact
-        os.write(fd, pem)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
     return key
 
 

@@ -10,10 +10,8 @@ re-read on SIGHUP (`reload`) goes through exactly the same checks.
 """
 from __future__ import annotations
 
-import datetime as dt
 import enum
 import logging
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +19,10 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from edge.common.files import write_atomically
 from edge.trust.audit import AuditError, AuditLog
 from edge.trust.certificates import CertificateError, load_crl
+from edge.trust.crl import crl_number, judge_crl
 
 HELD_CRL_FILE = "crl.der"
 STATE_FILE_MODE = 0o600
@@ -45,58 +45,6 @@ class CrlResult:
     @property
     def applied(self) -> bool:
         return self.outcome is CrlOutcome.APPLIED
-
-
-def crl_number(crl: x509.CertificateRevocationList) -> int | None:
-    try:
-        return int(crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number)
-    except (x509.ExtensionNotFound, x509.DuplicateExtension, ValueError):
-        return None
-
-
-def check_crl_signature(crl: x509.CertificateRevocationList, issuers: Sequence[x509.Certificate]) -> str | None:
-    """None when some CA with the CRL's issuer name and CRL-signing rights signed it; else why not.
-
-    Several CAs may share a name (a forger can copy a name, not a key), so every
-    candidate is tried and only a valid signature counts.
-    """
-    candidates = [ca for ca in issuers if ca.subject == crl.issuer]
-    if not candidates:
-        return f"CRL issuer {crl.issuer.rfc4514_string()!r} is not this device's provisioning CA"
-    for ca in candidates:
-        try:
-            usage = ca.extensions.get_extension_for_class(x509.KeyUsage).value
-            if not usage.crl_sign:
-                continue
-        except x509.ExtensionNotFound:
-            continue
-        try:
-            if crl.is_signature_valid(ca.public_key()):  # type: ignore[arg-type]
-                return None
-        except TypeError:
-            continue
-    return "CRL signature does not verify with the provisioning CA's key (forged or damaged)"
-
-
-def judge_crl(crl: x509.CertificateRevocationList, issuers: Sequence[x509.Certificate],
-              held: x509.CertificateRevocationList | None) -> str | None:
-    """Pure: None when `crl` may replace `held`, else the reason it is ignored."""
-    problem = check_crl_signature(crl, issuers)
-    if problem:
-        return problem
-    number = crl_number(crl)
-    if number is None:
-        return "CRL has no CRL number, so its age cannot be told"
-    if crl.next_update_utc is None:
-        return "CRL has no nextUpdate, so staleness cannot be told"
-    if held is None:
-        return None
-    held_number = crl_number(held)
-    if held_number is not None and number < held_number:
-        return f"CRL number {number} is lower than the held {held_number} (rollback refused)"
-    if held_number == number and crl.last_update_utc <= held.last_update_utc:
-        return f"CRL number {number} is not newer than the held one"
-    return None
 
 
 class CrlStore:
@@ -184,14 +132,7 @@ class CrlStore:
     def _persist(self, der: bytes) -> None:
         """Write-then-rename, so a power cut leaves the old CRL or the new one, never half."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, STATE_FILE_MODE)
-        try:
-            os.write(fd, der)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
+        write_atomically(self.path, der, STATE_FILE_MODE)
 
     def _ignore(self, source: str, reason: str, number: int | None) -> CrlResult:
         self._audit("crl-ignored", f"CRL from {source} ignored: {reason}", number)
@@ -205,8 +146,3 @@ class CrlStore:
             self.audit.append_if_changed(event, {"message": message, "crl_number": number, **extra})
         except AuditError as exc:  # a full disk must not stop revocation from applying
             logger.error("%s (%s: %s)", exc, event, message)
-
-
-def revoked_serial(crl: x509.CertificateRevocationList, serial: int) -> dt.datetime | None:
-    entry = crl.get_revoked_certificate_by_serial_number(serial)
-    return entry.revocation_date_utc if entry is not None else None

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol
 
-import cv2
 import numpy as np
 
 from edge.vision.decode import Candidate
@@ -34,8 +33,10 @@ from edge.vision.runtime import (
     load_delegate_checked,
 )
 from edge.vision.manifest import Manifest, ModelSpec, load_manifest, locate, search_dirs
-from edge.pose.fit import POSE_MODES, PoseEstimator, build_pose_estimator
-from edge.vision.preprocess import Fit, Fitter
+from edge.pose.estimator import build_pose_estimator
+from edge.pose.fit import POSE_MODES, PoseEstimator
+from edge.vision.geometry import Fit
+from edge.vision.preprocess import Fitter
 from edge.vision.tiling import Tile, cut_by_inner_edge, tile_grid
 
 DEFAULT_MODEL = "blazeface-full"
@@ -46,9 +47,6 @@ EDGETPU_DETECTOR = "blazeface-short"
 DEFAULT_TILE_SCORE_THRESHOLD = 0.6
 DEFAULT_TILE_OVERLAP = 48
 PIXEL_MAX = 255.0
-# OpenCV only ever works on model-sized images here, too small to gain from its thread pool,
-# whose spinning workers would take CPU from the interpreter's threads.
-OPENCV_THREADS = 1
 # Compared with every frame's dtype: a dtype object, not the scalar type numpy would convert each time.
 UINT8 = np.dtype(np.uint8)
 
@@ -343,14 +341,13 @@ class Pipeline:
         poses: list[HeadPose | None] = self.pose.estimate(frame.image, detections) if detections else []
         timings["pose"] = (time.perf_counter() - t0) * 1e3
         h, w = frame.image.shape[:2]
-        faces = tuple(Face(d, p) for d, p in zip(detections, poses))
+        faces = tuple(Face(d, p) for d, p in zip(detections, poses, strict=True))
         return FrameResult(frame.number, frame.capture_time, w, h, faces, timings)
 
 
 def build_pipeline(config: DetectorConfig | None = None, manifest: Manifest | None = None,
                    runtime: Runtime | None = None) -> Pipeline:
     config = config or DetectorConfig()
-    cv2.setNumThreads(OPENCV_THREADS)
     manifest = manifest or load_manifest()
     runtime = runtime or load_runtime()
     runner, spec, selection = open_detector_runner(config, manifest, runtime)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
-import gc
 import importlib
 import os
 import platform
@@ -32,11 +31,16 @@ EDGETPU_LIBRARY = {"Linux": "libedgetpu.so.1", "Darwin": "libedgetpu.1.dylib", "
 CORAL_USB_IDS = {("1a6e", "089a"), ("18d1", "9302")}
 CORAL_PCI_GLOB = "apex_*"
 DELEGATE_ENTRY_POINT = "tflite_plugin_create_delegate"
+# The runtimes' destructor that raises for a delegate whose library never loaded (see `configure_process`).
+FAILED_DELEGATE_DESTRUCTOR = "Delegate.__del__"
 # A uint8 input whose quantisation maps pixels to within half a step of themselves is fed as is.
 HALF_STEP = 0.5 + 1e-6
 # The test pattern for `Runner.keeps_input`: values that fit every input type (uint8, int8, float).
 INPUT_PATTERN_PERIOD = 101
 IDENTITY_GAIN_TOLERANCE = 1e-2
+# OpenCV only ever works on model-sized images here, too small to gain from its thread pool,
+# whose spinning workers would take CPU from the interpreter's threads (see `configure_process`).
+OPENCV_THREADS = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,28 +137,15 @@ def edgetpu_devices(sys_root: Path = Path("/")) -> list[str]:
     return found
 
 
-@contextlib.contextmanager
-def _quiet_destructors() -> Iterator[None]:
-    """Swallow tracebacks from a failed delegate's __del__ (they are noise, not the cause)."""
-    previous = sys.unraisablehook
-    sys.unraisablehook = lambda _unraisable: None
-    try:
-        yield
-    finally:
-        gc.collect()
-        sys.unraisablehook = previous
-
-
 def load_delegate_checked(runtime: Runtime, library: str, options: Mapping[str, str], what: str) -> Any:
     problem = library_problem(library)
     if problem:
         raise AcceleratorError(f"{what} is not available: {problem}", "install its driver, or set delegate = \"cpu\"")
-    with _quiet_destructors():
-        try:
-            return runtime.load_delegate(library, dict(options))
-        except (ValueError, OSError, AttributeError, RuntimeError) as exc:
-            detail = str(exc).strip() or "the delegate refused to start"
-            raise AcceleratorError(f"{what} failed to start: {detail}", "check that the device is plugged in and powered") from None
+    try:
+        return runtime.load_delegate(library, dict(options))
+    except (ValueError, OSError, AttributeError, RuntimeError) as exc:
+        detail = str(exc).strip() or "the delegate refused to start"
+        raise AcceleratorError(f"{what} failed to start: {detail}", "check that the device is plugged in and powered") from None
 
 
 def edgetpu_delegate(runtime: Runtime, device: str | None) -> Any:
@@ -267,8 +258,8 @@ class Runner:
         if views:
             if self._float_outputs:
                 return [view() for view in self._output_views]
-            return [codec.decode(view()) for view, codec in zip(self._output_views, self._codecs)]
-        return [codec.decode(self.interpreter.get_tensor(d["index"])) for d, codec in zip(self._outputs, self._codecs)]
+            return [codec.decode(view()) for view, codec in zip(self._output_views, self._codecs, strict=True)]
+        return [codec.decode(self.interpreter.get_tensor(d["index"])) for d, codec in zip(self._outputs, self._codecs, strict=True)]
 
     def invoke(self) -> None:
         """The bare interpreter call, for benchmarks that compare against it."""
@@ -288,8 +279,7 @@ class Runner:
 
 @contextlib.contextmanager
 def _native_stderr_silenced() -> Iterator[None]:
-    """Hide the runtime's C++ INFO lines ("Created TensorFlow Lite XNNPACK delegate");
-    failures still surface, as the Python exceptions this module turns into plain errors."""
+    """fd 2 points at /dev/null for the duration (the runtimes print from C++, past `sys.stderr`)."""
     sys.stderr.flush()
     saved = os.dup(2)
     try:
@@ -301,9 +291,66 @@ def _native_stderr_silenced() -> Iterator[None]:
         os.close(saved)
 
 
+def _interpreter_build_quieted() -> contextlib.AbstractContextManager[None]:
+    """Where `make_interpreter` builds: quiet only when the entry point asked (`configure_process`)."""
+    return _native_stderr_silenced() if _PROCESS.quiet_native_logs else contextlib.nullcontext()
+
+
+def _is_failed_delegate_destructor(unraisable: sys.UnraisableHookArgs) -> bool:
+    """The runtimes' `Delegate.__del__` on a delegate whose library never loaded: it raises
+    AttributeError for the handle it never got, after the real cause was already reported."""
+    target = unraisable.object
+    return getattr(target, "__module__", None) in RUNTIMES and getattr(target, "__qualname__", None) == FAILED_DELEGATE_DESTRUCTOR
+
+
+@dataclass(slots=True)
+class _ProcessSettings:
+    """What `configure_process` chose for this process (nothing until an entry point calls it)."""
+
+    quiet_native_logs: bool = False
+    hook_installed: bool = False
+
+
+_PROCESS = _ProcessSettings()
+
+
+def configure_process() -> None:
+    """Process-wide settings for a program that runs the models; its entry point calls this once, first.
+
+    Library code changes no process-wide state on its own, so a test, a
+    benchmark or an application that imports these modules keeps its own
+    stderr, hooks and thread pools. A program that runs the models opts in:
+
+    - OpenCV runs single-threaded (`OPENCV_THREADS`): it only ever works on
+      model-sized images here, too small to gain from its thread pool, whose
+      spinning workers would take CPU from the interpreter's threads;
+    - the runtimes' native INFO lines ("Created TensorFlow Lite XNNPACK
+      delegate") are hidden: fd 2 points at /dev/null while an interpreter is
+      built; failures still surface, as the Python exceptions this module
+      turns into plain errors;
+    - the traceback a delegate that failed to load prints from its destructor
+      is dropped (noise after the real cause, an `AcceleratorError`); every
+      other unraisable exception still reaches the hook that was there.
+
+    Calling it again changes nothing more.
+    """
+    cv2.setNumThreads(OPENCV_THREADS)
+    _PROCESS.quiet_native_logs = True
+    if _PROCESS.hook_installed:
+        return
+    previous = sys.unraisablehook
+
+    def hook(unraisable: sys.UnraisableHookArgs) -> None:
+        if not _is_failed_delegate_destructor(unraisable):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    _PROCESS.hook_installed = True
+
+
 def make_interpreter(runtime: Runtime, model_path: Path, delegates: list[Any], threads: int) -> Any:
     try:
-        with _native_stderr_silenced():
+        with _interpreter_build_quieted():
             interpreter = runtime.interpreter(model_path=str(model_path), experimental_delegates=delegates or None,
                                               num_threads=threads)
             interpreter.allocate_tensors()

@@ -9,8 +9,10 @@ not a fingerprint of the face (see docs/mqtt.md).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from edge.vision.detection import Face
+if TYPE_CHECKING:  # only read here: the wire format (and delivery, which sends it) never loads the vision stack
+    from edge.vision.detection import Face
 
 BOX_DECIMALS = 3
 SCORE_DECIMALS = 2

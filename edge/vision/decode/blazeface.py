@@ -15,7 +15,7 @@ import numpy as np
 
 from edge.vision.decode import Candidate
 from edge.vision.decode.nms import weighted_nms
-from edge.vision.preprocess import Fit
+from edge.vision.geometry import Fit
 
 
 def _scale(min_scale: float, max_scale: float, index: int, count: int) -> float:
@@ -53,7 +53,7 @@ def ssd_anchors(opts: Mapping[str, Any]) -> np.ndarray:
                     scales.append(float(np.sqrt(scale * next_scale)))
                     aspect_ratios.append(opts["interpolated_scale_aspect_ratio"])
             last += 1
-        sizes = [(s / np.sqrt(r), s * np.sqrt(r)) for s, r in zip(scales, aspect_ratios)]
+        sizes = [(s / np.sqrt(r), s * np.sqrt(r)) for s, r in zip(scales, aspect_ratios, strict=True)]
         stride = strides[layer]
         rows = int(np.ceil(opts["input_size_height"] / stride))
         cols = int(np.ceil(opts["input_size_width"] / stride))
@@ -127,7 +127,7 @@ class BlazeFaceDecoder:
         b, clip = self.box_offset, self.score_clip
         k0, k1 = self.keypoint_offset, self.keypoint_offset + 2 * self.num_keypoints
         candidates = []
-        for anchor, row, logit in zip(hot.tolist(), rows, logits[hot].tolist()):
+        for anchor, row, logit in zip(hot.tolist(), rows, logits[hot].tolist(), strict=True):
             acx, acy, aw, ah = self.anchors[anchor]
             gx, gy = aw / (xs * sx), ah / (ys * sy)
             bx, by = (acx - ox) / sx, (acy - oy) / sy

@@ -15,7 +15,7 @@ import numpy as np
 
 from edge.vision.decode import Candidate
 from edge.vision.decode.nms import hard_nms
-from edge.vision.preprocess import Fit
+from edge.vision.geometry import Fit
 
 FACE_CLASS = 1
 
@@ -23,7 +23,7 @@ FACE_CLASS = 1
 def prior_boxes(width: int, height: int, min_boxes: list[list[float]], strides: list[int]) -> np.ndarray:
     """Priors as (N, 4) x_center, y_center, w, h normalised, in the model's output order."""
     priors = []
-    for sizes, stride in zip(min_boxes, strides):
+    for sizes, stride in zip(min_boxes, strides, strict=True):
         cols, rows = math.ceil(width / stride), math.ceil(height / stride)
         for y in range(rows):
             for x in range(cols):
@@ -72,6 +72,6 @@ class UlfdDecoder:
         sx, sy, ox, oy = fit.scale_x, fit.scale_y, fit.offset_x, fit.offset_y
         candidates = [
             Candidate(score, (cx - hw - ox) / sx, (cy - hh - oy) / sy, (cx + hw - ox) / sx, (cy + hh - oy) / sy)
-            for score, (cx, cy), (hw, hh) in zip(scores[index].tolist(), centre.tolist(), half.tolist())
+            for score, (cx, cy), (hw, hh) in zip(scores[index].tolist(), centre.tolist(), half.tolist(), strict=True)
         ]
         return hard_nms(candidates, self.iou_threshold)
