@@ -21,11 +21,11 @@ from edge.common.errors import ConfigError
 from edge.trust.grant import encode_grant
 from edge.identify import IdentificationRefused, IdentificationSession
 from edge.trust.device_key import build_csr
+from edge.policy.config import PolicyConfig
 from edge.policy.gate import (
     FIRMWARE_BUILD_TIME,
     IdentificationGrant,
     Mode,
-    PolicyConfig,
     PolicyGate,
     is_gate_issued,
 )

@@ -165,7 +165,7 @@ def from_document(document: Mapping[str, Any], base: Path | None = None) -> Serv
                 mqtt_data[key] = str(base / mqtt_data[key])
     policy = None
     if "policy" in document:
-        from edge.policy.gate import PolicyConfig
+        from edge.policy.config import PolicyConfig
 
         policy = PolicyConfig.from_mapping(_section(document, "policy"))
     return ServiceConfig(

@@ -14,7 +14,8 @@ from typing import Any
 from edge.trust.audit import AuditError, AuditLog, verify_log
 from edge.app.config import DEFAULT_CONFIG
 from edge.common.errors import ConfigError
-from edge.policy.gate import Mode, PolicyConfig, PolicyGate
+from edge.policy.config import PolicyConfig
+from edge.policy.gate import Mode, PolicyGate
 
 EXIT_OK = 0
 POLICY_SECTION = "policy"

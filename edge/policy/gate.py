@@ -17,7 +17,7 @@ import datetime as dt
 import enum
 import logging
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NoReturn
@@ -33,6 +33,7 @@ from cryptography.x509.verification import (
     VerificationError,
 )
 
+from edge.policy.config import PolicyConfig
 from edge.trust.audit import AuditError, AuditLog
 from edge.trust.certificates import (
     MAX_CERTIFICATE_BYTES,
@@ -43,9 +44,9 @@ from edge.trust.certificates import (
     read_device_identity,
     spki,
 )
-from edge.common.errors import ConfigError, EdgeError
+from edge.common.errors import EdgeError
 from edge.trust.grant import DEVICE_URI_PREFIX, EdgeGrant
-from edge.trust.device_key import DEVICE_KEY_FILE, IdentityError, load_device_key
+from edge.trust.device_key import IdentityError, load_device_key
 from edge.trust.revocation import CrlStore, check_crl_signature, revoked_serial
 from edge.trust.tags import Vocabulary, identification_blockers
 
@@ -57,7 +58,6 @@ FIRMWARE_BUILD_TIME = dt.datetime(2026, 11, 21, tzinfo=dt.timezone.utc)
 FIRMWARE_POLICY_VERSION = 1
 # root -> provisioning CA -> device
 MAX_CHAIN_DEPTH = 2
-AUDIT_LOG_FILE = "audit.log"
 READ_LIMIT_CERT_FILE = MAX_CERTIFICATE_BYTES * MAX_CHAIN_CERTIFICATES + 1
 
 logger = logging.getLogger(__name__)
@@ -149,54 +149,6 @@ class PolicyDecision:
             "serial": None if self.serial is None else f"{self.serial:x}",
             "valid_until": None if self.valid_until is None else self.valid_until.isoformat(),
         }
-
-
-@dataclass(frozen=True, slots=True)
-class PolicyConfig:
-    """The `[policy]` configuration section. Relative paths are relative to `state_dir`."""
-
-    state_dir: Path
-    trust_anchor: Path
-    certificate: Path
-    key: Path
-    crl: Path | None = None
-
-    REQUIRED = ("state_dir", "trust_anchor", "certificate")
-    OPTIONAL = ("key", "crl")
-
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> "PolicyConfig":
-        if not isinstance(data, Mapping):
-            raise ConfigError("[policy]", "is not a table", "a [policy] section with paths")
-        unknown = sorted(set(data) - set(cls.REQUIRED) - set(cls.OPTIONAL))
-        if unknown:
-            raise ConfigError("[policy]", f"unknown keys {unknown}",
-                              f"only {', '.join(cls.REQUIRED + cls.OPTIONAL)}")
-        values: dict[str, str] = {}
-        for key in cls.REQUIRED + cls.OPTIONAL:
-            if key not in data:
-                if key in cls.REQUIRED:
-                    raise ConfigError(f"[policy] {key}", "is missing", "a file path")
-                continue
-            value = data[key]
-            if not isinstance(value, str) or not value.strip() or "\x00" in value:
-                raise ConfigError(f"[policy] {key}", f"{value!r} is not a path", "a non-empty string")
-            values[key] = value
-        state_dir = Path(values["state_dir"])
-        def under(value: str) -> Path:
-            path = Path(value)
-            return path if path.is_absolute() else state_dir / path
-        return cls(
-            state_dir=state_dir,
-            trust_anchor=under(values["trust_anchor"]),
-            certificate=under(values["certificate"]),
-            key=under(values.get("key", DEVICE_KEY_FILE)),
-            crl=under(values["crl"]) if "crl" in values else None,
-        )
-
-    @property
-    def audit_log(self) -> Path:
-        return self.state_dir / AUDIT_LOG_FILE
 
 
 @dataclass(frozen=True, slots=True)

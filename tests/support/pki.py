@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from edge.trust.grant import EdgeGrant
 from edge.trust.device_key import build_csr, load_or_create_device_key
-from edge.policy.gate import PolicyConfig
+from edge.policy.config import PolicyConfig
 from provisioning.ca import Revocation, build_crl, build_device_certificate, build_provisioning_ca, build_root_ca
 
 NOW = dt.datetime(2027, 6, 1, 12, 0, tzinfo=dt.timezone.utc)
