@@ -172,10 +172,10 @@ def test_tracker_follows_a_face_and_starts_at_random() -> None:
 
 
 @pytest.mark.parametrize("document, where", [
-    ({"detector": {"attributes": ["age"]}}, "detector.attributes"),
-    ({"publish": {"Facial-Hair": True}}, "publish.Facial-Hair"),
-    ({"detector": {"outputs": ["boxes", "ＥＭＯＴＩＯＮ"]}}, "detector.outputs[1]"),
-    ({"x": {"make_up": 1}}, "x.make_up"),
+    ({"detector": {"attributes": ["age"]}}, "[detector] attributes"),
+    ({"publish": {"Facial-Hair": True}}, "[publish] Facial-Hair"),
+    ({"detector": {"outputs": ["boxes", "ＥＭＯＴＩＯＮ"]}}, "[detector] outputs[1]"),
+    ({"x": {"make_up": 1}}, "[x] make_up"),
 ])
 def test_retired_attributes_stop_start_up_naming_the_rule(document: dict, where: str) -> None:
     with pytest.raises(ConfigError, match="responsible-use rule") as info:
@@ -206,7 +206,7 @@ def test_health_figures() -> None:
 
 @pytest.mark.parametrize("section, data, fragment", [
     ("device", {"id": "fleet", "state_dir": "/x"}, "reserved"),
-    ("device", {"id": "cam/1", "state_dir": "/x"}, "not a device id"),
+    ("device", {"id": "cam/1", "state_dir": "/x"}, "'cam/1' is not valid"),
     ("device", {"id": "cam-1"}, "state_dir"),
     ("mqtt", {"ca": "a", "cert": "b"}, "key"),
     ("mqtt", {"ca": "a", "cert": "b", "key": "c", "protocol": "4"}, "protocol"),
@@ -234,7 +234,7 @@ def test_service_config_file_refuses_retired_attributes_at_start_up(tmp_path: Pa
                     'estimate = ["Gender"]\n')
     with pytest.raises(ConfigError, match="responsible-use rule") as info:
         load(path)
-    assert info.value.where == "detector.estimate[0]"
+    assert info.value.where == "[detector] estimate[0]"
     path.write_text("[device\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load(path)

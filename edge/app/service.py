@@ -19,11 +19,11 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from edge.app.version import firmware_version
 from edge.wire import serialize
-from edge.app.config import ServiceConfig
+from edge.app.config import ServiceConfig, check_certificate_names
 from edge.vision.detection import FrameResult
 from edge.delivery.health import FrameStats, cpu_temperature_c, cpu_throttled
 from edge.wire.observation import observe
@@ -31,6 +31,11 @@ from edge.delivery.outbox import Outbox
 from edge.vision.pipeline import FrameLike
 from edge.delivery.publish import Publisher
 from edge.wire.track import Tracker
+
+if TYPE_CHECKING:
+    from edge.policy.config import PolicyConfig
+    from edge.policy.gate import PolicyGate
+    from edge.vision.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +49,7 @@ DRAIN_POLL_S = 0.02
 
 
 class FrameProcessor(Protocol):
-    def process(self, frame: Any) -> FrameResult: ...
+    def process(self, frame: FrameLike) -> FrameResult: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,14 +188,14 @@ class Service:
         self.publisher.publish_health(serialize.health(self.device, report))
 
 
-def status_for(pipeline: Any) -> serialize.DeviceStatus:
+def status_for(pipeline: Pipeline) -> serialize.DeviceStatus:
     """What the retained status says: this service runs detection only (identification is another entry point)."""
     selection = pipeline.selection
     return serialize.DeviceStatus(mode="detection", model=selection.model, accelerator=selection.accelerator,
                                   firmware=firmware_version())
 
 
-def model_input_size(pipeline: Any) -> tuple[int, int]:
+def model_input_size(pipeline: Pipeline) -> tuple[int, int]:
     """The detector's input size, so a Pi camera can deliver a matching low-resolution stream."""
     spec = pipeline.detector.spec
     return (spec.input_width, spec.input_height)
@@ -204,7 +209,7 @@ def recheck_delay(valid_until: dt.datetime | None, now: dt.datetime, ceiling: fl
     return min(ceiling, max(POLICY_RECHECK_MIN_S, (valid_until - now).total_seconds()))
 
 
-def attach_policy(service: Service, policy: Any) -> Any:
+def attach_policy(service: Service, policy: PolicyConfig) -> PolicyGate:
     """Wire the policy gate: its audit records go out on `audit`, CRLs from MQTT reach its store.
 
     Detection never waits for the gate: whatever it decides, this service runs
@@ -244,6 +249,7 @@ def run_from_config(config: ServiceConfig, limits: RunLimits = RunLimits()) -> i
     from edge.sources.camera import open_source
     from edge.vision.pipeline import build_pipeline
 
+    check_certificate_names(config)
     pipeline = build_pipeline(config.detector)
     service = Service(config, status_for(pipeline))
     if config.policy is not None:

@@ -137,7 +137,7 @@ class SettingError(ConfigError):
 
     def __init__(self, section: str, key: str, value: object, problem: str, expected: str,
                  *, missing: bool = False) -> None:
-        what = problem if missing else f"{shown(value)} {problem}"
+        what = problem if missing or value is None else f"{shown(value)} {problem}"
         super().__init__(f"[{section}] {key}", what, expected)
         self.section = section
         self.key = key
@@ -234,7 +234,7 @@ def _inline_type(cls: type, name: str) -> type:
 def validate(config: Settings) -> None:
     """Run every field's check on a built configuration; `__post_init__` calls it."""
     section = type(config).SECTION
-    for f in dataclasses.fields(config):  # type: ignore[arg-type]
+    for f in dataclasses.fields(config):
         spec = f.metadata.get(SPEC)
         if spec is None:
             continue
@@ -259,7 +259,7 @@ def read_section(cls: type[S], data: object) -> S:
 
 def _build(cls: type[S], data: Mapping[str, Any], section: str) -> S:
     values: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+    for f in dataclasses.fields(cls):
         if f.metadata.get(INLINE):
             values[f.name] = _build(_inline_type(cls, f.name), data, section)
             continue
@@ -322,6 +322,15 @@ def read_flag(flag: str, text: str | None, *, kind: Kind, expected: str, check: 
     if problem is not None:
         raise FlagError(flag, text, problem, expected)
     return value
+
+
+def describe(cls: type, key: str) -> str:
+    """A setting's expectation and default, for a flag's help: written once, in the declaration."""
+    name, spec, owner = _layout(cls)[key]
+    default = owner.__dataclass_fields__[name].default  # type: ignore[attr-defined]
+    if default is dataclasses.MISSING or default is None or default == ():
+        return spec.expected
+    return f"{spec.expected} (default: {default if isinstance(default, str) else shown(default)})"
 
 
 def keys(cls: type) -> tuple[str, ...]:
