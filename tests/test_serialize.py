@@ -15,6 +15,7 @@ from edge.wire import serialize
 from edge.app.config import refuse_retired_attributes
 from edge.vision.detection import Box, Detection, Face, HeadPose
 from edge.common.errors import ConfigError
+from edge.common.topics import DEFAULT_DISCOVERY_PREFIX, DEFAULT_TOPIC_ROOT
 from edge.wire.observation import Observation, Pose, observe
 from edge.wire.track import Tracker, initial_state, step
 
@@ -153,7 +154,8 @@ def test_status_health_audit_discovery_validate() -> None:
     status = serialize.DeviceStatus("detection", "blazeface-full", "cpu", "0.1.0")
     validator("status").validate(json.loads(serialize.status_online("cam-a", status, 0.0)))
     validator("status").validate(json.loads(serialize.status_offline("cam-a")))
-    for _, payload in serialize.discovery("homeassistant", "edge/v1", serialize.DiscoveryDevice("cam-a", "m", "1")):
+    for _, payload in serialize.discovery(DEFAULT_DISCOVERY_PREFIX, DEFAULT_TOPIC_ROOT,
+                                        serialize.DiscoveryDevice("cam-a", "m", "1")):
         validator("discovery").validate(json.loads(payload))
     with pytest.raises(ValueError, match="scalars"):
         serialize.audit("cam-a", {"seq": 0, "time": "t", "event": "e", "data": {"image": [[1, 2]]},

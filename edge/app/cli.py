@@ -11,11 +11,11 @@ module only when that command runs. Flag values are checked by the same
 declarations as the configuration file (`edge.common.schema`); an error names
 the flag.
 
-Exit codes: 0 done; 1 failed; 2 bad usage or configuration; 3 model problem;
-4 accelerator absent or failed; 5 an input (image, video, camera) could not be
-read; 6 certificate, grant or device-key problem; 7 the audit log cannot be
-written or was altered; 8 identification refused or a gallery rule broken;
-130 interrupted.
+Exit codes (as the README lists them): 0 done; 1 failed; 2 bad usage or
+configuration; 3 model problem; 4 accelerator absent or failed; 5 an input
+could not be read; 6 certificate, grant or device-key problem; 7 the audit log
+cannot be written or was altered; 8 identification refused or a gallery rule
+broken; 130 interrupted.
 """
 from __future__ import annotations
 

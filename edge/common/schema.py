@@ -13,9 +13,9 @@ the class's `__post_init__` runs the same checks (`validate`) when code builds
 it directly, so there is one rule per setting and one shape of error:
 
     configuration [camera] fps: -3 is below 0
-      what to do: expected frames per second, 0 or more (0: as fast as frames come)
+      what to do: expected frames per second, 0 or more (0: files ... as fast as they are read)
     --threads 0: is below 1
-      what to do: expected a whole number of CPU threads, at least 1
+      what to do: expected a whole number of CPU inference threads, at least 1
 
 Unknown keys are errors. Config objects do no I/O.
 """
@@ -271,10 +271,15 @@ def _build(cls: type[S], data: Mapping[str, Any], section: str) -> S:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise SettingError(section, key, None, "is missing", spec.expected, missing=True)
             continue
+        written = data[key]
         try:
-            values[f.name] = None if data[key] is None and spec.optional else _convert(spec, data[key])
+            value = None if written is None and spec.optional else _convert(spec, written)
         except _Wrong as wrong:
-            raise SettingError(section, key, data[key], str(wrong), spec.expected) from None
+            raise SettingError(section, key, written, str(wrong), spec.expected) from None
+        problem = _problem(spec, value)  # here too, so the error shows the value as written
+        if problem is not None:
+            raise SettingError(section, key, written, problem, spec.expected)
+        values[f.name] = value
     return cls(**values)
 
 
@@ -331,8 +336,3 @@ def describe(cls: type, key: str) -> str:
     if default is dataclasses.MISSING or default is None or default == ():
         return spec.expected
     return f"{spec.expected} (default: {default if isinstance(default, str) else shown(default)})"
-
-
-def keys(cls: type) -> tuple[str, ...]:
-    """The keys a section accepts, in declaration order."""
-    return tuple(_layout(cls))
