@@ -37,7 +37,7 @@ from edge.common.schema import Kind
 if TYPE_CHECKING:
     import numpy as np
 
-    from edge.vision.pipeline import Pipeline
+    from edge.vision.pipeline import DetectorConfig, Pipeline
     from edge.wire.observation import Observation
 
 SAMPLE_IMAGE = Path(__file__).resolve().parents[1] / "demo" / "astronaut.png"
@@ -86,7 +86,7 @@ class _Deferred(argparse.ArgumentParser):
         return super().parse_known_args(args, namespace)
 
 
-def detector_config(args: argparse.Namespace) -> Any:
+def detector_config(args: argparse.Namespace) -> DetectorConfig:
     """The `[detector]` section from the flags, by the section's own declarations."""
     from edge.vision.pipeline import DetectorConfig
 
