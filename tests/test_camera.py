@@ -152,13 +152,13 @@ def test_picamera2_missing_says_how_to_install_it() -> None:
 
 
 @pytest.mark.parametrize("data, where", [
-    ({"source": 3}, "camera.source"),
-    ({"width": "640"}, "camera.width"),
-    ({"fps": -1}, "camera.fps"),
-    ({"loop": 1}, "camera.loop"),
-    ({"zoom": 2}, "camera.zoom"),
-    ({"max_frames": 0}, "camera.max_frames"),
-    ({"width": 8}, "camera.width/height"),
+    ({"source": 3}, "[camera] source"),
+    ({"width": "640"}, "[camera] width"),
+    ({"fps": -1}, "[camera] fps"),
+    ({"loop": 1}, "[camera] loop"),
+    ({"zoom": 2}, "[camera] zoom"),
+    ({"max_frames": 0}, "[camera] max_frames"),
+    ({"width": 8}, "[camera] width"),
 ])
 def test_camera_configuration_errors_name_the_setting(data: dict, where: str) -> None:
     with pytest.raises(ConfigError) as err:

@@ -82,14 +82,14 @@ def test_bench_reports_stages_next_to_bare_invoke() -> None:
 
 
 @pytest.mark.parametrize("data, where", [
-    ({"model": 7}, "detector.model"),
-    ({"threads": "two"}, "detector.threads"),
-    ({"threads": True}, "detector.threads"),
-    ({"pose": "emotion"}, "detector.pose"),
-    ({"score_threshold": 1.5}, "detector.score_threshold"),
-    ({"tiled": "yes"}, "detector.tiled"),
-    ({"colour": "red"}, "detector.colour"),
-    ({"delegate": "tpu"}, "detector.delegate"),
+    ({"model": 7}, "[detector] model"),
+    ({"threads": "two"}, "[detector] threads"),
+    ({"threads": True}, "[detector] threads"),
+    ({"pose": "emotion"}, "[detector] pose"),
+    ({"score_threshold": 1.5}, "[detector] score_threshold"),
+    ({"tiled": "yes"}, "[detector] tiled"),
+    ({"colour": "red"}, "[detector] colour"),
+    ({"delegate": "tpu"}, "[detector] delegate"),
 ])
 def test_detector_configuration_errors_name_the_setting(data: dict, where: str) -> None:
     with pytest.raises(ConfigError) as err:

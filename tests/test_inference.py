@@ -76,11 +76,11 @@ def test_edgetpu_compiled_model_on_the_cpu_is_refused(shared_models: Path) -> No
 
 
 @pytest.mark.parametrize("bad, where", [
-    (dict(kind="gpu"), "detector.delegate"),
-    (dict(threads=0), "detector.threads"),
-    (dict(kind="external"), "detector.delegate_library"),
-    (dict(device="usb0"), "detector.device"),
-    (dict(device="pci:x"), "detector.device"),
+    (dict(kind="gpu"), "[detector] delegate"),
+    (dict(threads=0), "[detector] threads"),
+    (dict(kind="external"), "[detector] delegate_library"),
+    (dict(device="usb0"), "[detector] device"),
+    (dict(device="pci:x"), "[detector] device"),
 ])
 def test_bad_delegate_settings_name_the_setting(bad: dict, where: str) -> None:
     with pytest.raises(ConfigError) as err:

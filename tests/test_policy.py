@@ -455,7 +455,7 @@ def test_config_resolves_relative_paths_against_state_dir(tmp_path: Path) -> Non
 @pytest.mark.parametrize("data, words", [
     ({"trust_anchor": "a", "certificate": "c"}, "state_dir"),
     ({"state_dir": "/s", "trust_anchor": "a", "certificate": 3}, "is not a path"),
-    ({"state_dir": "/s", "trust_anchor": "a", "certificate": "c", "trust_ancor": "x"}, "unknown keys"),
+    ({"state_dir": "/s", "trust_anchor": "a", "certificate": "c", "trust_ancor": "x"}, "unknown key"),
     ({"state_dir": "/s", "trust_anchor": "", "certificate": "c"}, "is not a path"),
     ([], "is not a table"),
 ])

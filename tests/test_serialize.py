@@ -15,6 +15,7 @@ from edge.wire import serialize
 from edge.app.config import refuse_retired_attributes
 from edge.vision.detection import Box, Detection, Face, HeadPose
 from edge.common.errors import ConfigError
+from edge.common.topics import DEFAULT_DISCOVERY_PREFIX, DEFAULT_TOPIC_ROOT
 from edge.wire.observation import Observation, Pose, observe
 from edge.wire.track import Tracker, initial_state, step
 
@@ -153,7 +154,8 @@ def test_status_health_audit_discovery_validate() -> None:
     status = serialize.DeviceStatus("detection", "blazeface-full", "cpu", "0.1.0")
     validator("status").validate(json.loads(serialize.status_online("cam-a", status, 0.0)))
     validator("status").validate(json.loads(serialize.status_offline("cam-a")))
-    for _, payload in serialize.discovery("homeassistant", "edge/v1", serialize.DiscoveryDevice("cam-a", "m", "1")):
+    for _, payload in serialize.discovery(DEFAULT_DISCOVERY_PREFIX, DEFAULT_TOPIC_ROOT,
+                                        serialize.DiscoveryDevice("cam-a", "m", "1")):
         validator("discovery").validate(json.loads(payload))
     with pytest.raises(ValueError, match="scalars"):
         serialize.audit("cam-a", {"seq": 0, "time": "t", "event": "e", "data": {"image": [[1, 2]]},
@@ -172,10 +174,10 @@ def test_tracker_follows_a_face_and_starts_at_random() -> None:
 
 
 @pytest.mark.parametrize("document, where", [
-    ({"detector": {"attributes": ["age"]}}, "detector.attributes"),
-    ({"publish": {"Facial-Hair": True}}, "publish.Facial-Hair"),
-    ({"detector": {"outputs": ["boxes", "ＥＭＯＴＩＯＮ"]}}, "detector.outputs[1]"),
-    ({"x": {"make_up": 1}}, "x.make_up"),
+    ({"detector": {"attributes": ["age"]}}, "[detector] attributes"),
+    ({"publish": {"Facial-Hair": True}}, "[publish] Facial-Hair"),
+    ({"detector": {"outputs": ["boxes", "ＥＭＯＴＩＯＮ"]}}, "[detector] outputs[1]"),
+    ({"x": {"make_up": 1}}, "[x] make_up"),
 ])
 def test_retired_attributes_stop_start_up_naming_the_rule(document: dict, where: str) -> None:
     with pytest.raises(ConfigError, match="responsible-use rule") as info:
@@ -206,7 +208,7 @@ def test_health_figures() -> None:
 
 @pytest.mark.parametrize("section, data, fragment", [
     ("device", {"id": "fleet", "state_dir": "/x"}, "reserved"),
-    ("device", {"id": "cam/1", "state_dir": "/x"}, "not a device id"),
+    ("device", {"id": "cam/1", "state_dir": "/x"}, "'cam/1' is not valid"),
     ("device", {"id": "cam-1"}, "state_dir"),
     ("mqtt", {"ca": "a", "cert": "b"}, "key"),
     ("mqtt", {"ca": "a", "cert": "b", "key": "c", "protocol": "4"}, "protocol"),
@@ -234,7 +236,7 @@ def test_service_config_file_refuses_retired_attributes_at_start_up(tmp_path: Pa
                     'estimate = ["Gender"]\n')
     with pytest.raises(ConfigError, match="responsible-use rule") as info:
         load(path)
-    assert info.value.where == "detector.estimate[0]"
+    assert info.value.where == "[detector] estimate[0]"
     path.write_text("[device\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load(path)

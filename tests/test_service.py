@@ -18,9 +18,11 @@ import pytest
 import skimage.data
 
 from edge.app.config import DeviceConfig, HealthConfig, HomeAssistantConfig, ServiceConfig
+from edge.common.topics import DEFAULT_TOPIC_ROOT, crl_topic
 from edge.delivery.outbox import Outbox, OutboxConfig
 from edge.vision.pipeline import DetectorConfig, build_pipeline
 from edge.delivery.publish import MqttConfig
+from edge.sources.camera import CameraConfig
 from edge.app.service import OUTBOX_FILE, RunLimits, Service, status_for
 from support.mosquitto import BrokerUnderTest, Subscriber, first_occurrences, wait_until
 
@@ -54,7 +56,7 @@ def service_config(state: Path, mqtt: MqttConfig, outbox: OutboxConfig = OutboxC
                    health_s: float = 30.0) -> ServiceConfig:
     return ServiceConfig(device=DeviceConfig("cam-a", state), mqtt=mqtt, outbox=outbox,
                          health=HealthConfig(health_s), homeassistant=HomeAssistantConfig(),
-                         camera=None, detector=DetectorConfig(), policy=None)
+                         camera=CameraConfig(), detector=DetectorConfig(), policy=None)
 
 
 def test_one_message_per_frame_with_faces_and_one_when_they_go(tmp_path: Path, mosquitto: BrokerUnderTest,
@@ -138,12 +140,13 @@ SERVICE_SCRIPT = textwrap.dedent("""
     from edge.delivery.outbox import OutboxConfig
     from edge.vision.pipeline import DetectorConfig, build_pipeline
     from edge.delivery.publish import MqttConfig
+    from edge.sources.camera import CameraConfig
     from edge.app.service import Service, status_for
     from test_service import StillFrame
 
     mqtt = MqttConfig.from_mapping({mqtt!r})
     config = ServiceConfig(DeviceConfig("cam-a", __import__("pathlib").Path({state!r})), mqtt, OutboxConfig(),
-                           HealthConfig(30.0), HomeAssistantConfig(), None, DetectorConfig(), None)
+                           HealthConfig(30.0), HomeAssistantConfig(), CameraConfig(), DetectorConfig(), None)
     pipeline = build_pipeline(config.detector)
     face = skimage.data.astronaut()
 
@@ -243,7 +246,7 @@ def test_policy_audit_and_fleet_crl_flow_over_mqtt(tmp_path: Path, mosquitto: Br
             operator.connect(mosquitto.broker.host, mosquitto.broker.port)
             operator.loop_start()
             der = pki_.crl(now=now).public_bytes(serialization.Encoding.DER)
-            operator.publish("edge/v1/fleet/crl", der, qos=1, retain=True).wait_for_publish(5)
+            operator.publish(crl_topic(DEFAULT_TOPIC_ROOT), der, qos=1, retain=True).wait_for_publish(5)
             operator.disconnect()
             operator.loop_stop()
             assert wait_until(lambda: any(m["event"] == "crl-applied" for m in sub.on("cam-a/audit")))
@@ -263,7 +266,7 @@ def test_policy_audit_and_fleet_crl_flow_over_mqtt(tmp_path: Path, mosquitto: Br
 
 
 def _json_lines(text: str) -> list[tuple[str, dict]]:
-    lines = [line.split(" ", 1) for line in text.splitlines() if line.startswith("edge/v1/")]
+    lines = [line.split(" ", 1) for line in text.splitlines() if line.startswith(f"{DEFAULT_TOPIC_ROOT}/")]
     return [(topic, json.loads(payload)) for topic, payload in lines]
 
 

@@ -4,8 +4,18 @@ Speaks plainly to installers: what happened, what to do next, and a
 documented exit code (see README). Only anonymised observations are ever
 printed about a face.
 
-Exit codes: 0 done; 1 failed; 2 bad usage or configuration; 3 model problem;
-4 accelerator problem; 5 an input (image, video, camera) could not be read.
+Why the imports are inside the commands: `edge-camera policy` and `audit
+verify` must start without loading numpy, OpenCV or the vision stack, so this
+module names every command and its options itself and imports a command's
+module only when that command runs. Flag values are checked by the same
+declarations as the configuration file (`edge.common.schema`); an error names
+the flag.
+
+Exit codes (as the README lists them): 0 done; 1 failed; 2 bad usage or
+configuration; 3 model problem; 4 accelerator absent or failed; 5 an input
+could not be read; 6 certificate, grant or device-key problem; 7 the audit log
+cannot be written or was altered; 8 identification refused or a gallery rule
+broken; 130 interrupted.
 """
 from __future__ import annotations
 
@@ -14,48 +24,80 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Sequence, cast
+from typing import TYPE_CHECKING, Any, Sequence, cast
 
-import numpy as np
-
+from edge.app.config import DEFAULT_CONFIG
 from edge.app.version import firmware_version
-from edge.sources.camera import Frame
+from edge.common import schema
 from edge.common.errors import InputError, run_handler
-from edge.vision.runtime import DELEGATES, DelegateConfig
-from edge.wire.observation import Observation, observe
+from edge.common.schema import Kind
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from edge.vision.pipeline import DetectorConfig, Pipeline
+    from edge.wire.observation import Observation
 
 SAMPLE_IMAGE = Path(__file__).resolve().parents[1] / "demo" / "astronaut.png"
 BENCH_FRAME = (640, 480)
 BENCH_FRAMES = 200
 BENCH_WARMUP = 20
 PERCENTILE_HIGH = 90
+DEFAULT_DEMO_SECONDS = 10.0
+# `--flag`: the `[detector]` key it sets (the same declaration checks both).
+DETECTOR_FLAGS = {"--model": "model", "--delegate": "delegate", "--device": "device",
+                  "--delegate-library": "delegate_library", "--threads": "threads", "--pose": "pose",
+                  "--tiled": "tiled", "--threshold": "score_threshold", "--model-dir": "model_dirs"}
 
 
 def _detector_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="blazeface-full", help="model name from models/manifest.json (default: blazeface-full)")
-    parser.add_argument("--delegate", default="auto", choices=DELEGATES, help="accelerator (default: auto)")
-    parser.add_argument("--device", help="Edge TPU device: usb, usb:N, pci or pci:N")
-    parser.add_argument("--delegate-library", help="path of an external (NPU) delegate library")
-    parser.add_argument("--threads", type=int, default=1, help="CPU inference threads (default: 1)")
-    parser.add_argument("--pose", default="landmarks", choices=("landmarks", "keypoints", "off"), help="head pose mode")
-    parser.add_argument("--tiled", action="store_true", help="tile high-resolution frames to find small faces")
-    parser.add_argument("--threshold", type=float, help="detection score threshold (default: the model's)")
-    parser.add_argument("--model-dir", action="append", type=Path, default=[], help="extra folder to look for model files in")
+    """The `[detector]` settings as flags, described by their declarations; unset flags keep the defaults."""
+    from edge.vision.pipeline import DetectorConfig
+
+    for flag, key in DETECTOR_FLAGS.items():
+        text = schema.describe(DetectorConfig, key).replace("%", "%%")
+        if flag == "--tiled":
+            parser.add_argument(flag, action="store_true", default=None, help=text)
+        elif flag == "--model-dir":
+            parser.add_argument(flag, action="append", metavar="DIR", help=text)
+        else:
+            parser.add_argument(flag, metavar=key.split("_")[-1].upper(), help=text)
 
 
-def _pipeline(args: argparse.Namespace):
-    from edge.vision.pipeline import DetectorConfig, build_pipeline
+class _Deferred(argparse.ArgumentParser):
+    """A subcommand whose options are added only when it is the one being parsed.
 
-    config = DetectorConfig(
-        model=args.model,
-        delegate=DelegateConfig(kind=args.delegate, device=args.device, library=args.delegate_library, threads=args.threads),
-        score_threshold=args.threshold,
-        pose=args.pose,
-        tiled=args.tiled,
-        model_dirs=tuple(args.model_dir),
-    )
-    return build_pipeline(config)
+    Why: the detection options are described by the `[detector]` declarations,
+    which live with the vision stack; `edge-camera policy` must not import it.
+    """
+
+    def __init__(self, *args: Any, options: Callable[[argparse.ArgumentParser], None] | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._options = options
+
+    def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                         namespace: argparse.Namespace | None = None) -> tuple[argparse.Namespace, list[str]]:
+        if self._options is not None:
+            options, self._options = self._options, None
+            options(self)
+        return super().parse_known_args(args, namespace)
+
+
+def detector_config(args: argparse.Namespace) -> DetectorConfig:
+    """The `[detector]` section from the flags, by the section's own declarations."""
+    from edge.vision.pipeline import DetectorConfig
+
+    given = {key: (flag, getattr(args, flag[2:].replace("-", "_"))) for flag, key in DETECTOR_FLAGS.items()}
+    return schema.read_flags(DetectorConfig, given)
+
+
+def _pipeline(args: argparse.Namespace) -> Pipeline:
+    from edge.vision.pipeline import build_pipeline
+
+    return build_pipeline(detector_config(args))
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -76,6 +118,9 @@ def observation_json(obs: Observation) -> dict[str, Any]:
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
+    from edge.sources.camera import Frame
+    from edge.wire.observation import observe
+
     pipeline = _pipeline(args)
     if not args.json:
         for note in pipeline.selection.notes:
@@ -119,9 +164,12 @@ def bench_frame(source: Path = SAMPLE_IMAGE) -> np.ndarray:
     return letterbox(read_image(source), *BENCH_FRAME)
 
 
-def run_bench(pipeline: Any, frames: int, source: Path = SAMPLE_IMAGE) -> dict[str, Any]:
+def run_bench(pipeline: Pipeline, frames: int, source: Path = SAMPLE_IMAGE) -> dict[str, Any]:
     """Per-stage timings of the pipeline next to the bare interpreter invoke(), interleaved."""
     import cv2
+    import numpy as np
+
+    from edge.sources.camera import Frame
 
     encoded = cv2.imencode(".png", cv2.cvtColor(bench_frame(source), cv2.COLOR_RGB2BGR))[1]
     stages: dict[str, list[float]] = {}
@@ -158,7 +206,9 @@ def run_bench(pipeline: Any, frames: int, source: Path = SAMPLE_IMAGE) -> dict[s
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    report = run_bench(_pipeline(args), args.frames)
+    frames = schema.read_flag("--frames", args.frames, kind=Kind.WHOLE, check=schema.at_least(1),
+                              expected="a whole number of frames to time, at least 1")
+    report = run_bench(_pipeline(args), BENCH_FRAMES if frames is None else frames)
     if args.json:
         print(json.dumps(report))
         return 0
@@ -173,28 +223,73 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seconds(flag: str, text: str | None) -> float | None:
+    return cast("float | None", schema.read_flag(flag, text, kind=Kind.NUMBER, check=schema.positive,
+                                                 expected="a number of seconds, more than 0"))
+
+
+def _frames(flag: str, text: str | None) -> int | None:
+    return cast("int | None", schema.read_flag(flag, text, kind=Kind.WHOLE, check=schema.at_least(1),
+                                               expected="a whole number of frames, at least 1"))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """`edge-camera run`: the production service, from its configuration file."""
+    import logging
+
+    from edge.app.config import load
+    from edge.app.service import RunLimits, run_from_config
+
+    limits = RunLimits(max_seconds=_seconds("--seconds", args.seconds), max_frames=_frames("--frames", args.frames))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run_from_config(load(args.config), limits)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from edge.demo.command import run_demo
+
+    seconds = _seconds("--seconds", args.seconds)
+    return run_demo(DEFAULT_DEMO_SECONDS if seconds is None else seconds, _frames("--frames", args.frames),
+                    raw=args.json, prefer_embedded=args.embedded_broker)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge-camera", description="Privacy-first face detection on the device.")
     parser.add_argument("--version", action="version", version=f"edge-camera {firmware_version()}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Deferred)
 
-    detect = sub.add_parser("detect", help="detect faces in images and print anonymised boxes and head pose")
+    detect = sub.add_parser("detect", help="detect faces in images and print anonymised boxes and head pose",
+                            options=_detector_options)
     detect.add_argument("images", nargs="*", type=Path, help="image files (default: the bundled sample portrait)")
     detect.add_argument("--json", action="store_true", help="one JSON object per image")
-    _detector_options(detect)
     detect.set_defaults(func=cmd_detect)
 
-    bench = sub.add_parser("bench", help="per-stage timings next to the bare interpreter invoke()")
+    bench = sub.add_parser("bench", help="per-stage timings next to the bare interpreter invoke()",
+                           options=_detector_options)
     bench.add_argument("--json", action="store_true")
-    bench.add_argument("--frames", type=int, default=BENCH_FRAMES, help=f"frames to time (default: {BENCH_FRAMES})")
-    _detector_options(bench)
+    bench.add_argument("--frames", metavar="N", help=f"frames to time (default: {BENCH_FRAMES})")
     bench.set_defaults(func=cmd_bench)
 
-    from edge.demo.command import add_parser as add_service_parsers
+    demo = sub.add_parser(
+        "demo", help="virtual camera -> detection -> private MQTT broker -> print what a subscriber receives")
+    demo.add_argument("--seconds", metavar="S", help=f"how long to run (default: {DEFAULT_DEMO_SECONDS:.0f})")
+    demo.add_argument("--frames", metavar="N", help="stop after this many frames")
+    demo.add_argument("--json", action="store_true", help="print the raw payloads")
+    demo.add_argument("--embedded-broker", action="store_true",
+                      help="use the embedded amqtt broker even when mosquitto is installed")
+    demo.set_defaults(func=cmd_demo)
+
+    run = sub.add_parser("run", help="run the service: configured camera -> detection -> MQTT")
+    run.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
+                     help=f"the service's TOML configuration (default {DEFAULT_CONFIG})")
+    run.add_argument("--seconds", metavar="S", help="stop after this long (default: until SIGTERM)")
+    run.add_argument("--frames", metavar="N", help="stop after this many frames")
+    run.set_defaults(func=cmd_run)
+
     from edge.app.policy_commands import add_parsers as add_policy_parsers
 
-    add_service_parsers(sub)
-    add_policy_parsers(sub)
+    add_policy_parsers(cast("argparse._SubParsersAction[argparse.ArgumentParser]", sub))
     return parser
 
 

@@ -1,7 +1,9 @@
 """The service's TOML configuration: one file, one section per owner.
 
-Why composed: each module validates its own section (`from_mapping`), so an
-error names the section and key that is wrong. Before any section is read,
+Why composed: each module declares its own section with `edge.common.schema`
+(one mechanism for every section and for the command-line flags that set the
+same things), so an error names the section, the key, the value and what was
+expected, and unknown sections and keys are refused. Before any section is read,
 the whole file is searched for requests to infer attributes the
 responsible-use rules retire (emotion, gender, age, smile, facial hair, hair,
 makeup): such a configuration stops the service at start-up with an error
@@ -9,23 +11,29 @@ naming the rule, whatever section or spelling it hides in.
 """
 from __future__ import annotations
 
-import re
 import tomllib
-import unicodedata
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from edge.common import schema
 from edge.common.errors import ConfigError
-from edge.delivery.outbox import OutboxConfig
-from edge.delivery.publish import MqttConfig
+from edge.common.schema import Kind, setting
+from edge.common.text import fold
+from edge.common.topics import DEFAULT_DISCOVERY_PREFIX, MQTT_WILDCARDS
+from edge.trust.grant import DEVICE_ID_EXPECTED, device_id_problem
 
-DEVICE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-# `fleet` names the shared topics (the CRL) under the topic root; no device may take it.
-RESERVED_DEVICE_IDS = frozenset({"fleet"})
+if TYPE_CHECKING:  # the sections' owners import numpy, OpenCV, paho: read only when a file is loaded
+    from edge.delivery.outbox import OutboxConfig
+    from edge.delivery.publish import MqttConfig
+    from edge.policy.config import PolicyConfig
+    from edge.sources.camera import CameraConfig
+    from edge.vision.pipeline import DetectorConfig
+
 RETIRED_RULE = ("responsible-use rule: inference of emotion, gender, age, smile, facial hair, hair and makeup "
                 "is retired for everyone and never offered by this device")
+# Compared with words folded by `edge.common.text.fold` with the separators removed.
 RETIRED_TERMS = frozenset({
     "emotion", "emotions", "emotionrecognition", "expression", "expressions", "facialexpression", "affect", "mood",
     "gender", "genders", "sex", "age", "ages", "ageestimation", "agerange", "smile", "smiles", "smiling",
@@ -33,20 +41,15 @@ RETIRED_TERMS = frozenset({
     "makeup", "cosmetics", "lipstick", "eyemakeup", "attribute", "attributes", "faceattributes",
 })
 DEFAULT_HEALTH_INTERVAL_S = 30.0
-DEFAULT_DISCOVERY_PREFIX = "homeassistant"
 # Where the systemd unit, the tools and the docs expect the service's configuration.
 DEFAULT_CONFIG = Path("/etc/edge-camera/edge-camera.toml")
 SERVICE_SECTIONS = ("device", "camera", "detector", "policy", "mqtt", "outbox", "health", "homeassistant")
-
-
-def _fold(text: str) -> str:
-    """Case, separators and compatibility look-alikes do not change what a word asks for."""
-    folded = unicodedata.normalize("NFKC", text).casefold()
-    return re.sub(r"[\s_\-.:/]+", "", folded)
+# [mqtt] paths a relative value of which is relative to the configuration file's folder.
+MQTT_FILES = ("ca", "cert", "key")
 
 
 def _walk(node: object, where: str) -> Iterator[tuple[str, str]]:
-    """Every key and every string value in the document, with where it is."""
+    """Every key and every string value under `node`, with where it is (`outputs[1]`, `a.b`)."""
     if isinstance(node, Mapping):
         for key, value in node.items():
             here = f"{where}.{key}" if where else str(key)
@@ -59,110 +62,122 @@ def _walk(node: object, where: str) -> Iterator[tuple[str, str]]:
         yield where, node
 
 
+def _located(document: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+    """`_walk` over the document, places written as errors name them: `[section] key`."""
+    for name, value in document.items():
+        yield (f"[{name}]" if isinstance(value, Mapping) else str(name)), str(name)
+        for where, word in _walk(value, ""):
+            yield (f"[{name}] {where}" if isinstance(value, Mapping) else f"{name}{where}"), word
+
+
 def refuse_retired_attributes(document: Mapping[str, Any]) -> None:
     """Stop start-up if any key or value asks for a retired attribute."""
-    for where, word in _walk(document, ""):
-        if _fold(word) in RETIRED_TERMS:
+    for where, word in _located(document):
+        if fold(word, separator="") in RETIRED_TERMS:
             raise ConfigError(where, f"asks for '{word}': refused by the {RETIRED_RULE}",
                               "remove it; the device publishes only face boxes, scores, head pose and track numbers")
 
 
+def _topic_prefix(value: str) -> str | None:
+    if not value or any(c in value for c in MQTT_WILDCARDS):
+        return "is not a topic prefix"
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceConfig:
-    id: str
-    state_dir: Path
+    """The `[device]` section: who this device is and where it keeps its state."""
+
+    SECTION: ClassVar[str] = "device"
+
+    id: str = setting(kind=Kind.TEXT, check=device_id_problem,
+                      expected=f"{DEVICE_ID_EXPECTED}: the device certificate's common name, "
+                               "the MQTT user name and a topic level")
+    state_dir: Path = setting(kind=Kind.PATH,
+                              expected="a directory for the outbox, audit log and CRL, e.g. /var/lib/edge-camera")
+
+    def __post_init__(self) -> None:
+        schema.validate(self)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> "DeviceConfig":
-        _only(data, "[device]", ("id", "state_dir"))
-        device_id = data.get("id")
-        if not isinstance(device_id, str) or not DEVICE_ID_PATTERN.match(device_id):
-            raise ConfigError("[device] id", f"{device_id!r} is not a device id",
-                              "1-64 letters, digits, '-' or '_' (it becomes an MQTT topic level and the certificate CN)")
-        if device_id.casefold() in RESERVED_DEVICE_IDS:
-            raise ConfigError("[device] id", f"'{device_id}' is reserved for fleet-wide topics", "another name")
-        state_dir = data.get("state_dir")
-        if not isinstance(state_dir, str) or not state_dir:
-            raise ConfigError("[device] state_dir", f"{state_dir!r} is not a path",
-                              "a directory for the outbox, audit log and CRL, e.g. /var/lib/edge-camera")
-        return cls(device_id, Path(state_dir))
+        return schema.read_section(cls, data)
 
 
 @dataclass(frozen=True, slots=True)
 class HealthConfig:
-    interval_s: float = DEFAULT_HEALTH_INTERVAL_S
+    """The `[health]` section."""
+
+    SECTION: ClassVar[str] = "health"
+
+    interval_s: float = setting(DEFAULT_HEALTH_INTERVAL_S, kind=Kind.NUMBER, check=schema.positive,
+                                expected="seconds between health reports, more than 0")
+
+    def __post_init__(self) -> None:
+        schema.validate(self)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> "HealthConfig":
-        _only(data, "[health]", tuple(f.name for f in fields(cls)))
-        interval = data.get("interval_s", DEFAULT_HEALTH_INTERVAL_S)
-        if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval <= 0:
-            raise ConfigError("[health] interval_s", f"{interval!r} is not a positive number", "seconds > 0")
-        return cls(float(interval))
+        return schema.read_section(cls, data)
 
 
 @dataclass(frozen=True, slots=True)
 class HomeAssistantConfig:
-    enabled: bool = False
-    prefix: str = DEFAULT_DISCOVERY_PREFIX
+    """The `[homeassistant]` section: MQTT discovery messages for Home Assistant."""
+
+    SECTION: ClassVar[str] = "homeassistant"
+
+    enabled: bool = setting(False, kind=Kind.SWITCH, expected="true or false")
+    prefix: str = setting(DEFAULT_DISCOVERY_PREFIX, kind=Kind.TEXT, check=_topic_prefix,
+                          expected=f"a discovery topic prefix without wildcards, e.g. {DEFAULT_DISCOVERY_PREFIX}")
+
+    def __post_init__(self) -> None:
+        schema.validate(self)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> "HomeAssistantConfig":
-        _only(data, "[homeassistant]", ("enabled", "prefix"))
-        enabled = data.get("enabled", False)
-        prefix = data.get("prefix", DEFAULT_DISCOVERY_PREFIX)
-        if not isinstance(enabled, bool):
-            raise ConfigError("[homeassistant] enabled", f"{enabled!r}", "true or false")
-        if not isinstance(prefix, str) or not prefix or any(c in prefix for c in "+#"):
-            raise ConfigError("[homeassistant] prefix", f"{prefix!r}", "a discovery topic prefix without wildcards")
-        return cls(enabled, prefix)
-
-
-def _only(data: object, where: str, allowed: tuple[str, ...]) -> None:
-    if not isinstance(data, Mapping):
-        raise ConfigError(where, "is not a table", f"a {where} section")
-    unknown = sorted(set(data) - set(allowed))
-    if unknown:
-        raise ConfigError(where, f"unknown key(s) {unknown}", f"only {', '.join(allowed)}")
+        return schema.read_section(cls, data)
 
 
 @dataclass(frozen=True, slots=True)
 class ServiceConfig:
-    """All sections; `camera`, `detector` and `policy` are built by their owners' `from_mapping`."""
+    """All sections, each validated by its own declaration (`edge.common.schema`)."""
 
     device: DeviceConfig
     mqtt: MqttConfig
     outbox: OutboxConfig
     health: HealthConfig
     homeassistant: HomeAssistantConfig
-    camera: Any
-    detector: Any
-    policy: Any | None
+    camera: CameraConfig
+    detector: DetectorConfig
+    policy: PolicyConfig | None
 
 
 def _section(document: Mapping[str, Any], name: str) -> Mapping[str, Any]:
     value = document.get(name, {})
     if not isinstance(value, Mapping):
-        raise ConfigError(f"[{name}]", "is not a table", f"a [{name}] section")
+        raise ConfigError(f"[{name}]", f"{schema.shown(value)} is not a table", f"a [{name}] section")
     return value
 
 
 def from_document(document: Mapping[str, Any], base: Path | None = None) -> ServiceConfig:
     """Validate a parsed document; relative paths in [mqtt] are relative to the file's folder."""
     refuse_retired_attributes(document)
-    unknown = sorted(set(document) - set(SERVICE_SECTIONS))
-    if unknown:
-        raise ConfigError(f"[{unknown[0]}]", "unknown section", f"only {', '.join(SERVICE_SECTIONS)}")
+    for name in document:
+        if name not in SERVICE_SECTIONS:
+            raise ConfigError(f"[{name}]", "is an unknown section",
+                              f"one of {', '.join(f'[{s}]' for s in SERVICE_SECTIONS)}")
     if "device" not in document:
         raise ConfigError("[device]", "is missing", "a [device] section with id and state_dir")
+    from edge.delivery.outbox import OutboxConfig
+    from edge.delivery.publish import MqttConfig
     from edge.sources.camera import CameraConfig
     from edge.vision.pipeline import DetectorConfig
 
-    mqtt_data = dict(_section(document, "mqtt"))
+    mqtt = MqttConfig.from_mapping(_section(document, "mqtt"))
     if base is not None:
-        for key in ("ca", "cert", "key"):
-            if isinstance(mqtt_data.get(key), str) and not Path(mqtt_data[key]).is_absolute():
-                mqtt_data[key] = str(base / mqtt_data[key])
+        mqtt = replace(mqtt, **{key: base / getattr(mqtt, key) for key in MQTT_FILES
+                                if getattr(mqtt, key) is not None and not getattr(mqtt, key).is_absolute()})
     policy = None
     if "policy" in document:
         from edge.policy.config import PolicyConfig
@@ -170,8 +185,8 @@ def from_document(document: Mapping[str, Any], base: Path | None = None) -> Serv
         policy = PolicyConfig.from_mapping(_section(document, "policy"))
     return ServiceConfig(
         device=DeviceConfig.from_mapping(_section(document, "device")),
-        mqtt=MqttConfig.from_mapping(mqtt_data),
-        outbox=OutboxConfig.from_mapping(dict(_section(document, "outbox"))),
+        mqtt=mqtt,
+        outbox=OutboxConfig.from_mapping(_section(document, "outbox")),
         health=HealthConfig.from_mapping(_section(document, "health")),
         homeassistant=HomeAssistantConfig.from_mapping(_section(document, "homeassistant")),
         camera=CameraConfig.from_mapping(_section(document, "camera")),
@@ -191,3 +206,40 @@ def load(path: Path) -> ServiceConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), f"is not valid TOML: {exc}", "TOML (see systemd/edge-camera.toml)") from None
     return from_document(document, base=Path(path).resolve().parent)
+
+
+def check_certificate_names(config: ServiceConfig) -> None:
+    """At start-up: `[device] id` must be the common name of the device certificate.
+
+    Why: the id names the device's topics, and the broker's ACLs key on the
+    certificate's CN; a device configured as another would publish where its
+    certificate may not, or pass for another device. Reads the `[mqtt] cert`
+    (which TLS needs anyway) and, when it can be read, the `[policy]
+    certificate` (when it cannot, the policy gate says why and keeps
+    identification off; detection still runs).
+    """
+    from edge.trust.certificates import CertificateError, common_name, load_certificates
+
+    named = [("[mqtt] cert", config.mqtt.cert, True)]
+    if config.policy is not None:
+        named.append(("[policy] certificate", config.policy.certificate, False))
+    for where, path, required in named:
+        if path is None:
+            continue
+        try:
+            leaf = load_certificates(path.read_bytes(), f"{where} {path}")[0]
+        except OSError as exc:
+            if not required:
+                continue
+            raise ConfigError(where, f"'{path}' cannot be read: {exc.strerror}",
+                              "the device certificate (PEM) issued for this device") from None
+        except CertificateError:
+            if not required:
+                continue
+            raise
+        name = common_name(leaf.subject)
+        if name != config.device.id:
+            raise ConfigError("[device] id", f"'{config.device.id}' is not the device certificate's common name "
+                                             f"{name!r} ({where} {path})",
+                              "the id the certificate was issued for: correct [device] id, "
+                              "or install this device's own certificate")

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from edge.app.version import firmware_version
 from edge.wire import serialize
-from edge.app.config import ServiceConfig
+from edge.app.config import ServiceConfig, check_certificate_names
 from edge.vision.detection import FrameResult
 from edge.delivery.health import FrameStats, cpu_temperature_c, cpu_throttled
 from edge.wire.observation import observe
@@ -34,6 +34,7 @@ from edge.wire.track import Tracker
 
 if TYPE_CHECKING:  # the gate is imported on demand (attach_policy): a service without [policy] never loads it
     from edge.policy import PolicyConfig, PolicyGate
+    from edge.vision.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ DRAIN_POLL_S = 0.02
 
 
 class FrameProcessor(Protocol):
-    def process(self, frame: Any) -> FrameResult: ...
+    def process(self, frame: FrameLike) -> FrameResult: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,14 +187,14 @@ class Service:
         self.publisher.publish_health(serialize.health(self.device, report))
 
 
-def status_for(pipeline: Any) -> serialize.DeviceStatus:
+def status_for(pipeline: Pipeline) -> serialize.DeviceStatus:
     """What the retained status says: this service runs detection only (identification is another entry point)."""
     selection = pipeline.selection
     return serialize.DeviceStatus(mode="detection", model=selection.model, accelerator=selection.accelerator,
                                   firmware=firmware_version())
 
 
-def model_input_size(pipeline: Any) -> tuple[int, int]:
+def model_input_size(pipeline: Pipeline) -> tuple[int, int]:
     """The detector's input size, so a Pi camera can deliver a matching low-resolution stream."""
     spec = pipeline.detector.spec
     return (spec.input_width, spec.input_height)
@@ -249,6 +250,7 @@ def run_from_config(config: ServiceConfig, limits: RunLimits = RunLimits()) -> i
     from edge.sources.camera import open_source
     from edge.vision.pipeline import build_pipeline
 
+    check_certificate_names(config)
     pipeline = build_pipeline(config.detector)
     service = Service(config, status_for(pipeline))
     if config.policy is not None:

@@ -20,11 +20,14 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
-from edge.common.errors import ConfigError, EdgeError
+from edge.common import schema
+from edge.common.errors import EdgeError
+from edge.common.schema import Kind, setting
 
 log = logging.getLogger(__name__)
 
@@ -64,30 +67,29 @@ PayloadFactory = Callable[[int], bytes]
 
 @dataclass(frozen=True, slots=True)
 class OutboxConfig:
-    """Limits and group-commit tuning; see docs/mqtt.md for the trade-off."""
+    """The `[outbox]` section: limits and group-commit tuning; see docs/mqtt.md for the trade-off."""
 
-    max_messages: int = 200_000
-    max_bytes: int = 256 * 1024 * 1024
-    max_age_s: float = 7 * 24 * 3600.0
-    commit_wait_ms: float = 3.0
-    max_batch: int = 256
-    queue_capacity: int = 4096
+    SECTION: ClassVar[str] = "outbox"
+
+    max_messages: int = setting(200_000, kind=Kind.WHOLE, check=schema.positive,
+                                expected="a whole number of messages kept during an outage, more than 0")
+    max_bytes: int = setting(256 * 1024 * 1024, kind=Kind.WHOLE, check=schema.positive,
+                             expected="a whole number of bytes kept during an outage, more than 0")
+    max_age_s: float = setting(7 * 24 * 3600.0, kind=Kind.NUMBER, check=schema.positive,
+                               expected="the age in seconds past which a waiting message is dropped, more than 0")
+    commit_wait_ms: float = setting(3.0, kind=Kind.NUMBER, check=schema.positive,
+                                    expected="milliseconds a commit waits for company, more than 0")
+    max_batch: int = setting(256, kind=Kind.WHOLE, check=schema.positive,
+                             expected="a whole number of messages per commit, more than 0")
+    queue_capacity: int = setting(4096, kind=Kind.WHOLE, check=schema.positive,
+                                  expected="a whole number of messages waiting for the writer, more than 0")
+
+    def __post_init__(self) -> None:
+        schema.validate(self)
 
     @classmethod
-    def from_mapping(cls, data: dict[str, object], where: str = "[outbox]") -> "OutboxConfig":
-        known = {f.name: f.default for f in fields(cls)}
-        unknown = set(data) - set(known)
-        if unknown:
-            raise ConfigError(where, f"unknown key(s) {sorted(unknown)}", f"only {sorted(known)}")
-        values: dict[str, object] = {}
-        for name, default in known.items():
-            value = data.get(name, default)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise ConfigError(f"{where} {name}", f"{value!r} is not a positive number", "a number > 0")
-            if isinstance(default, int) and not isinstance(value, int):
-                raise ConfigError(f"{where} {name}", f"{value!r} is not a whole number", "an integer > 0")
-            values[name] = value
-        return cls(**values)  # type: ignore[arg-type]
+    def from_mapping(cls, data: Mapping[str, object]) -> "OutboxConfig":
+        return schema.read_section(cls, data)
 
 
 @dataclass(frozen=True, slots=True)

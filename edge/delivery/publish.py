@@ -25,9 +25,10 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
@@ -36,7 +37,10 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge.wire import serialize
+from edge.common import schema
 from edge.common.errors import ConfigError
+from edge.common.schema import Kind, setting
+from edge.common.topics import CRL_TOPIC_LEAF, DEFAULT_TOPIC_ROOT, MQTT_WILDCARDS, crl_topic
 from edge.delivery.outbox import Outbox, Pending
 
 log = logging.getLogger(__name__)
@@ -49,7 +53,12 @@ CONTROL_HEADROOM = 16
 EVENT_POLL_S = 0.5
 STOP_FLUSH_S = 2.0
 PROTOCOLS = {"auto": MQTTProtocolVersion.MQTTv5, "5": MQTTProtocolVersion.MQTTv5, "3.1.1": MQTTProtocolVersion.MQTTv311}
+MAX_PORT = 65535
 PROTOCOL_NAMES = {MQTTProtocolVersion.MQTTv5: "5", MQTTProtocolVersion.MQTTv311: "3.1.1"}
+
+
+def _port(value: int) -> str | None:
+    return None if 1 <= value <= MAX_PORT else f"is not between 1 and {MAX_PORT}"
 
 
 def backoff_delay(attempt: int, minimum: float, maximum: float, rng: random.Random) -> float:
@@ -58,62 +67,66 @@ def backoff_delay(attempt: int, minimum: float, maximum: float, rng: random.Rand
     return rng.uniform(step / 2, step)
 
 
+def _plain_prefix(value: str) -> str | None:
+    if not value or any(c in value for c in MQTT_WILDCARDS) or value.endswith("/"):
+        return "is not a plain topic prefix"
+    return None
+
+
+def _topic(value: str) -> str | None:
+    return "is not a topic name" if any(c in value for c in MQTT_WILDCARDS) else None
+
+
+MUTUAL_TLS = "the device uses mutual TLS with a pinned CA"
+
+
 @dataclass(frozen=True, slots=True)
 class MqttConfig:
-    host: str = "localhost"
-    port: int = 8883
-    topic_root: str = "edge/v1"
-    crl_topic: str = ""
-    ca: Path | None = None
-    cert: Path | None = None
-    key: Path | None = None
-    protocol: str = "auto"
-    keepalive_s: int = 30
-    session_expiry_s: int = 7 * 24 * 3600
-    inflight: int = 20
-    backoff_min_s: float = 1.0
-    backoff_max_s: float = 60.0
+    """The `[mqtt]` section. `ca`, `cert` and `key` are required in the file; relative paths there
+    are relative to the file's folder (`edge.app.config`)."""
+
+    SECTION: ClassVar[str] = "mqtt"
+
+    host: str = setting("localhost", kind=Kind.TEXT, check=schema.not_empty, expected="the broker's host name")
+    port: int = setting(8883, kind=Kind.WHOLE, check=_port, expected=f"a TCP port, 1 to {MAX_PORT}")
+    topic_root: str = setting(DEFAULT_TOPIC_ROOT, kind=Kind.TEXT, check=_plain_prefix,
+                              expected=f"a prefix like '{DEFAULT_TOPIC_ROOT}' without wildcards or trailing slash")
+    crl_topic: str = setting("", kind=Kind.TEXT, check=_topic,
+                             expected=f"the fleet's CRL topic without wildcards (default: <topic_root>/{CRL_TOPIC_LEAF})")
+    ca: Path | None = setting(None, kind=Kind.PATH, expected=f"the CA certificate's path: {MUTUAL_TLS}")
+    cert: Path | None = setting(None, kind=Kind.PATH, expected=f"the device certificate's path: {MUTUAL_TLS}")
+    key: Path | None = setting(None, kind=Kind.PATH, expected=f"the device key's path: {MUTUAL_TLS}")
+    protocol: str = setting("auto", kind=Kind.TEXT, check=schema.one_of(PROTOCOLS),
+                            expected=f"an MQTT version: {schema.choices_text(PROTOCOLS)}")
+    keepalive_s: int = setting(30, kind=Kind.WHOLE, check=schema.positive, expected="whole seconds, more than 0")
+    session_expiry_s: int = setting(7 * 24 * 3600, kind=Kind.WHOLE, check=schema.positive,
+                                    expected="whole seconds the broker keeps the session, more than 0")
+    inflight: int = setting(20, kind=Kind.WHOLE, check=schema.positive,
+                            expected="a whole number of messages handed to the client at once, more than 0")
+    backoff_min_s: float = setting(1.0, kind=Kind.NUMBER, check=schema.positive,
+                                   expected="seconds, more than 0 and at most backoff_max_s")
+    backoff_max_s: float = setting(60.0, kind=Kind.NUMBER, check=schema.positive,
+                                   expected="seconds, more than 0 and at least backoff_min_s")
+
+    def __post_init__(self) -> None:
+        schema.validate(self)
+        if self.backoff_min_s > self.backoff_max_s:
+            raise schema.refuse(self.SECTION, "backoff_min_s", self.backoff_min_s,
+                                f"is larger than backoff_max_s {self.backoff_max_s}", "backoff_min_s <= backoff_max_s")
 
     @property
     def crl(self) -> str:
-        return self.crl_topic or f"{self.topic_root}/fleet/crl"
+        return self.crl_topic or crl_topic(self.topic_root)
 
     @classmethod
-    def from_mapping(cls, data: dict[str, Any], where: str = "[mqtt]") -> "MqttConfig":
-        spec = {f.name: f for f in fields(cls)}
-        unknown = set(data) - set(spec)
-        if unknown:
-            raise ConfigError(where, f"unknown key(s) {sorted(unknown)}", f"only {sorted(spec)}")
-        values: dict[str, Any] = {}
-        for name, value in data.items():
-            default = spec[name].default
-            if name in ("ca", "cert", "key"):
-                if not isinstance(value, str) or not value:
-                    raise ConfigError(f"{where} {name}", f"{value!r} is not a path", "a file path string")
-                values[name] = Path(value)
-            elif isinstance(default, str):
-                if not isinstance(value, str):
-                    raise ConfigError(f"{where} {name}", f"{value!r} is not text", "a string")
-                values[name] = value
-            elif isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise ConfigError(f"{where} {name}", f"{value!r} is not a positive number", "a number > 0")
-            elif isinstance(default, int) and not isinstance(value, int):
-                raise ConfigError(f"{where} {name}", f"{value!r} is not a whole number", "an integer")
-            else:
-                values[name] = value
-        config = cls(**values)
-        if config.protocol not in PROTOCOLS:
-            raise ConfigError(f"{where} protocol", f"{config.protocol!r} is not supported", f"one of {sorted(PROTOCOLS)}")
+    def from_mapping(cls, data: Mapping[str, Any]) -> "MqttConfig":
+        """The file's `[mqtt]` table; the TLS files are required there (code may leave them unset)."""
         for name in ("ca", "cert", "key"):
-            if getattr(config, name) is None:
-                raise ConfigError(f"{where} {name}", "is missing: the device uses mutual TLS with a pinned CA",
-                                  "paths to the CA certificate, the device certificate and its key")
-        if any(c in config.topic_root for c in "+#") or config.topic_root.endswith("/"):
-            raise ConfigError(f"{where} topic_root", f"{config.topic_root!r} is not a plain topic prefix",
-                              "a prefix like 'edge/v1' without wildcards or trailing slash")
-        if config.backoff_min_s > config.backoff_max_s:
-            raise ConfigError(f"{where} backoff_min_s", "is larger than backoff_max_s", "backoff_min_s <= backoff_max_s")
-        return config
+            if name not in data:
+                raise schema.SettingError(cls.SECTION, name, None, "is missing",
+                                          "paths to the CA certificate, the device certificate and its key: "
+                                          + MUTUAL_TLS)
+        return schema.read_section(cls, data)
 
 
 @dataclass(frozen=True, slots=True)

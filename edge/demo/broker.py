@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from edge.common.errors import EdgeError
+from edge.common.topics import CRL_TOPIC_LEAF, DEFAULT_DISCOVERY_PREFIX, DEFAULT_TOPIC_ROOT
 
 LOOPBACK = "127.0.0.1"
 THROWAWAY_VALIDITY = dt.timedelta(days=2)
@@ -38,9 +39,6 @@ KEY_FILE_MODE = 0o600
 READY_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
 POLL_INTERVAL_S = 0.05
-DEFAULT_TOPIC_ROOT = "edge/v1"
-DEFAULT_DISCOVERY_PREFIX = "homeassistant"
-CRL_TOPIC_LEAF = "fleet/crl"
 
 
 class BrokerError(EdgeError):

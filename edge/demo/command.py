@@ -1,4 +1,4 @@
-"""`edge-camera demo` and `edge-camera run`: the main job, end to end.
+"""`edge-camera demo`: the main job, end to end, with nothing configured.
 
 Why a demo with its own broker: the first command a newcomer runs should show
 the whole path (virtual camera -> real detection pipeline -> outbox -> MQTT
@@ -10,7 +10,6 @@ prints what a subscriber receives.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import ssl
@@ -25,16 +24,15 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.demo.broker import BrokerError, EmbeddedBroker, MosquittoBroker, ThrowawayPki, make_throwaway_pki
-from edge.app.config import DEFAULT_CONFIG, DeviceConfig, HealthConfig, HomeAssistantConfig, ServiceConfig
-from edge.common.errors import ConfigError
+from edge.app.config import DeviceConfig, HealthConfig, HomeAssistantConfig, ServiceConfig
+from edge.common.topics import DEFAULT_TOPIC_ROOT
 from edge.delivery.outbox import OutboxConfig
 from edge.delivery.publish import MqttConfig
 from edge.sources.camera import CameraConfig, open_source
-from edge.app.service import RunLimits, Service, model_input_size, run_from_config, status_for
+from edge.app.service import RunLimits, Service, model_input_size, status_for
 
 DEMO_DEVICE = "demo-camera"
 DEMO_SUBSCRIBER = "demo-subscriber"
-DEFAULT_DEMO_SECONDS = 10.0
 DEMO_HEALTH_S = 5.0
 SUBSCRIBER_CONNECT_S = 10.0
 CATCH_UP_S = 5.0
@@ -86,7 +84,7 @@ class PrintingSubscriber:
             raise BrokerError("the demo subscriber could not connect to the private broker")
 
     def _on_connect(self, client: mqtt.Client, *_: object) -> None:
-        client.subscribe(f"edge/v1/{DEMO_DEVICE}/#", qos=1)
+        client.subscribe(f"{DEFAULT_TOPIC_ROOT}/{DEMO_DEVICE}/#", qos=1)
         self._connected.set()
 
     def _on_message(self, _client: mqtt.Client, _userdata: object, message: mqtt.MQTTMessage) -> None:
@@ -117,16 +115,15 @@ def start_private_broker(workdir: Path, pki: ThrowawayPki, prefer_embedded: bool
     return broker
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
+def run_demo(seconds: float, max_frames: int | None, *, raw: bool, prefer_embedded: bool) -> int:
+    """`edge-camera demo` (its flags are checked by the command line): 0 when every message arrived."""
     from edge.vision.pipeline import DetectorConfig, build_pipeline
 
-    if args.seconds is not None and args.seconds <= 0:
-        raise ConfigError("--seconds", f"{args.seconds}", "a positive number of seconds")
     out = sys.stdout
     with tempfile.TemporaryDirectory(prefix="edge-camera-demo-") as tmp:
         workdir = Path(tmp)
         pki = make_throwaway_pki(workdir / "pki", (DEMO_DEVICE, DEMO_SUBSCRIBER))
-        broker = start_private_broker(workdir, pki, args.embedded_broker)
+        broker = start_private_broker(workdir, pki, prefer_embedded)
         embedded = isinstance(broker, EmbeddedBroker)
         try:
             kind = ("embedded amqtt (MQTT 3.1.1, TLS; it does not enforce client certificates or ACLs)"
@@ -135,12 +132,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
                   f"it stops when the demo ends", file=out, flush=True)
             protocol = "3.1.1" if embedded else "5"
             subscriber = PrintingSubscriber(broker.host, broker.port, pki,
-                                            mqtt.MQTTv311 if embedded else mqtt.MQTTv5, out, args.json)
+                                            mqtt.MQTTv311 if embedded else mqtt.MQTTv5, out, raw)
             cred = pki.clients[DEMO_DEVICE]
             mqtt_config = MqttConfig.from_mapping({
                 "host": broker.host, "port": broker.port, "ca": str(pki.ca), "cert": str(cred.cert),
                 "key": str(cred.key), "protocol": protocol, **DEMO_BACKOFF})
-            camera_config = CameraConfig(source="virtual", max_frames=args.frames)
+            camera_config = CameraConfig(source="virtual", max_frames=max_frames)
             config = ServiceConfig(DeviceConfig(DEMO_DEVICE, workdir / "state"), mqtt_config, OutboxConfig(),
                                    HealthConfig(DEMO_HEALTH_S), HomeAssistantConfig(), camera_config,
                                    DetectorConfig(), None)
@@ -148,7 +145,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             service = Service(config, status_for(pipeline))
             service.install_signal_handlers()
             with open_source(camera_config, model_input_size(pipeline)) as frames:
-                processed = service.run(frames, pipeline, RunLimits(max_seconds=args.seconds, max_frames=args.frames))
+                processed = service.run(frames, pipeline, RunLimits(max_seconds=seconds, max_frames=max_frames))
             last = service.last_seq
             deadline = time.monotonic() + CATCH_UP_S
             while time.monotonic() < deadline and len(subscriber.seqs) < last:
@@ -161,32 +158,3 @@ def cmd_demo(args: argparse.Namespace) -> int:
             return 0 if not missing else 1
         finally:
             broker.stop()
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    from edge.app.config import load
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = load(args.config)
-    run_from_config(config, RunLimits(max_seconds=args.seconds, max_frames=args.frames))
-    return 0
-
-
-def add_parser(subparsers: Any) -> None:
-    """Adds `demo` and `run` to the edge-camera command line."""
-    demo = subparsers.add_parser(
-        "demo", help="virtual camera -> detection -> private MQTT broker -> print what a subscriber receives")
-    demo.add_argument("--seconds", type=float, default=DEFAULT_DEMO_SECONDS,
-                      help=f"how long to run (default: {DEFAULT_DEMO_SECONDS:.0f})")
-    demo.add_argument("--frames", type=int, help="stop after this many frames")
-    demo.add_argument("--json", action="store_true", help="print the raw payloads")
-    demo.add_argument("--embedded-broker", action="store_true",
-                      help="use the embedded amqtt broker even when mosquitto is installed")
-    demo.set_defaults(func=cmd_demo)
-
-    run = subparsers.add_parser("run", help="run the service: configured camera -> detection -> MQTT")
-    run.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
-                     help=f"the service's TOML configuration (default {DEFAULT_CONFIG})")
-    run.add_argument("--seconds", type=float, help="stop after this long (default: until SIGTERM)")
-    run.add_argument("--frames", type=int, help="stop after this many frames")
-    run.set_defaults(func=cmd_run)

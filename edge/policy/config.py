@@ -2,58 +2,45 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from edge.common.errors import ConfigError
+from edge.common import schema
+from edge.common.schema import Kind, setting
 from edge.trust.device_key import DEVICE_KEY_FILE
 
 AUDIT_LOG_FILE = "audit.log"
+RELATIVE = "relative paths are relative to state_dir"
 
 
 @dataclass(frozen=True, slots=True)
 class PolicyConfig:
     """The `[policy]` configuration section. Relative paths are relative to `state_dir`."""
 
-    state_dir: Path
-    trust_anchor: Path
-    certificate: Path
-    key: Path
-    crl: Path | None = None
+    SECTION: ClassVar[str] = "policy"
 
-    REQUIRED = ("state_dir", "trust_anchor", "certificate")
-    OPTIONAL = ("key", "crl")
+    state_dir: Path = setting(kind=Kind.PATH, expected="the directory of the device key, audit log and CRL, "
+                                                      "e.g. /var/lib/edge-camera")
+    trust_anchor: Path = setting(kind=Kind.PATH, expected=f"the path of the fleet's trust anchor (PEM); {RELATIVE}")
+    certificate: Path = setting(kind=Kind.PATH, expected=f"the path of the device certificate chain (PEM); {RELATIVE}")
+    key: Path = setting(Path(DEVICE_KEY_FILE), kind=Kind.PATH, expected=f"the path of the device key; {RELATIVE}")
+    crl: Path | None = setting(None, kind=Kind.PATH, optional=True,
+                               expected=f"the path of the installed CRL (PEM); {RELATIVE}")
+
+    def __post_init__(self) -> None:
+        schema.validate(self)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> "PolicyConfig":
-        if not isinstance(data, Mapping):
-            raise ConfigError("[policy]", "is not a table", "a [policy] section with paths")
-        unknown = sorted(set(data) - set(cls.REQUIRED) - set(cls.OPTIONAL))
-        if unknown:
-            raise ConfigError("[policy]", f"unknown keys {unknown}",
-                              f"only {', '.join(cls.REQUIRED + cls.OPTIONAL)}")
-        values: dict[str, str] = {}
-        for key in cls.REQUIRED + cls.OPTIONAL:
-            if key not in data:
-                if key in cls.REQUIRED:
-                    raise ConfigError(f"[policy] {key}", "is missing", "a file path")
-                continue
-            value = data[key]
-            if not isinstance(value, str) or not value.strip() or "\x00" in value:
-                raise ConfigError(f"[policy] {key}", f"{value!r} is not a path", "a non-empty string")
-            values[key] = value
-        state_dir = Path(values["state_dir"])
-        def under(value: str) -> Path:
-            path = Path(value)
-            return path if path.is_absolute() else state_dir / path
-        return cls(
-            state_dir=state_dir,
-            trust_anchor=under(values["trust_anchor"]),
-            certificate=under(values["certificate"]),
-            key=under(values.get("key", DEVICE_KEY_FILE)),
-            crl=under(values["crl"]) if "crl" in values else None,
-        )
+        return schema.read_section(cls, data).under_state_dir()
+
+    def under_state_dir(self) -> "PolicyConfig":
+        """The same section with every relative path taken from `state_dir` (no file is touched)."""
+        def under(path: Path) -> Path:
+            return path if path.is_absolute() else self.state_dir / path
+        return replace(self, trust_anchor=under(self.trust_anchor), certificate=under(self.certificate),
+                       key=under(self.key), crl=None if self.crl is None else under(self.crl))
 
     @property
     def audit_log(self) -> Path:

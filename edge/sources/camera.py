@@ -17,13 +17,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, ClassVar, Iterator, Mapping
 
 import cv2
 import numpy as np
 
 from edge.vision.detection import Box
-from edge.common.errors import ConfigError, InputError
+from edge.common import schema
+from edge.common.errors import InputError
+from edge.common.schema import Kind, setting
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 SOURCES_HELP = "virtual, picamera2, v4l2:N, /dev/videoN, an image file, a folder of images or a video file"
 DEFAULT_SIZE = (640, 480)
 DEFAULT_FPS = 30.0
+# The smallest frame side a source may be asked for.
+MIN_SIDE = 16
 PI_MODEL_FILE = Path("/proc/device-tree/model")
 # libcamera's per-frame metadata (control_ids_core.yaml), as picamera2's request.get_metadata() names it:
 # when the sensor began exposing the frame, in ns of CLOCK_BOOTTIME, and the frame's duration in us.
@@ -89,42 +93,29 @@ class Shot:
 class CameraConfig:
     """The `[camera]` section."""
 
-    source: str = "virtual"
-    width: int = DEFAULT_SIZE[0]
-    height: int = DEFAULT_SIZE[1]
+    SECTION: ClassVar[str] = "camera"
+
+    source: str = setting("virtual", kind=Kind.TEXT, check=schema.not_empty, expected=SOURCES_HELP)
+    width: int = setting(DEFAULT_SIZE[0], kind=Kind.WHOLE, check=schema.at_least(MIN_SIDE),
+                         expected=f"a whole number of pixels, at least {MIN_SIDE}")
+    height: int = setting(DEFAULT_SIZE[1], kind=Kind.WHOLE, check=schema.at_least(MIN_SIDE),
+                          expected=f"a whole number of pixels, at least {MIN_SIDE}")
     # Frames per second to deliver; 0 delivers files and the virtual camera as fast as they are read.
-    fps: float = DEFAULT_FPS
-    loop: bool = False
-    seed: int = 0
-    camera_num: int = 0
-    max_frames: int | None = None
+    fps: float = setting(DEFAULT_FPS, kind=Kind.NUMBER, check=schema.at_least(0),
+                         expected="frames per second, 0 or more (0: files and the virtual camera as fast as they are read)")
+    loop: bool = setting(False, kind=Kind.SWITCH, expected="true or false: start a video or folder again at its end")
+    seed: int = setting(0, kind=Kind.WHOLE, expected="a whole number: the virtual camera's random seed")
+    camera_num: int = setting(0, kind=Kind.WHOLE, check=schema.at_least(0),
+                              expected="the Pi camera's number, 0 or more")
+    max_frames: int | None = setting(None, kind=Kind.WHOLE, check=schema.at_least(1), optional=True,
+                                     expected="a whole number of frames, at least 1")
 
     def __post_init__(self) -> None:
-        if self.width < 16 or self.height < 16:
-            raise ConfigError("camera.width/height", f"{self.width}x{self.height}", "at least 16x16 pixels")
-        if self.fps < 0:
-            raise ConfigError("camera.fps", f"{self.fps}", "a number of frames per second, 0 for as fast as possible")
-        if self.max_frames is not None and self.max_frames < 1:
-            raise ConfigError("camera.max_frames", f"{self.max_frames}", "a positive number of frames")
-        if not self.source:
-            raise ConfigError("camera.source", "is empty", SOURCES_HELP)
+        schema.validate(self)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> "CameraConfig":
-        kinds: dict[str, tuple[type, ...]] = {
-            "source": (str,), "width": (int,), "height": (int,), "fps": (int, float), "loop": (bool,),
-            "seed": (int,), "camera_num": (int,), "max_frames": (int,),
-        }
-        for key, value in data.items():
-            if key not in kinds:
-                raise ConfigError(f"camera.{key}", "unknown setting", f"one of {', '.join(kinds)}")
-            if not isinstance(value, kinds[key]) or (isinstance(value, bool) and bool not in kinds[key]):
-                names = " or ".join(k.__name__ for k in kinds[key])
-                raise ConfigError(f"camera.{key}", f"{value!r} is a {type(value).__name__}", f"a {names}")
-        values: dict[str, Any] = dict(data)
-        if "fps" in values:
-            values["fps"] = float(values["fps"])
-        return cls(**values)
+        return schema.read_section(cls, data)
 
 
 def rgb(bgr: np.ndarray) -> np.ndarray:
@@ -367,7 +358,7 @@ def open_source(config: CameraConfig, model_size: tuple[int, int] = (192, 192)) 
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         return ImageFiles(config, files)
     if not path.exists():
-        raise InputError(f"{source}: no such file, folder or camera", f"camera.source is {SOURCES_HELP}")
+        raise InputError(f"{source}: no such file, folder or camera", f"[camera] source is {SOURCES_HELP}")
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return ImageFiles(config, [path])
     return Capture(config, cv2.VideoCapture(str(path)), f"video {path}", device=False)

@@ -32,6 +32,7 @@ from pyasn1.error import PyAsn1Error
 from pyasn1.type import char, constraint, namedtype, univ
 
 from edge.common.errors import EdgeError
+from edge.common.topics import FLEET_LEVEL
 
 # Generated once from UUID 61a6719d-7d5a-42de-8a65-722a26f1f630 under the 2.25
 # arc (ITU-T X.667: an OID made from a UUID needs no registration). Never change it:
@@ -46,7 +47,10 @@ KNOWN_CAPABILITIES = frozenset({CAPABILITY_DETECTION, CAPABILITY_IDENTIFICATION}
 # The device id is the MQTT user name (CN), part of topic names and of a URI,
 # so it is kept to characters that are safe in all three.
 DEVICE_ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
-DEVICE_ID_EXPECTED = "1 to 63 characters of a-z, 0-9 and '-', starting with a letter or digit"
+# `fleet` names the fleet-wide topics (the CRL) under the topic root, so no device may take it.
+RESERVED_DEVICE_IDS = frozenset({FLEET_LEVEL})
+DEVICE_ID_EXPECTED = (f"1 to 63 characters of a-z, 0-9 and '-', starting with a letter or digit, "
+                      f"other than {', '.join(sorted(RESERVED_DEVICE_IDS))}")
 DEVICE_URI_PREFIX = "urn:edge-camera:device:"
 
 # Limits keep a hostile extension from costing memory or time on the device.
@@ -103,9 +107,19 @@ def device_uri(device_id: str) -> str:
     return DEVICE_URI_PREFIX + device_id
 
 
-def check_device_id(device_id: str) -> str:
+def device_id_problem(device_id: object) -> str | None:
+    """The one device-id rule (certificates, grants, the tool and the configuration): what is wrong, or None."""
     if not isinstance(device_id, str) or not DEVICE_ID_PATTERN.fullmatch(device_id):
-        raise GrantError(f"device id {device_id!r} is not valid", f"use {DEVICE_ID_EXPECTED}")
+        return "is not valid"
+    if device_id in RESERVED_DEVICE_IDS:
+        return "is reserved for fleet-wide topics"
+    return None
+
+
+def check_device_id(device_id: str) -> str:
+    problem = device_id_problem(device_id)
+    if problem is not None:
+        raise GrantError(f"device id {device_id!r} {problem}", f"use {DEVICE_ID_EXPECTED}")
     return device_id
 
 

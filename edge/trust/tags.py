@@ -12,7 +12,6 @@ from __future__ import annotations
 import enum
 import json
 import re
-import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -20,15 +19,11 @@ from importlib import resources
 from typing import Any
 
 from edge.common.errors import ConfigError
+from edge.common.text import fold
 
 VOCABULARY_RESOURCE = "deployment-tags.json"
 FOLDED_TAG_PATTERN = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 MAX_TAG_CHARS = 64
-SEPARATOR = "-"
-# Characters folded to the separator besides whitespace and the Unicode dash and
-# connector-punctuation categories (Pd, Pc): the ones people type between words.
-EXTRA_SEPARATORS = frozenset({".", "/", "\\", "\u2212"})  # U+2212 MINUS SIGN is category Sm
-SEPARATOR_CATEGORIES = frozenset({"Pd", "Pc", "Zs", "Zl", "Zp"})
 
 
 class TagClass(enum.Enum):
@@ -102,17 +97,9 @@ class TagVerdict:
         return f"tag {shown} is not in the deployment-tag vocabulary: unknown tags keep identification off"
 
 
-def _is_separator(ch: str) -> bool:
-    return ch.isspace() or ch in EXTRA_SEPARATORS or unicodedata.category(ch) in SEPARATOR_CATEGORIES
-
-
 def fold_tag(written: str) -> str:
-    """NFKC, case fold (NFKC again, since folding can denormalise), separators to single '-'."""
-    text = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", written).casefold())
-    chars = [SEPARATOR if _is_separator(ch) else ch for ch in text]
-    folded = "".join(chars)
-    folded = re.sub(f"{SEPARATOR}+", SEPARATOR, folded)
-    return folded.strip(SEPARATOR)
+    """A tag as the vocabulary lists it: `edge.common.text.fold` (NFKC, case fold, separators to single '-')."""
+    return fold(written)
 
 
 @lru_cache(maxsize=1)

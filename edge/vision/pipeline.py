@@ -7,9 +7,9 @@ so delegates, tiling, pose and publishing never look at a family's tensors.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, ClassVar, Mapping, Protocol
 
 import numpy as np
 
@@ -18,7 +18,9 @@ from edge.vision.decode.blazeface import BlazeFaceDecoder
 from edge.vision.decode.nms import hard_nms, weighted_nms
 from edge.vision.decode.ulfd import UlfdDecoder
 from edge.vision.detection import Box, Detection, Face, FrameResult, HeadPose
-from edge.common.errors import AcceleratorError, ConfigError, ModelError
+from edge.common import schema
+from edge.common.errors import AcceleratorError, ModelError
+from edge.common.schema import Kind, setting
 from edge.vision.runtime import (
     DelegateConfig,
     EDGETPU_LIBRARY,
@@ -40,12 +42,15 @@ from edge.vision.preprocess import Fitter
 from edge.vision.tiling import Tile, cut_by_inner_edge, tile_grid
 
 DEFAULT_MODEL = "blazeface-full"
+DEFAULT_POSE = "landmarks"
 # The one detector compiled for the Edge TPU; `auto` on a Coral runs it.
 EDGETPU_DETECTOR = "blazeface-short"
 # Tiling runs the model on ~100 windows per frame instead of one, so each window
 # gets a stricter threshold to keep false positives per frame where one pass has them.
 DEFAULT_TILE_SCORE_THRESHOLD = 0.6
 DEFAULT_TILE_OVERLAP = 48
+# A tile smaller than this holds no face a detector could find.
+MIN_TILE_SIZE = 32
 PIXEL_MAX = 255.0
 # Compared with every frame's dtype: a dtype object, not the scalar type numpy would convert each time.
 UINT8 = np.dtype(np.uint8)
@@ -80,63 +85,42 @@ def input_normalisation(params: Mapping[str, Any]) -> tuple[float, float]:
     return 1.0 / spec["std"], -spec["mean"] / spec["std"]
 
 
+def _tile_size(value: int) -> str | None:
+    return None if value >= MIN_TILE_SIZE else f"is below {MIN_TILE_SIZE}"
+
+
 @dataclass(frozen=True, slots=True)
 class DetectorConfig:
-    """The `[detector]` configuration section."""
+    """The `[detector]` configuration section (its delegate keys sit in the same section)."""
 
-    model: str = DEFAULT_MODEL
-    delegate: DelegateConfig = field(default_factory=DelegateConfig)
-    score_threshold: float | None = None
-    pose: str = "landmarks"
-    tiled: bool = False
-    tile_size: int | None = None
-    tile_overlap: int = DEFAULT_TILE_OVERLAP
-    tile_score_threshold: float = DEFAULT_TILE_SCORE_THRESHOLD
-    model_dirs: tuple[Path, ...] = ()
+    SECTION: ClassVar[str] = "detector"
+
+    model: str = setting(DEFAULT_MODEL, kind=Kind.TEXT, check=schema.not_empty,
+                         expected="a model name from models/manifest.json")
+    delegate: DelegateConfig = schema.inline(DelegateConfig)
+    score_threshold: float | None = setting(None, kind=Kind.NUMBER, optional=True, check=schema.between(0, 1),
+                                            expected="a detection score threshold between 0 and 1 (default: the model's)")
+    pose: str = setting(DEFAULT_POSE, kind=Kind.TEXT, check=schema.one_of(POSE_MODES),
+                        expected=f"a head pose mode: {schema.choices_text(POSE_MODES)}")
+    tiled: bool = setting(False, kind=Kind.SWITCH, expected="true to cut high-resolution frames into tiles and find small faces")
+    tile_size: int | None = setting(None, kind=Kind.WHOLE, optional=True, check=_tile_size,
+                                    expected=f"a tile side in pixels, at least {MIN_TILE_SIZE} (default: the model's input)")
+    tile_overlap: int = setting(DEFAULT_TILE_OVERLAP, kind=Kind.WHOLE, check=schema.at_least(0),
+                                expected="pixels shared by neighbouring tiles, 0 or more and less than the tile size")
+    tile_score_threshold: float = setting(DEFAULT_TILE_SCORE_THRESHOLD, kind=Kind.NUMBER, check=schema.between(0, 1),
+                                          expected="a per-tile score threshold between 0 and 1")
+    model_dirs: tuple[Path, ...] = setting((), kind=Kind.PATHS, expected="a list of folders to look for model files in")
 
     def __post_init__(self) -> None:
-        if self.pose not in POSE_MODES:
-            raise ConfigError("detector.pose", f"unknown pose mode '{self.pose}'", f"one of {', '.join(POSE_MODES)}")
-        for name, value in (("score_threshold", self.score_threshold), ("tile_score_threshold", self.tile_score_threshold)):
-            if value is not None and not 0.0 < value < 1.0:
-                raise ConfigError(f"detector.{name}", f"{value}", "a number between 0 and 1")
+        schema.validate(self)
+        if self.tile_size is not None and self.tile_overlap >= self.tile_size:
+            raise schema.refuse(self.SECTION, "tile_overlap", self.tile_overlap,
+                                f"is not less than tile_size {self.tile_size}",
+                                "pixels shared by neighbouring tiles, 0 or more and less than the tile size")
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> "DetectorConfig":
-        known = {"model", "delegate", "device", "delegate_library", "delegate_options", "threads",
-                 "score_threshold", "pose", "tiled", "tile_size", "tile_overlap", "tile_score_threshold", "model_dirs"}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"detector.{unknown[0]}", "unknown setting", f"one of {', '.join(sorted(known))}")
-
-        def typed(key: str, kind: type | tuple[type, ...], default: Any) -> Any:
-            value = data.get(key, default)
-            if value is not None and (not isinstance(value, kind) or isinstance(value, bool) and kind is not bool):
-                names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
-                raise ConfigError(f"detector.{key}", f"{value!r} is a {type(value).__name__}", f"a {names}")
-            return value
-
-        threshold = data.get("score_threshold")
-        if threshold is not None and not isinstance(threshold, (int, float)):
-            raise ConfigError("detector.score_threshold", f"{threshold!r}", "a number between 0 and 1")
-        delegate = DelegateConfig(
-            kind=typed("delegate", str, "auto"),
-            device=typed("device", str, None),
-            library=typed("delegate_library", str, None),
-            options={str(k): str(v) for k, v in typed("delegate_options", dict, {}).items()},
-            threads=typed("threads", int, 1),
-        )
-        return cls(
-            model=typed("model", str, DEFAULT_MODEL),
-            delegate=delegate,
-            score_threshold=float(threshold) if threshold is not None else None,
-            pose=typed("pose", str, "landmarks"),
-            tiled=typed("tiled", bool, False),
-            tile_size=typed("tile_size", int, None),
-            tile_overlap=typed("tile_overlap", int, DEFAULT_TILE_OVERLAP),
-            tile_score_threshold=float(typed("tile_score_threshold", (int, float), DEFAULT_TILE_SCORE_THRESHOLD)),
-            model_dirs=tuple(Path(p) for p in typed("model_dirs", list, [])),
-        )
+        return schema.read_section(cls, data)
 
 
 @dataclass(frozen=True, slots=True)

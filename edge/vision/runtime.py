@@ -15,14 +15,16 @@ import importlib
 import os
 import platform
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, ClassVar, Iterator, Mapping
 
 import cv2
 import numpy as np
 
-from edge.common.errors import AcceleratorError, ConfigError, ModelError
+from edge.common import schema
+from edge.common.errors import AcceleratorError, ModelError
+from edge.common.schema import Kind, setting
 
 RUNTIMES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter")
 DELEGATES = ("auto", "cpu", "edgetpu", "external")
@@ -68,39 +70,44 @@ def load_runtime(preference: tuple[str, ...] = RUNTIMES) -> Runtime:
     )
 
 
+def _edgetpu_device(device: str) -> str | None:
+    kind, _, index = device.partition(":")
+    if kind not in ("usb", "pci") or (index and not index.isdigit()):
+        return "is not an Edge TPU device"
+    return None
+
+
+EXTERNAL_LIBRARY_EXPECTED = "the path of an external delegate library, e.g. /usr/lib/libvx_delegate.so"
+
+
 @dataclass(frozen=True, slots=True)
 class DelegateConfig:
     """`[detector]` delegate settings: which accelerator, which device, how many CPU threads."""
 
-    kind: str = "auto"
-    device: str | None = None
-    library: str | None = None
-    options: Mapping[str, str] = field(default_factory=dict)
-    threads: int = 1
-    # What `auto` tries before the CPU (the external delegate only when `library` names one).
+    SECTION: ClassVar[str] = "detector"
+
+    kind: str = setting("auto", kind=Kind.TEXT, key="delegate", check=schema.one_of(DELEGATES),
+                        expected=f"an accelerator: {schema.choices_text(DELEGATES)}")
+    device: str | None = setting(None, kind=Kind.TEXT, optional=True, check=_edgetpu_device,
+                                 expected="an Edge TPU device: usb, usb:N, pci or pci:N")
+    library: str | None = setting(None, kind=Kind.TEXT, key="delegate_library", optional=True, check=schema.not_empty,
+                                  expected=EXTERNAL_LIBRARY_EXPECTED)
+    options: Mapping[str, str] = setting(kind=Kind.TABLE, key="delegate_options", factory=dict,
+                                         expected="a table of the external delegate's options")
+    threads: int = setting(1, kind=Kind.WHOLE, check=schema.at_least(1),
+                           expected="a whole number of CPU inference threads, at least 1")
+    # What `auto` tries before the CPU (the external delegate only when `library` names one); not a setting.
     auto_order: tuple[str, ...] = ("edgetpu", "external")
 
     def __post_init__(self) -> None:
-        if self.kind not in DELEGATES:
-            raise ConfigError("detector.delegate", f"unknown delegate '{self.kind}'", f"one of {', '.join(DELEGATES)}")
-        if self.threads < 1:
-            raise ConfigError("detector.threads", f"{self.threads} threads", "a whole number of at least 1")
+        schema.validate(self)
         unknown = set(self.auto_order) - {"edgetpu", "external"}
         if unknown:
-            raise ConfigError("detector.auto_order", f"unknown accelerators {sorted(unknown)}", "edgetpu and/or external")
+            raise ValueError(f"auto_order: unknown accelerators {sorted(unknown)}; expected edgetpu and/or external")
         if self.kind == "external" and not self.library:
-            raise ConfigError(
-                "detector.delegate_library", "the external delegate needs the path of its library",
-                "e.g. /usr/lib/libvx_delegate.so",
-            )
-        if self.device is not None:
-            check_edgetpu_device(self.device)
-
-
-def check_edgetpu_device(device: str) -> None:
-    kind, _, index = device.partition(":")
-    if kind not in ("usb", "pci") or (index and not index.isdigit()):
-        raise ConfigError("detector.device", f"'{device}' is not an Edge TPU device", "usb, usb:N, pci or pci:N")
+            raise schema.refuse(self.SECTION, "delegate_library", self.library,
+                                "is not set: the external delegate needs the path of its library",
+                                EXTERNAL_LIBRARY_EXPECTED)
 
 
 def library_problem(library: str) -> str | None:

@@ -1,0 +1,20 @@
+"""MQTT topic names every part agrees on: the service, the demo's broker ACLs and the device-id rule.
+
+Why here: the topic root, the fleet-wide CRL topic and Home Assistant's
+discovery prefix are defaults of the configuration and also appear in broker
+ACLs and in the rule that no device may be called `fleet`; one definition
+keeps them from drifting apart.
+"""
+from __future__ import annotations
+
+DEFAULT_TOPIC_ROOT = "edge/v1"
+# The topic level under the root that holds fleet-wide topics; no device id may take it.
+FLEET_LEVEL = "fleet"
+CRL_TOPIC_LEAF = f"{FLEET_LEVEL}/crl"
+DEFAULT_DISCOVERY_PREFIX = "homeassistant"
+MQTT_WILDCARDS = "+#"
+
+
+def crl_topic(topic_root: str) -> str:
+    """The retained, signed CRL every device of the fleet reads."""
+    return f"{topic_root}/{CRL_TOPIC_LEAF}"
