@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from edge.app.version import firmware_version
 from edge.common import schema
 from edge.common.errors import InputError, run_handler
 from edge.common.schema import Kind
+from edge.common.stats import percentile
 
 if TYPE_CHECKING:
     import numpy as np
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from edge.vision.pipeline import DetectorConfig, Pipeline
     from edge.wire.observation import Observation
 
-SAMPLE_IMAGE = Path(__file__).resolve().parents[1] / "demo" / "astronaut.png"
+SAMPLE_PORTRAIT = "astronaut.png"
 BENCH_FRAME = (640, 480)
 BENCH_FRAMES = 200
 BENCH_WARMUP = 20
@@ -94,10 +94,26 @@ def detector_config(args: argparse.Namespace) -> DetectorConfig:
     return schema.read_flags(DetectorConfig, given)
 
 
+def _configure_for_models() -> None:
+    """Process-wide settings for the commands that run models (see `configure_process`): this is their
+    entry point. `policy` and `audit verify` never load the vision stack, so they skip it."""
+    from edge.vision.runtime import configure_process
+
+    configure_process()
+
+
 def _pipeline(args: argparse.Namespace) -> Pipeline:
     from edge.vision.pipeline import build_pipeline
 
+    _configure_for_models()
     return build_pipeline(detector_config(args))
+
+
+def sample_image() -> Path:
+    """The bundled sample portrait (package data of the demo, a file in an installed wheel or a checkout)."""
+    from importlib import resources
+
+    return Path(str(resources.files("edge.demo").joinpath(SAMPLE_PORTRAIT)))
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -125,7 +141,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     if not args.json:
         for note in pipeline.selection.notes:
             print(f"note: {note}", file=sys.stderr)
-    paths = args.images or [SAMPLE_IMAGE]
+    paths = args.images or [sample_image()]
     failed = 0
     for number, path in enumerate(paths):
         try:
@@ -152,19 +168,20 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
 
 def _summary(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-    high = ordered[min(len(ordered) - 1, int(len(ordered) * PERCENTILE_HIGH / 100))]
-    return {"median_ms": round(statistics.median(ordered), 3), f"p{PERCENTILE_HIGH}_ms": round(high, 3)}
+    """Median and high percentile, nearest rank, of a non-empty list of timings."""
+    median, high = percentile(samples, 50), percentile(samples, PERCENTILE_HIGH)
+    assert median is not None and high is not None, "bench times at least one frame"
+    return {"median_ms": round(median, 3), f"p{PERCENTILE_HIGH}_ms": round(high, 3)}
 
 
-def bench_frame(source: Path = SAMPLE_IMAGE) -> np.ndarray:
+def bench_frame(source: Path | None = None) -> np.ndarray:
     """The sample portrait letterboxed into a 640x480 frame, as a camera would deliver it."""
     from edge.vision.preprocess import letterbox
 
-    return letterbox(read_image(source), *BENCH_FRAME)
+    return letterbox(read_image(source or sample_image()), *BENCH_FRAME)
 
 
-def run_bench(pipeline: Pipeline, frames: int, source: Path = SAMPLE_IMAGE) -> dict[str, Any]:
+def run_bench(pipeline: Pipeline, frames: int, source: Path | None = None) -> dict[str, Any]:
     """Per-stage timings of the pipeline next to the bare interpreter invoke(), interleaved."""
     import cv2
     import numpy as np
@@ -193,8 +210,8 @@ def run_bench(pipeline: Pipeline, frames: int, source: Path = SAMPLE_IMAGE) -> d
         totals.append((t2 - t1) * 1e3)
         bare.append((t3 - t2) * 1e3)
     sel = pipeline.selection
-    pipeline_median = statistics.median(totals)
-    bare_median = statistics.median(bare)
+    pipeline_median = _summary(totals)["median_ms"]
+    bare_median = _summary(bare)["median_ms"]
     return {
         "model": sel.model, "accelerator": sel.accelerator, "runtime": sel.runtime,
         "threads": pipeline.config.delegate.threads, "pose": pipeline.config.pose, "frames": frames,
@@ -241,6 +258,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from edge.app.service import RunLimits, run_from_config
 
     limits = RunLimits(max_seconds=_seconds("--seconds", args.seconds), max_frames=_frames("--frames", args.frames))
+    _configure_for_models()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     run_from_config(load(args.config), limits)
     return 0
@@ -250,6 +268,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from edge.demo.command import run_demo
 
     seconds = _seconds("--seconds", args.seconds)
+    _configure_for_models()
     return run_demo(DEFAULT_DEMO_SECONDS if seconds is None else seconds, _frames("--frames", args.frames),
                     raw=args.json, prefer_embedded=args.embedded_broker)
 
