@@ -9,7 +9,6 @@ Why durable appends: a decision that was acted on must not vanish in a power cut
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import hashlib
 import json
 import logging
@@ -67,6 +66,8 @@ class AuditLog:
             raise AuditError(f"cannot open audit log {self.path}: {exc.strerror}",
                              "check the state directory exists and belongs to the service user") from None
         try:
+            import fcntl  # POSIX only, and only the device appends: edge-provision imports this module on Windows too
+
             fcntl.flock(fd, fcntl.LOCK_EX)
             seq, prev, torn = _read_head(fd)
             record: dict[str, Any] = {
