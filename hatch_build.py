@@ -96,7 +96,7 @@ class EdgeMetadataHook(MetadataHookInterface):
             raise ValueError(f"hatch_build.py builds {CAMERA} and {PROVISION}, not {metadata['name']}")
 
 
-class EdgeBuildHook(BuildHookInterface):  # type: ignore[type-arg]
+class EdgeBuildHook(BuildHookInterface):
     """Adds the files that live outside hatchling's selection to a standard (non-editable) wheel."""
 
     def initialize(self, version: str, build_data: dict[str, Any]) -> None:
