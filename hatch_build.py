@@ -30,8 +30,9 @@ PROVISION = "edge-provision"
 # The trust code both need: shipped by edge-provision, excluded from edge-camera (pyproject.toml).
 SHARED_PACKAGES = ("edge/common", "edge/trust", "edge/policy")
 TOOL_PACKAGE = "provisioning"
-MODELS_SOURCE = REPO / "models"
 MODELS_TARGET = "edge/vision/models"
+# Read through the package's link (models/ in a checkout; real files in edge-camera's sdist).
+MODELS_SOURCE = REPO / MODELS_TARGET
 MANIFEST_NAME = "manifest.json"
 # Files in a package folder that are not part of the package.
 NOT_SHIPPED_NAMES = frozenset({"pyproject.toml", "__pycache__"})
@@ -100,6 +101,10 @@ class EdgeBuildHook(BuildHookInterface):
     """Adds the files that live outside hatchling's selection to a standard (non-editable) wheel."""
 
     def initialize(self, version: str, build_data: dict[str, Any]) -> None:
+        if self.target_name == "sdist" and self.metadata.name == PROVISION:
+            raise RuntimeError(f"{PROVISION} is built as a wheel only (python -m build --wheel provisioning): "
+                               f"the trust code it ships lives outside provisioning/, so a source archive of "
+                               f"that folder could not build it")
         if self.target_name != "wheel" or version != "standard":
             return  # editable wheels put the repository on the path: the link and the folders are used as they are
         build_data["force_include"].update(wheel_files(self.metadata.name))

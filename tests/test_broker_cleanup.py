@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from support.data import REPO
 from support.mosquitto import end_broker, wait_until
 
@@ -57,13 +58,14 @@ def test_end_broker_ends_a_paused_broker(tmp_path: Path, pki: ThrowawayPki) -> N
             process.wait()
 
 
+@pytest.mark.slow  # a second pytest process starts, imports the firmware and a broker
 def test_a_terminated_run_still_ends_its_paused_broker(tmp_path: Path) -> None:
     """SIGTERM to pytest (a timeout, a cancelled CI job) runs the fixture teardown, as Ctrl-C does."""
     pid_file = tmp_path / "broker.pid"
     test_file = tmp_path / "test_hanging.py"
     test_file.write_text(HANGING_TEST.format(pid_file=str(pid_file)))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
-    run = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "support.data", "-p", "support.mosquitto",
+    run = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "support.mosquitto",
                             "-p", "no:cacheprovider", str(test_file)],
                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
