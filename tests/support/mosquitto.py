@@ -9,6 +9,7 @@ configuration is the tested one.
 from __future__ import annotations
 
 import json
+import signal
 import ssl
 import threading
 import time
@@ -54,11 +55,33 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> ThrowawayPki:
 @pytest.fixture
 def mosquitto(tmp_path: Path, pki: ThrowawayPki) -> Iterator[BrokerUnderTest]:
     broker = MosquittoBroker(tmp_path / "broker", pki, readers=(SUBSCRIBER,), crl_publishers=(OPERATOR,))
-    broker.start()
     try:
+        broker.start()  # inside the try: a broker that never listened is still ended
         yield BrokerUnderTest(broker, pki)
     finally:
-        broker.kill()
+        end_broker(broker)
+
+
+def end_broker(broker: MosquittoBroker) -> None:
+    """Ends the broker whatever state a test left it in: SIGCONT (a test may have SIGSTOPped it), SIGKILL, wait.
+
+    The broker runs in its own session, so nothing else would ever stop a left-over one: a
+    SIGSTOPped Mosquitto outlives the test run indefinitely."""
+    broker.resume()
+    broker.kill()  # sends SIGKILL and waits for the process
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A test run ended by SIGTERM (a timeout, a CI cancel) tears down like one ended by Ctrl-C.
+
+    Without this, SIGTERM kills pytest without running fixture teardown, and the brokers the
+    tests started (in sessions of their own) stay behind, possibly SIGSTOPped."""
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"terminated by signal {signum}")
 
 
 def client_context(pki: ThrowawayPki, name: str | None) -> ssl.SSLContext:
