@@ -10,13 +10,21 @@ Why hooks rather than static tables:
   Only the files models/manifest.json marks as shipped (plus the manifest and
   the licence files it names) go into the wheel: not the extraction scripts,
   and not a model someone copied there by hand.
+- The policy gate distrusts a clock earlier than the firmware's build, so the
+  build records its own time in edge/policy/build-time.txt
+  (`SOURCE_DATE_EPOCH` when set, for reproducible builds); an editable install
+  writes that file into the checkout (it is not tracked).
 Both distributions fill the `edge` namespace package with disjoint files, so
 they install side by side; editable installs put the repository itself on the
 path and need none of this.
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
+import os
+import shutil
+import tempfile
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -34,8 +42,11 @@ MODELS_TARGET = "edge/vision/models"
 # Read through the package's link (models/ in a checkout; real files in edge-camera's sdist).
 MODELS_SOURCE = REPO / MODELS_TARGET
 MANIFEST_NAME = "manifest.json"
-# Files in a package folder that are not part of the package.
-NOT_SHIPPED_NAMES = frozenset({"pyproject.toml", "__pycache__"})
+# The build's time, read back by edge.policy.build.firmware_build_time.
+BUILD_TIME_TARGET = "edge/policy/build-time.txt"
+# Files in a package folder that are not part of the package (the checkout's own build record included:
+# each wheel records the time of its own build).
+NOT_SHIPPED_NAMES = frozenset({"pyproject.toml", "__pycache__", Path(BUILD_TIME_TARGET).name})
 NOT_SHIPPED_SUFFIXES = frozenset({".pyc", ".pyo"})
 
 
@@ -73,6 +84,13 @@ def package_files(folder: Path, target: str) -> dict[str, str]:
     return files
 
 
+def build_time() -> str:
+    """Now, or `SOURCE_DATE_EPOCH` for a reproducible build, as ISO 8601 UTC."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    when = dt.datetime.fromtimestamp(int(epoch), dt.timezone.utc) if epoch else dt.datetime.now(dt.timezone.utc)
+    return when.replace(microsecond=0).isoformat()
+
+
 def wheel_files(distribution: str) -> dict[str, str]:
     """The files the hook adds to a distribution's wheel, beyond hatchling's own selection."""
     if distribution == CAMERA:
@@ -105,6 +123,23 @@ class EdgeBuildHook(BuildHookInterface):
             raise RuntimeError(f"{PROVISION} is built as a wheel only (python -m build --wheel provisioning): "
                                f"the trust code it ships lives outside provisioning/, so a source archive of "
                                f"that folder could not build it")
-        if self.target_name != "wheel" or version != "standard":
-            return  # editable wheels put the repository on the path: the link and the folders are used as they are
+        if self.target_name != "wheel":
+            return
+        if version != "standard":
+            # Editable wheels put the repository on the path: the link and the folders are used as they are,
+            # and the build time goes into the checkout.
+            if self.metadata.name == PROVISION:
+                (REPO / BUILD_TIME_TARGET).write_text(build_time() + "\n", encoding="utf-8")
+            return
         build_data["force_include"].update(wheel_files(self.metadata.name))
+        if self.metadata.name == PROVISION:
+            self._record_dir = tempfile.mkdtemp(prefix="edge-build-")
+            record = Path(self._record_dir) / Path(BUILD_TIME_TARGET).name
+            record.write_text(build_time() + "\n", encoding="utf-8")
+            build_data["force_include"][str(record)] = BUILD_TIME_TARGET
+
+    def finalize(self, version: str, build_data: dict[str, Any], artifact_path: str) -> None:
+        """The build record was copied into the wheel; its temporary folder goes."""
+        record_dir = getattr(self, "_record_dir", None)
+        if record_dir is not None:
+            shutil.rmtree(record_dir, ignore_errors=True)

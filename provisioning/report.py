@@ -11,6 +11,7 @@ from cryptography import x509
 
 from edge.trust.certificates import read_device_identity
 from edge.common.errors import EdgeError
+from edge.policy.build import firmware_build_time
 from edge.policy.decision import Mode, PolicyDecision, PolicyMaterial, evaluate
 from edge.trust.tags import classify_tag
 
@@ -22,7 +23,7 @@ def decide_for(leaf: x509.Certificate, intermediates: tuple[x509.Certificate, ..
                now: dt.datetime, device_key: object | None = None) -> PolicyDecision:
     """The gate's decision; without the device's key, binding is assumed and reported as unchecked."""
     material = PolicyMaterial(leaf, intermediates, anchors, device_key or leaf.public_key(), crl)
-    return evaluate(material, now)
+    return evaluate(material, now, build_time=firmware_build_time())
 
 
 def render(leaf: x509.Certificate, intermediates: tuple[x509.Certificate, ...],

@@ -23,7 +23,7 @@ from edge.trust.grant import encode_grant
 from edge.identify import IdentificationRefused, IdentificationSession
 from edge.trust.device_key import build_csr
 from edge.policy import (
-    FIRMWARE_BUILD_TIME,
+    firmware_build_time,
     IdentificationGrant,
     Mode,
     PolicyConfig,
@@ -107,7 +107,7 @@ def test_not_yet_valid_certificate(device: Device) -> None:
 
 
 def test_untrusted_clock_never_identifies(device: Device) -> None:
-    before_build = FIRMWARE_BUILD_TIME - DAY
+    before_build = firmware_build_time() - DAY
     decision = decide(device, now=before_build, crl=device.pki.crl(before_build))
     assert decision.mode is Mode.DETECTION
     assert "time is untrusted" in failed(decision)["clock"]
@@ -569,7 +569,7 @@ def test_a_service_restarting_every_five_seconds_adds_no_record(device: Device) 
 def test_restarts_with_an_untrusted_clock_add_no_record(device: Device) -> None:
     """The clock's reason must not carry the reading, or each new minute would look like a new decision."""
     install_crl_file(device, device.pki.crl())
-    before_build = FIRMWARE_BUILD_TIME - DAY
+    before_build = firmware_build_time() - DAY
     for restart in range(4):
         decision = start_service(device, before_build + restart * dt.timedelta(seconds=61))
         assert decision.mode is Mode.DETECTION and "time is untrusted" in failed(decision)["clock"]

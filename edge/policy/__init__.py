@@ -7,9 +7,9 @@
 `config` is the `[policy]` configuration section. The names below are the public API;
 the submodules' other names are theirs.
 """
+from edge.policy.build import firmware_build_time
 from edge.policy.config import PolicyConfig
 from edge.policy.decision import (
-    FIRMWARE_BUILD_TIME,
     FIRMWARE_POLICY_VERSION,
     Check,
     Mode,
@@ -31,7 +31,6 @@ from edge.policy.material import InstalledCrl, load_crl_issuers, load_material, 
 
 __all__ = [
     "DECISION_EVENT",
-    "FIRMWARE_BUILD_TIME",
     "FIRMWARE_POLICY_VERSION",
     "Check",
     "GateDecision",

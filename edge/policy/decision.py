@@ -32,9 +32,6 @@ from edge.trust.grant import DEVICE_URI_PREFIX, EdgeGrant
 from edge.trust.crl import check_crl_signature, revoked_serial
 from edge.trust.tags import Vocabulary, identification_blockers
 
-# A clock earlier than the firmware's build is certainly wrong (a device without
-# an RTC boots in 1970): such time is untrusted and never enables identification.
-FIRMWARE_BUILD_TIME = dt.datetime(2026, 11, 21, tzinfo=dt.timezone.utc)
 # The newest grant policyVersion this firmware understands; newer grants may rely
 # on rules it does not know, so they keep identification off.
 FIRMWARE_POLICY_VERSION = 1
@@ -155,9 +152,13 @@ def _fmt(when: dt.datetime) -> str:
     return when.strftime("%Y-%m-%d %H:%M UTC")
 
 
-def evaluate(material: PolicyMaterial, now: dt.datetime, *, build_time: dt.datetime = FIRMWARE_BUILD_TIME,
+def evaluate(material: PolicyMaterial, now: dt.datetime, *, build_time: dt.datetime,
              vocabulary: Vocabulary | None = None) -> PolicyDecision:
-    """Pure: identification only when every check passes; otherwise detection, with the reasons."""
+    """Pure: identification only when every check passes; otherwise detection, with the reasons.
+
+    `build_time` is the firmware's (`edge.policy.build.firmware_build_time`): a clock earlier than it is
+    certainly wrong (a Pi without an RTC boots in 1970), so such time never enables identification.
+    """
     checks: list[Check] = list(material.load_failures)
     clock_ok = now >= build_time
     # The failed detail names the build time, not the reading: the reading changes every minute, and a

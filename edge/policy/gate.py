@@ -18,7 +18,8 @@ from dataclasses import dataclass, field, fields, replace
 from typing import NoReturn
 
 from edge.policy.config import PolicyConfig
-from edge.policy.decision import FIRMWARE_BUILD_TIME, Check, Mode, PolicyDecision, evaluate
+from edge.policy.build import firmware_build_time
+from edge.policy.decision import Check, Mode, PolicyDecision, evaluate
 from edge.policy.material import load_crl_issuers, load_material, read_installed_crl
 from edge.trust.audit import AuditError, AuditLog
 from edge.trust.revocation import CrlResult, CrlStore
@@ -70,7 +71,7 @@ class IdentificationGrant:
         raise TypeError("IdentificationGrant cannot be copied")
 
     def is_live(self, now: dt.datetime) -> bool:
-        return FIRMWARE_BUILD_TIME <= now < self.valid_until
+        return firmware_build_time() <= now < self.valid_until
 
 
 _GATE_SEAL = object()
@@ -115,7 +116,8 @@ def preview_decision(config: PolicyConfig, now: dt.datetime, *,
     cannot tell is whether the audit log is writable by the service.
     """
     installed = read_installed_crl(config, load_crl_issuers(config))
-    decision = evaluate(load_material(config, installed.crl), now, vocabulary=vocabulary)
+    decision = evaluate(load_material(config, installed.crl), now, build_time=firmware_build_time(),
+                        vocabulary=vocabulary)
     return PolicyPreview(decision, installed.local)
 
 
@@ -141,7 +143,8 @@ class PolicyGate:
 
     def decide(self) -> GateDecision:
         now = self.clock()
-        decision = evaluate(load_material(self.config, self.crl_store.current()), now, vocabulary=self.vocabulary)
+        decision = evaluate(load_material(self.config, self.crl_store.current()), now,
+                            build_time=firmware_build_time(), vocabulary=self.vocabulary)
         problem = self._audit(decision)
         if problem is not None and decision.mode is Mode.IDENTIFICATION:
             # Identification without an audit trail is not allowed; detection is unaffected.

@@ -16,11 +16,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from edge.trust.grant import EdgeGrant
 from edge.trust.device_key import build_csr, load_or_create_device_key
+from edge.policy.build import firmware_build_time
 from edge.policy.config import PolicyConfig
 from provisioning.ca import Revocation, build_crl, build_device_certificate, build_provisioning_ca, build_root_ca
 
-NOW = dt.datetime(2027, 6, 1, 12, 0, tzinfo=dt.timezone.utc)
 DAY = dt.timedelta(days=1)
+# The tests' clock: half a year after this firmware's build, so it stays trusted however late the build.
+NOW = (firmware_build_time() + 180 * DAY).replace(hour=12, minute=0, second=0)
 ORG = "Test Org"
 
 
