@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import skimage.data
 
@@ -37,6 +38,15 @@ HEALTH_S = 0.2
 # disconnected."): a TLS error, a protocol error with a reason, a socket closed without DISCONNECT, a keepalive timeout.
 BROKER_FAULTS = re.compile(r"OpenSSL Error|bad record mac|Socket error|protocol error|closed its connection|"
                            r"disconnected:|disconnected due|exceeded timeout", re.IGNORECASE)
+
+
+@dataclasses.dataclass(frozen=True)
+class Still:
+    """The one real frame the recorded result comes from."""
+
+    image: np.ndarray
+    number: int = 1
+    capture_time: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +69,7 @@ class Replay:
 def test_health_and_detections_share_the_tls_stream_without_a_disconnect(
         tmp_path: Path, mosquitto: BrokerUnderTest, caplog: pytest.LogCaptureFixture) -> None:
     real = build_pipeline(DetectorConfig())
-    recorded = real.process(_Still(skimage.data.astronaut()))
+    recorded = real.process(Still(skimage.data.astronaut()))
     assert len(recorded.faces) == 1  # a detection message on every frame
     config = ServiceConfig(device=DeviceConfig("cam-a", tmp_path / "state"), mqtt=mosquitto.device_config("cam-a"),
                            outbox=OutboxConfig(), health=HealthConfig(HEALTH_S), homeassistant=HomeAssistantConfig(),
@@ -96,9 +106,3 @@ def test_health_and_detections_share_the_tls_stream_without_a_disconnect(
     assert len(sub.on("cam-a/health")) == samples  # QoS 0, yet none lost: the connection never dropped
     assert first_occurrences(sub.seqs()) == list(range(1, processed + 1))
 
-
-@dataclasses.dataclass(frozen=True)
-class _Still:
-    image: object
-    number: int = 1
-    capture_time: float = 0.0
