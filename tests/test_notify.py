@@ -181,3 +181,29 @@ def test_the_run_loop_speaks_the_protocol_in_order(manager: Manager, tmp_path: P
     # ...and never more often than half the timeout (receive times: a few ms of jitter allowed).
     assert all(b - a >= WATCHDOG_USEC / 2e6 * 0.9 for a, b in itertools.pairwise(pings))
     assert statuses and all(" fps, broker " in s and ", outbox " in s for s in statuses), statuses
+
+
+def test_run_says_ready_before_opening_the_camera(manager: Manager, tmp_path: Path, mosquitto: BrokerUnderTest,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """`edge-camera run` (the entry point reads $NOTIFY_SOCKET): a camera that is not there does not hold READY back."""
+    import signal
+
+    from edge.common.errors import InputError
+    from edge.sources.camera import CameraConfig
+    from edge.app.service import run_from_config
+
+    config = ServiceConfig(device=DeviceConfig("cam-a", tmp_path / "state"), mqtt=mosquitto.device_config("cam-a"),
+                           outbox=OutboxConfig(), health=HealthConfig(30.0), homeassistant=HomeAssistantConfig(),
+                           camera=CameraConfig(source=str(tmp_path / "no-camera-here")), detector=DetectorConfig(),
+                           policy=None)
+    monkeypatch.setenv("NOTIFY_SOCKET", manager.env_value)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        with pytest.raises(InputError, match="no-camera-here"):
+            run_from_config(config)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    assert [lines for _, lines in manager.close()] == [
+        ["READY=1", "STATUS=detection: started, waiting for frames"],
+        ["STOPPING=1", "STATUS=detection: stopping: the camera could not be opened"]]

@@ -10,7 +10,7 @@ already handed over committed to the outbox; SIGHUP re-reads the local CRL
 and re-runs the policy gate.
 
 Under systemd (`Type=notify`, edge/app/notify.py): READY once the outbox and
-MQTT client have started, before the first frame; a watchdog ping from each
+MQTT client have started, before the camera is opened; a watchdog ping from each
 turn of the loop that processed a frame; the mode and frame rate as STATUS
 with every health sample; STOPPING when the loop ends.
 """
@@ -106,6 +106,8 @@ class Service:
         self._stop = threading.Event()
         self._hangup = threading.Event()
         self.last_seq = 0
+        self._started = False
+        self._closed = False
         self.on_hangup: Callable[[], None] | None = None
         self.crl_handler: Callable[[bytes], object] | None = None
 
@@ -131,11 +133,29 @@ class Service:
         signal.signal(signal.SIGINT, on_term)
         signal.signal(signal.SIGHUP, on_hup)
 
-    def run(self, frames: Iterable[FrameLike], pipeline: FrameProcessor, limits: RunLimits = RunLimits()) -> int:
-        """Process frames until the source ends, a limit is reached or a stop is requested; returns frames processed."""
+    def start(self) -> None:
+        """Outbox and MQTT client up, then READY: before any camera is opened, as one not there yet is no failed start."""
+        if self._started:
+            return
+        self._started = True
         self.outbox.start()
         self.publisher.start()
         self.notifier.ready(f"{self.status.mode}: started, waiting for frames")
+
+    def close(self, why: str) -> None:
+        """Once: STOPPING, the publisher says offline and stops, the outbox commits what it holds."""
+        if self._closed:
+            return
+        self._closed = True
+        self.notifier.stopping(f"{self.status.mode}: {why}")
+        if self._started:
+            self.publisher.stop()
+        self.last_seq = self.outbox.stats().last_seq
+        self.outbox.close()
+
+    def run(self, frames: Iterable[FrameLike], pipeline: FrameProcessor, limits: RunLimits = RunLimits()) -> int:
+        """Process frames until the source ends, a limit is reached or a stop is requested; returns frames processed."""
+        self.start()
         started = last_health = time.monotonic()
         try:
             for frame in frames:
@@ -163,10 +183,7 @@ class Service:
             self.notifier.stopping(f"{self.status.mode}: stopping, {self.frames.processed} frames processed")
             self._drain(limits.drain_s)
         finally:
-            self.notifier.stopping(f"{self.status.mode}: stopping after an error")
-            self.publisher.stop()
-            self.last_seq = self.outbox.stats().last_seq
-            self.outbox.close()
+            self.close("stopping after an error")  # after a clean end, STOPPING was already said above
         return self.frames.processed
 
     def _drain(self, seconds: float) -> None:
@@ -269,5 +286,9 @@ def run_from_config(config: ServiceConfig, limits: RunLimits = RunLimits()) -> i
     if config.policy is not None:
         attach_policy(service, config.policy)
     service.install_signal_handlers()
-    with open_source(config.camera, model_input_size(pipeline)) as frames:
-        return service.run(frames, pipeline, limits)
+    service.start()
+    try:
+        with open_source(config.camera, model_input_size(pipeline)) as frames:
+            return service.run(frames, pipeline, limits)
+    finally:
+        service.close("stopping: the camera could not be opened")  # nothing to do if run() closed it
