@@ -8,6 +8,11 @@ the count drops to zero, so a face-count reading can return to 0.
 Signals: SIGTERM (and Ctrl-C) stop after the current frame, with everything
 already handed over committed to the outbox; SIGHUP re-reads the local CRL
 and re-runs the policy gate.
+
+Under systemd (`Type=notify`, edge/app/notify.py): READY once the outbox and
+MQTT client have started, before the camera is opened; a watchdog ping from each
+turn of the loop that processed a frame; the mode and frame rate as STATUS
+with every health sample; STOPPING when the loop ends.
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Protocol
 
+from edge.app.notify import Notifier
 from edge.app.version import firmware_version
 from edge.wire import serialize
 from edge.app.config import ServiceConfig, check_certificate_names
@@ -86,9 +92,11 @@ class DetectionsStream:
 class Service:
     """Owns the outbox and publisher for one run; frames and pipeline are handed in."""
 
-    def __init__(self, config: ServiceConfig, status: serialize.DeviceStatus) -> None:
+    def __init__(self, config: ServiceConfig, status: serialize.DeviceStatus, notifier: Notifier | None = None) -> None:
         self.config = config
         self.status = status
+        # Silent unless handed one: only the entry point reads $NOTIFY_SOCKET (a test run under systemd must not).
+        self.notifier = notifier or Notifier(None)
         self.device = config.device.id
         self.outbox = Outbox(config.device.state_dir / OUTBOX_FILE, config.outbox)
         extra: tuple[tuple[str, bytes], ...] = ()
@@ -102,6 +110,8 @@ class Service:
         self._stop = threading.Event()
         self._hangup = threading.Event()
         self.last_seq = 0
+        self._started = False
+        self._closed = False
         self.on_hangup: Callable[[], None] | None = None
         self.crl_handler: Callable[[bytes], object] | None = None
 
@@ -127,10 +137,29 @@ class Service:
         signal.signal(signal.SIGINT, on_term)
         signal.signal(signal.SIGHUP, on_hup)
 
-    def run(self, frames: Iterable[FrameLike], pipeline: FrameProcessor, limits: RunLimits = RunLimits()) -> int:
-        """Process frames until the source ends, a limit is reached or a stop is requested; returns frames processed."""
+    def start(self) -> None:
+        """Outbox and MQTT client up, then READY: before any camera is opened, as one not there yet is no failed start."""
+        if self._started:
+            return
+        self._started = True
         self.outbox.start()
         self.publisher.start()
+        self.notifier.ready(f"{self.status.mode}: started, waiting for frames")
+
+    def close(self, why: str) -> None:
+        """Once: STOPPING, the publisher says offline and stops, the outbox commits what it holds."""
+        if self._closed:
+            return
+        self._closed = True
+        self.notifier.stopping(f"{self.status.mode}: {why}")
+        if self._started:
+            self.publisher.stop()
+        self.last_seq = self.outbox.stats().last_seq
+        self.outbox.close()
+
+    def run(self, frames: Iterable[FrameLike], pipeline: FrameProcessor, limits: RunLimits = RunLimits()) -> int:
+        """Process frames until the source ends, a limit is reached or a stop is requested; returns frames processed."""
+        self.start()
         started = last_health = time.monotonic()
         try:
             for frame in frames:
@@ -141,9 +170,11 @@ class Service:
                 if message is not None:
                     self.outbox.submit(self.publisher.topics.detections, message)
                 self.frames.record(result.frame_number, (time.time() - result.capture_time) * MS_PER_S)
+                self.notifier.watchdog()
                 now = time.monotonic()
                 if now - last_health >= self.config.health.interval_s:
-                    self.publish_health(now - last_health)
+                    report = self.publish_health(now - last_health)
+                    self.notifier.status(status_text(self.status.mode, report))
                     last_health = now
                 if self._hangup.is_set():
                     self._hangup.clear()
@@ -153,11 +184,10 @@ class Service:
                     break
                 if limits.max_seconds is not None and now - started >= limits.max_seconds:
                     break
+            self.notifier.stopping(f"{self.status.mode}: stopping, {self.frames.processed} frames processed")
             self._drain(limits.drain_s)
         finally:
-            self.publisher.stop()
-            self.last_seq = self.outbox.stats().last_seq
-            self.outbox.close()
+            self.close("stopping after an error")  # after a clean end, STOPPING was already said above
         return self.frames.processed
 
     def _drain(self, seconds: float) -> None:
@@ -168,7 +198,7 @@ class Service:
                 return
             time.sleep(DRAIN_POLL_S)
 
-    def publish_health(self, period_s: float) -> None:
+    def publish_health(self, period_s: float) -> serialize.HealthReport:
         fps, (p50, p90, p99) = self.frames.take_period(period_s)
         box = self.outbox.stats()
         mqtt_stats = self.publisher.stats()
@@ -185,6 +215,13 @@ class Service:
         log.info("health: %.1f fps, outbox depth %d (dropped %d, refused %d), delivered %d",
                  fps, box.depth, box.dropped, box.refused, mqtt_stats.delivered)
         self.publisher.publish_health(serialize.health(self.device, report))
+        return report
+
+
+def status_text(mode: str, report: serialize.HealthReport) -> str:
+    """systemd's one-line STATUS= (shown by `systemctl status`): mode, frame rate, broker, backlog."""
+    broker = "broker connected" if report.mqtt_connected else "broker away"
+    return f"{mode}: {report.fps:.1f} fps, {broker}, outbox {report.outbox_depth}"
 
 
 def status_for(pipeline: Pipeline) -> serialize.DeviceStatus:
@@ -252,9 +289,13 @@ def run_from_config(config: ServiceConfig, limits: RunLimits = RunLimits()) -> i
 
     check_certificate_names(config)
     pipeline = build_pipeline(config.detector)
-    service = Service(config, status_for(pipeline))
+    service = Service(config, status_for(pipeline), Notifier.from_environment())
     if config.policy is not None:
         attach_policy(service, config.policy)
     service.install_signal_handlers()
-    with open_source(config.camera, model_input_size(pipeline)) as frames:
-        return service.run(frames, pipeline, limits)
+    service.start()
+    try:
+        with open_source(config.camera, model_input_size(pipeline)) as frames:
+            return service.run(frames, pipeline, limits)
+    finally:
+        service.close("stopping: the camera could not be opened")  # nothing to do if run() closed it

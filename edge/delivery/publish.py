@@ -9,6 +9,15 @@ Why this shape:
   outbox, counted and logged.
 - One pump thread owns all bookkeeping; paho's callbacks only post events to
   it, so no lock of ours is ever taken while paho holds its own.
+- One thread touches the TLS socket. OpenSSL's connection object is not safe
+  for use from several threads at once, and paho-mqtt 2.x, when its loop runs
+  on a thread of ours (`loop_forever`), writes each publish straight to the
+  socket from the calling thread: the frame loop's health raced the pump and
+  paho's own reads and pings, and Mosquitto dropped the device with "bad
+  record mac". So paho runs its own network thread (`loop_start`), where
+  `publish` only queues a packet and wakes that thread, and the frame loop
+  never calls paho at all: health is handed to the pump like everything else
+  (tests/test_tls_single_writer.py).
 - paho's own reconnect delay doubles without jitter; a fleet that lost its
   broker would come back in lock-step, so the delay is re-drawn with jitter
   before every attempt.
@@ -211,6 +220,7 @@ class Publisher:
         self._connect_started: float | None = None
         self._refused_retained: set[str] = set()
         self._network: threading.Thread | None = None
+        self._client_done = threading.Event()  # this client is being retired: fallback or stop
         self._pump: threading.Thread | None = None
         outbox.add_listener(lambda: self._events.put(("wake",)))
 
@@ -235,6 +245,7 @@ class Publisher:
             # Repeated because a connection attempt in progress can overwrite the state disconnect() sets.
             if self._client is not None:
                 self._client.disconnect()
+            self._client_done.set()
             self._network.join(EVENT_POLL_S)
         self._events.put(("stop",))
         if self._pump is not None:
@@ -246,10 +257,11 @@ class Publisher:
                                   self._delivered, self._refused, self._last_refusal, self._inflight_count)
 
     def publish_health(self, payload: bytes) -> None:
-        """Health is a periodic sample: QoS 0, and skipped while offline (the next sample supersedes it)."""
-        client = self._client
-        if client is not None and client.is_connected():
-            client.publish(self.topics.health, payload, qos=0)
+        """Hand a health sample to the pump, which publishes it: the caller (the frame loop) never calls paho.
+
+        Health is a periodic sample: QoS 0, and skipped while offline (the next sample supersedes it).
+        """
+        self._events.put(("health", payload))
 
     # --- network thread ------------------------------------------------
     def _make_client(self) -> mqtt.Client:
@@ -277,12 +289,21 @@ class Publisher:
         return client
 
     def _network_loop(self) -> None:
+        """Supervise paho's own network thread, one client at a time (a second one only for the 3.1.1 fallback).
+
+        `loop_start`, not `loop_forever` on this thread: only in paho's threaded
+        mode does `publish` from another thread queue the packet instead of
+        writing to the TLS socket itself (see the module docstring).
+        """
         while not self._stopping.is_set():
             client = self._make_client()
             self._client = client
             self._events.put(("client", client))
             self._fallback = False
-            client.loop_forever(retry_first_connection=True)
+            self._client_done.clear()
+            client.loop_start()
+            self._client_done.wait()
+            client.loop_stop()  # joins paho's thread, which ends once disconnect() has taken effect
             if not self._fallback:
                 return
 
@@ -344,6 +365,7 @@ class Publisher:
         self._protocol = MQTTProtocolVersion.MQTTv311
         self._fallback = True
         client.disconnect()
+        self._client_done.set()
 
     def _on_connect_fail(self, client: mqtt.Client, _userdata: object) -> None:
         log.warning("cannot reach broker %s:%d; retrying", self.config.host, self.config.port)
@@ -418,6 +440,8 @@ class Publisher:
                     state.control[event[1]] = event[2]
                 elif kind == "ack":
                     self._settle_one(state, event[1], event[2], acked, refused)
+                elif kind == "health" and state.connected and state.client is not None:
+                    state.client.publish(self.topics.health, event[1], qos=0)
             self.outbox.settle(acked, refused)
             self._check_connack_timeout()
             if state.connected and not self._stopping.is_set():
