@@ -154,8 +154,8 @@ def test_first_boot_unit_runs_once_as_the_service_user_before_the_service() -> N
         assert one(FIRST_BOOT, key) == one(SERVICE, key)
     assert one(FIRST_BOOT, "Type") == "oneshot" and one(FIRST_BOOT, "Before") == SERVICE
     assert FIRST_BOOT in one(SERVICE, "Wants") and FIRST_BOOT in one(SERVICE, "After")
-    # Its program is the console script the wheel installs.
-    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    # Its program is the console script the edge-provision wheel installs.
+    scripts = tomllib.loads((REPO / "provisioning" / "pyproject.toml").read_text())["project"]["scripts"]
     assert exec_binaries(FIRST_BOOT) == {f"/usr/bin/{FIRST_BOOT_PROG}"}
     assert scripts[FIRST_BOOT_PROG] == "provisioning.first_boot:main"
 
