@@ -82,7 +82,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 def _gallery(args: argparse.Namespace) -> Any:
     """Imported here, on demand: the detection path never loads edge.identify (hence `Any`: not
-    even a type-checking import of it at module level, which tests/test_identify_separation.py forbids)."""
+    even a type-checking import of it at module level, which tests/integration/test_identify_separation.py forbids)."""
     from edge.identify.gallery import GALLERY_FILE, GalleryFile
 
     config = load_policy_config(Path(args.config))

@@ -17,7 +17,7 @@ Why this shape:
   record mac". So paho runs its own network thread (`loop_start`), where
   `publish` only queues a packet and wakes that thread, and the frame loop
   never calls paho at all: health is handed to the pump like everything else
-  (tests/test_tls_single_writer.py).
+  (tests/integration/test_tls_single_writer.py).
 - paho's own reconnect delay doubles without jitter; a fleet that lost its
   broker would come back in lock-step, so the delay is re-drawn with jitter
   before every attempt.

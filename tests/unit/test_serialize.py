@@ -19,7 +19,7 @@ from edge.common.topics import DEFAULT_DISCOVERY_PREFIX, DEFAULT_TOPIC_ROOT
 from edge.wire.observation import Observation, Pose, observe
 from edge.wire.track import Tracker, initial_state, step
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCHEMAS = REPO / "edge" / "wire" / "schemas"
 ASYNCAPI = REPO / "docs" / "asyncapi.yaml"
 TOP_FIELDS = {"device", "seq", "frame", "captured", "faces"}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import edge
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # The detection path by name; each one present must load without edge.identify.
 DETECTION_MODULES = ("edge.vision.pipeline", "edge.delivery.publish", "edge.sources.camera", "edge.vision.runtime", "edge.wire.observation",
                      "edge.wire.track", "edge.pose.fit", "edge.app.service", "edge.app.cli", "edge.policy.gate", "edge.app.policy_commands")

@@ -20,7 +20,7 @@ from edge.delivery.outbox import Outbox, OutboxConfig
 from edge.delivery.publish import Publisher, backoff_delay
 from support.mosquitto import OPERATOR, BrokerUnderTest, Subscriber, client_context, first_occurrences, wait_until
 
-SCHEMAS = Path(__file__).resolve().parents[1] / "edge" / "wire" / "schemas"
+SCHEMAS = Path(__file__).resolve().parents[2] / "edge" / "wire" / "schemas"
 STATUS = serialize.DeviceStatus(mode="detection", model="blazeface-full", accelerator="cpu", firmware="0.1.0")
 FACE = Face(Detection(Box(0.25, 0.2, 0.3, 0.4), 0.934, ), HeadPose(12.4, -3.6, 1.2))
 
@@ -150,6 +150,7 @@ def test_unreachable_broker_at_start_then_delivery(tmp_path: Path, mosquitto: Br
     assert publisher.stats().delivered == 15
 
 
+@pytest.mark.slow
 def test_mqtt_311_fallback_against_embedded_broker(tmp_path: Path, mosquitto: BrokerUnderTest) -> None:
     """amqtt speaks only 3.1.1: the client falls back and still delivers everything."""
     with EmbeddedBroker(mosquitto.pki) as broker:
@@ -195,12 +196,12 @@ def test_device_receives_the_retained_crl_and_nothing_else(tmp_path: Path, mosqu
 def test_shipped_example_acl_is_the_tested_one() -> None:
     from edge.demo.broker import acl_text
 
-    shipped = (Path(__file__).resolve().parents[1] / "systemd" / "mosquitto-edge.acl").read_text()
+    shipped = (Path(__file__).resolve().parents[2] / "systemd" / "mosquitto-edge.acl").read_text()
     rules = [line for line in shipped.splitlines() if line and not line.startswith("#")]
     tested = [line for line in acl_text(readers=("dashboard",), crl_publishers=("fleet-operator",)).splitlines()
               if line and not line.startswith("#")]
     assert rules == tested
-    conf = (Path(__file__).resolve().parents[1] / "systemd" / "mosquitto-edge.conf").read_text().splitlines()
+    conf = (Path(__file__).resolve().parents[2] / "systemd" / "mosquitto-edge.conf").read_text().splitlines()
     for directive in ("require_certificate true", "use_identity_as_username true", "persistence true",
                       "allow_anonymous false"):
         assert directive in conf

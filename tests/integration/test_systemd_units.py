@@ -20,7 +20,7 @@ import pytest
 from edge.trust.device_key import DEVICE_KEY_FILE
 from provisioning.first_boot import PROG as FIRST_BOOT_PROG
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 UNITS_DIR = REPO / "systemd"
 SERVICE = "edge-camera.service"
 FIRST_BOOT = "edge-camera-firstboot.service"

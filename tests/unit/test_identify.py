@@ -36,7 +36,7 @@ from edge.policy import Mode, PolicyGate
 from support.pki import DAY, NOW, Pki, provision
 from support.identity_groups import GROUPS, MODELS
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

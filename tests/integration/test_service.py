@@ -26,7 +26,7 @@ from edge.sources.camera import CameraConfig
 from edge.app.service import OUTBOX_FILE, RunLimits, Service, status_for
 from support.mosquitto import BrokerUnderTest, Subscriber, first_occurrences, wait_until
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FRAME_INTERVAL_S = 1 / 30
 
 
@@ -134,7 +134,7 @@ def test_outbox_limit_during_outage_drops_oldest_and_health_reports_it(
 
 SERVICE_SCRIPT = textwrap.dedent("""
     import itertools, sys, time
-    sys.path[:0] = [{repo!r}, {tests!r}]
+    sys.path[:0] = [{repo!r}, {tests!r}, {here!r}]
     import numpy as np, skimage.data
     from edge.app.config import DeviceConfig, HealthConfig, HomeAssistantConfig, ServiceConfig
     from edge.delivery.outbox import OutboxConfig
@@ -166,7 +166,7 @@ def test_service_sigkilled_mid_stream_then_restarted_loses_nothing(tmp_path: Pat
     cred = mosquitto.pki.clients["cam-a"]
     mqtt = {"host": mosquitto.broker.host, "port": mosquitto.broker.port, "ca": str(mosquitto.pki.ca),
             "cert": str(cred.cert), "key": str(cred.key), "backoff_min_s": 0.1, "backoff_max_s": 0.5}
-    script = SERVICE_SCRIPT.format(repo=str(REPO), tests=str(REPO / "tests"), mqtt=mqtt,
+    script = SERVICE_SCRIPT.format(repo=str(REPO), tests=str(REPO / "tests"), here=str(Path(__file__).resolve().parent), mqtt=mqtt,
                                    state=str(tmp_path / "state"), interval=FRAME_INTERVAL_S)
 
     def start() -> subprocess.Popen[bytes]:

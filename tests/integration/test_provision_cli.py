@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from provisioning.cli import main
 
 PASS = "a long enough test passphrase"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import pytest
 from edge.common.errors import ConfigError
 from edge.delivery.outbox import Outbox, OutboxConfig
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _numbered(seq: int) -> bytes:

@@ -195,7 +195,7 @@ def test_opening_file_and_folder_sources_does_not_load_the_demo(shared_images: P
         "print('edge.demo.virtual_camera' in sys.modules)\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                            cwd=Path(__file__).resolve().parents[1])
+                            cwd=Path(__file__).resolve().parents[2])
     assert result.returncode == 0, result.stderr
     # The second line shows the check can see the demo's package when it is loaded.
     assert result.stdout.split() == ["[]", "True"]

@@ -239,7 +239,7 @@ def test_policy_and_trust_do_not_load_the_vision_stack() -> None:
         f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {VISION_STACK!r} "
         f"or m.startswith({VISION_STACK!r}))))\n"
     )
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=repo)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
@@ -250,7 +250,7 @@ def test_policy_commands_import_nothing_of_the_vision_stack_themselves() -> None
     configuration's default path; the gallery (edge.identify, numpy) only inside its own handlers."""
     import ast
 
-    tree = ast.parse((Path(__file__).resolve().parents[1] / "edge" / "app" / "policy_commands.py").read_text())
+    tree = ast.parse((Path(__file__).resolve().parents[2] / "edge" / "app" / "policy_commands.py").read_text())
     imported = {node.module or "" for node in tree.body if isinstance(node, ast.ImportFrom)}
     imported |= {alias.name for node in tree.body if isinstance(node, ast.Import) for alias in node.names}
     edge_modules = {m for m in imported if m.startswith("edge.")}
