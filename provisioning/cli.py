@@ -135,7 +135,9 @@ def _pem(*items: x509.Certificate | x509.CertificateRevocationList) -> bytes:
 
 def _passphrase(args: argparse.Namespace, prefix: str, label: str) -> PassphraseSource:
     file = getattr(args, f"{prefix}passphrase_file")
-    return PassphraseSource(label, Path(file) if file else None, getattr(args, f"{prefix}passphrase_env"))
+    option = "--" + prefix.replace("_", "-")
+    return PassphraseSource(label, Path(file) if file else None, getattr(args, f"{prefix}passphrase_env"),
+                            flags=(f"{option}passphrase-file", f"{option}passphrase-env"))
 
 
 def _mkdir(path: Path) -> None:

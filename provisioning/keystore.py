@@ -31,6 +31,8 @@ class PassphraseSource:
     label: str
     file: Path | None = None
     env: str | None = None
+    # The command-line options that set this passphrase, named in the error when no terminal can ask.
+    flags: tuple[str, str] = ("--passphrase-file", "--passphrase-env")
 
     def read(self, *, new: bool = False) -> bytes:
         if self.file is not None and self.env is not None:
@@ -60,7 +62,7 @@ class PassphraseSource:
     def _prompt(self, new: bool) -> bytes:
         if not sys.stdin.isatty():
             raise PassphraseError(f"{self.label} is needed and there is no terminal to ask on",
-                                  "use the --...-passphrase-file or --...-passphrase-env option")
+                                  f"give {self.flags[0]} PATH or {self.flags[1]} NAME (the variable's name)")
         first = getpass.getpass(f"{self.label}: ")
         if new and getpass.getpass(f"{self.label} (again): ") != first:
             raise PassphraseError(f"the two {self.label} entries differ")

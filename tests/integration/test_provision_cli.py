@@ -144,6 +144,17 @@ def test_no_passphrase_and_no_terminal(tmp_path: Path) -> None:
                             timeout=60)
     assert result.returncode == 4
     assert "no terminal to ask on" in result.stderr and "Traceback" not in result.stderr
+    assert "--passphrase-env NAME" in result.stderr
+
+
+def test_no_terminal_names_the_options_for_that_passphrase(ca: Path, tmp_path: Path) -> None:
+    """init-ca needs two passphrases: the error names the root's own options, not a pattern."""
+    result = subprocess.run([sys.executable, "-m", "provisioning.cli", "init-ca", "--root-dir", str(ca.parent / "root"),
+                             "--dir", str(tmp_path / "ca2"), "--org", "Acme"], capture_output=True, text=True,
+                            stdin=subprocess.DEVNULL, cwd=REPO, timeout=60)
+    assert result.returncode == 4
+    assert "root CA key passphrase" in result.stderr
+    assert "--root-passphrase-file PATH or --root-passphrase-env NAME" in result.stderr
 
 
 def test_passphrase_is_not_accepted_on_the_command_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
