@@ -30,12 +30,13 @@ keeps the old ones until it erases them on its own schedule, so the
 overwrite reaches neither. Erasure that holds against someone with the card
 needs storage encryption whose key is destroyed, or destroying the card.
 
-Exit codes: 0 reset done; 1 a file could not be destroyed (each one is
-named; run again); 2 bad usage or configuration, not confirmed, no terminal
-without `--yes`, or the service is running (nothing changed); 7 the audit log
-cannot be written (nothing destroyed); 9 the broker could not be reached or
-did not acknowledge within the bound, without `--offline` (nothing destroyed;
-the record may already be in the log); 130 interrupted.
+Exit codes (edge-camera's, README): 0 reset done; 1 failed: the broker could
+not be reached or did not acknowledge within the bound and `--offline` was
+not given (nothing destroyed; "nothing was destroyed" in the message), or a
+file could not be destroyed (each one named; run again); 2 bad usage or
+configuration, not confirmed, no terminal without `--yes`, or the service is
+running (nothing changed); 7 the audit log cannot be written (nothing
+destroyed); 130 interrupted.
 """
 from __future__ import annotations
 
@@ -81,8 +82,6 @@ class ResetRefused(EdgeError):
 
 class BrokerUnreachable(EdgeError):
     """The audit head could not be handed to the broker within the bound, and `--offline` was not given."""
-
-    exit_code = 9
 
 
 @dataclass(frozen=True, slots=True)
