@@ -93,3 +93,22 @@ def test_external_npu_delegate_runs_the_detector(record_property) -> None:
     median = timed(pipeline, sample())
     record_property("external_invoke_median_ms", median)
     print(f"\n{library}: invoke median {median:.2f} ms")
+
+
+@needs_coral
+def test_the_service_pipeline_finds_the_coral_and_says_so() -> None:
+    """`edge-camera run`'s pipeline on the real Coral: explicit edgetpu runs at once, nothing to wait for."""
+    from edge.vision.accelerators import FollowingPipeline
+    from edge.vision.manifest import load_manifest
+    from edge.vision.runtime import load_runtime
+
+    config = DetectorConfig(model="blazeface-short", delegate=DelegateConfig(kind="edgetpu"), pose="off",
+                            model_dirs=(SHARED_MODELS,))
+    pipeline = FollowingPipeline(config, load_manifest(), load_runtime())
+    try:
+        assert pipeline.accelerator == "edgetpu" and pipeline.waiting is None
+        from edge.sources.camera import Frame
+
+        assert len(pipeline.process(Frame(sample(), 0, time.time())).faces) == 1
+    finally:
+        pipeline.close()

@@ -309,6 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
     from edge.app.policy_commands import add_parsers as add_policy_parsers
 
     add_policy_parsers(cast("argparse._SubParsersAction[argparse.ArgumentParser]", sub))
+
+    from edge.app.factory_reset import add_parser as add_factory_reset_parser
+
+    add_factory_reset_parser(cast("argparse._SubParsersAction[argparse.ArgumentParser]", sub))
     return parser
 
 

@@ -40,6 +40,7 @@ from edge.wire.track import Tracker
 
 if TYPE_CHECKING:  # the gate is imported on demand (attach_policy): a service without [policy] never loads it
     from edge.policy import PolicyConfig, PolicyGate
+    from edge.policy.clock import ClockSync
     from edge.vision.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,8 @@ OUTBOX_FILE = "outbox.db"
 # CRL nextUpdate): a device left alone must notice a lapse, or a clock that became trustworthy.
 POLICY_RECHECK_S = 300.0
 POLICY_RECHECK_MIN_S = 1.0
+# While the clock is not synchronised, how often to look whether it is (edge.policy.clock: cheap).
+CLOCK_SYNC_POLL_S = 5.0
 MS_PER_S = 1000.0
 DRAIN_POLL_S = 0.02
 
@@ -245,30 +248,55 @@ def recheck_delay(valid_until: dt.datetime | None, now: dt.datetime, ceiling: fl
     return min(ceiling, max(POLICY_RECHECK_MIN_S, (valid_until - now).total_seconds()))
 
 
-def attach_policy(service: Service, policy: PolicyConfig) -> PolicyGate:
+def attach_policy(service: Service, policy: PolicyConfig, clock_sync: ClockSync | None = None) -> PolicyGate:
     """Wire the policy gate: its audit records go out on `audit`, CRLs from MQTT reach its store.
 
     Detection never waits for the gate: whatever it decides, this service runs
     detection (identification is a separate, gated entry point). The gate
     records a decision in the audit log only when it differs from the last one
     there, so a service restarted again and again adds no record of its own.
+
+    The clock: a Pi boots without a trustworthy time, so the gate is ordered
+    after time sync in-process rather than by the unit (which would hold back
+    detection). Until `clock_sync` (default: the system's sources,
+    edge.policy.clock) says the clock is synchronised, the gate decides
+    detection; a timer looks again every `CLOCK_SYNC_POLL_S` (a file's
+    existence, or one read-only syscall) and the gate decides again as soon as
+    it is.
     """
     from edge.policy import PolicyGate
+    from edge.policy.clock import SystemClockSync
     from edge.trust.audit import AuditLog
 
-    gate = PolicyGate(policy, audit=AuditLog(policy.audit_log, on_append=service.audit_sink))
-    timer: list[threading.Timer] = []
+    sync = SystemClockSync() if clock_sync is None else clock_sync
+    gate = PolicyGate(policy, audit=AuditLog(policy.audit_log, on_append=service.audit_sink), clock_sync=sync)
+    timers: dict[str, threading.Timer] = {}
     lock = threading.Lock()
 
+    def schedule(name: str, delay: float, action: Callable[[], None]) -> None:
+        old = timers.pop(name, None)
+        if old is not None:
+            old.cancel()
+        timers[name] = threading.Timer(delay, action)
+        timers[name].daemon = True
+        timers[name].start()
+
     def decide() -> None:
-        with lock:  # SIGHUP, a CRL from MQTT and the timer may all ask at once
+        with lock:  # SIGHUP, a CRL from MQTT, the clock and the timers may all ask at once
             decision = gate.decide()
             log.info("policy decision: %s (%s)", decision.mode.value, "; ".join(decision.reasons) or "all checks passed")
-            for old in timer:
-                old.cancel()
-            timer[:] = [threading.Timer(recheck_delay(decision.valid_until, dt.datetime.now(dt.timezone.utc)), decide)]
-            timer[0].daemon = True
-            timer[0].start()
+            schedule("recheck", recheck_delay(decision.valid_until, dt.datetime.now(dt.timezone.utc)), decide)
+            if not gate.clock_trusted:
+                schedule("clock", CLOCK_SYNC_POLL_S, watch_clock)
+
+    def watch_clock() -> None:
+        state = sync()
+        if not state.synchronised:
+            with lock:
+                schedule("clock", CLOCK_SYNC_POLL_S, watch_clock)
+            return
+        log.info("clock synchronised (%s): the policy gate decides again", state.detail)
+        decide()
 
     def hangup() -> None:
         result = gate.crl_store.reload()

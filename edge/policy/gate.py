@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import NoReturn
 
+from edge.policy.clock import ClockState, ClockSync
 from edge.policy.config import PolicyConfig
 from edge.policy.build import firmware_build_time
 from edge.policy.decision import Check, Mode, PolicyDecision, evaluate
@@ -27,6 +28,9 @@ from edge.trust.tags import Vocabulary
 
 # The audit event of a policy decision; one is appended only when the decision changes.
 DECISION_EVENT = "policy-decision"
+# The gate's own check, after `evaluate`'s: the wall clock was synchronised (edge.policy.clock).
+CLOCK_SYNC_CHECK = "clock-sync"
+CLOCK_UNSYNCED = "the clock is not synchronised yet: identification waits for time sync"
 
 logger = logging.getLogger(__name__)
 
@@ -125,17 +129,27 @@ class PolicyGate:
     """Reads the installed material, decides, audits each change of decision, mints identification grants.
 
     The service calls `decide()` at start, after `crl_store` applied a CRL, on
-    SIGHUP (after `crl_store.reload()`), and at the latest at `valid_until`.
+    SIGHUP (after `crl_store.reload()`), at the latest at `valid_until`, and
+    as soon as the clock is seen synchronised.
     Each call withdraws the grants earlier calls issued, so identification
     sessions must be reopened with the new decision's grant.
+
+    `clock_sync` says whether `clock` can be trusted (edge.policy.clock): while
+    it says no, the decision is detection, with the reason, whatever else
+    passed. The service hands in the system's sources; without one, the caller
+    vouches for the clock it hands in (a fixed time in a test, a replay).
     """
 
     def __init__(self, config: PolicyConfig, *, audit: AuditLog | None = None,
-                 clock: Callable[[], dt.datetime] = _utc_now, vocabulary: Vocabulary | None = None) -> None:
+                 clock: Callable[[], dt.datetime] = _utc_now, vocabulary: Vocabulary | None = None,
+                 clock_sync: ClockSync | None = None) -> None:
         self.config = config
         self.audit = audit
         self.clock = clock
         self.vocabulary = vocabulary
+        self.clock_sync = clock_sync
+        # The last reading of `clock_sync`: None until one was taken (or without a source).
+        self.clock_state: ClockState | None = None
         self._issued: "weakref.WeakSet[IdentificationGrant]" = weakref.WeakSet()
         self.crl_store = CrlStore(config.state_dir, load_crl_issuers(config), local_path=config.crl, audit=audit)
         # The locally installed CRL counts from the start, not only after the first SIGHUP.
@@ -143,8 +157,8 @@ class PolicyGate:
 
     def decide(self) -> GateDecision:
         now = self.clock()
-        decision = evaluate(load_material(self.config, self.crl_store.current()), now,
-                            build_time=firmware_build_time(), vocabulary=self.vocabulary)
+        decision = self._with_clock_sync(evaluate(load_material(self.config, self.crl_store.current()), now,
+                                                  build_time=firmware_build_time(), vocabulary=self.vocabulary))
         problem = self._audit(decision)
         if problem is not None and decision.mode is Mode.IDENTIFICATION:
             # Identification without an audit trail is not allowed; detection is unaffected.
@@ -161,6 +175,22 @@ class PolicyGate:
             grant = IdentificationGrant(_GATE_SEAL, decision)
             self._issued.add(grant)
         return GateDecision.issued(decision, grant)
+
+    @property
+    def clock_trusted(self) -> bool:
+        """Whether the last decision could trust the clock (always, without a sync source)."""
+        return self.clock_state is None or self.clock_state.synchronised
+
+    def _with_clock_sync(self, decision: PolicyDecision) -> PolicyDecision:
+        """The clock-sync check added; an unsynchronised clock makes the decision detection."""
+        if self.clock_sync is None:
+            return decision
+        state = self.clock_state = self.clock_sync()
+        if state.synchronised:
+            return replace(decision, checks=decision.checks + (Check(CLOCK_SYNC_CHECK, True, state.detail),))
+        failed = Check(CLOCK_SYNC_CHECK, False, f"{CLOCK_UNSYNCED} ({state.detail})")
+        reasons = decision.reasons + (failed.detail,) if decision.mode is Mode.DETECTION else (failed.detail,)
+        return replace(decision, mode=Mode.DETECTION, reasons=reasons, checks=decision.checks + (failed,))
 
     def _audit(self, decision: PolicyDecision) -> str | None:
         """Record the decision unless the log's last one is the same; the problem, if the log failed."""

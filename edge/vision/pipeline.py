@@ -22,15 +22,13 @@ from edge.common import schema
 from edge.common.errors import AcceleratorError, ModelError
 from edge.common.schema import Kind, setting
 from edge.vision.runtime import (
+    EDGETPU,
     DelegateConfig,
-    EDGETPU_LIBRARY,
+    EdgeTpuHardware,
     Runner,
     Runtime,
     accelerated_runner,
     cpu_runner,
-    edgetpu_delegate,
-    edgetpu_devices,
-    library_problem,
     load_runtime,
     load_delegate_checked,
 )
@@ -45,6 +43,7 @@ DEFAULT_MODEL = "blazeface-full"
 DEFAULT_POSE = "landmarks"
 # The one detector compiled for the Edge TPU; `auto` on a Coral runs it.
 EDGETPU_DETECTOR = "blazeface-short"
+NO_CORAL = "no Coral device found"
 # Tiling runs the model on ~100 windows per frame instead of one, so each window
 # gets a stricter threshold to keep false positives per frame where one pass has them.
 DEFAULT_TILE_SCORE_THRESHOLD = 0.6
@@ -133,18 +132,28 @@ class Selection:
     notes: tuple[str, ...]
 
 
-def _open_variant(runtime: Runtime, manifest: Manifest, spec: ModelSpec, accelerator: str,
-                  config: DetectorConfig, delegate: Any | None) -> Runner:
-    dirs = search_dirs(config.model_dirs)
-    variant = spec.variant(accelerator)
-    path = locate(variant, spec.name, dirs)
-    threads = config.delegate.threads
-    if accelerator == "cpu":
-        return cpu_runner(runtime, path, threads)
-    return accelerated_runner(runtime, path, delegate, accelerator, threads)
+def open_cpu_runner(runtime: Runtime, spec: ModelSpec, config: DetectorConfig) -> Runner:
+    """The model's CPU build (hash checked) on XNNPACK."""
+    return cpu_runner(runtime, locate(spec.variant("cpu"), spec.name, search_dirs(config.model_dirs)),
+                      config.delegate.threads)
 
 
-def _require_edgetpu_build(manifest: Manifest, spec: ModelSpec) -> None:
+def edgetpu_model_path(spec: ModelSpec, config: DetectorConfig) -> Path:
+    """The model's Edge TPU build (hash checked): found before any Coral is looked for, as its absence is permanent."""
+    return locate(spec.variant("edgetpu"), spec.name, search_dirs(config.model_dirs))
+
+
+def open_edgetpu(runtime: Runtime, spec: ModelSpec, config: DetectorConfig, hardware: EdgeTpuHardware) -> Runner:
+    return hardware.open_runner(runtime, edgetpu_model_path(spec, config), config.delegate.device,
+                                config.delegate.threads)
+
+
+def edgetpu_spec(manifest: Manifest, spec: ModelSpec) -> ModelSpec:
+    """What `auto` runs on a Coral: the configured model if it has an Edge TPU build, else `EDGETPU_DETECTOR`."""
+    return spec if "edgetpu" in spec.variants else manifest.get(EDGETPU_DETECTOR)
+
+
+def require_edgetpu_build(manifest: Manifest, spec: ModelSpec) -> None:
     if "edgetpu" not in spec.variants:
         compiled = ", ".join(manifest.compiled_for("edgetpu"))
         raise ModelError(
@@ -153,25 +162,30 @@ def _require_edgetpu_build(manifest: Manifest, spec: ModelSpec) -> None:
         )
 
 
-def open_detector_runner(config: DetectorConfig, manifest: Manifest, runtime: Runtime) -> tuple[Runner, ModelSpec, Selection]:
-    """Pick the accelerator and model build; an explicitly requested accelerator never falls back."""
+def detector_spec(config: DetectorConfig, manifest: Manifest) -> ModelSpec:
+    """The configured model, refused unless it is a face detector."""
     spec = manifest.get(config.model)
     if spec.task != "detection":
         raise ModelError(f"model '{spec.name}' is a {spec.task} model, not a face detector",
                          f"use one of: {', '.join(manifest.compiled_for('cpu'))}")
+    return spec
+
+
+def open_detector_runner(config: DetectorConfig, manifest: Manifest, runtime: Runtime,
+                         hardware: EdgeTpuHardware = EDGETPU) -> tuple[Runner, ModelSpec, Selection]:
+    """Pick the accelerator and model build; an explicitly requested accelerator never falls back."""
+    spec = detector_spec(config, manifest)
     kind = config.delegate.kind
     notes: list[str] = []
     if kind == "cpu":
-        runner = _open_variant(runtime, manifest, spec, "cpu", config, None)
+        runner = open_cpu_runner(runtime, spec, config)
     elif kind == "edgetpu":
-        _require_edgetpu_build(manifest, spec)
-        locate(spec.variant("edgetpu"), spec.name, search_dirs(config.model_dirs))
-        delegate = edgetpu_delegate(runtime, config.delegate.device)
-        runner = _open_variant(runtime, manifest, spec, "edgetpu", config, delegate)
+        require_edgetpu_build(manifest, spec)
+        runner = open_edgetpu(runtime, spec, config, hardware)
     elif kind == "external":
         runner = _open_external(config, runtime, spec, notes)
     else:
-        runner, spec = _auto(config, manifest, runtime, spec, notes)
+        runner, spec = _auto(config, manifest, runtime, spec, notes, hardware)
     selection = Selection(spec.name, runner.accelerator, runtime.name, tuple(notes))
     return runner, spec, selection
 
@@ -188,7 +202,7 @@ def _open_external(config: DetectorConfig, runtime: Runtime, spec: ModelSpec, no
 
 
 def _auto(config: DetectorConfig, manifest: Manifest, runtime: Runtime, spec: ModelSpec,
-          notes: list[str]) -> tuple[Runner, ModelSpec]:
+          notes: list[str], hardware: EdgeTpuHardware) -> tuple[Runner, ModelSpec]:
     """The configured accelerators in order (a Coral, then an NPU delegate when one is named), then the CPU."""
     for accel in config.delegate.auto_order:
         if accel == "external":
@@ -199,21 +213,19 @@ def _auto(config: DetectorConfig, manifest: Manifest, runtime: Runtime, spec: Mo
             except (AcceleratorError, ModelError) as exc:
                 notes.append(f"auto: external delegate unusable ({exc.message}); running on the CPU")
                 continue
-        library = EDGETPU_LIBRARY["Linux"]
-        problem = library_problem(library)
-        devices = edgetpu_devices()
+        problem = hardware.library_problem()
+        devices = [] if problem else hardware.devices()
         if problem or not devices:
-            notes.append(f"auto: no Edge TPU ({problem or 'no Coral device found'}); running on the CPU")
+            notes.append(f"auto: no Edge TPU ({problem or NO_CORAL}); running on the CPU")
             continue
-        chosen = spec if "edgetpu" in spec.variants else manifest.get(EDGETPU_DETECTOR)
+        chosen = edgetpu_spec(manifest, spec)
         if chosen is not spec:
             notes.append(f"auto: Coral found; '{spec.name}' is not compiled for the Edge TPU, running '{chosen.name}' on it")
         try:
-            delegate = edgetpu_delegate(runtime, config.delegate.device)
-            return _open_variant(runtime, manifest, chosen, "edgetpu", config, delegate), chosen
+            return open_edgetpu(runtime, chosen, config, hardware), chosen
         except (AcceleratorError, ModelError) as exc:
             notes.append(f"auto: Edge TPU unusable ({exc.message}); running on the CPU")
-    return _open_variant(runtime, manifest, spec, "cpu", config, None), spec
+    return open_cpu_runner(runtime, spec, config), spec
 
 
 class Detector:
@@ -329,13 +341,17 @@ class Pipeline:
         return FrameResult(frame.number, frame.capture_time, w, h, faces, timings)
 
 
+def build_pose(config: DetectorConfig, manifest: Manifest, runtime: Runtime) -> PoseEstimator:
+    return build_pose_estimator(config.pose, threads=config.delegate.threads, manifest=manifest,
+                                runtime=runtime, model_dirs=config.model_dirs)
+
+
 def build_pipeline(config: DetectorConfig | None = None, manifest: Manifest | None = None,
-                   runtime: Runtime | None = None) -> Pipeline:
+                   runtime: Runtime | None = None, hardware: EdgeTpuHardware = EDGETPU) -> Pipeline:
+    """The accelerator chosen once, at start-up (`edge.vision.accelerators` follows one that comes and goes)."""
     config = config or DetectorConfig()
     manifest = manifest or load_manifest()
     runtime = runtime or load_runtime()
-    runner, spec, selection = open_detector_runner(config, manifest, runtime)
+    runner, spec, selection = open_detector_runner(config, manifest, runtime, hardware)
     detector = Detector(runner, spec, config.score_threshold)
-    pose = build_pose_estimator(config.pose, threads=config.delegate.threads, manifest=manifest,
-                                runtime=runtime, model_dirs=config.model_dirs)
-    return Pipeline(detector, pose, config, selection)
+    return Pipeline(detector, build_pose(config, manifest, runtime), config, selection)

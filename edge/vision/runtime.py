@@ -144,6 +144,11 @@ def edgetpu_devices(sys_root: Path = Path("/")) -> list[str]:
     return found
 
 
+def edgetpu_library_problem() -> str | None:
+    """Why libedgetpu cannot be used here, or None (`EdgeTpuHardware.library_problem`)."""
+    return library_problem(EDGETPU_LIBRARY.get(platform.system(), EDGETPU_LIBRARY["Linux"]))
+
+
 def load_delegate_checked(runtime: Runtime, library: str, options: Mapping[str, str], what: str) -> Any:
     problem = library_problem(library)
     if problem:
@@ -160,6 +165,10 @@ def edgetpu_delegate(runtime: Runtime, device: str | None) -> Any:
     what = f"the Edge TPU ({library}, device {device or 'any'})"
     options = {"device": device} if device else {}
     return load_delegate_checked(runtime, library, options, what)
+
+
+class AcceleratorFault(AcceleratorError):
+    """An accelerator failed while running (a USB Coral reset or unplugged): transient, unlike a CPU fault."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,7 +270,14 @@ class Runner:
         else:
             transform.apply(pixels[changed], self._input_view()[(0, *changed)])
         # The input view is gone by now: LiteRT refuses to invoke while a view of its buffers is alive.
-        self.interpreter.invoke()
+        try:
+            self.interpreter.invoke()
+        except RuntimeError as exc:
+            if self.accelerator == "cpu":
+                raise
+            raise AcceleratorFault(f"the {self.accelerator} accelerator failed while running: {str(exc).strip()}",
+                                   "check the device's cable and power; the service falls back or waits "
+                                   "as the delegate setting says") from None
         if views:
             if self._float_outputs:
                 return [view() for view in self._output_views]
@@ -377,3 +393,25 @@ def cpu_runner(runtime: Runtime, model_path: Path, threads: int) -> Runner:
 
 def accelerated_runner(runtime: Runtime, model_path: Path, delegate: Any, accelerator: str, threads: int) -> Runner:
     return Runner(make_interpreter(runtime, model_path, [delegate], threads), runtime, accelerator, model_path)
+
+
+def open_edgetpu_runner(runtime: Runtime, model_path: Path, device: str | None, threads: int) -> Runner:
+    """The real Edge TPU: load libedgetpu's delegate for `device`, build the interpreter on it."""
+    return accelerated_runner(runtime, model_path, edgetpu_delegate(runtime, device), "edgetpu", threads)
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeTpuHardware:
+    """The Coral as the pipeline sees it, in three calls: the hardware boundary.
+
+    Why a seam: there is no Coral where the tests run, so they replace these
+    three calls and nothing else; everything above them (when to look, what
+    to build, when to swap, what to report) is the code the device runs.
+    """
+
+    devices: Callable[[], list[str]] = edgetpu_devices
+    library_problem: Callable[[], str | None] = edgetpu_library_problem
+    open_runner: Callable[[Runtime, Path, str | None, int], Runner] = open_edgetpu_runner
+
+
+EDGETPU = EdgeTpuHardware()
