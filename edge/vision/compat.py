@@ -156,14 +156,15 @@ def check_runtime_matrix(preference: tuple[str, ...]) -> None:
                          f"install the runtime that goes with this numpy; see {MATRIX_DOC}")
 
 
-def check_edgetpu_pairing(runtime: str, status_file: Path = DPKG_STATUS) -> None:
+def check_edgetpu_pairing(runtime: str, status_file: Path | None = None) -> None:
     """Refuse a libedgetpu (installed as a Debian package) that would crash this runtime.
 
     A libedgetpu copied in by hand has no version to read: it is loaded as it is.
+    `status_file` defaults to dpkg's (`DPKG_STATUS`, read when called).
     """
     distribution = RUNTIME_DISTRIBUTIONS.get(runtime)
     try:
-        status_text = status_file.read_text(encoding="utf-8", errors="replace")
+        status_text = (status_file or DPKG_STATUS).read_text(encoding="utf-8", errors="replace")
         version = importlib.metadata.version(distribution) if distribution else None
     except (OSError, importlib.metadata.PackageNotFoundError):
         return
