@@ -1,8 +1,9 @@
 """The runtime matrix: which TFLite runtime runs with which numpy, and which libedgetpu with which runtime.
 
 Why a check of its own: a wrong pairing does not fail with an error that
-names it. tflite-runtime (built against numpy 1.x) under numpy 2 fails to
-import with a message about `_ARRAY_API`; Google's libedgetpu 16.0 (built
+names it. tflite-runtime (built against numpy 1.x) imports under numpy 2, and
+then building an interpreter prints a page about NumPy 1.x modules and
+raises SystemError (`_ARRAY_API not found`); Google's libedgetpu 16.0 (built
 against TF Lite 2.5) loaded into TF Lite 2.12 or newer crashes the process
 with a segmentation fault, which no `except` can turn into a message. So the
 pairings are checked from the installed versions before the runtime is
@@ -46,6 +47,8 @@ EDGETPU_PACKAGES = ("libedgetpu1-std", "libedgetpu1-max")
 DPKG_STATUS = Path("/var/lib/dpkg/status")
 MAINTAINED_EDGETPU = "https://github.com/feranick/libedgetpu/releases"
 MATRIX_DOC = "docs/package.md (the runtime matrix)"
+# The bundled models (package data; edge/vision/models links to models/ in a checkout).
+MODELS = Path(__file__).resolve().parent / "models"
 
 
 def version_tuple(text: str) -> tuple[int, ...]:
@@ -188,12 +191,23 @@ def report(preference: tuple[str, ...]) -> str:
     runtime = installed_runtime(preference)
     if runtime is None:
         raise ModelError("no TFLite runtime is installed", f"install ai-edge-litert or tflite-runtime; see {MATRIX_DOC}")
+    named = f"{RUNTIME_DISTRIBUTIONS[runtime.name]} {runtime.version}"
     try:
-        importlib.import_module(f"{runtime.name}.interpreter")
+        module = importlib.import_module(f"{runtime.name}.interpreter")
     except ImportError as exc:
-        raise ModelError(f"{RUNTIME_DISTRIBUTIONS[runtime.name]} {runtime.version} is installed but does not import: {exc}",
-                         f"see {MATRIX_DOC}") from None
-    return f"{RUNTIME_DISTRIBUTIONS[runtime.name]} {runtime.version} with numpy {numpy_version()}"
+        raise ModelError(f"{named} is installed but does not import: {exc}", f"see {MATRIX_DOC}") from None
+    # Importing is not enough (tflite-runtime imports under numpy 2 and fails on its first interpreter):
+    # one bundled model is loaded and run once.
+    model = next(iter(sorted(MODELS.glob("*.tflite"))), None)
+    if model is not None:
+        try:
+            interpreter = module.Interpreter(model_path=str(model))
+            interpreter.allocate_tensors()
+            interpreter.invoke()
+        except Exception as exc:  # noqa: BLE001 - whatever the native runtime raises, it is this one verdict
+            raise ModelError(f"{named} cannot run {model.name} here: {type(exc).__name__}: {exc}",
+                             f"see {MATRIX_DOC}") from None
+    return f"{named} with numpy {numpy_version()}" + (f", ran {model.name}" if model else "")
 
 
 def main() -> int:
