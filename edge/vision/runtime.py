@@ -25,6 +25,7 @@ import numpy as np
 from edge.common import schema
 from edge.common.errors import AcceleratorError, ModelError
 from edge.common.schema import Kind, setting
+from edge.vision import compat
 
 RUNTIMES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter")
 DELEGATES = ("auto", "cpu", "edgetpu", "external")
@@ -56,6 +57,7 @@ class Runtime:
 
 def load_runtime(preference: tuple[str, ...] = RUNTIMES) -> Runtime:
     """LiteRT first (numpy 2), then tflite_runtime (Raspberry Pi OS images with numpy 1.x)."""
+    compat.check_runtime_matrix(preference)
     problems = []
     for name in preference:
         try:
@@ -163,6 +165,7 @@ def load_delegate_checked(runtime: Runtime, library: str, options: Mapping[str, 
 def edgetpu_delegate(runtime: Runtime, device: str | None) -> Any:
     library = EDGETPU_LIBRARY.get(platform.system(), EDGETPU_LIBRARY["Linux"])
     what = f"the Edge TPU ({library}, device {device or 'any'})"
+    compat.check_edgetpu_pairing(runtime.name)
     options = {"device": device} if device else {}
     return load_delegate_checked(runtime, library, options, what)
 
