@@ -1,8 +1,14 @@
-"""Head pose from 2D face points: a generic 3D face, perspective-n-point, Euler angles.
+"""Head pose from face points: a generic 3D face, fitted to 3D landmarks or 2D keypoints, Euler angles.
 
 Why a generic face: the appliance must not learn anything about a person's
-own face shape, and a single average head fitted with OpenCV's `solvePnP` is
+own face shape, and a single average head fitted to the face's points is
 accurate to a few degrees, which is what an anonymised observation needs.
+The landmark mode has 3D points (the face mesh estimates each landmark's
+depth) and aligns the generic face to them with a rotation, a scale and a
+shift (`fit_pose_3d`); the keypoint mode has six 2D points and fits them by
+perspective-n-point (`fit_pose`). Fitting the mesh's 2D points by PnP, as the
+landmark mode did before, under-read turned faces by a quarter of their yaw
+(docs/head-pose.md has the measurements).
 
 The generic face is MediaPipe's canonical face model (the mean face the face
 mesh was built on, `mediapipe/modules/face_geometry/data/canonical_face_model.obj`,
@@ -77,11 +83,11 @@ def face_model() -> np.ndarray:
 
     Read on first use, not at import: importing the pose code must not read
     files (a process that never fits a pose never reads it), and the one copy
-    is shared by every estimator afterwards. Landmark mode fits every mesh
-    point: SQPnP's cost grows slowly with the number of points (about 0.1 ms
-    for all 468), and the more points, the less the fit depends on any one
-    landmark's error; mirror consistency and frontal readings were best with
-    the whole mesh (docs/head-pose.md).
+    is shared by every estimator afterwards. Landmark mode aligns every mesh
+    point: the more points, the less the fit depends on any one landmark's
+    error, and neither a stable subset (eyes, nose, forehead, cheekbones) nor
+    dropping the points on the far side of a turned face measured better
+    (docs/head-pose.md).
     """
     text = resources.files(__package__).joinpath(MODEL_FILE).read_text()
     table = np.loadtxt(io.StringIO(text), delimiter=",", comments="#", ndmin=2)
@@ -204,6 +210,57 @@ def fit_pose(image_points: np.ndarray, model: np.ndarray, camera: Camera) -> Hea
         return None
     rotation, _ = cv2.Rodrigues(rvec)
     return rotation_to_pose(line_of_sight(position).T @ rotation)
+
+
+def fit_pose_3d(points: np.ndarray, model: np.ndarray, camera: Camera) -> HeadPose | None:
+    """Align the generic face to 3D landmarks (frame pixels x, y and depth z); None when it fails.
+
+    `points` are the face mesh's landmarks as it reports them, mapped to the
+    frame: x and y where the landmark is seen, z its depth (positive away
+    from the camera) in the same pixels as the face appears. Why 3D: a PnP
+    fit of the 2D points can only read a turn from how the generic face's
+    depth foreshortens, and on a turned face the mesh crowds the far side's
+    points into the silhouette, so PnP under-reads the yaw (by 20-30 % at
+    30-70 degrees, docs/head-pose.md); the landmark model's own depth says
+    how the face is turned directly. This is the method of MediaPipe's
+    face-geometry module (a Procrustes fit of the canonical face to the
+    landmarks), here with every point weighted alike.
+
+    Weak perspective about the line of sight: the image points are first
+    turned to a virtual camera looking straight at the face (the ray to the
+    points' centroid, see `line_of_sight`), where a face is seen nearly
+    orthographically; the depth is rescaled by how much that turn scaled the
+    face. Then the rotation, uniform scale and shift that best map the
+    generic face onto the points (least squares, Umeyama's closed form: one
+    3x3 SVD) give the angles, already relative to the line of sight. The
+    only approximation is the face's own perspective: up to 2 degrees at
+    40 cm, a few tenths at 1 m and beyond (tests/unit/test_pose.py). It
+    needs no focal length for a face on the optical axis, and little off it,
+    which suits uncalibrated cameras.
+    """
+    points = np.asarray(points, np.float64)
+    if points.shape != (len(model), 3) or not np.isfinite(points).all():
+        return None
+    if camera.distortion is None:
+        matrix = camera.matrix
+        seen = (points[:, :2] - (matrix[0, 2], matrix[1, 2])) / (matrix[0, 0], matrix[1, 1])
+    else:
+        seen = cv2.undistortPoints(np.ascontiguousarray(points[:, None, :2]), camera.matrix,
+                                   camera.distortion).reshape(-1, 2)
+    centre = seen.mean(axis=0)
+    rays = np.column_stack([seen, np.ones(len(seen))]) @ line_of_sight((float(centre[0]), float(centre[1]), 1.0))
+    virtual = rays[:, :2] / rays[:, 2:]
+    virtual -= virtual.mean(axis=0)
+    pixel_spread = float(np.sqrt(((points[:, :2] - points[:, :2].mean(axis=0)) ** 2).sum()))
+    virtual_spread = float(np.sqrt((virtual ** 2).sum()))
+    if not pixel_spread > 0.0:
+        return None
+    depth = (points[:, 2] - points[:, 2].mean()) * (virtual_spread / pixel_spread)
+    target = np.column_stack([virtual, depth])
+    u, _, vt = np.linalg.svd(target.T @ (model - model.mean(axis=0)))
+    if np.linalg.det(u @ vt) < 0:  # the nearest proper rotation, never a reflection
+        u[:, 2] = -u[:, 2]
+    return rotation_to_pose(u @ vt)
 
 
 def line_of_sight(position: Sequence[float]) -> np.ndarray:

@@ -5,8 +5,13 @@ rotation levels the eyes and whose side is 1.5 times the detector's box, so
 the crop here is built the same way (DetectionsToRects + RectTransformation
 in MediaPipe's face-mesh graph) and sampled with one bilinear
 `cv2.warpAffine`. The same 2x3 affine map takes the model's points back to
-frame pixels in one multiply-add, so per face the stage costs one warp, the
-model's invoke and one `solvePnP`, with no Python loop over landmarks.
+frame pixels in one multiply-add (the depth scales with the map), so per face
+the stage costs one warp, the model's invoke and one small alignment
+(`edge.pose.fit.fit_pose_3d`), with no Python loop over landmarks.
+
+One pass per face: a second pass on a crop rebuilt from the first pass's
+landmarks (MediaPipe's tracking crop) costs another invoke and did not make
+the angles better on the development set (docs/head-pose.md).
 """
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ from edge.vision.detection import Detection, HeadPose
 from edge.common.errors import ConfigError, ModelError
 from edge.vision.runtime import Runner, Runtime, cpu_runner, load_runtime
 from edge.vision.manifest import Manifest, ModelSpec, load_manifest, locate, search_dirs
-from edge.pose.fit import MESH_POINTS, Calibration, camera_for, check_frame, face_model, fit_pose
+from edge.pose.fit import MESH_POINTS, Calibration, camera_for, check_frame, face_model, fit_pose_3d
 
 LANDMARK_MODEL_NAME = "face-landmark"
 PIXEL_MAX = 255.0
@@ -108,8 +113,21 @@ def to_frame(points: np.ndarray, affine: np.ndarray) -> np.ndarray:
     return cv2.transform(points.reshape(-1, 1, 2).astype(np.float64), affine).reshape(-1, 2)
 
 
+def to_frame_3d(points: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Crop landmarks (K, 3: x, y, depth) -> frame pixels (K, 3), float64.
+
+    x and y go through the map; the depth, which the model gives in the
+    crop's pixels, is scaled by the map's scale (a rotation and a uniform
+    scale, so one factor) and stays in the same units as x and y.
+    """
+    frame = np.empty((len(points), 3), np.float64)
+    frame[:, :2] = to_frame(np.ascontiguousarray(points[:, :2]), affine)
+    frame[:, 2] = points[:, 2] * math.hypot(float(affine[0, 0]), float(affine[1, 0]))
+    return frame
+
+
 class LandmarkPose:
-    """The accurate mode: face mesh on each face's crop, then `solvePnP` on its 468 points."""
+    """The accurate mode: face mesh on each face's crop, then the generic face aligned to its 468 3D points."""
 
     def __init__(self, runner: Runner, spec: ModelSpec, calibration: Calibration | None = None,
                  rgba_window_limit: int = RGBA_WINDOW_LIMIT) -> None:
@@ -127,7 +145,7 @@ class LandmarkPose:
         self.rgba_window_limit = rgba_window_limit
         self._rgba_canvas = np.zeros((self.size, self.size, RGBA), np.uint8)
         self._rgba_window = np.zeros(rgba_window_limit * RGBA, np.uint8)
-        # Every mesh point is fitted (see `face_model`), so the 3D points are the whole generic face.
+        # Every mesh point is aligned (see `face_model`), so the 3D points are the whole generic face.
         self.model = face_model()
 
     def crop(self, image: np.ndarray, detection: Detection) -> np.ndarray:
@@ -155,20 +173,20 @@ class LandmarkPose:
         return as_matrix(affine)
 
     def infer(self) -> np.ndarray | None:
-        """Run the model on the canvas: the mesh points (x, y) in crop pixels, or None if no face."""
+        """Run the model on the canvas: the mesh points (x, y, depth) in crop pixels, or None if no face."""
         outputs = self.runner.run_pixels(self.canvas, self.transform)
         if float(outputs[self.presence_output].reshape(-1)[0]) < PRESENCE_LOGIT_THRESHOLD:
             return None
-        return outputs[self.landmarks_output].reshape(MESH_POINTS, -1)[:, :2]
+        return outputs[self.landmarks_output].reshape(MESH_POINTS, 3)
 
     def points(self, image: np.ndarray, detection: Detection) -> np.ndarray | None:
-        """The pose landmarks of one face in frame pixels (an on-device intermediate, never published)."""
+        """The pose landmarks of one face (K x 3: x, y, depth, frame pixels; an on-device intermediate, never published)."""
         height, width = image.shape[:2]
         if not usable_box(detection, width, height):
             return None
         affine = self.crop(image, detection)
         crop_points = self.infer()
-        return None if crop_points is None else to_frame(crop_points, affine)
+        return None if crop_points is None else to_frame_3d(crop_points, affine)
 
     def estimate(self, image: np.ndarray, detections: Sequence[Detection]) -> list[HeadPose | None]:
         height, width = check_frame(image).shape[:2]
@@ -176,7 +194,7 @@ class LandmarkPose:
         poses: list[HeadPose | None] = []
         for detection in detections:
             points = self.points(image, detection)
-            poses.append(None if points is None else fit_pose(points, self.model, camera))
+            poses.append(None if points is None else fit_pose_3d(points, self.model, camera))
         return poses
 
 
