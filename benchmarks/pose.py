@@ -1,9 +1,11 @@
 """Head-pose cost per stage, for both modes, on 640x480 frames.
 
 Why per stage: the landmark mode should cost little beyond the face-landmark
-model's `invoke()` (one warpAffine, one multiply-add, one solvePnP per face),
-and only a per-stage split shows whether it does. The end-to-end comparison
-with MediaPipe's face_mesh is in benchmarks/detection.py.
+model's `invoke()` (one warpAffine, one multiply-add, one 3D alignment per
+face), and only a per-stage split shows whether it does. The fit the landmark
+mode used before issue 13 (SQPnP on the mesh's 2D points) is timed beside the
+3D alignment, stage and whole frame, in the same run. The end-to-end
+comparison with MediaPipe's face_mesh is in benchmarks/detection.py.
 
     .venv/bin/python benchmarks/pose.py [--seconds 20] [--threads 1 2] [--output PATH]
 
@@ -30,7 +32,7 @@ from common import load_rgb, require_shared, skimage_data_dir  # noqa: E402
 
 from edge.common.stats import percentile  # noqa: E402
 from edge.vision.runtime import DelegateConfig, configure_process  # noqa: E402
-from edge.pose.landmarks import LandmarkPose, to_frame  # noqa: E402
+from edge.pose.landmarks import LandmarkPose, to_frame_3d  # noqa: E402
 from edge.vision.pipeline import DetectorConfig, build_pipeline  # noqa: E402
 from edge.pose.estimator import build_pose_estimator  # noqa: E402
 from edge.pose.fit import (  # noqa: E402
@@ -38,6 +40,7 @@ from edge.pose.fit import (  # noqa: E402
     camera_for,
     face_model,
     fit_pose,
+    fit_pose_3d,
     keypoint_model,
 )
 
@@ -78,7 +81,7 @@ class Timer:
 def landmark_stages(timer: Timer, estimator: LandmarkPose, plain: LandmarkPose, frame: np.ndarray, detections: list,
                     prefix: str) -> None:
     """One face at a time, each stage on its own clock, exactly as `LandmarkPose.estimate` runs them;
-    plus the crop by a plain 3-channel warp, for comparison with the RGBA-window path used."""
+    plus the crop by a plain 3-channel warp and SQPnP on the 2D points, for comparison with what is used."""
     camera = camera_for(frame.shape[1], frame.shape[0])
     model = face_model()
     for detection in detections:
@@ -87,9 +90,21 @@ def landmark_stages(timer: Timer, estimator: LandmarkPose, plain: LandmarkPose, 
         crop_points = timer.time(f"{prefix}normalise + invoke", estimator.infer)
         if crop_points is None:
             continue
-        points = timer.time(f"{prefix}map back (multiply-add)", lambda: to_frame(crop_points, affine))
-        timer.time(f"{prefix}solvePnP + angles", lambda: fit_pose(points, model, camera))
+        points = timer.time(f"{prefix}map back (multiply-add)", lambda: to_frame_3d(crop_points, affine))
+        timer.time(f"{prefix}3D alignment + angles", lambda: fit_pose_3d(points, model, camera))
+        flat = np.ascontiguousarray(points[:, :2])
+        timer.time(f"{prefix}solvePnP on 2D + angles (before, not used)", lambda: fit_pose(flat, model, camera))
         timer.time(f"{prefix}bare invoke()", estimator.runner.invoke)
+
+
+def estimate_before(estimator: LandmarkPose, frame: np.ndarray, detections: list) -> list:
+    """The landmark mode as it ran before issue 13: the same crop and invoke, SQPnP on the 2D points."""
+    camera = camera_for(frame.shape[1], frame.shape[0])
+    poses = []
+    for detection in detections:
+        points = estimator.points(frame, detection)
+        poses.append(None if points is None else fit_pose(np.ascontiguousarray(points[:, :2]), estimator.model, camera))
+    return poses
 
 
 def keypoint_stages(timer: Timer, frame: np.ndarray, detections: list, prefix: str) -> None:
@@ -122,6 +137,8 @@ def run(seconds: float, threads: tuple[int, ...]) -> tuple[dict[str, list[float]
             for kind, frames in sets.items():
                 for frame, detections in frames:
                     timer.time(f"landmarks t{n}|per {kind}-face frame", lambda: estimator.estimate(frame, detections))
+                    timer.time(f"landmarks t{n}|per {kind}-face frame, PnP on 2D (before)",
+                               lambda: estimate_before(estimator, frame, detections))
         for frame, detections in sets["single"]:
             keypoint_stages(timer, frame, detections, "keypoints|")
         for kind, frames in sets.items():

@@ -118,12 +118,13 @@ def to_frame_3d(points: np.ndarray, affine: np.ndarray) -> np.ndarray:
 
     x and y go through the map; the depth, which the model gives in the
     crop's pixels, is scaled by the map's scale (a rotation and a uniform
-    scale, so one factor) and stays in the same units as x and y.
+    scale, so one factor) and stays in the same units as x and y. One
+    `cv2.transform` with the map extended to 3D does both.
     """
-    frame = np.empty((len(points), 3), np.float64)
-    frame[:, :2] = to_frame(np.ascontiguousarray(points[:, :2]), affine)
-    frame[:, 2] = points[:, 2] * math.hypot(float(affine[0, 0]), float(affine[1, 0]))
-    return frame
+    (a, b, c), (d, e, f) = affine.tolist()
+    scale = math.hypot(a, d)
+    spatial = np.array([[a, b, 0.0, c], [d, e, 0.0, f], [0.0, 0.0, scale, 0.0]])
+    return cv2.transform(points.reshape(-1, 1, 3).astype(np.float64), spatial).reshape(-1, 3)
 
 
 class LandmarkPose:

@@ -313,7 +313,7 @@ def test_the_3d_alignment_refuses_points_that_do_not_fit() -> None:
 
 def test_the_3d_alignment_undoes_a_calibrated_lens_distortion() -> None:
     """A face seen through a strongly barrel-distorting lens reads its pose once the calibration's
-    distortion is undone; without it the warped face reads about 2 degrees off."""
+    distortion is undone; without it the warped face reads about 2 degrees off, 4 times as far."""
     lens = dict(fx=600.0, fy=600.0, cx=300.0, cy=230.0, width=FRAME_W, height=FRAME_H)
     calibration = Calibration(**lens, distortion=(-0.5, 0.15, 0.0, 0.0, 0.0))
     points = project_3d(FACE_MODEL, HeadPose(30.0, -10.0, 5.0), (350.0, 250.0, 900.0), calibration)
@@ -323,8 +323,8 @@ def test_the_3d_alignment_undoes_a_calibrated_lens_distortion() -> None:
         assert pose is not None
         return max(abs(pose.yaw - 30.0), abs(pose.pitch + 10.0), abs(angle_difference(pose.roll, 5.0)))
 
-    assert error(camera_for(FRAME_W, FRAME_H, calibration)) < 0.5  # 0.26 measured
-    assert error(camera_for(FRAME_W, FRAME_H, Calibration(**lens))) > 1.0  # 2.2 measured
+    assert error(camera_for(FRAME_W, FRAME_H, calibration)) < 1.0  # 0.55 measured: weak perspective at 1 m
+    assert error(camera_for(FRAME_W, FRAME_H, Calibration(**lens))) > 1.5  # 1.9 measured
 
 
 def test_the_generic_face_is_symmetric_and_human_sized() -> None:
