@@ -7,8 +7,8 @@ The landmark mode has 3D points (the face mesh estimates each landmark's
 depth) and aligns the generic face to them with a rotation, a scale and a
 shift (`fit_pose_3d`); the keypoint mode has six 2D points and fits them by
 perspective-n-point (`fit_pose`). Fitting the mesh's 2D points by PnP, as the
-landmark mode did before, under-read turned faces by a quarter of their yaw
-(docs/head-pose.md has the measurements).
+landmark mode did before, under-read turned faces by up to a third of their
+yaw (docs/head-pose.md has the measurements).
 
 The generic face is MediaPipe's canonical face model (the mean face the face
 mesh was built on, `mediapipe/modules/face_geometry/data/canonical_face_model.obj`,
@@ -220,8 +220,8 @@ def fit_pose_3d(points: np.ndarray, model: np.ndarray, camera: Camera) -> HeadPo
     from the camera) in the same pixels as the face appears. Why 3D: a PnP
     fit of the 2D points can only read a turn from how the generic face's
     depth foreshortens, and on a turned face the mesh crowds the far side's
-    points into the silhouette, so PnP under-reads the yaw (by 20-30 % at
-    30-70 degrees, docs/head-pose.md); the landmark model's own depth says
+    points into the silhouette, so PnP under-reads the yaw (by 4-26 degrees
+    at 35-71, docs/head-pose.md); the landmark model's own depth says
     how the face is turned directly. This is the method of MediaPipe's
     face-geometry module (a Procrustes fit of the canonical face to the
     landmarks), here with every point weighted alike.
