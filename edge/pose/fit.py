@@ -56,6 +56,8 @@ DISTORTION_COUNTS = (0, 4, 5, 8, 12, 14)
 # Canonical-model axes are x toward the person's left, y up, z toward the
 # viewer; camera axes for a frontal face are x right, y down, z away.
 CANONICAL_TO_CAMERA = np.array([1.0, -1.0, -1.0])
+# Steps of one pixel right, left, down and up from a point: where they land gives a map's local scale.
+PIXEL_STEPS = np.array([[[1.0, 0.0]], [[-1.0, 0.0]], [[0.0, 1.0]], [[0.0, -1.0]]])
 
 
 def mirror_twin_indices(half: np.ndarray) -> np.ndarray:
@@ -236,8 +238,9 @@ def fit_pose_3d(points: np.ndarray, model: np.ndarray, camera: Camera) -> HeadPo
     sight. The cost is about that of SQPnP on the same points. The
     approximation (the face's own perspective, and the depth's scale off the
     axis) costs at most 4 degrees at 40 cm, 2 at 1 m and 1 at 3 m, and only
-    for faces both turned 60 degrees and tilted 45 at the frame's corner; 1
-    degree at 1 m for faces within 45 degrees (tests/unit/test_pose.py). A
+    for faces both turned 60 degrees and tilted 45 at the frame's corner;
+    1.1 degrees at 1 m for faces turned and tilted up to 45
+    (tests/unit/test_pose.py). A
     perspective refinement (MediaPipe's unprojection) made the development
     set no better. It needs no focal length for a face on the optical axis,
     and little off it, which suits uncalibrated cameras.
@@ -271,10 +274,6 @@ def fit_pose_3d(points: np.ndarray, model: np.ndarray, camera: Camera) -> HeadPo
         u[:, 2] = -u[:, 2]
         rotation = u @ vt
     return rotation_to_pose(rotation)
-
-
-# Steps of one pixel right, left, down and up from a point: where they land gives a map's local scale.
-PIXEL_STEPS = np.array([[[1.0, 0.0]], [[-1.0, 0.0]], [[0.0, 1.0]], [[0.0, -1.0]]])
 
 
 def to_virtual_camera(pixels: np.ndarray, cx: float, cy: float, camera: Camera) -> tuple[np.ndarray, np.ndarray]:
