@@ -12,6 +12,10 @@ from typing import Callable
 
 # The shell's convention for a command stopped by Ctrl-C.
 EXIT_INTERRUPTED = 130
+# sysexits(3) EX_CONFIG: `edge-camera run` exits with it on a permanent error (a refused configuration,
+# an unreadable or tampered model), and the unit's `RestartPreventExitStatus=78` keeps systemd from
+# restarting a service that would only fail the same way again.
+EXIT_CONFIG = 78
 
 
 class EdgeError(Exception):
@@ -55,6 +59,16 @@ class InputError(EdgeError):
     """An image, video or camera could not be read."""
 
     exit_code = 5
+
+
+def is_permanent(exc: EdgeError) -> bool:
+    """Whether a restart cannot help: the configuration or the model must change first.
+
+    Everything else (a camera, a broker, a disk, an accelerator) may come back
+    by itself, so the service retries it, and a failure that still ends the
+    process is one systemd restarts.
+    """
+    return isinstance(exc, (ConfigError, ModelError))
 
 
 def run_handler(prog: str, handler: Callable[[Namespace], int], args: Namespace, prefix: str = "") -> int:
