@@ -116,8 +116,8 @@ class NativeNoise:
 NATIVE_RULES: tuple[tuple[re.Pattern[str], NativeNoise], ...] = (
     (re.compile(r"Corrupt JPEG data|Premature end of JPEG|Invalid SOS|JPEG datastream|Bogus marker|"
                 r"Unsupported marker|unknown JFIF|Huffman|extraneous bytes"),
-     NativeNoise("damaged-jpeg", "libjpeg", "a damaged JPEG image was decoded as far as it goes; "
-                 "faces in the missing part are not detected")),
+     NativeNoise("damaged-jpeg", "libjpeg", "a damaged JPEG image (truncated or corrupted data); "
+                 "an image that could not be decoded is named on its own line")),
     (re.compile(r"^libpng warning"),
      NativeNoise("png-warning", "libpng", "a PNG image has a harmless defect in its metadata; it was read")),
     (re.compile(r"^libpng error"),
@@ -125,7 +125,7 @@ NATIVE_RULES: tuple[tuple[re.Pattern[str], NativeNoise], ...] = (
     (re.compile(r"TensorFlow Lite|XNNPACK|tflite|LiteRT", re.IGNORECASE),
      NativeNoise("tflite", "tflite", "the inference runtime reported", logging.DEBUG)),
     (re.compile(r"^\[ ?(WARN|ERROR|INFO)"),
-     NativeNoise("opencv", "opencv", "OpenCV reported a problem")),
+     NativeNoise("opencv", "opencv", "OpenCV reported a problem (what it means for this device is said on its own line)")),
 )
 UNKNOWN_NOISE = NativeNoise("other", "native", "a library wrote to stderr")
 # Distinct unknown lines remembered; past this they are counted under one kind.
