@@ -20,6 +20,7 @@ It is a process-wide change, so only entry points install it.
 """
 from __future__ import annotations
 
+import atexit
 import faulthandler
 import logging
 import os
@@ -131,6 +132,8 @@ UNKNOWN_NOISE = NativeNoise("other", "native", "a library wrote to stderr")
 # Distinct unknown lines remembered; past this they are counted under one kind.
 MAX_DISTINCT_UNKNOWN = 64
 READ_CHUNK = 65536
+# At exit, how long to wait for the last library lines (a child process may still hold the pipe).
+CLOSE_WAIT_S = 1.0
 
 
 def classify(text: str) -> NativeNoise:
@@ -166,8 +169,18 @@ class NativeStderr:
         sys.stderr = os.fdopen(real, "w", buffering=1, encoding="utf-8", errors="backslashreplace")
         faulthandler.enable(file=sys.stderr)  # a crash in native code still leaves its traceback in the journal
         self._read_fd = read_fd
+        self._real_fd = real
         self._thread = threading.Thread(target=self._read, name="native-stderr", daemon=True)
         self._thread.start()
+        atexit.register(self.close)
+
+    def close(self) -> None:
+        """At exit: fd 2 back on the real stderr, and what the pipe still holds is read and said."""
+        if self._thread is None:
+            return
+        os.dup2(self._real_fd, 2)  # the pipe's last writer goes away: the reader sees its end
+        self._thread.join(CLOSE_WAIT_S)
+        self._thread = None
 
     def _read(self) -> None:
         assert self._read_fd is not None

@@ -535,7 +535,7 @@ class SupervisedSource:
             delay = backoff_delay(attempt, *self.backoff, self.rng)
             attempt += 1
             self.state = RETRYING
-            log.warning("camera fault: %s; opening it again in %.1f s (fault %d)", fault, delay, self.faults,
+            log.warning("camera fault: %s; opening it again in %.2f s (fault %d)", fault, delay, self.faults,
                         extra={"event": "camera-fault",
                                "fields": {"source": self.config.source, "retry_in_s": round(delay, 1),
                                           "faults": self.faults}})
