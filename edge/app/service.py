@@ -149,6 +149,7 @@ class Service:
         self._stop = threading.Event()
         self._hangup = threading.Event()
         self.last_seq = 0
+        self.left_in_outbox = 0  # not acknowledged when the run ended: sent at the next start
         self.camera = CameraHealth()
         # How the last run ended: the signal that stopped it (SIGINT: exit 130), or the source running out.
         self.stop_signal: int | None = None
@@ -204,7 +205,8 @@ class Service:
         self.notifier.stopping(f"{self.status.mode}: {why}")
         if self._started:
             self.publisher.stop()
-        self.last_seq = self.outbox.stats().last_seq
+        stats = self.outbox.stats()
+        self.last_seq, self.left_in_outbox = stats.last_seq, stats.depth
         self.outbox.close()
 
     def run(self, frames: Iterable[FrameLike | SourceState], pipeline: FrameProcessor,
@@ -524,6 +526,9 @@ def run_from_config(config: ServiceConfig, limits: RunLimits = RunLimits(), path
                      level=logging.WARNING, source=config.camera.source, frames=processed)
     else:
         why = signal.Signals(outcome.stop_signal).name if outcome.stop_signal is not None else "a limit was reached"
-        logfmt.event(log, "stop", f"stopped ({why}) after {processed} frames; outbox committed, offline published",
-                     frames=processed, last_seq=service.last_seq)
+        left = service.left_in_outbox
+        logfmt.event(log, "stop", f"stopped ({why}) after {processed} frames; "
+                                  + (f"{left} message(s) kept in the outbox for the next start" if left else
+                                     "every message delivered"),
+                     frames=processed, last_seq=service.last_seq, outbox_depth=left)
     return outcome

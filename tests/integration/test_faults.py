@@ -402,6 +402,56 @@ def test_policy_gate_follows_a_jumping_clock_and_rechecks_within_bounds(tmp_path
     finally:
         logger.removeHandler(handler)
     decisions = [r.getMessage() for r in records if "policy decision" in r.getMessage()]
-    print(decisions)
     assert "clock" in decisions[-3], decisions
     assert "expired" in decisions[-1], decisions
+
+
+# --- SIGHUP -----------------------------------------------------------------------------------
+
+
+def test_sighup_reloads_what_is_safe_and_names_what_needs_a_restart(tmp_path: Path, mosquitto: BrokerUnderTest,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """The real wiring of `run`: SIGHUP between frames, no frame dropped, live keys applied, the rest named."""
+    import logging
+
+    from edge.app.config import load
+    from edge.app.service import run_from_config
+
+    path = tmp_path / "edge-camera.toml"
+    original = config_text(tmp_path, mosquitto, camera='source = "virtual"\nfps = 30')
+    path.write_text(original)
+    wrong_cert = str(mosquitto.pki.clients["cam-b"].cert)
+    steps = [
+        original.replace("interval_s = 0.5", "interval_s = 0.25").replace("fps = 30", "fps = 25"),
+        original + "[detector]\noutputs = ['emotion']\n",  # refused: the running configuration stays
+        original.replace(str(mosquitto.pki.clients["cam-a"].cert), wrong_cert),  # another device's certificate
+    ]
+
+    def hangups() -> None:
+        for text in steps:
+            time.sleep(0.6)
+            path.write_text(text)
+            os.kill(os.getpid(), signal.SIGHUP)
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    sender = threading.Thread(target=hangups)
+    try:
+        with Subscriber(mosquitto.broker, mosquitto.pki) as sub, caplog.at_level(logging.INFO):
+            sender.start()
+            outcome = run_from_config(load(path), RunLimits(max_seconds=3.0, drain_s=10), path=path)
+            sender.join()
+            last = Outbox(tmp_path / "state" / OUTBOX_FILE).stats().last_seq
+            assert wait_until(lambda: last in sub.seqs())
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    assert first_occurrences(sub.seqs()) == list(range(1, last + 1))
+    assert outcome.processed >= 60
+    assert sub.on("cam-a/health") and all(h["frames"]["dropped"] == 0 for h in sub.on("cam-a/health"))
+    reloads = [r for r in caplog.records if getattr(r, "event", None) == "reload"]
+    texts = [r.getMessage() for r in reloads]
+    applied = [r for r in reloads if "configuration reloaded" in r.getMessage()]
+    assert applied and applied[0].fields["applied"] == "health.interval_s", texts  # type: ignore[attr-defined]
+    assert applied[0].fields["needs_restart"] == "camera.fps", texts  # type: ignore[attr-defined]
+    assert any("not reloaded" in t and "responsible-use rule" in t for t in texts), texts
+    assert any("not reloaded" in t and "not the device certificate's common name" in t for t in texts), texts
