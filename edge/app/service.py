@@ -274,8 +274,11 @@ class Service:
         started = time.monotonic()
         deadline = started + seconds
         while time.monotonic() < deadline:
+            # The hand-off first: once it is empty everything submitted is committed, and the figures read
+            # after it count it (read the other way round, a message committed in between is missed).
+            handed_off = self.outbox.handoff_backlog() == 0
             stats = self.outbox.stats()
-            if self.outbox.handoff_backlog() == 0 and stats.depth == stats.refused:
+            if handed_off and stats.depth == stats.refused:
                 return
             if not self.publisher.stats().connected and time.monotonic() - started >= AWAY_DRAIN_S:
                 return  # the outbox keeps the rest for the next start
