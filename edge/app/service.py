@@ -53,7 +53,7 @@ from edge.vision.detection import FrameResult
 from edge.delivery.health import FrameStats, cpu_temperature_c, cpu_throttled
 from edge.wire.observation import observe
 from edge.delivery.outbox import Outbox
-from edge.sources.camera import RUNNING, Opener, SourceState
+from edge.sources.camera import RUNNING, Opener, SourceState, SupervisedSource
 from edge.vision.pipeline import FrameLike
 from edge.delivery.publish import Publisher
 from edge.wire.track import Tracker
@@ -308,11 +308,13 @@ class Service:
 
 
 def _stop_capturing(items: Iterator[FrameLike | SourceState], frames: Iterable[FrameLike | SourceState]) -> None:
-    """Release the source before the drain: a supervised camera stops its reader, a generator its work."""
-    for thing in (items, frames):
-        close = getattr(thing, "close", None)
-        if callable(close):
-            close()
+    """Stop capturing before the drain: a supervised camera ends its reader (and releases the device), a
+    generator its work. Other sources are closed by whoever opened them."""
+    close = getattr(items, "close", None)
+    if callable(close):
+        close()
+    if isinstance(frames, SupervisedSource):
+        frames.close()
 
 
 def status_text(mode: str, report: serialize.HealthReport, camera: CameraHealth = CameraHealth()) -> str:
@@ -489,7 +491,6 @@ def run_from_config(config: ServiceConfig, limits: RunLimits = RunLimits(), path
     `path` is the configuration file SIGHUP re-reads; `opener` replaces how the
     camera is opened (the fault tests hand in failing sources).
     """
-    from edge.sources.camera import SupervisedSource
     from edge.vision.pipeline import build_pipeline
 
     check_certificate_names(config)
@@ -509,9 +510,9 @@ def run_from_config(config: ServiceConfig, limits: RunLimits = RunLimits(), path
     service.install_signal_handlers()
     service.start()
     fields = describe_start(config, service.status, path)
-    logfmt.event(log, "start", f"edge-camera {service.status.firmware} started: {service.status.mode} from "
-                               f"{config.camera.source} with {service.status.model} on {service.status.accelerator}, "
-                               f"publishing to {fields['broker']} as {config.device.id}", **fields)
+    log.info("edge-camera %s started: %s from %s with %s on %s, publishing to %s as %s", service.status.firmware,
+             service.status.mode, config.camera.source, service.status.model, service.status.accelerator,
+             fields["broker"], config.device.id, extra={"event": "start", "fields": fields})
     for note in pipeline.selection.notes:
         logfmt.event(log, "start", note, level=logging.WARNING)
     try:

@@ -6,6 +6,12 @@ virtual camera the tests and the demo use. Every source is a context manager
 that yields `Frame`s (RGB uint8, a frame number, the capture time) and keeps
 nothing: no frame is stored or written by any source.
 
+`SupervisedSource` keeps the configured source going for the service: it
+reads on a thread of its own, so a camera call that never returns is noticed
+(no frame for `STALL_S`) instead of hanging the loop; a source that fails or
+stalls is opened again with jittered backoff, and while there is no frame the
+loop still gets a `SourceState` every second to report and ping the watchdog.
+
 The virtual camera lives with the demo (`edge.demo.virtual_camera`) and is
 imported only when `source = "virtual"` is asked for, so a service with a
 real camera never loads the demo's code.
