@@ -161,9 +161,9 @@ def test_a_hung_camera_that_never_returns_ends_the_process_for_systemd(tmp_path:
 
 
 def test_broker_down_at_start_then_up_loses_nothing(tmp_path: Path, mosquitto: BrokerUnderTest, pipeline) -> None:
-    mosquitto.broker.stop()
     config = service_config(tmp_path / "state", mosquitto)
     with Subscriber(mosquitto.broker, mosquitto.pki) as sub:  # its session outlives the broker's restart
+        mosquitto.broker.stop()
         service = Service(config, status_for(pipeline))
 
         def frames_then_broker() -> Iterator[Frame]:
