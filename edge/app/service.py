@@ -299,7 +299,7 @@ class Service:
             cpu_throttled=cpu_throttled(), camera_state=self.camera.state, camera_faults=self.camera.faults,
             camera_last_fault=self.camera.last_fault,
         )
-        logfmt.event(log, "health", f"{fps:.1f} fps, outbox depth {box.depth}, delivered {mqtt_stats.delivered}",
+        logfmt.event(log, "health", f"health: {fps:.1f} fps, outbox depth {box.depth}, delivered {mqtt_stats.delivered}",
                      fps=round(fps, 1), outbox_depth=box.depth, outbox_dropped=box.dropped, outbox_refused=box.refused,
                      delivered=mqtt_stats.delivered, broker="connected" if mqtt_stats.connected else "away",
                      camera=self.camera.state, camera_faults=self.camera.faults)
