@@ -15,12 +15,16 @@ Exit codes (as the README lists them): 0 done; 1 failed; 2 bad usage or
 configuration; 3 model problem; 4 accelerator absent or failed; 5 an input
 could not be read; 6 certificate, grant or device-key problem; 7 the audit log
 cannot be written or was altered; 8 identification refused or a gallery rule
-broken; 130 interrupted.
+broken; 130 interrupted. `run` adds sysexits' EX_CONFIG (`EXIT_CONFIG`) for a
+permanent error that a restart cannot fix, so that systemd stops restarting
+(its `--help` lists its codes).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -30,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Sequence, cast
 from edge.app.config import DEFAULT_CONFIG
 from edge.app.version import firmware_version
 from edge.common import schema
-from edge.common.errors import InputError, run_handler
+from edge.common.errors import EXIT_CONFIG, EXIT_INTERRUPTED, EdgeError, InputError, is_permanent, run_handler
 from edge.common.schema import Kind
 from edge.common.stats import percentile
 
@@ -94,11 +98,44 @@ def detector_config(args: argparse.Namespace) -> DetectorConfig:
     return schema.read_flags(DetectorConfig, given)
 
 
-def _configure_for_models() -> None:
+# OpenCV's own ceiling on the pixels it decodes: the backstop for formats whose header
+# `edge.sources.image_size` does not read (an image over it fails to decode instead of eating the memory).
+OPENCV_PIXEL_LIMIT = "OPENCV_IO_MAX_IMAGE_PIXELS"
+EXIT_CODES = f"""exit codes: 0 done; 1 failed; 2 bad usage or configuration; 3 model problem; 4 accelerator absent
+or failed; 5 an input could not be read; 6 certificate, grant or device-key problem; 7 the audit log
+cannot be written or was altered; 8 identification refused or a gallery rule broken; {EXIT_CONFIG} (run) a
+permanent error; {EXIT_INTERRUPTED} interrupted"""
+RUN_EPILOG = f"""exit codes of run:
+  0    stopped: SIGTERM, --seconds/--frames, or a file, folder or video source reached its end
+       (logged as event=source-ended; systemd leaves the service stopped)
+  1-8  a failure a new process may get past (see `edge-camera --help`): systemd restarts it
+  {EXIT_CONFIG}   permanent: the configuration is refused, or the model is unreadable or tampered with;
+       systemd does not restart (RestartPreventExitStatus={EXIT_CONFIG}): correct it, then restart
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C)
+a camera or broker that is absent or fails is retried inside the service, with backoff; SIGHUP
+re-reads the configuration ([health] interval_s and the device certificate live; other keys
+at the next restart, as the log says), the CRL, and re-runs the policy gate."""
+
+
+def _configure_for_models(log_format: str = "human") -> None:
     """Process-wide settings for the commands that run models (see `configure_process`): this is their
-    entry point. `policy` and `audit verify` never load the vision stack, so they skip it."""
+    entry point. `policy` and `audit verify` never load the vision stack, so they skip it.
+
+    Besides the runtime's own settings: native libraries' stderr becomes one plain line per kind
+    of message (`logfmt.NativeStderr`), the log is logfmt for the service and plain words for a
+    person at a terminal, and OpenCV refuses to decode an image larger than the device holds.
+    """
+    from edge.app import logfmt
+    from edge.sources.image_size import MAX_IMAGE_PIXELS
     from edge.vision.runtime import configure_process
 
+    os.environ.setdefault(OPENCV_PIXEL_LIMIT, str(MAX_IMAGE_PIXELS))
+    logfmt.NativeStderr().install()
+    if log_format == "logfmt":
+        logfmt.configure(logging.INFO)
+    else:
+        logging.basicConfig(level=logging.WARNING, format="edge-camera: note: %(message)s", stream=sys.stderr,
+                            force=True)
     configure_process()
 
 
@@ -117,10 +154,14 @@ def sample_image() -> Path:
 
 
 def read_image(path: Path) -> np.ndarray:
+    """An image as RGB; one too large for the device is refused from its header, before decoding."""
     import cv2
+
+    from edge.sources.image_size import check_image_file
 
     if not path.is_file():
         raise InputError(f"{path}: no such file", "give the path of a JPEG, PNG or BMP image")
+    check_image_file(path)
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         raise InputError(f"{path}: not an image OpenCV can read", "give a JPEG, PNG or BMP image")
@@ -251,17 +292,32 @@ def _frames(flag: str, text: str | None) -> int | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """`edge-camera run`: the production service, from its configuration file."""
-    import logging
+    """`edge-camera run`: the production service, from its configuration file.
 
+    Every outcome is a logfmt line (journald keeps stderr). A permanent error
+    exits 78 so that systemd stops restarting; anything else that ends the
+    process (exit 1) is one a restart may cure.
+    """
+    from edge.app import logfmt
     from edge.app.config import load
-    from edge.app.service import RunLimits, run_from_config
+    from edge.app.service import STOP_DRAIN_S, RunLimits, run_from_config
+    from edge.trust.certificates import CertificateError
 
-    limits = RunLimits(max_seconds=_seconds("--seconds", args.seconds), max_frames=_frames("--frames", args.frames))
-    _configure_for_models()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_from_config(load(args.config), limits)
-    return 0
+    limits = RunLimits(max_seconds=_seconds("--seconds", args.seconds), max_frames=_frames("--frames", args.frames),
+                       drain_s=STOP_DRAIN_S)
+    _configure_for_models("logfmt")
+    log = logging.getLogger("edge.app.cli")
+    try:
+        outcome = run_from_config(load(args.config), limits, path=args.config)
+    except EdgeError as exc:
+        permanent = is_permanent(exc) or isinstance(exc, CertificateError)  # a configured certificate file
+        code = EXIT_CONFIG if permanent else exc.exit_code
+        what = ("permanent: correct it, then restart the service (systemd will not restart it)" if permanent
+                else "systemd restarts the service")
+        logfmt.event(log, "exit", f"{exc.message}; {what}", level=logging.ERROR, code=code, hint=exc.hint,
+                     config=str(args.config))
+        return code
+    return EXIT_INTERRUPTED if outcome.interrupted else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -274,7 +330,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edge-camera", description="Privacy-first face detection on the device.")
+    parser = argparse.ArgumentParser(prog="edge-camera", description="Privacy-first face detection on the device.",
+                                     epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"edge-camera {firmware_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Deferred)
 
@@ -299,7 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="use the embedded amqtt broker even when mosquitto is installed")
     demo.set_defaults(func=cmd_demo)
 
-    run = sub.add_parser("run", help="run the service: configured camera -> detection -> MQTT")
+    run = sub.add_parser("run", help="run the service: configured camera -> detection -> MQTT",
+                         epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
                      help=f"the service's TOML configuration (default {DEFAULT_CONFIG})")
     run.add_argument("--seconds", metavar="S", help="stop after this long (default: until SIGTERM)")

@@ -5,35 +5,55 @@ its own threads, so a slow or absent broker costs disk, never frames. The
 loop publishes one `detections` message per frame with faces, plus one when
 the count drops to zero, so a face-count reading can return to 0.
 
-Signals: SIGTERM (and Ctrl-C) stop after the current frame, with everything
-already handed over committed to the outbox; SIGHUP re-reads the local CRL
-and re-runs the policy gate.
+Faults: the camera is supervised (`edge.sources.camera.SupervisedSource`): a
+source that fails or stalls is reopened with jittered backoff, and while it
+is away the loop still turns (a `SourceState` at least every second), so
+health, STATUS= and the watchdog say why there are no frames. The broker is
+retried by the publisher. What a restart cannot fix (a refused configuration,
+a tampered model) ends `edge-camera run` with exit 78 before the loop starts.
+
+Signals: SIGTERM (and Ctrl-C) stop capturing after the current frame, drain
+the outbox for as long as the broker takes it (within a bound), say offline
+and end; SIGHUP re-reads the configuration file where that is safe (see
+`reload_configuration`), the device certificate, the local CRL, and re-runs
+the policy gate, between two frames.
 
 Under systemd (`Type=notify`, edge/app/notify.py): READY once the outbox and
 MQTT client have started, before the camera is opened; a watchdog ping from each
-turn of the loop that processed a frame; the mode and frame rate as STATUS
-with every health sample; STOPPING when the loop ends.
+turn of the loop, with a frame or in a known retry state; the mode and frame
+rate (or the camera's retry reason) as STATUS; STOPPING when the loop ends.
+
+Time: every interval the loop keeps (health, limits, the gate's recheck timer)
+runs on the monotonic clock; wall time is read at one seam (`wall`, the gate's
+`clock`) for what is stamped, so a clock that jumps (NTP after a boot without
+a battery-backed clock) moves timestamps, never the schedule.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import signal
+import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Protocol
 
+from edge.app import logfmt
 from edge.app.notify import Notifier
 from edge.app.version import firmware_version
+from edge.common.errors import ConfigError, EdgeError
 from edge.wire import serialize
 from edge.app.config import ServiceConfig, check_certificate_names
 from edge.vision.detection import FrameResult
 from edge.delivery.health import FrameStats, cpu_temperature_c, cpu_throttled
 from edge.wire.observation import observe
 from edge.delivery.outbox import Outbox
+from edge.sources.camera import RUNNING, Opener, SourceState, SupervisedSource
 from edge.vision.pipeline import FrameLike
 from edge.delivery.publish import Publisher
 from edge.wire.track import Tracker
@@ -54,6 +74,13 @@ POLICY_RECHECK_MIN_S = 1.0
 CLOCK_SYNC_POLL_S = 5.0
 MS_PER_S = 1000.0
 DRAIN_POLL_S = 0.02
+# `edge-camera run` on SIGTERM: how long to wait for the broker to take what the outbox holds (systemd
+# waits 90 s by default before it kills). Whatever is left stays in the outbox for the next start.
+STOP_DRAIN_S = 10.0
+# While the broker is away nothing drains; a connection under way still gets this long.
+AWAY_DRAIN_S = 2.0
+# Configuration keys SIGHUP applies to the running service; every other change needs a restart.
+LIVE_KEYS = frozenset({"health.interval_s", "mqtt.cert", "mqtt.key"})
 
 
 class FrameProcessor(Protocol):
@@ -72,6 +99,16 @@ class RunLimits:
     max_frames: int | None = None
     max_seconds: float | None = None
     drain_s: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class CameraHealth:
+    """What health says about the source: running, starting, or retrying after its last fault."""
+
+    state: str = RUNNING
+    faults: int = 0
+    last_fault: str | None = None
+    reason: str | None = None
 
 
 class DetectionsStream:
@@ -95,8 +132,10 @@ class DetectionsStream:
 class Service:
     """Owns the outbox and publisher for one run; frames and pipeline are handed in."""
 
-    def __init__(self, config: ServiceConfig, status: serialize.DeviceStatus, notifier: Notifier | None = None) -> None:
+    def __init__(self, config: ServiceConfig, status: serialize.DeviceStatus, notifier: Notifier | None = None,
+                 *, wall: Callable[[], float] = time.time) -> None:
         self.config = config
+        self.wall = wall  # the one place the loop reads wall time: what it stamps, never when it acts
         self.status = status
         # Silent unless handed one: only the entry point reads $NOTIFY_SOCKET (a test run under systemd must not).
         self.notifier = notifier or Notifier(None)
@@ -113,6 +152,11 @@ class Service:
         self._stop = threading.Event()
         self._hangup = threading.Event()
         self.last_seq = 0
+        self.left_in_outbox = 0  # not acknowledged when the run ended: sent at the next start
+        self.camera = CameraHealth()
+        # How the last run ended: the signal that stopped it (SIGINT: exit 130), or the source running out.
+        self.stop_signal: int | None = None
+        self.source_ended = False
         self._started = False
         self._closed = False
         self.on_hangup: Callable[[], None] | None = None
@@ -129,8 +173,15 @@ class Service:
     def stop(self) -> None:
         self._stop.set()
 
+    @property
+    def interrupted(self) -> bool:
+        """Stopped by Ctrl-C: the command exits 130, the shell's convention."""
+        return self.stop_signal == signal.SIGINT
+
     def install_signal_handlers(self) -> None:
-        def on_term(_sig: int, _frame: FrameType | None) -> None:
+        def on_term(sig: int, _frame: FrameType | None) -> None:
+            if self.stop_signal is None:
+                self.stop_signal = sig
             self._stop.set()
 
         def on_hup(_sig: int, _frame: FrameType | None) -> None:
@@ -157,27 +208,34 @@ class Service:
         self.notifier.stopping(f"{self.status.mode}: {why}")
         if self._started:
             self.publisher.stop()
-        self.last_seq = self.outbox.stats().last_seq
+        stats = self.outbox.stats()
+        self.last_seq, self.left_in_outbox = stats.last_seq, stats.depth
         self.outbox.close()
 
-    def run(self, frames: Iterable[FrameLike], pipeline: FrameProcessor, limits: RunLimits = RunLimits()) -> int:
-        """Process frames until the source ends, a limit is reached or a stop is requested; returns frames processed."""
+    def run(self, frames: Iterable[FrameLike | SourceState], pipeline: FrameProcessor,
+            limits: RunLimits = RunLimits()) -> int:
+        """Process frames until the source ends, a limit is reached or a stop is requested; returns frames processed.
+
+        A `SourceState` instead of a frame is a turn without one (the camera
+        starting or being retried): the watchdog is pinged, as this is a known
+        retry state, and STATUS= says why.
+        """
         self.start()
         started = last_health = time.monotonic()
+        items = iter(frames)
         try:
-            for frame in frames:
+            for item in items:
                 if self._stop.is_set():
                     break
-                result = pipeline.process(frame)
-                message = self.stream.message(result)
-                if message is not None:
-                    self.outbox.submit(self.publisher.topics.detections, message)
-                self.frames.record(result.frame_number, (time.time() - result.capture_time) * MS_PER_S)
+                if isinstance(item, SourceState):
+                    self._source_state(item)
+                else:
+                    self._frame(item, pipeline)
                 self.notifier.watchdog()
                 now = time.monotonic()
                 if now - last_health >= self.config.health.interval_s:
                     report = self.publish_health(now - last_health)
-                    self.notifier.status(status_text(self.status.mode, report))
+                    self.notifier.status(status_text(self.status.mode, report, self.camera))
                     last_health = now
                 if self._hangup.is_set():
                     self._hangup.clear()
@@ -187,18 +245,46 @@ class Service:
                     break
                 if limits.max_seconds is not None and now - started >= limits.max_seconds:
                     break
+            else:
+                self.source_ended = not self._stop.is_set()
             self.notifier.stopping(f"{self.status.mode}: stopping, {self.frames.processed} frames processed")
+            _stop_capturing(items, frames)
             self._drain(limits.drain_s)
         finally:
             self.close("stopping after an error")  # after a clean end, STOPPING was already said above
         return self.frames.processed
 
+    def _frame(self, frame: FrameLike, pipeline: FrameProcessor) -> None:
+        result = pipeline.process(frame)
+        message = self.stream.message(result)
+        if message is not None:
+            self.outbox.submit(self.publisher.topics.detections, message)
+        # A wall clock stepped back between capture and now must not give a negative latency.
+        self.frames.record(result.frame_number, max(0.0, self.wall() - result.capture_time) * MS_PER_S)
+        if self.camera.state != RUNNING:
+            self.camera = replace(self.camera, state=RUNNING, reason=None)
+
+    def _source_state(self, state: SourceState) -> None:
+        """A turn without a frame; STATUS= changes as soon as the reason does (not only with health)."""
+        changed = (state.state, state.reason) != (self.camera.state, self.camera.reason)
+        last_fault = state.reason if state.faults > self.camera.faults else self.camera.last_fault
+        self.camera = CameraHealth(state.state, state.faults, last_fault, state.reason)
+        if changed:
+            self.notifier.status(camera_status_text(self.status.mode, self.camera))
+
     def _drain(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
+        """As far as the broker allows within `seconds`: not at all once it is known to be away."""
+        started = time.monotonic()
+        deadline = started + seconds
         while time.monotonic() < deadline:
+            # The hand-off first: once it is empty everything submitted is committed, and the figures read
+            # after it count it (read the other way round, a message committed in between is missed).
+            handed_off = self.outbox.handoff_backlog() == 0
             stats = self.outbox.stats()
-            if self.outbox.handoff_backlog() == 0 and stats.depth == stats.refused:
+            if handed_off and stats.depth == stats.refused:
                 return
+            if not self.publisher.stats().connected and time.monotonic() - started >= AWAY_DRAIN_S:
+                return  # the outbox keeps the rest for the next start
             time.sleep(DRAIN_POLL_S)
 
     def publish_health(self, period_s: float) -> serialize.HealthReport:
@@ -206,25 +292,44 @@ class Service:
         box = self.outbox.stats()
         mqtt_stats = self.publisher.stats()
         report = serialize.HealthReport(
-            time=time.time(), fps=fps, latency_p50_ms=p50, latency_p90_ms=p90, latency_p99_ms=p99,
+            time=self.wall(), fps=fps, latency_p50_ms=p50, latency_p90_ms=p90, latency_p99_ms=p99,
             frames_processed=self.frames.processed, frames_dropped=self.frames.dropped,
             outbox_depth=box.depth, outbox_dropped=box.dropped, outbox_refused=box.refused,
             outbox_oldest_age_s=box.oldest_age_s, mqtt_connected=mqtt_stats.connected,
             mqtt_protocol=mqtt_stats.protocol, mqtt_delivered=mqtt_stats.delivered,
             mqtt_refused=mqtt_stats.refused, mqtt_last_refusal=mqtt_stats.last_refusal,
             accelerator=self.status.accelerator, cpu_temperature_c=cpu_temperature_c(),
-            cpu_throttled=cpu_throttled(),
+            cpu_throttled=cpu_throttled(), camera_state=self.camera.state, camera_faults=self.camera.faults,
+            camera_last_fault=self.camera.last_fault,
         )
-        log.info("health: %.1f fps, outbox depth %d (dropped %d, refused %d), delivered %d",
-                 fps, box.depth, box.dropped, box.refused, mqtt_stats.delivered)
+        logfmt.event(log, "health", f"health: {fps:.1f} fps, outbox depth {box.depth}, delivered {mqtt_stats.delivered}",
+                     fps=round(fps, 1), outbox_depth=box.depth, outbox_dropped=box.dropped, outbox_refused=box.refused,
+                     delivered=mqtt_stats.delivered, broker="connected" if mqtt_stats.connected else "away",
+                     camera=self.camera.state, camera_faults=self.camera.faults)
         self.publisher.publish_health(serialize.health(self.device, report))
         return report
 
 
-def status_text(mode: str, report: serialize.HealthReport) -> str:
-    """systemd's one-line STATUS= (shown by `systemctl status`): mode, frame rate, broker, backlog."""
+def _stop_capturing(items: Iterator[FrameLike | SourceState], frames: Iterable[FrameLike | SourceState]) -> None:
+    """Stop capturing before the drain: a supervised camera ends its reader (and releases the device), a
+    generator its work. Other sources are closed by whoever opened them."""
+    close = getattr(items, "close", None)
+    if callable(close):
+        close()
+    if isinstance(frames, SupervisedSource):
+        frames.close()
+
+
+def status_text(mode: str, report: serialize.HealthReport, camera: CameraHealth = CameraHealth()) -> str:
+    """systemd's one-line STATUS= (shown by `systemctl status`): mode, frame rate or the camera's retry, broker, backlog."""
     broker = "broker connected" if report.mqtt_connected else "broker away"
+    if camera.state != RUNNING:
+        return f"{camera_status_text(mode, camera)}, {broker}, outbox {report.outbox_depth}"
     return f"{mode}: {report.fps:.1f} fps, {broker}, outbox {report.outbox_depth}"
+
+
+def camera_status_text(mode: str, camera: CameraHealth) -> str:
+    return f"{mode}: camera {camera.state} ({camera.reason or 'no frame yet'})"
 
 
 def status_for(pipeline: Pipeline) -> serialize.DeviceStatus:
@@ -248,7 +353,8 @@ def recheck_delay(valid_until: dt.datetime | None, now: dt.datetime, ceiling: fl
     return min(ceiling, max(POLICY_RECHECK_MIN_S, (valid_until - now).total_seconds()))
 
 
-def attach_policy(service: Service, policy: PolicyConfig, clock_sync: ClockSync | None = None) -> PolicyGate:
+def attach_policy(service: Service, policy: PolicyConfig, clock_sync: ClockSync | None = None,
+                  clock: Callable[[], dt.datetime] | None = None) -> PolicyGate:
     """Wire the policy gate: its audit records go out on `audit`, CRLs from MQTT reach its store.
 
     Detection never waits for the gate: whatever it decides, this service runs
@@ -262,14 +368,17 @@ def attach_policy(service: Service, policy: PolicyConfig, clock_sync: ClockSync 
     edge.policy.clock) says the clock is synchronised, the gate decides
     detection; a timer looks again every `CLOCK_SYNC_POLL_S` (a file's
     existence, or one read-only syscall) and the gate decides again as soon as
-    it is.
+    it is. `clock` is the gate's wall clock (the decision and the lapse it
+    computes); the timers themselves count monotonic seconds.
     """
     from edge.policy import PolicyGate
     from edge.policy.clock import SystemClockSync
     from edge.trust.audit import AuditLog
 
     sync = SystemClockSync() if clock_sync is None else clock_sync
-    gate = PolicyGate(policy, audit=AuditLog(policy.audit_log, on_append=service.audit_sink), clock_sync=sync)
+    audit = AuditLog(policy.audit_log, on_append=service.audit_sink)
+    gate = (PolicyGate(policy, audit=audit, clock_sync=sync) if clock is None
+            else PolicyGate(policy, audit=audit, clock_sync=sync, clock=clock))
     timers: dict[str, threading.Timer] = {}
     lock = threading.Lock()
 
@@ -284,8 +393,10 @@ def attach_policy(service: Service, policy: PolicyConfig, clock_sync: ClockSync 
     def decide() -> None:
         with lock:  # SIGHUP, a CRL from MQTT, the clock and the timers may all ask at once
             decision = gate.decide()
-            log.info("policy decision: %s (%s)", decision.mode.value, "; ".join(decision.reasons) or "all checks passed")
-            schedule("recheck", recheck_delay(decision.valid_until, dt.datetime.now(dt.timezone.utc)), decide)
+            reasons = "; ".join(decision.reasons) or "all checks passed"
+            logfmt.event(log, "policy", f"policy decision: {decision.mode.value} ({reasons})",
+                         mode=decision.mode.value)
+            schedule("recheck", recheck_delay(decision.valid_until, gate.clock()), decide)
             if not gate.clock_trusted:
                 schedule("clock", CLOCK_SYNC_POLL_S, watch_clock)
 
@@ -295,12 +406,13 @@ def attach_policy(service: Service, policy: PolicyConfig, clock_sync: ClockSync 
             with lock:
                 schedule("clock", CLOCK_SYNC_POLL_S, watch_clock)
             return
-        log.info("clock synchronised (%s): the policy gate decides again", state.detail)
+        logfmt.event(log, "policy", f"clock synchronised ({state.detail}): the policy gate decides again")
         decide()
 
     def hangup() -> None:
         result = gate.crl_store.reload()
-        log.info("SIGHUP: local CRL %s (%s)", result.outcome.value, result.reason)
+        logfmt.event(log, "reload", f"SIGHUP: local CRL {result.outcome.value} ({result.reason})",
+                     crl=result.outcome.value)
         decide()
 
     gate.crl_store.on_change = lambda _crl: decide()
@@ -310,9 +422,103 @@ def attach_policy(service: Service, policy: PolicyConfig, clock_sync: ClockSync 
     return gate
 
 
-def run_from_config(config: ServiceConfig, limits: RunLimits = RunLimits()) -> int:
-    """`edge-camera run`: the configured camera and detector, the policy gate when configured."""
-    from edge.sources.camera import open_source
+def _settings(section: object, prefix: str) -> Iterator[tuple[str, object]]:
+    """Every key of a section as `section.key`, nested settings as `section.key.sub`."""
+    if not dataclasses.is_dataclass(section) or isinstance(section, type):
+        yield prefix, section
+        return
+    for f in dataclasses.fields(section):
+        yield from _settings(getattr(section, f.name), f"{prefix}.{f.name}")
+
+
+def changed_keys(old: ServiceConfig, new: ServiceConfig) -> list[str]:
+    """The settings that differ between two configurations, as `section.key`."""
+    before: dict[str, object] = {}
+    after: dict[str, object] = {}
+    for f in dataclasses.fields(ServiceConfig):
+        before.update(_settings(getattr(old, f.name), f.name))
+        after.update(_settings(getattr(new, f.name), f.name))
+    return sorted(key for key in before.keys() | after.keys() if before.get(key) != after.get(key))
+
+
+@dataclass(frozen=True, slots=True)
+class Reload:
+    """What SIGHUP made of the configuration file: applied live, or waiting for a restart."""
+
+    applied: tuple[str, ...]
+    needs_restart: tuple[str, ...]
+
+
+def reload_configuration(service: Service, path: Path) -> Reload:
+    """SIGHUP: re-read the file; apply what is safe live, name what needs a restart.
+
+    Live (`LIVE_KEYS`): `[health] interval_s`; the device certificate and key
+    (`[mqtt] cert`, `key`: read again on every SIGHUP, so a renewal in place
+    needs no restart; used from the next connection). The `[policy]` files
+    are re-read by the gate on every decision, and SIGHUP makes it decide.
+    Everything else (camera, detector, broker address, outbox, device id)
+    would tear down what is running, so it waits for a restart and the log
+    says so. A file that no longer loads changes nothing: the service keeps
+    its running configuration and logs why (a restart would refuse it).
+    """
+    from edge.app.config import load
+
+    try:
+        new = load(path)
+        check_certificate_names(new)
+    except EdgeError as exc:
+        logfmt.event(log, "reload", f"configuration not reloaded, running with the previous one: {exc}",
+                     level=logging.ERROR, config=str(path))
+        return Reload((), ())
+    changed = changed_keys(service.config, new)
+    live = tuple(key for key in changed if key in LIVE_KEYS)
+    later = tuple(key for key in changed if key not in LIVE_KEYS)
+    mqtt = service.config.mqtt
+    if new.mqtt.cert is not None and new.mqtt.key is not None:
+        try:
+            service.publisher.reload_certificate(new.mqtt.cert, new.mqtt.key)
+            mqtt = replace(mqtt, cert=new.mqtt.cert, key=new.mqtt.key)
+        except (ssl.SSLError, OSError) as exc:
+            logfmt.event(log, "reload", f"device certificate not reloaded, keeping the one in use: {exc}",
+                         level=logging.ERROR, cert=str(new.mqtt.cert), key=str(new.mqtt.key))
+            live = tuple(key for key in live if not key.startswith("mqtt."))
+    service.config = replace(service.config, health=new.health, mqtt=mqtt)
+    logfmt.event(log, "reload",
+                 "configuration reloaded" + (f"; a restart is needed for {', '.join(later)}" if later else ""),
+                 level=logging.WARNING if later else logging.INFO, config=str(path),
+                 applied=",".join(live) or None, needs_restart=",".join(later) or None)
+    return Reload(live, later)
+
+
+@dataclass(frozen=True, slots=True)
+class RunOutcome:
+    """How `edge-camera run` ended: frames processed, the stopping signal, whether the source ran out."""
+
+    processed: int
+    stop_signal: int | None
+    source_ended: bool
+
+    @property
+    def interrupted(self) -> bool:
+        return self.stop_signal == signal.SIGINT
+
+
+def describe_start(config: ServiceConfig, status: serialize.DeviceStatus, path: Path | None) -> dict[str, object]:
+    """The start-up line's fields: what runs, from what, to where."""
+    return {"device": config.device.id, "mode": status.mode, "source": config.camera.source,
+            "model": status.model, "accelerator": status.accelerator,
+            "broker": f"{config.mqtt.host}:{config.mqtt.port}", "protocol": config.mqtt.protocol,
+            "policy": "gate" if config.policy is not None else "none", "firmware": status.firmware,
+            "config": None if path is None else str(path)}
+
+
+def run_from_config(config: ServiceConfig, limits: RunLimits = RunLimits(), path: Path | None = None,
+                    opener: Opener | None = None) -> RunOutcome:
+    """`edge-camera run`: the configured camera (supervised) and detector, the policy gate when configured.
+
+    `path` is the configuration file SIGHUP re-reads; `opener` replaces how the
+    camera is opened (the fault tests hand in failing sources).
+    """
     from edge.vision.pipeline import build_pipeline
 
     check_certificate_names(config)
@@ -320,10 +526,41 @@ def run_from_config(config: ServiceConfig, limits: RunLimits = RunLimits()) -> i
     service = Service(config, status_for(pipeline), Notifier.from_environment())
     if config.policy is not None:
         attach_policy(service, config.policy)
+    if path is not None:
+        gate_hangup = service.on_hangup
+
+        def hangup() -> None:
+            reload_configuration(service, path)
+            if gate_hangup is not None:
+                gate_hangup()
+
+        service.on_hangup = hangup
     service.install_signal_handlers()
     service.start()
+    fields = describe_start(config, service.status, path)
+    log.info("edge-camera %s started: %s from %s with %s on %s, publishing to %s as %s", service.status.firmware,
+             service.status.mode, config.camera.source, service.status.model, service.status.accelerator,
+             fields["broker"], config.device.id, extra={"event": "start", "fields": fields})
+    for note in pipeline.selection.notes:
+        logfmt.event(log, "start", note, level=logging.WARNING)
     try:
-        with open_source(config.camera, model_input_size(pipeline)) as frames:
-            return service.run(frames, pipeline, limits)
+        with SupervisedSource(config.camera, model_input_size(pipeline), opener=opener) as frames:
+            processed = service.run(frames, pipeline, limits)
     finally:
-        service.close("stopping: the camera could not be opened")  # nothing to do if run() closed it
+        service.close("stopping after an error")  # nothing to do if run() closed it
+    outcome = RunOutcome(processed, service.stop_signal, service.source_ended)
+    if outcome.source_ended:
+        limit = config.camera.max_frames
+        why = (f"reached [camera] max_frames = {limit}" if limit is not None else
+               "has no more frames; set [camera] loop = true to start a folder or video again at its end")
+        logfmt.event(log, "source-ended", f"the source {config.camera.source} {why}: the service ends (exit 0) "
+                                          "and systemd leaves it stopped",
+                     level=logging.WARNING, source=config.camera.source, frames=processed)
+    else:
+        why = signal.Signals(outcome.stop_signal).name if outcome.stop_signal is not None else "a limit was reached"
+        left = service.left_in_outbox
+        logfmt.event(log, "stop", f"stopped ({why}) after {processed} frames; "
+                                  + (f"{left} message(s) kept in the outbox for the next start" if left else
+                                     "every message delivered"),
+                     frames=processed, last_seq=service.last_seq, outbox_depth=left)
+    return outcome

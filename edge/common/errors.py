@@ -6,12 +6,17 @@ traceback. Anything that is not an `EdgeError` is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
+import re
 import sys
 from argparse import Namespace
 from typing import Callable
 
 # The shell's convention for a command stopped by Ctrl-C.
 EXIT_INTERRUPTED = 130
+# sysexits(3) EX_CONFIG: `edge-camera run` exits with it on a permanent error (a refused configuration,
+# an unreadable or tampered model), and the unit's `RestartPreventExitStatus=78` keeps systemd from
+# restarting a service that would only fail the same way again.
+EXIT_CONFIG = 78
 
 
 class EdgeError(Exception):
@@ -55,6 +60,46 @@ class InputError(EdgeError):
     """An image, video or camera could not be read."""
 
     exit_code = 5
+
+
+# cryptography's Rust core reports DER it cannot parse as `ParseError { kind: ShortData { needed: 357 } ... }`.
+_DER_PARSE = re.compile(r"error parsing asn1 value: ParseError \{ kind: (\w+)[^)]*")
+_DER_KINDS = {"ShortData": "it ends too early (a truncated file)", "ExtraData": "extra bytes follow its end",
+              "UnexpectedTag": "an unexpected field", "InvalidValue": "an invalid value",
+              "InvalidLength": "an invalid length", "IntegerOverflow": "a number too large",
+              "InvalidTag": "an invalid field"}
+# The X.509 verifier's wording (`cryptography.x509.verification.VerificationError`), said plainly.
+_VERIFIER = (("validation failed: ", ""),
+             ("candidates exhausted: ", "no chain to a trusted issuer was found: "),
+             ("cert is not valid at validation time", "a certificate in the chain is expired or not yet valid "
+                                                      "by the device's clock"))
+
+
+def plain_crypto(text: str) -> str:
+    """A message from the cryptography library in words an installer can act on.
+
+    Why here: its Rust parser and X.509 verifier word their errors for
+    programmers ("ParseError { kind: ShortData ... }", "candidates exhausted");
+    these reach people through certificate checks and the policy decision.
+    """
+    def der(match: re.Match[str]) -> str:
+        kind = match.group(1)
+        return f"damaged DER data: {_DER_KINDS.get(kind, re.sub(r'(?<!^)(?=[A-Z])', ' ', kind).lower())}"
+
+    text = _DER_PARSE.sub(der, text)
+    for programmer, plain in _VERIFIER:
+        text = text.replace(programmer, plain)
+    return text
+
+
+def is_permanent(exc: EdgeError) -> bool:
+    """Whether a restart cannot help: the configuration or the model must change first.
+
+    Everything else (a camera, a broker, a disk, an accelerator) may come back
+    by itself, so the service retries it, and a failure that still ends the
+    process is one systemd restarts.
+    """
+    return isinstance(exc, (ConfigError, ModelError))
 
 
 def run_handler(prog: str, handler: Callable[[Namespace], int], args: Namespace, prefix: str = "") -> int:

@@ -47,6 +47,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from edge.wire import serialize
 from edge.common import schema
+from edge.common.backoff import backoff_delay
 from edge.common.errors import ConfigError
 from edge.common.schema import Kind, setting
 from edge.common.topics import CRL_TOPIC_LEAF, DEFAULT_TOPIC_ROOT, MQTT_WILDCARDS, crl_topic
@@ -68,12 +69,6 @@ PROTOCOL_NAMES = {MQTTProtocolVersion.MQTTv5: "5", MQTTProtocolVersion.MQTTv311:
 
 def _port(value: int) -> str | None:
     return None if 1 <= value <= MAX_PORT else f"is not between 1 and {MAX_PORT}"
-
-
-def backoff_delay(attempt: int, minimum: float, maximum: float, rng: random.Random) -> float:
-    """Capped exponential backoff with 'equal jitter': never below half the step, never above the cap."""
-    step = min(maximum, minimum * (2 ** min(attempt, 32)))
-    return rng.uniform(step / 2, step)
 
 
 def _plain_prefix(value: str) -> str | None:
@@ -250,6 +245,15 @@ class Publisher:
         self._events.put(("stop",))
         if self._pump is not None:
             self._pump.join()
+
+    def reload_certificate(self, cert: Path, key: Path) -> None:
+        """SIGHUP: a renewed device certificate and key, used from the next connection on.
+
+        Loaded into a scratch context first: a pair that does not load (or does
+        not match) raises `ssl.SSLError`/`OSError` and leaves the working one alone.
+        """
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(str(cert), str(key))
+        self._context.load_cert_chain(str(cert), str(key))
 
     def stats(self) -> PublisherStats:
         with self._lock:

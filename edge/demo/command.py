@@ -25,6 +25,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.demo.broker import BrokerError, EmbeddedBroker, MosquittoBroker, ThrowawayPki, make_throwaway_pki
 from edge.app.config import DeviceConfig, HealthConfig, HomeAssistantConfig, ServiceConfig
+from edge.common.errors import EXIT_INTERRUPTED
 from edge.common.topics import DEFAULT_TOPIC_ROOT
 from edge.delivery.outbox import OutboxConfig
 from edge.delivery.publish import MqttConfig
@@ -116,7 +117,8 @@ def start_private_broker(workdir: Path, pki: ThrowawayPki, prefer_embedded: bool
 
 
 def run_demo(seconds: float, max_frames: int | None, *, raw: bool, prefer_embedded: bool) -> int:
-    """`edge-camera demo` (its flags are checked by the command line): 0 when every message arrived."""
+    """`edge-camera demo` (its flags are checked by the command line): 0 when every message arrived, 1 when
+    one went missing, 130 when stopped by Ctrl-C (what arrived until then is still summed up)."""
     from edge.vision.pipeline import DetectorConfig, build_pipeline
 
     out = sys.stdout
@@ -155,6 +157,8 @@ def run_demo(seconds: float, max_frames: int | None, *, raw: bool, prefer_embedd
             print(f"done: {processed} frames processed, {last} detections messages published, "
                   f"{len(subscriber.seqs)} received by the subscriber"
                   + (f", missing seq {missing}" if missing else ", none missing"), file=out, flush=True)
+            if service.interrupted:
+                return EXIT_INTERRUPTED  # Ctrl-C: the shell's convention, as the README promises
             return 0 if not missing else 1
         finally:
             broker.stop()

@@ -26,7 +26,7 @@ from cryptography.x509.verification import (
     VerificationError,
 )
 
-from edge.common.errors import EdgeError
+from edge.common.errors import EdgeError, plain_crypto
 from edge.trust.certificates import check_certificate_profile, read_device_identity, spki
 from edge.trust.grant import DEVICE_URI_PREFIX, EdgeGrant
 from edge.trust.crl import check_crl_signature, revoked_serial
@@ -131,7 +131,7 @@ def verify_chain(leaf: x509.Certificate, intermediates: tuple[x509.Certificate, 
     try:
         verifier.verify(leaf, list(intermediates))
     except VerificationError as exc:
-        return str(exc).split(" (encountered processing")[0]
+        return plain_crypto(str(exc).split(" (encountered processing")[0])
     return None
 
 
@@ -140,7 +140,7 @@ _PARSE_ERRORS = (ValueError, TypeError, UnsupportedAlgorithm, x509.InvalidVersio
 
 def _unparseable(name: str, exc: Exception) -> Check:
     return Check(name, False, f"certificate is damaged and cannot be checked ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else 'no detail'})")
+                              f"{plain_crypto(str(exc).splitlines()[0]) if str(exc) else 'no detail'})")
 
 
 def explain(exc: EdgeError) -> str:

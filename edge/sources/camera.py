@@ -6,6 +6,12 @@ virtual camera the tests and the demo use. Every source is a context manager
 that yields `Frame`s (RGB uint8, a frame number, the capture time) and keeps
 nothing: no frame is stored or written by any source.
 
+`SupervisedSource` keeps the configured source going for the service: it
+reads on a thread of its own, so a camera call that never returns is noticed
+(no frame for `STALL_S`) instead of hanging the loop; a source that fails or
+stalls is opened again with jittered backoff, and while there is no frame the
+loop still gets a `SourceState` every second to report and ping the watchdog.
+
 The virtual camera lives with the demo (`edge.demo.virtual_camera`) and is
 imported only when `source = "virtual"` is asked for, so a service with a
 real camera never loads the demo's code.
@@ -13,8 +19,12 @@ real camera never loads the demo's code.
 from __future__ import annotations
 
 import logging
+import queue
+import random
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar, Iterator, Mapping
@@ -24,8 +34,10 @@ import numpy as np
 
 from edge.vision.detection import Box
 from edge.common import schema
-from edge.common.errors import InputError
+from edge.common.backoff import backoff_delay
+from edge.common.errors import ConfigError, EdgeError, InputError
 from edge.common.schema import Kind, setting
+from edge.sources.image_size import MAX_IMAGE_PIXELS, MEGA, check_image_file, too_large
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +124,11 @@ class CameraConfig:
 
     def __post_init__(self) -> None:
         schema.validate(self)
+        problem = too_large((self.width, self.height))
+        if problem is not None:
+            raise ConfigError("[camera] width x height", problem,
+                              f"a frame of at most {MAX_IMAGE_PIXELS / MEGA:.0f} MP (the detector sees about "
+                              f"200x200 pixels; 640x480 is plenty)")
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> "CameraConfig":
@@ -184,11 +201,17 @@ class ImageFiles(FrameSource):
         while True:
             readable = 0
             for path in self.paths:
-                image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+                try:
+                    check_image_file(path)
+                    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+                except InputError as exc:  # too large to decode here
+                    image, why = None, exc.message
+                else:
+                    why = f"{path}: not an image OpenCV can read"
                 if image is None:
                     if path not in self.skipped:
                         self.skipped.append(path)
-                        log.warning("%s: not an image OpenCV can read; skipped", path)
+                        log.warning("%s; skipped", why)
                     continue
                 readable += 1
                 yield Shot(rgb(image))
@@ -204,6 +227,12 @@ class Capture(FrameSource):
         if not capture.isOpened():
             hint = "check that the camera is plugged in and not in use" if device else "give a video file OpenCV can read"
             raise InputError(f"{what}: could not be opened", hint)
+        size = (int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+        problem = too_large(size)
+        if problem is not None:
+            capture.release()
+            raise ConfigError("[camera] source", f"{what} {problem}",
+                              f"a video or camera of at most {MAX_IMAGE_PIXELS / MEGA:.0f} MP a frame")
         self.capture, self.what, self.device = capture, what, device
 
     def shots(self) -> Iterator[Shot]:
@@ -362,3 +391,210 @@ def open_source(config: CameraConfig, model_size: tuple[int, int] = (192, 192)) 
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return ImageFiles(config, [path])
     return Capture(config, cv2.VideoCapture(str(path)), f"video {path}", device=False)
+
+
+# --- supervision: a camera that fails or hangs is retried, never the end of the service ---------------
+
+# No frame for this long from an opened source is a fault (a hung driver, a pulled cable), not a hang.
+STALL_S = 10.0
+# While it has no frame, the supervisor reports at least this often, so the loop stays alive: it pings
+# the watchdog (a known retry state), says why in STATUS=, publishes health and notices a stop.
+IDLE_TICK_S = 1.0
+CAMERA_BACKOFF_MIN_S = 1.0
+CAMERA_BACKOFF_MAX_S = 30.0
+# How long closing waits for the reader thread to release the camera.
+CLOSE_WAIT_S = 2.0
+# A reader left behind in a call that never returned may still hold the device; past this many the
+# process is wedged, and only a new one (systemd restarts it) frees the camera.
+MAX_STUCK_READERS = 3
+PUT_POLL_S = 0.1
+# Source states, as health's `camera.state` reports them.
+STARTING, RETRYING, RUNNING = "starting", "retrying", "ok"
+
+Opener = Callable[[CameraConfig, tuple[int, int]], AbstractContextManager[Iterable[Frame]]]
+
+
+@dataclass(frozen=True, slots=True)
+class SourceState:
+    """A turn without a frame: what the source is doing and why, for health, STATUS= and the log."""
+
+    state: str
+    reason: str
+    faults: int
+
+
+class CameraWedged(EdgeError):
+    """Readers stuck in calls that never return: this process cannot get the camera back; a new one can."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    error: BaseException
+
+
+_END = object()
+
+
+class _Reader:
+    """Opens the source and reads it on its own thread, one frame ahead at most.
+
+    Why a thread: a camera call that never returns (a driver hung in the
+    kernel) must not hang the service's loop, which keeps the watchdog and the
+    broker informed and restarts the camera.
+    """
+
+    def __init__(self, opener: Opener, config: CameraConfig, model_size: tuple[int, int]) -> None:
+        self.items: queue.Queue[object] = queue.Queue(maxsize=1)
+        self.stop = threading.Event()
+        self._opener, self._config, self._size = opener, config, model_size
+        self.thread = threading.Thread(target=self._run, name="camera", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            with self._opener(self._config, self._size) as source:
+                for frame in source:
+                    if not self._put(frame):
+                        return
+            self._put(_END)
+        except Exception as exc:  # any failure of a source is a camera fault, reported and retried
+            self._put(_Failed(exc))
+
+    def _put(self, item: object) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.items.put(item, timeout=PUT_POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def finish(self, wait_s: float) -> bool:
+        """Ask the thread to end (it closes the source); True if it did within `wait_s`."""
+        self.stop.set()
+        self.thread.join(wait_s)
+        return not self.thread.is_alive()
+
+
+def describe_fault(exc: BaseException) -> str:
+    """A source's failure in one line: our own errors say it plainly; anything else by its type."""
+    if isinstance(exc, EdgeError):
+        return exc.message
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class SupervisedSource:
+    """The configured source, kept going: faults and stalls are retried with jittered backoff.
+
+    Iterating yields frames, and a `SourceState` at least every `tick_s`
+    while there is none (starting, or waiting to retry after a fault), so the
+    loop never blocks on the camera. Frame numbers continue across reopenings
+    (health counts gaps as dropped frames, and a reopened camera counts from
+    0). A source that ends (a folder or video without `loop`, `max_frames`)
+    ends the iteration with `ended` set. A `ConfigError` from the source (a
+    video too large for the device) is permanent and propagates.
+    """
+
+    def __init__(self, config: CameraConfig, model_size: tuple[int, int] = (192, 192), *,
+                 opener: Opener | None = None, stall_s: float = STALL_S, tick_s: float = IDLE_TICK_S,
+                 backoff: tuple[float, float] = (CAMERA_BACKOFF_MIN_S, CAMERA_BACKOFF_MAX_S),
+                 clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None) -> None:
+        self.config, self.model_size = config, model_size
+        self.opener: Opener = opener or open_source
+        self.stall_s, self.tick_s, self.backoff = stall_s, tick_s, backoff
+        self.clock = clock
+        self.rng = rng or random.SystemRandom()
+        self.state = STARTING
+        self.faults = 0
+        self.last_fault: str | None = None
+        self.ended = False
+        self._reader: _Reader | None = None
+        self._stuck: list[_Reader] = []
+        self._next_number = 0
+
+    def __enter__(self) -> "SupervisedSource":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.finish(CLOSE_WAIT_S)
+            self._reader = None
+
+    def __iter__(self) -> Iterator[Frame | SourceState]:
+        attempt = 0
+        while True:
+            reader = self._reader = _Reader(self.opener, self.config, self.model_size)
+            fault = yield from self._read(reader)
+            if fault is None:
+                self.ended = True
+                return
+            if not reader.finish(0):
+                self._stuck.append(reader)
+            self._reader = None
+            self._fault(fault)
+            if self.state == RUNNING:  # frames flowed since the last fault: start the backoff afresh
+                attempt = 0
+            delay = backoff_delay(attempt, *self.backoff, self.rng)
+            attempt += 1
+            self.state = RETRYING
+            log.warning("camera fault: %s; opening it again in %.2f s (fault %d)", fault, delay, self.faults,
+                        extra={"event": "camera-fault",
+                               "fields": {"source": self.config.source, "retry_in_s": round(delay, 1),
+                                          "faults": self.faults}})
+            yield from self._wait(delay, fault)
+
+    def _read(self, reader: _Reader) -> Generator[Frame | SourceState, None, str | None]:
+        """Frames until the source fails, stalls (returns the fault) or ends (returns None)."""
+        last = self.clock()
+        base = self._next_number
+        while True:
+            try:
+                item = reader.items.get(timeout=self.tick_s)
+            except queue.Empty:
+                quiet = self.clock() - last
+                if quiet >= self.stall_s:
+                    return f"no frame for {quiet:.0f} s (the camera hangs)"
+                yield SourceState(self.state, "no frame yet" if self.state == STARTING else
+                                  f"waiting for a frame ({quiet:.0f} s)", self.faults)
+                continue
+            if isinstance(item, Frame):
+                if self.state != RUNNING:
+                    if self.faults:
+                        log.info("camera back after %d fault(s)", self.faults,
+                                 extra={"event": "camera-back", "fields": {"source": self.config.source,
+                                                                          "faults": self.faults}})
+                    self.state = RUNNING
+                last = self.clock()
+                self._next_number = base + item.number + 1
+                yield replace(item, number=base + item.number)
+                continue
+            if item is _END:
+                reader.finish(CLOSE_WAIT_S)
+                return None
+            assert isinstance(item, _Failed)
+            if isinstance(item.error, ConfigError):
+                raise item.error
+            return describe_fault(item.error)
+
+    def _fault(self, fault: str) -> None:
+        self.faults += 1
+        self.last_fault = fault
+        stuck = [r for r in self._stuck if r.thread.is_alive()]
+        self._stuck = stuck
+        if len(stuck) >= MAX_STUCK_READERS:
+            raise CameraWedged(f"the camera hung {len(stuck)} times in calls that never returned ({fault})",
+                               "the service exits so that systemd starts it afresh; if this repeats, "
+                               "check the camera's cable and power")
+
+    def _wait(self, delay: float, fault: str) -> Iterator[SourceState]:
+        until = self.clock() + delay
+        while True:
+            yield SourceState(RETRYING, fault, self.faults)
+            left = until - self.clock()
+            if left <= 0:
+                return
+            time.sleep(min(self.tick_s, left))

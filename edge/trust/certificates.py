@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import NameOID, SignatureAlgorithmOID
 
-from edge.common.errors import EdgeError
+from edge.common.errors import EdgeError, plain_crypto
 from edge.trust.grant import (
     DEVICE_URI_PREFIX,
     GRANT_OID_DOTTED,
@@ -208,4 +208,4 @@ def read_device_identity(cert: x509.Certificate) -> DeviceIdentity:
 
 def _first_line(exc: Exception) -> str:
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return plain_crypto(text.splitlines()[0]) if text else type(exc).__name__

@@ -103,6 +103,13 @@ class HealthReport:
     accelerator: str
     cpu_temperature_c: float | None
     cpu_throttled: int | None
+    camera_state: str = "ok"
+    camera_faults: int = 0
+    camera_last_fault: str | None = None
+
+
+# health's camera.last_fault is one line of text, bounded.
+MAX_FAULT_CHARS = 200
 
 
 def _maybe(value: float | None, decimals: int) -> float | None:
@@ -137,6 +144,11 @@ def health(device: str, report: HealthReport) -> bytes:
         "cpu": {
             "temperature_c": _maybe(report.cpu_temperature_c, RATE_DECIMALS),
             "throttled": report.cpu_throttled,
+        },
+        "camera": {
+            "state": report.camera_state,
+            "faults": report.camera_faults,
+            "last_fault": None if report.camera_last_fault is None else report.camera_last_fault[:MAX_FAULT_CHARS],
         },
     })
 

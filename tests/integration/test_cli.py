@@ -104,3 +104,34 @@ def test_detector_configuration_reads_every_setting() -> None:
     })
     assert config.delegate.kind == "edgetpu" and config.delegate.device == "pci:0" and config.delegate.threads == 2
     assert config.tile_size == 256 and config.model_dirs == (Path("/opt/models"),)
+
+
+def test_detect_refuses_an_image_too_large_for_the_device_before_decoding_it(tmp_path: Path,
+                                                                            shared_images: Path) -> None:
+    """A 20000x20000 PNG would take 2.4 GB to decode; it is refused from its header and the rest still run."""
+    import resource
+
+    from support.images import huge_png
+
+    huge = tmp_path / "huge.png"
+    huge_png(huge, 20000, 20000)
+    result = edge_camera("detect", "--json", str(huge), str(shared_images / "coral_face.jpg"))
+    assert result.returncode == 5
+    assert "huge.png: is 20000x20000 pixels" in result.stderr and "scale it down" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stdout.splitlines()) == 1  # the other image was processed
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    assert peak_mb < 600, peak_mb  # nothing near the 2.4 GB a decode would have taken
+
+
+def test_bench_with_zero_frames_is_a_usage_error() -> None:
+    result = edge_camera("bench", "--frames", "0")
+    assert result.returncode == 2
+    assert "--frames 0: is below 1" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_run_help_documents_its_exit_codes() -> None:
+    result = edge_camera("run", "--help")
+    assert result.returncode == 0
+    assert "78   permanent" in result.stdout and "RestartPreventExitStatus=78" in result.stdout
+    assert "130  interrupted" in result.stdout

@@ -185,12 +185,13 @@ def test_the_run_loop_speaks_the_protocol_in_order(manager: Manager, tmp_path: P
 
 def test_run_says_ready_before_opening_the_camera(manager: Manager, tmp_path: Path, mosquitto: BrokerUnderTest,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    """`edge-camera run` (the entry point reads $NOTIFY_SOCKET): a camera that is not there does not hold READY back."""
+    """`edge-camera run` (the entry point reads $NOTIFY_SOCKET): a camera that is not there does not hold READY back.
+
+    Since issue 10 an absent camera is a retry state, not the end: STATUS= says why and the run goes on."""
     import signal
 
-    from edge.common.errors import InputError
     from edge.sources.camera import CameraConfig
-    from edge.app.service import run_from_config
+    from edge.app.service import RunLimits, run_from_config
 
     config = ServiceConfig(device=DeviceConfig("cam-a", tmp_path / "state"), mqtt=mosquitto.device_config("cam-a"),
                            outbox=OutboxConfig(), health=HealthConfig(30.0), homeassistant=HomeAssistantConfig(),
@@ -199,11 +200,13 @@ def test_run_says_ready_before_opening_the_camera(manager: Manager, tmp_path: Pa
     monkeypatch.setenv("NOTIFY_SOCKET", manager.env_value)
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
-        with pytest.raises(InputError, match="no-camera-here"):
-            run_from_config(config)
+        outcome = run_from_config(config, RunLimits(max_seconds=2.5, drain_s=0))
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
-    assert [lines for _, lines in manager.close()] == [
-        ["READY=1", "STATUS=detection: started, waiting for frames"],
-        ["STOPPING=1", "STATUS=detection: stopping: the camera could not be opened"]]
+    assert outcome.processed == 0 and not outcome.source_ended
+    messages = [lines for _, lines in manager.close()]
+    assert messages[0] == ["READY=1", "STATUS=detection: started, waiting for frames"]
+    retry = [m[0] for m in messages if m[0].startswith("STATUS=detection: camera retrying")]
+    assert retry and "no-camera-here: no such file, folder or camera" in retry[0], messages
+    assert messages[-1] == ["STOPPING=1", "STATUS=detection: stopping, 0 frames processed"]

@@ -229,7 +229,8 @@ def test_run_stops_at_start_up_when_the_id_is_not_the_certificates(tmp_path: Pat
         key = "{pki.clients['cam-a'].key}"
     """))
     result = edge_camera("run", "--config", str(config), timeout=60)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
+    # 78 (EX_CONFIG) since issue 10: a permanent error under `run`, which systemd does not restart (was 2).
+    assert result.returncode == 78 and "Traceback" not in result.stderr
     assert "configuration [device] id: 'cam-b' is not the device certificate's common name 'cam-a'" in result.stderr
     assert not (tmp_path / "state").exists()  # refused before anything was opened
 
