@@ -15,9 +15,9 @@ Exit codes (as the README lists them): 0 done; 1 failed; 2 bad usage or
 configuration; 3 model problem; 4 accelerator absent or failed; 5 an input
 could not be read; 6 certificate, grant or device-key problem; 7 the audit log
 cannot be written or was altered; 8 identification refused or a gallery rule
-broken; 130 interrupted. `run` adds sysexits' EX_CONFIG (`EXIT_CONFIG`) for a
-permanent error that a restart cannot fix, so that systemd stops restarting
-(its `--help` lists its codes).
+broken; 78 a permanent error under `run`, which systemd does not restart; 130
+interrupted. 78 is sysexits' EX_CONFIG (`EXIT_CONFIG`): a restart cannot fix a
+refused configuration or a damaged model (`run --help` lists its codes).
 """
 from __future__ import annotations
 
