@@ -12,9 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from edge.vision.decode import Candidate
+from edge.vision.geometry import Fit
 
 # A box within this fraction of the tile size from an inner tile edge counts as cut.
 EDGE_MARGIN = 0.02
+# A tile's find with this share of its box inside a larger face is part of that face, not a face.
+CONTAINED = 0.6
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,3 +66,56 @@ def cut_by_inner_edge(candidate: Candidate, tile: Tile) -> bool:
         or (x1 < 1 and candidate.x1 >= x1 - mx)
         or (y1 < 1 and candidate.y1 >= y1 - my)
     )
+
+
+def tile_pyramid(width: int, height: int, tile: int, overlap: int) -> list[Tile]:
+    """Tiles at every scale between the model's own and the whole-frame pass, finest first.
+
+    Why levels: one grid of model-sized tiles keeps only faces up to its overlap whole; a
+    face between that and the smallest the whole-frame pass finds (at 1920x1080 the model
+    sees the frame at a tenth, so about 200 px) would be cut by every tile and missed.
+    Each level doubles the tile side and its overlap (tiles are scaled down to the model's
+    input), so each keeps whole the faces up to twice the smallest the level above finds
+    (the model finds faces from about 18 of its pixels, and 2 x 18 < 48, the default
+    overlap). Levels stop where a tile would span the frame's longer side: the whole-frame
+    pass sees that scale.
+    """
+    tiles: list[Tile] = []
+    side, shared = tile, overlap
+    while side < max(width, height):
+        tiles += tile_grid(width, height, side, shared)
+        side, shared = 2 * side, 2 * shared
+    return tiles
+
+
+def _area(c: Candidate) -> float:
+    return max(0.0, c.x1 - c.x0) * max(0.0, c.y1 - c.y0)
+
+
+def inside_share(small: Candidate, big: Candidate) -> float:
+    """The share of `small`'s area that lies inside `big`."""
+    iw = min(small.x1, big.x1) - max(small.x0, big.x0)
+    ih = min(small.y1, big.y1) - max(small.y0, big.y0)
+    area = _area(small)
+    return iw * ih / area if iw > 0 and ih > 0 and area > 0 else 0.0
+
+
+def drop_parts(found: list[Candidate], faces: list[Candidate]) -> list[Candidate]:
+    """`found` less the detections lying mostly inside a larger face of `faces` or of `found`.
+
+    Why: a tile that holds part of a large face (an eye and a brow, say) can score it as a
+    small face of its own; IoU-based NMS keeps it, as a small box inside a big one has a
+    small IoU. Two real faces rarely share most of the smaller one's box.
+    """
+    everything = faces + found
+    return [c for c in found
+            if not any(_area(o) > _area(c) and inside_share(c, o) >= CONTAINED for o in everything)]
+
+
+def remap(candidate: Candidate, fit: Fit) -> Candidate:
+    """A candidate in model-normalised coordinates, taken to the frame by `fit`."""
+    sx, sy, ox, oy = fit.scale_x, fit.scale_y, fit.offset_x, fit.offset_y
+    points = candidate.keypoints
+    keypoints = tuple((v - ox) / sx if i % 2 == 0 else (v - oy) / sy for i, v in enumerate(points))
+    return Candidate(candidate.score, (candidate.x0 - ox) / sx, (candidate.y0 - oy) / sy,
+                     (candidate.x1 - ox) / sx, (candidate.y1 - oy) / sy, keypoints)
