@@ -38,7 +38,7 @@ from edge.pose.estimator import build_pose_estimator
 from edge.pose.fit import POSE_MODES, PoseEstimator
 from edge.vision.geometry import Fit, place
 from edge.vision.preprocess import Fitter
-from edge.vision.tile_scan import MAX_MOSAIC_GRID, TileScan, follow_region, mosaic_cells
+from edge.vision.tile_scan import MAX_MOSAIC_GRID, TileScan, best_match, follow_region, mosaic_cells
 from edge.vision.tiling import Tile, cut_by_inner_edge, drop_parts, remap, tile_pyramid
 
 DEFAULT_MODEL = "blazeface-full"
@@ -281,11 +281,20 @@ class Detector:
         small faces it misses (still images; a stream scans a share of the tiles per frame)."""
         height, width = image.shape[:2]
         totals = dict.fromkeys(STAGES, 0.0)
+        threshold = max(self.threshold, threshold)
+        merge, iou_threshold = self.family.merge, self.spec.nms_iou_threshold
         whole = self.region_candidates(image, None, self.threshold, totals)
-        found = self.tile_candidates(image, tile_pyramid(width, height, tile_size, overlap),
-                                     max(self.threshold, threshold), totals)
+        found = self.tile_candidates(image, tile_pyramid(width, height, tile_size, overlap), threshold, totals)
         t0 = time.perf_counter()
-        merged = self.family.merge(whole + drop_parts(found, whole), self.spec.nms_iou_threshold)
+        found = [c for c in drop_parts(merge(found, iou_threshold), whole) if best_match(c, whole) is None]
+        totals["decode"] += (time.perf_counter() - t0) * 1e3
+        # What only the tiles found is kept when a crop centred on it finds it again: a texture that
+        # looked like a face to one window rarely does from another place and scale, a face does.
+        regions = [follow_region(c, width, height) for c in found]
+        again = self.mosaic_candidates(image, regions, threshold, totals, grid=1) if regions else []
+        t0 = time.perf_counter()
+        confirmed = [c for c, check in zip(found, again, strict=True) if check is not None]
+        merged = merge(whole + confirmed, iou_threshold)
         totals["decode"] += (time.perf_counter() - t0) * 1e3
         self.timings = totals
         return merged
@@ -335,16 +344,17 @@ class Detector:
         return found
 
     def mosaic_candidates(self, image: np.ndarray, regions: list[Tile], threshold: float,
-                          totals: dict[str, float]) -> list[Candidate | None]:
+                          totals: dict[str, float], grid: int = MAX_MOSAIC_GRID) -> list[Candidate | None]:
         """The best face in each region, the regions packed side by side into the model's input
-        (up to nine per run, see `edge.vision.tile_scan`): how followed faces are looked for."""
+        (up to `grid` x `grid` per run, see `edge.vision.tile_scan`): how followed faces are looked
+        for on a stream, and (one per run) how a still image's tile finds are confirmed."""
         width, height = self.spec.input_width, self.spec.input_height
-        per_run = MAX_MOSAIC_GRID * MAX_MOSAIC_GRID
+        per_run = grid * grid
         best: list[Candidate | None] = []
         for start in range(0, len(regions), per_run):
             t0 = time.perf_counter()
             batch = regions[start:start + per_run]
-            cells = mosaic_cells(len(batch), width, height)
+            cells = mosaic_cells(len(batch), width, height, grid)
             canvas = self._mosaic
             canvas[...] = 0
             fits = []

@@ -52,12 +52,12 @@ def follow_region(face: Candidate, width: int, height: int) -> Tile:
     return Tile(x0, y0, x0 + side_x, y0 + side_y, width, height)
 
 
-def mosaic_cells(count: int, model_width: int, model_height: int) -> list[Tile]:
+def mosaic_cells(count: int, model_width: int, model_height: int, most: int = MAX_MOSAIC_GRID) -> list[Tile]:
     """The cells (in model pixels) of one mosaic for `count` crops: the smallest square grid that holds
-    them, up to `MAX_MOSAIC_GRID` a side (more crops take more mosaics)."""
-    if count < 1:
-        raise ValueError(f"a mosaic of {count} cells: expected at least one")
-    grid = min(MAX_MOSAIC_GRID, math.ceil(math.sqrt(count)))
+    them, up to `most` cells a side (the caller packs the rest into more mosaics)."""
+    if count < 1 or most < 1:
+        raise ValueError(f"a mosaic of {count} cells, at most {most} a side: expected at least one of each")
+    grid = min(most, math.ceil(math.sqrt(count)))
     cw, ch = model_width // grid, model_height // grid
     cells = [Tile(c * cw, r * ch, (c + 1) * cw, (r + 1) * ch, model_width, model_height)
              for r in range(grid) for c in range(grid)]
