@@ -36,7 +36,7 @@ from edge.vision.runtime import (
 from edge.vision.manifest import Manifest, ModelSpec, load_manifest, locate, search_dirs
 from edge.pose.estimator import build_pose_estimator
 from edge.pose.fit import POSE_MODES, PoseEstimator
-from edge.vision.geometry import Fit, place
+from edge.vision.geometry import Fit
 from edge.vision.preprocess import Fitter
 from edge.vision.tile_scan import MAX_MOSAIC_GRID, TileScan, best_match, follow_region, mosaic_cells
 from edge.vision.tiling import Tile, cut_by_inner_edge, drop_parts, remap, tile_pyramid
@@ -52,7 +52,7 @@ DEFAULT_TILE_SCORE_THRESHOLD = 0.6
 DEFAULT_TILE_OVERLAP = 48
 # On a stream, tiles of the pyramid run per frame besides the whole-frame pass and the follow crops
 # (see docs/benchmarks-tiling.md for what each setting costs and how soon it finds a face).
-DEFAULT_TILES_PER_FRAME = 1
+DEFAULT_TILES_PER_FRAME = 0.5
 # Model-normalised coordinates as they come out of the model (a mosaic is mapped back cell by cell).
 MODEL_FIT = Fit(1.0, 1.0, 0.0, 0.0)
 STAGES = ("preprocess", "invoke", "decode")
@@ -116,9 +116,9 @@ class DetectorConfig:
                                 expected="pixels shared by neighbouring tiles, 0 or more and less than the tile size")
     tile_score_threshold: float = setting(DEFAULT_TILE_SCORE_THRESHOLD, kind=Kind.NUMBER, check=schema.between(0, 1),
                                           expected="a per-tile score threshold between 0 and 1")
-    tiles_per_frame: int = setting(DEFAULT_TILES_PER_FRAME, kind=Kind.WHOLE, check=schema.at_least(0),
-                                   expected="tiles scanned per frame on a stream in tiled mode, 0 or more "
-                                            "(still images scan them all)")
+    tiles_per_frame: float = setting(DEFAULT_TILES_PER_FRAME, kind=Kind.NUMBER, check=schema.at_least(0),
+                                     expected="tiles scanned per frame on a stream in tiled mode, 0 or more; "
+                                              "0.5 is one every other frame (still images scan them all)")
     model_dirs: tuple[Path, ...] = setting((), kind=Kind.PATHS, expected="a list of folders to look for model files in")
 
     def __post_init__(self) -> None:
@@ -360,13 +360,9 @@ class Detector:
             fits = []
             for region, cell in zip(batch, cells):
                 crop = image[region.y0:region.y1, region.x0:region.x1]
-                placement = place(crop.shape[1], crop.shape[0], cell.x1 - cell.x0, cell.y1 - cell.y0, self.family.fit)
-                content = canvas[cell.y0:cell.y1, cell.x0:cell.x1][placement.rows, placement.cols]
-                cv2.warpAffine(crop, placement.matrix, (content.shape[1], content.shape[0]), dst=content,
-                               flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-                # model -> cell-normalised -> region-normalised (the placement's fit) -> frame
+                inner = self._into_cell(crop, canvas[cell.y0:cell.y1, cell.x0:cell.x1])
+                # model -> cell-normalised -> crop-normalised (`inner`) -> frame
                 cx0, cy0, cx1, cy1 = cell.normalised
-                inner = placement.fit
                 fits.append(Fit(inner.scale_x * (cx1 - cx0), inner.scale_y * (cy1 - cy0),
                                 cx0 + inner.offset_x * (cx1 - cx0), cy0 + inner.offset_y * (cy1 - cy0),
                                 ).within(*region.normalised))
@@ -379,6 +375,21 @@ class Detector:
                 mine = [c for c in mine if not cut_by_inner_edge(c, region)]
                 best.append(max(mine, key=lambda c: c.score, default=None))
         return best
+
+    def _into_cell(self, crop: np.ndarray, cell: np.ndarray) -> Fit:
+        """Scales `crop` into the (black) `cell` as the family fits frames (letterbox or stretch);
+        the map from cell-normalised coordinates back to the crop's. cv2.resize maps edges to
+        edges, so the map is exact in normalised coordinates."""
+        ch, cw = cell.shape[:2]
+        rh, rw = crop.shape[:2]
+        if self.family.fit == "stretch":
+            w, h = cw, ch
+        else:
+            scale = min(cw / rw, ch / rh)
+            w, h = max(1, min(cw, round(rw * scale))), max(1, min(ch, round(rh * scale)))
+        left, top = (cw - w) // 2, (ch - h) // 2
+        cv2.resize(crop, (w, h), dst=cell[top:top + h, left:left + w], interpolation=cv2.INTER_LINEAR)
+        return Fit(w / cw, h / ch, left / cw, top / ch)
 
     @staticmethod
     def to_detections(candidates: list[Candidate]) -> list[Detection]:
@@ -445,7 +456,7 @@ class Pipeline:
         detector, merge, iou_threshold = self.detector, self.detector.family.merge, self.detector.spec.nms_iou_threshold
         threshold = max(detector.threshold, self.config.tile_score_threshold)
         totals = dict.fromkeys(STAGES, 0.0)
-        tiles = self.scan.next_tiles(width, height)
+        tiles = self.scan.next_tiles(image)
         whole = detector.region_candidates(image, None, detector.threshold, totals)
         missing = self.scan.to_follow(whole)
         regions = [follow_region(f.face, width, height) for f in missing]

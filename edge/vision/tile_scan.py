@@ -18,9 +18,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from edge.vision.decode import Candidate
 from edge.vision.decode.nms import iou
-from edge.vision.tiling import Tile, drop_parts, tile_pyramid
+from edge.vision.tiling import Tile, drop_parts, pyramid_levels, tile_grid
 
 # A follow crop's side, in sides of the face's box: room for the face to move between frames.
 FOLLOW_CONTEXT = 3.0
@@ -31,14 +33,23 @@ SAME_FACE_IOU = 0.3
 # At most this many cells a side in one follow mosaic: a face a third of a 64-pixel cell is ~21 model
 # pixels, which the full-range model finds (it finds faces from about 18 of its pixels).
 MAX_MOSAIC_GRID = 3
+# Changes are looked for in every 8th pixel of every 8th row (green channel): a 24-pixel face
+# covers nine samples, and 1920x1080 is 32,400 of them.
+CHANGE_STRIDE = 8
+# A sample counts as changed past this many levels (of 255): sensor noise stays well below it.
+CHANGE_LEVEL = 24
+# A tile counts as changed when this many samples of its core did.
+MIN_CHANGED = 3
 
 
 @dataclass(slots=True)
 class Followed:
-    """A face being followed: its last box, and how many frames in a row it was not found."""
+    """A face being followed: its last box, how many frames in a row it was not found, and whether
+    it is confirmed (found by the whole-frame pass, or by a follow crop after a tile found it)."""
 
     face: Candidate
     misses: int = 0
+    confirmed: bool = True
 
 
 def follow_region(face: Candidate, width: int, height: int) -> Tile:
@@ -74,34 +85,111 @@ def best_match(face: Candidate, found: list[Candidate]) -> Candidate | None:
     return best
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class Layout:
+    """The pyramid for one frame size, and each tile's core in change samples (rows, then columns).
+
+    A tile's core is the tile less half the overlap on each inner side: the cores of one level
+    cover the frame, and a face that fits in the overlap and is centred in a core is whole in that
+    core's tile. A change in a core is a change that tile, and no other of its level, must look at.
+    """
+
+    tiles: list[Tile]
+    level: np.ndarray
+    cores: np.ndarray  # (tiles, 4): y0, x0, y1, x1 in samples
+    owner: np.ndarray  # (levels, sample rows, sample columns): the tile whose core holds each sample
+
+
+def layout(width: int, height: int, tile: int, overlap: int) -> Layout:
+    tiles: list[Tile] = []
+    levels, cores = [], []
+    sizes = pyramid_levels(width, height, tile, overlap)
+    owner = np.zeros((len(sizes), -(-height // CHANGE_STRIDE), -(-width // CHANGE_STRIDE)), np.intp)
+    for index, (side, shared) in enumerate(sizes):
+        half = shared // 2
+        for t in tile_grid(width, height, side, shared):
+            x0, y0 = t.x0 + (half if t.x0 > 0 else 0), t.y0 + (half if t.y0 > 0 else 0)
+            x1, y1 = t.x1 - (half if t.x1 < width else 0), t.y1 - (half if t.y1 < height else 0)
+            core = (-(-y0 // CHANGE_STRIDE), -(-x0 // CHANGE_STRIDE), -(-y1 // CHANGE_STRIDE), -(-x1 // CHANGE_STRIDE))
+            owner[index, core[0]:core[2], core[1]:core[3]] = len(tiles)
+            cores.append(core)
+            tiles.append(t)
+            levels.append(index)
+    return Layout(tiles, np.array(levels, np.intp), np.array(cores, np.intp).reshape(-1, 4), owner)
+
+
 class TileScan:
     """Which tiles to scan in this frame, and which faces to follow: the stream's state.
 
     Per frame, in this order: `next_tiles`, `to_follow` (after the whole-frame pass), then
     `update` with what the follow crops and the tiles found, which returns the frame's faces
     (before the family's NMS).
+
+    Tiles are scanned round-robin: each frame the `per_frame` tiles scanned longest ago. With
+    `changes`, a tile whose core changed since its last scan (a sparse sample of the frame, away
+    from the faces already followed) goes before the others, unless they have waited more than
+    a whole round: a face appears where pixels change, and a static scene costs nothing extra.
     """
 
-    def __init__(self, tile: int, overlap: int, per_frame: int) -> None:
-        if per_frame < 0:
+    def __init__(self, tile: int, overlap: int, per_frame: float, changes: bool = True) -> None:
+        if not per_frame >= 0:
             raise ValueError(f"{per_frame} tiles per frame: expected 0 or more")
-        self.tile, self.overlap, self.per_frame = tile, overlap, per_frame
-        self.tiles: list[Tile] = []
+        self.tile, self.overlap, self.per_frame, self.changes = tile, overlap, per_frame, changes
+        self._credit = 0.0  # a fractional `per_frame` runs one tile every so many frames
+        self.layout = layout(0, 0, tile, overlap)
         self.followed: list[Followed] = []
         self._size: tuple[int, int] | None = None
-        self._next = 0
+        self._frame = 0
+        self._scanned = np.zeros(0, np.int64)  # the frame each tile was last scanned in
+        self._reference = np.zeros((0, 0, 0), np.int16)  # per level: the samples as last scanned
 
-    def next_tiles(self, width: int, height: int) -> list[Tile]:
-        """The next `per_frame` tiles of the pyramid, round-robin; a new frame size starts afresh."""
+    @property
+    def tiles(self) -> list[Tile]:
+        return self.layout.tiles
+
+    def next_tiles(self, image: np.ndarray) -> list[Tile]:
+        """The tiles to scan in this frame; a new frame size starts afresh."""
+        height, width = image.shape[:2]
+        samples = image[::CHANGE_STRIDE, ::CHANGE_STRIDE, 1].astype(np.int16)
         if self._size != (width, height):
             self._size = (width, height)
-            self.tiles = tile_pyramid(width, height, self.tile, self.overlap)
-            self.followed, self._next = [], 0
-        count = min(self.per_frame, len(self.tiles))
-        chosen = [self.tiles[(self._next + i) % len(self.tiles)] for i in range(count)]
-        if self.tiles:
-            self._next = (self._next + count) % len(self.tiles)
-        return chosen
+            self.layout = layout(width, height, self.tile, self.overlap)
+            self.followed = []
+            count = len(self.layout.tiles)
+            # As if scanned in order just before the first frame: plain round-robin from tile 0.
+            self._scanned = np.arange(count, dtype=np.int64) - count
+            self._reference = np.repeat(samples[None], len(self.layout.owner), axis=0)
+        tiles = self.layout.tiles
+        self._credit += self.per_frame
+        count = min(int(self._credit), len(tiles))
+        self._credit -= count
+        self._frame += 1
+        if count == 0:
+            return []
+        waited = self._frame - self._scanned
+        if self.changes:
+            rounds = math.ceil(len(tiles) / self.per_frame)
+            waited = waited + rounds * (self._changed(samples) >= MIN_CHANGED)
+        # Longest wait first; among equals, the lower index (the round-robin order).
+        chosen = np.lexsort((np.arange(len(tiles)), -waited))[:count]
+        for i in chosen:
+            y0, x0, y1, x1 = self.layout.cores[i]
+            self._reference[self.layout.level[i], y0:y1, x0:x1] = samples[y0:y1, x0:x1]
+        self._scanned[chosen] = self._frame
+        return [tiles[i] for i in chosen]
+
+    def _changed(self, samples: np.ndarray) -> np.ndarray:
+        """Per tile: samples in its core that changed by more than `CHANGE_LEVEL` since it was last scanned.
+
+        Counted from the changed samples' owners (few, in a scene that holds still), not by summing
+        every core: that would cost more than the rest of the scheduling together."""
+        changed = np.abs(self._reference - samples[None]) > CHANGE_LEVEL
+        frame_w, frame_h = self._size or (0, 0)
+        for f in self.followed:  # a followed face's own movement is no news
+            region = follow_region(f.face, frame_w, frame_h)
+            changed[:, region.y0 // CHANGE_STRIDE:-(-region.y1 // CHANGE_STRIDE),
+                    region.x0 // CHANGE_STRIDE:-(-region.x1 // CHANGE_STRIDE)] = False
+        return np.bincount(self.layout.owner[changed], minlength=len(self.layout.tiles))
 
     def to_follow(self, whole: list[Candidate]) -> list[Followed]:
         """The followed faces the whole-frame pass did not find in this frame (those it found are updated)."""
@@ -111,31 +199,36 @@ class TileScan:
             if seen is None:
                 missing.append(followed)
             else:
-                followed.face, followed.misses = seen, 0
+                followed.face, followed.misses, followed.confirmed = seen, 0, True
         return missing
 
     def update(self, whole: list[Candidate], follows: list[tuple[Followed, Candidate | None]],
                scanned: list[Candidate]) -> list[Candidate]:
         """Records what the follow crops and the tiles found; the frame's faces, before NMS.
 
-        A follow crop's find moves its face along; a face a crop missed `MAX_MISSES` frames in a
-        row is let go. Whatever the whole-frame pass or the tiles found that no followed face
-        matches starts being followed.
+        A follow crop's find moves its face along and confirms it; a confirmed face a crop missed
+        `MAX_MISSES` frames in a row is let go, an unconfirmed one at its first miss. What the tiles
+        find that no followed face matches is followed unconfirmed, and reported from the frame a
+        follow crop finds it again: a texture that looked like a face to one tile rarely does to a
+        crop centred on it. The whole-frame pass's faces are reported as they are (a superset of
+        one pass) and followed from then on.
         """
-        kept = []
         for followed, found in follows:
             if found is None:
                 followed.misses += 1
             else:
-                followed.face, followed.misses = found, 0
-        self.followed = [f for f in self.followed if f.misses < MAX_MISSES]
+                followed.face, followed.misses, followed.confirmed = found, 0, True
+        self.followed = [f for f in self.followed
+                         if f.misses < (MAX_MISSES if f.confirmed else 1)]
         refound = [found for _, found in follows if found is not None]
-        extra = drop_parts(refound + scanned, whole)
-        for c in whole + extra:
-            kept.append(c)
+        faces = whole + drop_parts(refound, whole)
+        for c in whole:
+            if best_match(c, [f.face for f in self.followed]) is None:
+                self.followed.append(Followed(c))
+        for c in drop_parts(scanned, faces):
             match = next((f for f in self.followed if iou(f.face, c) > SAME_FACE_IOU), None)
             if match is None:
-                self.followed.append(Followed(c))
-            else:
-                match.face, match.misses = c, 0
-        return kept
+                self.followed.append(Followed(c, confirmed=False))
+            elif match.confirmed:
+                faces.append(c)
+        return faces

@@ -80,12 +80,18 @@ def tile_pyramid(width: int, height: int, tile: int, overlap: int) -> list[Tile]
     overlap). Levels stop where a tile would span the frame's longer side: the whole-frame
     pass sees that scale.
     """
-    tiles: list[Tile] = []
+    return [t for side, shared in pyramid_levels(width, height, tile, overlap)
+            for t in tile_grid(width, height, side, shared)]
+
+
+def pyramid_levels(width: int, height: int, tile: int, overlap: int) -> list[tuple[int, int]]:
+    """(tile side, overlap) of each level of `tile_pyramid`, finest first."""
+    levels = []
     side, shared = tile, overlap
     while side < max(width, height):
-        tiles += tile_grid(width, height, side, shared)
+        levels.append((side, shared))
         side, shared = 2 * side, 2 * shared
-    return tiles
+    return levels
 
 
 def _area(c: Candidate) -> float:

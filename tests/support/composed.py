@@ -70,16 +70,16 @@ def paste(frame: np.ndarray, face: np.ndarray, x: int, y: int) -> Box:
     return (x, y, x + face.shape[1], y + face.shape[0])
 
 
-def group_photo(crops: list[Crop], images: Path) -> tuple[np.ndarray, list[Box]]:
-    """Six faces about 95 px wide in a 1280-wide frame, in two rows, as people stand for a group photograph:
-    the closest we can build to the held-out group photograph of issue 13."""
+def group_photo(crops: list[Crop], images: Path, face_width: float = GROUP_FACE_WIDTH) -> tuple[np.ndarray, list[Box]]:
+    """Six faces (by default about 95 px wide) in a 1280-wide frame, in two rows, as people stand for a
+    group photograph: the closest we can build to the held-out group photograph of issue 13."""
     width, height = GROUP_SIZE
     frame = backdrop(images, width, height)
     chosen = crops[::max(1, len(crops) // GROUP_FACES)][:GROUP_FACES]
     placed = []
     per_row = GROUP_FACES // 2
     for i, crop in enumerate(chosen):
-        face = scaled(crop, GROUP_FACE_WIDTH)
+        face = scaled(crop, face_width)
         row, col = divmod(i, per_row)
         x = int((col + 0.5 + 0.5 * row) * width / (per_row + 1)) - face.shape[1] // 2
         y = int(height * (0.3 + 0.3 * row)) - face.shape[0] // 2
