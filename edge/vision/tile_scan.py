@@ -8,7 +8,7 @@ trackers follow a face with a region of interest from the frame before. So each 
 the whole-frame pass, `per_frame` tiles of the pyramid in turn (the whole frame is covered
 every `len(tiles) / per_frame` frames), and one model run holding a crop around every face
 the whole-frame pass did not see this frame, packed side by side into the model's input (a
-mosaic: up to nine faces in one run, each at about a third of its cell).
+mosaic: up to nine faces in one run, each about half its cell).
 
 The schedule and the faces followed are plain state over `Candidate`s and `Tile`s: the
 pixels are moved by the pipeline (`edge.vision.pipeline.Detector`).
@@ -24,14 +24,16 @@ from edge.vision.decode import Candidate
 from edge.vision.decode.nms import iou
 from edge.vision.tiling import Tile, drop_parts, pyramid_levels, tile_grid
 
-# A follow crop's side, in sides of the face's box: room for the face to move between frames.
-FOLLOW_CONTEXT = 3.0
+# A follow crop's side, in sides of the face's box: room for the face to move half its width between
+# frames, and the face large in its cell (of the shared portraits' 25 faces packed nine to a run,
+# 219 of 225 cells are found at 2 and 211 at 3).
+FOLLOW_CONTEXT = 2.0
 # A followed face missed this many frames in a row is let go (the scan will find it again if it is there).
 MAX_MISSES = 2
 # Boxes overlapping by more than this are the same face (the families' NMS threshold is 0.3 as well).
 SAME_FACE_IOU = 0.3
-# At most this many cells a side in one follow mosaic: a face a third of a 64-pixel cell is ~21 model
-# pixels, which the full-range model finds (it finds faces from about 18 of its pixels).
+# At most this many cells a side in one follow mosaic: a face half a 64-pixel cell is 32 model pixels,
+# well above the smallest the full-range model finds (about 18 of its pixels).
 MAX_MOSAIC_GRID = 3
 # Changes are looked for in every 8th pixel of every 8th row (green channel): a 24-pixel face
 # covers nine samples, and 1920x1080 is 32,400 of them.

@@ -30,6 +30,8 @@ STREAM_DRIFT = 0.4
 # Sensor noise (standard deviation, 8-bit levels), drawn once into a small pool of fields.
 NOISE_SIGMA = 2.0
 NOISE_FIELDS = 4
+GRID_COLS, GRID_ROWS = 6, 4
+SMALL_FACE_SEED = 7
 GROUP_SIZE = (1280, 853)
 GROUP_FACES = 6
 GROUP_FACE_WIDTH = 95
@@ -68,6 +70,21 @@ def scaled(crop: Crop, face_width: float) -> np.ndarray:
 def paste(frame: np.ndarray, face: np.ndarray, x: int, y: int) -> Box:
     frame[y:y + face.shape[0], x:x + face.shape[1]] = face
     return (x, y, x + face.shape[1], y + face.shape[0])
+
+
+def small_face_frame(crops: list[Crop], images: Path, seed: int = SMALL_FACE_SEED) -> tuple[np.ndarray, list[Box]]:
+    """Up to 24 faces 24-40 px wide on a 1920x1080 backdrop, one to a cell of a 6x4 grid."""
+    rng = np.random.default_rng(seed)
+    width, height = STREAM_SIZE
+    frame = backdrop(images, width, height)
+    placed = []
+    cell_w, cell_h = (width - 300) / GRID_COLS, (height - 200) / GRID_ROWS
+    for i, crop in enumerate(crops[: GRID_COLS * GRID_ROWS]):
+        small = scaled(crop, rng.uniform(*STREAM_FACE_WIDTHS))
+        x = int(150 + (i % GRID_COLS) * cell_w + rng.uniform(0, cell_w - small.shape[1]))
+        y = int(100 + (i // GRID_COLS) * cell_h + rng.uniform(0, cell_h - small.shape[0]))
+        placed.append(paste(frame, small, x, y))
+    return frame, placed
 
 
 def group_photo(crops: list[Crop], images: Path, face_width: float = GROUP_FACE_WIDTH) -> tuple[np.ndarray, list[Box]]:
