@@ -1,11 +1,14 @@
-"""Tiled detection for small faces in high-resolution frames.
+"""Tiled detection for small faces in high-resolution frames: the geometry, no pixels.
 
 Why: a 192x192 model sees a 30-pixel face in a 1920x1080 frame as a
 3-pixel smudge. Cutting the frame into overlapping tiles at (about) model
 resolution keeps faces at their real size. The overlap is chosen larger than
-the biggest face the tiles are meant for, so every such face lies whole in
-at least one tile; a detection touching an inner tile edge is a cut face and
-is dropped in favour of its whole copy in the neighbouring tile.
+the biggest face a level of tiles is meant for, so every such face lies whole
+in at least one tile; a detection touching an inner tile edge is a cut face
+and is dropped in favour of its whole copy in the neighbouring tile. Larger
+faces are kept whole by coarser levels (`tile_pyramid`) and by the
+whole-frame pass, which tiled mode always runs too: it finds what one pass
+finds, and more.
 """
 from __future__ import annotations
 
