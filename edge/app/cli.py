@@ -192,7 +192,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
             print(f"edge-camera: {exc}", file=sys.stderr)
             continue
         frame = Frame(image, number, time.time())
-        result = pipeline.process(frame)
+        result = pipeline.process(frame, still=True)
         faces = [observation_json(observe(face, track=0)) for face in result.faces]
         if args.json:
             print(json.dumps({"image": str(path), "width": result.width, "height": result.height, "faces": faces}))

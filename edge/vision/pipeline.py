@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping, Protocol
 
+import cv2
 import numpy as np
 
 from edge.vision.decode import Candidate
@@ -37,7 +38,8 @@ from edge.pose.estimator import build_pose_estimator
 from edge.pose.fit import POSE_MODES, PoseEstimator
 from edge.vision.geometry import Fit
 from edge.vision.preprocess import Fitter
-from edge.vision.tiling import Tile, cut_by_inner_edge, tile_grid
+from edge.vision.tile_scan import MAX_MOSAIC_GRID, TileScan, best_match, follow_region, mosaic_cells
+from edge.vision.tiling import Tile, cut_by_inner_edge, drop_parts, remap, tile_pyramid
 
 DEFAULT_MODEL = "blazeface-full"
 DEFAULT_POSE = "landmarks"
@@ -48,6 +50,12 @@ NO_CORAL = "no Coral device found"
 # gets a stricter threshold to keep false positives per frame where one pass has them.
 DEFAULT_TILE_SCORE_THRESHOLD = 0.6
 DEFAULT_TILE_OVERLAP = 48
+# On a stream, tiles of the pyramid run per frame besides the whole-frame pass and the follow crops
+# (see docs/benchmarks-tiling.md for what each setting costs and how soon it finds a face).
+DEFAULT_TILES_PER_FRAME = 0.5
+# Model-normalised coordinates as they come out of the model (a mosaic is mapped back cell by cell).
+MODEL_FIT = Fit(1.0, 1.0, 0.0, 0.0)
+STAGES = ("preprocess", "invoke", "decode")
 # A tile smaller than this holds no face a detector could find.
 MIN_TILE_SIZE = 32
 PIXEL_MAX = 255.0
@@ -108,6 +116,9 @@ class DetectorConfig:
                                 expected="pixels shared by neighbouring tiles, 0 or more and less than the tile size")
     tile_score_threshold: float = setting(DEFAULT_TILE_SCORE_THRESHOLD, kind=Kind.NUMBER, check=schema.between(0, 1),
                                           expected="a per-tile score threshold between 0 and 1")
+    tiles_per_frame: float = setting(DEFAULT_TILES_PER_FRAME, kind=Kind.NUMBER, check=schema.at_least(0),
+                                     expected="tiles scanned per frame on a stream in tiled mode, 0 or more; "
+                                              "0.5 is one every other frame (still images scan them all)")
     model_dirs: tuple[Path, ...] = setting((), kind=Kind.PATHS, expected="a list of folders to look for model files in")
 
     def __post_init__(self) -> None:
@@ -244,6 +255,9 @@ class Detector:
         # Rewrite only the changed region of the input from frame to frame, if the runtime lets us.
         self.region_writes = runner.keeps_input()
         self.timings: dict[str, float] = {}
+        # Tiled mode's own fitters (one per region size) and mosaic canvas; single-pass mode never uses them.
+        self._fitters: dict[tuple[int, int], Fitter] = {}
+        self._mosaic = np.zeros((spec.input_height, spec.input_width, 3), np.uint8)
 
     def candidates(self, image: np.ndarray, threshold: float | None = None, tile: Tile | None = None) -> list[Candidate]:
         """Faces in frame-normalised coordinates; with `tile`, `image` is that region of the frame."""
@@ -263,20 +277,119 @@ class Detector:
         return found
 
     def candidates_tiled(self, image: np.ndarray, tile_size: int, overlap: int, threshold: float) -> list[Candidate]:
+        """The whole-frame pass plus every tile of the pyramid, merged: what one pass finds and the
+        small faces it misses (still images; a stream scans a share of the tiles per frame)."""
         height, width = image.shape[:2]
-        found: list[Candidate] = []
-        totals = {"preprocess": 0.0, "invoke": 0.0, "decode": 0.0}
+        totals = dict.fromkeys(STAGES, 0.0)
         threshold = max(self.threshold, threshold)
-        for tile in tile_grid(width, height, tile_size, overlap):
-            crop = image[tile.y0:tile.y1, tile.x0:tile.x1]
-            found += [c for c in self.candidates(crop, threshold, tile) if not cut_by_inner_edge(c, tile)]
-            for stage, value in self.timings.items():
-                totals[stage] += value
+        merge, iou_threshold = self.family.merge, self.spec.nms_iou_threshold
+        whole = self.region_candidates(image, None, self.threshold, totals)
+        found = self.tile_candidates(image, tile_pyramid(width, height, tile_size, overlap), threshold, totals)
         t0 = time.perf_counter()
-        merged = self.family.merge(found, self.spec.nms_iou_threshold)
+        found = [c for c in drop_parts(merge(found, iou_threshold), whole) if best_match(c, whole) is None]
+        totals["decode"] += (time.perf_counter() - t0) * 1e3
+        # What only the tiles found is kept when a crop centred on it finds it again: a texture that
+        # looked like a face to one window rarely does from another place and scale, a face does.
+        regions = [follow_region(c, width, height) for c in found]
+        again = self.mosaic_candidates(image, regions, threshold, totals, grid=1) if regions else []
+        t0 = time.perf_counter()
+        confirmed = [c for c, check in zip(found, again, strict=True) if check is not None]
+        merged = merge(whole + confirmed, iou_threshold)
         totals["decode"] += (time.perf_counter() - t0) * 1e3
         self.timings = totals
         return merged
+
+    # --- regions of a frame (tiled mode) ----------------------------------------------------------
+    # Every run here writes the whole model input: the tiles, the follow mosaic and the whole frame
+    # take turns in it, so what the last run left there is no guide to the next one. Each region
+    # size keeps its own fitter, so a placement is worked out once per size, not once per run.
+    def _fitter(self, width: int, height: int) -> Fitter:
+        fitter = self._fitters.get((width, height))
+        if fitter is None:
+            fitter = self._fitters[(width, height)] = Fitter(self.spec.input_width, self.spec.input_height,
+                                                             self.family.fit)
+        return fitter
+
+    def _run(self, pixels: np.ndarray, fit: Fit, threshold: float, totals: dict[str, float],
+             t0: float) -> list[Candidate]:
+        # The input now holds this region: `candidates` must write whole frames from here on.
+        self.region_writes = False
+        t1 = time.perf_counter()
+        outputs = self.runner.run_pixels(pixels, self.transform, views=True)
+        t2 = time.perf_counter()
+        found = self.decoder.decode(outputs, threshold, fit)
+        del outputs  # views of the interpreter's buffers: gone before the next invoke()
+        t3 = time.perf_counter()
+        totals["preprocess"] += (t1 - t0) * 1e3
+        totals["invoke"] += (t2 - t1) * 1e3
+        totals["decode"] += (t3 - t2) * 1e3
+        return found
+
+    def region_candidates(self, image: np.ndarray, tile: Tile | None, threshold: float,
+                          totals: dict[str, float]) -> list[Candidate]:
+        """Faces in one region of the frame (all of it when `tile` is None), in frame coordinates."""
+        t0 = time.perf_counter()
+        crop = image if tile is None else image[tile.y0:tile.y1, tile.x0:tile.x1]
+        pixels, fit, _ = self._fitter(crop.shape[1], crop.shape[0]).fit(crop)
+        if tile is not None:
+            fit = fit.within(*tile.normalised)
+        return self._run(pixels, fit, threshold, totals, t0)
+
+    def tile_candidates(self, image: np.ndarray, tiles: list[Tile], threshold: float,
+                        totals: dict[str, float]) -> list[Candidate]:
+        """What the tiles find whole (a face cut by an inner tile edge is whole in a neighbour or a coarser level)."""
+        found: list[Candidate] = []
+        for tile in tiles:
+            found += [c for c in self.region_candidates(image, tile, threshold, totals) if not cut_by_inner_edge(c, tile)]
+        return found
+
+    def mosaic_candidates(self, image: np.ndarray, regions: list[Tile], threshold: float,
+                          totals: dict[str, float], grid: int = MAX_MOSAIC_GRID) -> list[Candidate | None]:
+        """The best face in each region, the regions packed side by side into the model's input
+        (up to `grid` x `grid` per run, see `edge.vision.tile_scan`): how followed faces are looked
+        for on a stream, and (one per run) how a still image's tile finds are confirmed."""
+        width, height = self.spec.input_width, self.spec.input_height
+        per_run = grid * grid
+        best: list[Candidate | None] = []
+        for start in range(0, len(regions), per_run):
+            t0 = time.perf_counter()
+            batch = regions[start:start + per_run]
+            cells = mosaic_cells(len(batch), width, height, grid)
+            canvas = self._mosaic
+            canvas[...] = 0
+            fits = []
+            for region, cell in zip(batch, cells):
+                crop = image[region.y0:region.y1, region.x0:region.x1]
+                inner = self._into_cell(crop, canvas[cell.y0:cell.y1, cell.x0:cell.x1])
+                # model -> cell-normalised -> crop-normalised (`inner`) -> frame
+                cx0, cy0, cx1, cy1 = cell.normalised
+                fits.append(Fit(inner.scale_x * (cx1 - cx0), inner.scale_y * (cy1 - cy0),
+                                cx0 + inner.offset_x * (cx1 - cx0), cy0 + inner.offset_y * (cy1 - cy0),
+                                ).within(*region.normalised))
+            found = self._run(canvas, MODEL_FIT, threshold, totals, t0)
+            for region, cell, fit in zip(batch, cells, fits):
+                x0, y0, x1, y1 = cell.normalised
+                mine = [remap(c, fit) for c in found
+                        if x0 <= (c.x0 + c.x1) / 2 < x1 and y0 <= (c.y0 + c.y1) / 2 < y1
+                        and not cut_by_inner_edge(c, cell)]
+                mine = [c for c in mine if not cut_by_inner_edge(c, region)]
+                best.append(max(mine, key=lambda c: c.score, default=None))
+        return best
+
+    def _into_cell(self, crop: np.ndarray, cell: np.ndarray) -> Fit:
+        """Scales `crop` into the (black) `cell` as the family fits frames (letterbox or stretch);
+        the map from cell-normalised coordinates back to the crop's. cv2.resize maps edges to
+        edges, so the map is exact in normalised coordinates."""
+        ch, cw = cell.shape[:2]
+        rh, rw = crop.shape[:2]
+        if self.family.fit == "stretch":
+            w, h = cw, ch
+        else:
+            scale = min(cw / rw, ch / rh)
+            w, h = max(1, min(cw, round(rw * scale))), max(1, min(ch, round(rh * scale)))
+        left, top = (cw - w) // 2, (ch - h) // 2
+        cv2.resize(crop, (w, h), dst=cell[top:top + h, left:left + w], interpolation=cv2.INTER_LINEAR)
+        return Fit(w / cw, h / ch, left / cw, top / ch)
 
     @staticmethod
     def to_detections(candidates: list[Candidate]) -> list[Detection]:
@@ -320,8 +433,13 @@ class Pipeline:
     def __init__(self, detector: Detector, pose: PoseEstimator, config: DetectorConfig, selection: Selection) -> None:
         self.detector, self.pose, self.config, self.selection = detector, pose, config, selection
         self.tile_size = config.tile_size or max(detector.spec.input_width, detector.spec.input_height)
+        self.scan = TileScan(self.tile_size, config.tile_overlap, config.tiles_per_frame)
+        # Chosen once: a stream in single-pass mode runs `detect` with no more per-frame tests than before.
+        self._stream_detect: Callable[[np.ndarray], list[Detection]] = (
+            self.detect_stream if config.tiled else self.detect)
 
     def detect(self, image: np.ndarray) -> list[Detection]:
+        """Faces in one image; tiled mode runs the whole-frame pass and every tile (still images)."""
         image = check_image(image)
         if self.config.tiled:
             found = self.detector.candidates_tiled(image, self.tile_size, self.config.tile_overlap,
@@ -330,8 +448,29 @@ class Pipeline:
             found = self.detector.candidates(image)
         return Detector.to_detections(found)
 
-    def process(self, frame: FrameLike) -> FrameResult:
-        detections = self.detect(frame.image)
+    def detect_stream(self, image: np.ndarray) -> list[Detection]:
+        """Tiled mode on a stream: the whole-frame pass, one mosaic run following the faces it did
+        not see, and the next `tiles_per_frame` tiles (see `edge.vision.tile_scan`)."""
+        image = check_image(image)
+        height, width = image.shape[:2]
+        detector, merge, iou_threshold = self.detector, self.detector.family.merge, self.detector.spec.nms_iou_threshold
+        threshold = max(detector.threshold, self.config.tile_score_threshold)
+        totals = dict.fromkeys(STAGES, 0.0)
+        tiles = self.scan.next_tiles(image)
+        whole = detector.region_candidates(image, None, detector.threshold, totals)
+        missing = self.scan.to_follow(whole)
+        regions = [follow_region(f.face, width, height) for f in missing]
+        refound = detector.mosaic_candidates(image, regions, threshold, totals) if regions else []
+        scanned = merge(detector.tile_candidates(image, tiles, threshold, totals), iou_threshold)
+        t0 = time.perf_counter()
+        faces = merge(self.scan.update(whole, list(zip(missing, refound, strict=True)), scanned), iou_threshold)
+        totals["decode"] += (time.perf_counter() - t0) * 1e3
+        detector.timings = totals
+        return Detector.to_detections(faces)
+
+    def process(self, frame: FrameLike, still: bool = False) -> FrameResult:
+        """One frame of a stream, or with `still` one image on its own (tiled mode then scans every tile)."""
+        detections = self.detect(frame.image) if still else self._stream_detect(frame.image)
         timings = dict(self.detector.timings)
         t0 = time.perf_counter()
         poses: list[HeadPose | None] = self.pose.estimate(frame.image, detections) if detections else []

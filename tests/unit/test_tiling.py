@@ -1,25 +1,65 @@
-"""Tiled mode finds small faces in a high-resolution frame that one full-frame pass misses."""
+"""Tiled mode: a superset of one pass that also finds small faces; on a stream, a share of the tiles
+per frame and a crop following each face found (edge/vision/tiling.py, edge/vision/tile_scan.py)."""
 from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
+from edge.common.errors import ConfigError
 from edge.vision.decode import Candidate
-from edge.vision.pipeline import DetectorConfig, Pipeline, build_pipeline
+from edge.vision.detection import Detection
 from edge.vision.geometry import Fit
-from edge.vision.tiling import Tile, cut_by_inner_edge, tile_grid
+from edge.vision.pipeline import STAGES, Detector, DetectorConfig, Pipeline, build_pipeline
+from edge.vision.tile_scan import (
+    CHANGE_STRIDE,
+    MAX_MISSES,
+    TileScan,
+    follow_region,
+    mosaic_cells,
+)
+from edge.vision.tiling import (
+    Tile,
+    cut_by_inner_edge,
+    drop_parts,
+    inside_share,
+    pyramid_levels,
+    remap,
+    tile_grid,
+    tile_pyramid,
+)
 
+from support import composed
 from support.data import load_rgb
 
 FRAME_W, FRAME_H = 1920, 1080
-FACE_WIDTHS = (24, 40)
-CROP_MARGIN = 1.6
-GRID_COLS, GRID_ROWS = 6, 4
-SEED = 7
+# A face one pass finds counts as found by tiled mode when a box overlaps it this much.
+SAME_FACE = 0.5
+FPS = 30
+STREAM_FRAMES = 240
+STREAM_FACES = 6
+STREAM_SEED = 5
 
+
+@pytest.fixture(scope="module")
+def single() -> Pipeline:
+    return build_pipeline(DetectorConfig(pose="off"))
+
+
+@pytest.fixture(scope="module")
+def tiled() -> Pipeline:
+    return build_pipeline(DetectorConfig(pose="off", tiled=True))
+
+
+@pytest.fixture(scope="module")
+def crops(single: Pipeline, shared_images: Path) -> list[composed.Crop]:
+    found = composed.face_crops(single.detect, shared_images)
+    assert len(found) >= 20
+    return found
+
+
+# --- geometry (no model) ---------------------------------------------------------------------------
 
 def test_tiles_cover_the_frame_with_the_requested_overlap() -> None:
     tiles = tile_grid(FRAME_W, FRAME_H, 192, 48)
@@ -39,6 +79,15 @@ def test_a_frame_smaller_than_a_tile_is_one_tile() -> None:
 def test_bad_overlap_is_refused() -> None:
     with pytest.raises(ValueError, match="overlap"):
         tile_grid(FRAME_W, FRAME_H, 192, 192)
+
+
+def test_the_pyramid_doubles_tiles_and_overlap_up_to_the_frames_longer_side() -> None:
+    assert pyramid_levels(FRAME_W, FRAME_H, 192, 48) == [(192, 48), (384, 96), (768, 192), (1536, 384)]
+    assert pyramid_levels(1280, 720, 192, 48) == [(192, 48), (384, 96), (768, 192)]
+    # A frame no larger than a tile is the whole-frame pass's alone.
+    assert tile_pyramid(160, 120, 192, 48) == []
+    tiles = tile_pyramid(FRAME_W, FRAME_H, 192, 48)
+    assert len(tiles) == sum(len(tile_grid(FRAME_W, FRAME_H, s, o)) for s, o in pyramid_levels(FRAME_W, FRAME_H, 192, 48))
 
 
 def test_faces_cut_by_an_inner_tile_edge_are_dropped_but_frame_edges_are_kept() -> None:
@@ -61,60 +110,222 @@ def test_fit_within_a_tile_maps_model_coordinates_to_the_frame() -> None:
     assert (0.5 - fit.offset_y) / fit.scale_y == pytest.approx(636 / FRAME_H)
 
 
-def face_crops(detector: Pipeline, images: Path) -> list[tuple[np.ndarray, float]]:
-    """Faces cut from the shared portraits, with the width of the face inside each crop."""
-    crops = []
-    for path in sorted(images.iterdir()):
-        if "no_faces" in path.name:
-            continue
+def test_remap_takes_box_and_keypoints_through_the_fit() -> None:
+    fit = Fit(0.5, 0.25, 0.1, 0.2)
+    c = remap(Candidate(0.8, 0.2, 0.3, 0.4, 0.5, (0.3, 0.4)), fit)
+    assert c.score == 0.8
+    assert (c.x0, c.y0, c.x1, c.y1) == pytest.approx((0.2, 0.4, 0.6, 1.2))
+    assert c.keypoints == pytest.approx((0.4, 0.8))
+
+
+def test_a_part_of_a_larger_face_is_dropped_and_a_face_beside_it_kept() -> None:
+    big = Candidate(0.9, 0.1, 0.1, 0.5, 0.5)
+    inside = Candidate(0.7, 0.2, 0.2, 0.3, 0.3)
+    astride = Candidate(0.7, 0.45, 0.2, 0.65, 0.4)  # a quarter of it inside the big box
+    assert inside_share(inside, big) == pytest.approx(1.0)
+    assert inside_share(astride, big) == pytest.approx(0.25)
+    assert drop_parts([inside, astride], [big]) == [astride]
+    # Among the tiles' own finds as well: the larger one stays.
+    assert drop_parts([big, inside], []) == [big]
+
+
+def test_follow_regions_are_squares_around_the_face_inside_the_frame() -> None:
+    face = Candidate(0.9, 10 / FRAME_W, 500 / FRAME_H, 40 / FRAME_W, 530 / FRAME_H)  # 30 px, near the left edge
+    region = follow_region(face, FRAME_W, FRAME_H)
+    assert (region.x1 - region.x0, region.y1 - region.y0) == (60, 60)
+    assert region.x0 == 0 and region.y0 == 485
+    huge = Candidate(0.9, 0.0, 0.0, 0.9, 0.9)
+    region = follow_region(huge, FRAME_W, FRAME_H)
+    assert (region.x0, region.y0, region.x1, region.y1) == (0, 0, FRAME_W, FRAME_H)
+
+
+def test_mosaic_cells_are_the_smallest_square_grid_up_to_three_a_side() -> None:
+    assert mosaic_cells(1, 192, 192) == [Tile(0, 0, 192, 192, 192, 192)]
+    assert [(c.x0, c.y0) for c in mosaic_cells(3, 192, 192)] == [(0, 0), (96, 0), (0, 96)]
+    assert len(mosaic_cells(9, 192, 192)) == 9 and mosaic_cells(9, 192, 192)[-1] == Tile(128, 128, 192, 192, 192, 192)
+    assert len(mosaic_cells(12, 192, 192)) == 9  # the rest go in the next mosaic
+    with pytest.raises(ValueError, match="cells"):
+        mosaic_cells(0, 192, 192)
+
+
+def test_tiles_per_frame_must_not_be_negative() -> None:
+    with pytest.raises(ConfigError, match="tiles_per_frame"):
+        DetectorConfig(tiles_per_frame=-1)
+
+
+# --- the stream schedule (no model) ------------------------------------------------------------------
+
+def blank(value: int = 0) -> np.ndarray:
+    return np.full((FRAME_H, FRAME_W, 3), value, np.uint8)
+
+
+@pytest.mark.parametrize("per_frame", [0.5, 1, 3])
+def test_round_robin_covers_every_tile_once_per_round(per_frame: float) -> None:
+    scan = TileScan(192, 48, per_frame, changes=False)
+    image = blank()
+    total = len(tile_pyramid(FRAME_W, FRAME_H, 192, 48))
+    frames = int(np.ceil(total / per_frame))
+    seen = [t for _ in range(frames) for t in scan.next_tiles(image)]
+    assert len(seen) - total < per_frame
+    assert len(set(seen[:total])) == total and set(seen) == set(scan.tiles)
+
+
+def test_a_tile_whose_pixels_changed_is_scanned_next() -> None:
+    scan = TileScan(192, 48, 1)
+    image = blank()
+    for _ in range(3):
+        scan.next_tiles(image)
+    changed = image.copy()
+    changed[700:740, 1500:1530] = 200  # a face-sized patch appears far from the round-robin's position
+    chosen = scan.next_tiles(changed)[0]
+    assert chosen.x0 <= 1500 and 1530 <= chosen.x1 and chosen.y0 <= 700 and 740 <= chosen.y1
+    # Its reference now holds the patch: not chosen again for it.
+    assert scan.next_tiles(changed)[0] != chosen
+
+
+def test_a_change_below_the_noise_level_is_not_news() -> None:
+    scan = TileScan(192, 48, 1)
+    image = blank(100)
+    first = [scan.next_tiles(image)[0] for _ in range(3)]
+    noisy = image.copy()
+    noisy[::CHANGE_STRIDE, ::CHANGE_STRIDE] += 10
+    plain = TileScan(192, 48, 1, changes=False)
+    assert [plain.next_tiles(image)[0] for _ in range(4)] == first + [scan.next_tiles(noisy)[0]]
+
+
+def test_a_tile_find_is_reported_only_once_a_follow_crop_confirms_it() -> None:
+    scan = TileScan(192, 48, 1)
+    scan.next_tiles(blank())
+    face = Candidate(0.8, 0.50, 0.50, 0.52, 0.53)
+    assert scan.update([], [], [face]) == []  # found by a tile: followed, not yet reported
+    missing = scan.to_follow([])
+    assert [f.face for f in missing] == [face] and not missing[0].confirmed
+    moved = Candidate(0.8, 0.501, 0.50, 0.521, 0.53)
+    assert scan.update([], [(missing[0], moved)], []) == [moved]
+    # Confirmed: a miss is forgiven up to MAX_MISSES frames in a row, then the face is let go.
+    for frame in range(MAX_MISSES):
+        assert len(scan.followed) == 1
+        (followed,) = scan.to_follow([])
+        scan.update([], [(followed, None)], [])
+    assert scan.followed == []
+
+
+def test_an_unconfirmed_find_is_let_go_at_its_first_miss() -> None:
+    scan = TileScan(192, 48, 1)
+    scan.next_tiles(blank())
+    scan.update([], [], [Candidate(0.7, 0.5, 0.5, 0.52, 0.53)])
+    (followed,) = scan.to_follow([])
+    assert scan.update([], [(followed, None)], []) == [] and scan.followed == []
+
+
+def test_faces_the_whole_frame_pass_finds_are_reported_at_once_and_not_followed_by_crop() -> None:
+    scan = TileScan(192, 48, 1)
+    scan.next_tiles(blank())
+    face = Candidate(0.9, 0.3, 0.3, 0.4, 0.45)
+    assert scan.update([face], [], []) == [face]
+    assert scan.to_follow([face]) == []  # seen again by the whole-frame pass: no crop needed
+    assert [f.face for f in scan.to_follow([])] == [face]  # not seen: followed by a crop
+
+
+# --- real model, real photographs --------------------------------------------------------------------
+
+def unmatched(one_pass: list[Detection], tiled: list[Detection]) -> list[Detection]:
+    return [d for d in one_pass if max((d.box.iou(t.box) for t in tiled), default=0.0) < SAME_FACE]
+
+
+def test_tiled_mode_finds_every_face_one_pass_finds_on_every_shared_photograph(
+        single: Pipeline, tiled: Pipeline, shared_images: Path) -> None:
+    lost = {}
+    photographs = 0
+    for path in sorted(shared_images.iterdir()):
         image = load_rgb(path)
-        h, w = image.shape[:2]
-        for face in detector.detect(image):
-            b = face.box
-            cx, cy, bw, bh = (b.x + b.w / 2) * w, (b.y + b.h / 2) * h, b.w * w, b.h * h
-            x0, y0 = int(max(0, cx - bw * CROP_MARGIN / 2)), int(max(0, cy - bh * CROP_MARGIN / 2))
-            x1, y1 = int(min(w, cx + bw * CROP_MARGIN / 2)), int(min(h, cy + bh * CROP_MARGIN / 2))
-            crops.append((image[y0:y1, x0:x1], bw))
-    return crops
+        one_pass = single.detect(image)
+        photographs += bool(one_pass)
+        missing = unmatched(one_pass, tiled.detect(image))
+        if missing:
+            lost[path.name] = len(missing)
+    assert photographs >= 15
+    assert not lost, f"faces one pass finds and tiled mode loses: {lost}"
 
 
-def composed_frame(crops: list[tuple[np.ndarray, float]], background: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
-    rng = np.random.default_rng(SEED)
-    frame = cv2.resize(background, (FRAME_W, FRAME_H))
-    placed = []
-    cell_w, cell_h = (FRAME_W - 300) / GRID_COLS, (FRAME_H - 200) / GRID_ROWS
-    for i, (crop, face_w) in enumerate(crops[: GRID_COLS * GRID_ROWS]):
-        scale = rng.uniform(*FACE_WIDTHS) / face_w
-        small = cv2.resize(crop, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-        x = int(150 + (i % GRID_COLS) * cell_w + rng.uniform(0, cell_w - small.shape[1]))
-        y = int(100 + (i // GRID_COLS) * cell_h + rng.uniform(0, cell_h - small.shape[0]))
-        frame[y:y + small.shape[0], x:x + small.shape[1]] = small
-        placed.append((x, y, x + small.shape[1], y + small.shape[0]))
-    return frame, placed
-
-
-def score(detections: list, placed: list[tuple[int, int, int, int]]) -> tuple[int, int]:
-    """(faces found, false positives): a detection counts when its centre lies in a placed crop."""
-    hit = set()
-    false_positives = 0
-    for d in detections:
-        cx, cy = (d.box.x + d.box.w / 2) * FRAME_W, (d.box.y + d.box.h / 2) * FRAME_H
-        inside = [i for i, (x0, y0, x1, y1) in enumerate(placed) if x0 <= cx <= x1 and y0 <= cy <= y1]
-        if inside and inside[0] not in hit:
-            hit.add(inside[0])
-        else:
-            false_positives += 1  # outside every face, or a duplicate
-    return len(hit), false_positives
-
-
-def test_tiled_mode_finds_small_faces_a_single_pass_misses(shared_images: Path) -> None:
-    single = build_pipeline(DetectorConfig(pose="off"))
-    tiled = build_pipeline(DetectorConfig(pose="off", tiled=True))
-    crops = face_crops(single, shared_images)
-    assert len(crops) >= 20
-    frame, placed = composed_frame(crops, load_rgb(shared_images / "mtcnn_no_faces.jpg"))
-    found_single, _ = score(single.detect(frame), placed)
-    found_tiled, false_tiled = score(tiled.detect(frame), placed)
-    assert found_single <= len(placed) // 2, f"a single pass found {found_single} of {len(placed)}"
-    assert found_tiled >= 0.9 * len(placed), f"tiled found {found_tiled} of {len(placed)}"
+def test_tiled_mode_finds_small_faces_a_single_pass_misses(
+        single: Pipeline, tiled: Pipeline, crops: list[composed.Crop], shared_images: Path) -> None:
+    frame, placed = composed.small_face_frame(crops, shared_images)
+    one_pass, tiles = single.detect(frame), tiled.detect(frame)
+    found_single, _ = composed.match(one_pass, placed, FRAME_W, FRAME_H)
+    found_tiled, false_tiled = composed.match(tiles, placed, FRAME_W, FRAME_H)
+    assert len(found_single) <= len(placed) // 2, f"a single pass found {len(found_single)} of {len(placed)}"
+    assert len(found_tiled) >= 0.9 * len(placed), f"tiled found {len(found_tiled)} of {len(placed)}"
     assert false_tiled == 0
+    assert found_single <= found_tiled and not unmatched(one_pass, tiles)
+
+
+@pytest.mark.parametrize("face_width", [composed.GROUP_FACE_WIDTH, 70])
+def test_tiled_mode_finds_all_six_faces_of_a_group_photograph_and_nothing_else(
+        tiled: Pipeline, crops: list[composed.Crop], shared_images: Path, face_width: int) -> None:
+    frame, placed = composed.group_photo(crops, shared_images, face_width)
+    height, width = frame.shape[:2]
+    found, false_positives = composed.match(tiled.detect(frame), placed, width, height)
+    assert (len(found), false_positives) == (composed.GROUP_FACES, 0)
+
+
+def test_a_still_image_scans_every_tile_and_a_stream_frame_a_share(
+        crops: list[composed.Crop], shared_images: Path) -> None:
+    from edge.sources.camera import Frame
+
+    pipeline = build_pipeline(DetectorConfig(pose="off", tiled=True, tiles_per_frame=1))
+    frame, placed = composed.small_face_frame(crops, shared_images)
+    still = pipeline.process(Frame(frame, 0, 0.0), still=True)
+    first = pipeline.process(Frame(frame, 0, 0.0))
+    found_still, _ = composed.match([f.detection for f in still.faces], placed, FRAME_W, FRAME_H)
+    found_first, _ = composed.match([f.detection for f in first.faces], placed, FRAME_W, FRAME_H)
+    assert len(found_still) >= 0.9 * len(placed)
+    assert len(found_first) < len(found_still)  # one tile in one frame sees a few faces at most
+    assert set(first.timings_ms) >= set(STAGES)
+
+
+def test_single_pass_streams_run_plain_detect(single: Pipeline) -> None:
+    """The single-pass hot path is the one it always was: no tiled-mode test per frame."""
+    assert single._stream_detect == single.detect
+
+
+def test_followed_faces_are_found_again_in_a_mosaic(single: Pipeline, shared_images: Path) -> None:
+    """Nine portraits' faces packed in one run are found where one pass finds them in each portrait."""
+    image = load_rgb(shared_images / "fr_kit_with_rose.jpg")
+    height, width = image.shape[:2]
+    faces = single.detect(image)
+    assert len(faces) == 2
+    detector = single.detector
+    candidates = [Candidate(d.score, d.box.x, d.box.y, d.box.x + d.box.w, d.box.y + d.box.h) for d in faces]
+    regions = [follow_region(c, width, height) for c in candidates] * 4 + [follow_region(candidates[0], width, height)]
+    found = detector.mosaic_candidates(image, regions, 0.5, dict.fromkeys(STAGES, 0.0))
+    assert len(found) == 9
+    for i, c in enumerate(found):
+        assert c is not None, f"cell {i} lost its face"
+        target = faces[0] if i % 2 == 0 else faces[1]
+        box = Detector.to_detections([c])[0].box
+        assert box.iou(target.box) >= SAME_FACE
+
+
+def test_every_face_of_the_composed_stream_is_found_within_a_second_and_nothing_else(
+        single: Pipeline, crops: list[composed.Crop], shared_images: Path) -> None:
+    """The issue's goal at the default setting: faces 24-40 px wide appearing at random times in a
+    1920x1080 stream at 30 fps, each found within 1 s, no false positive beyond one pass's own.
+    (The cost of it, under 3x one pass, is measured by benchmarks/tiling.py: a test on a shared
+    machine cannot time it fairly.)"""
+    pipeline = build_pipeline(DetectorConfig(pose="off", tiled=True))
+    scene = composed.ComposedStream(crops, shared_images, STREAM_FRAMES, STREAM_FACES, STREAM_SEED)
+    first: dict[int, int] = {}
+    extra_false = 0
+    for number in range(STREAM_FRAMES):
+        image = scene.frame(number)
+        present = scene.present(number)
+        boxes = [box for _, box in present]
+        hit, false_positives = composed.match(pipeline.detect_stream(image), boxes, FRAME_W, FRAME_H)
+        _, single_false = composed.match(single.detect(image), boxes, FRAME_W, FRAME_H)
+        extra_false += max(0, false_positives - single_false)
+        for index in hit:
+            first.setdefault(present[index][0], number)
+    delays = {i: first.get(i, STREAM_FRAMES) - face.appears for i, face in enumerate(scene.faces)}
+    assert max(delays.values()) <= FPS, f"frames from appearing to found, per face: {delays}"
+    assert extra_false == 0
