@@ -54,6 +54,7 @@ from edge.delivery.health import FrameStats, cpu_temperature_c, cpu_throttled
 from edge.wire.observation import observe
 from edge.delivery.outbox import Outbox
 from edge.sources.camera import RUNNING, Opener, SourceState, SupervisedSource
+from edge.vision.accelerators import AcceleratorWaiting, FollowingPipeline
 from edge.vision.pipeline import FrameLike
 from edge.delivery.publish import Publisher
 from edge.wire.track import Tracker
@@ -157,6 +158,8 @@ class Service:
         # How the last run ended: the signal that stopped it (SIGINT: exit 130), or the source running out.
         self.stop_signal: int | None = None
         self.source_ended = False
+        # The reason an explicit Edge TPU is awaited, once said (None while detection runs).
+        self._waiting_for: str | None = None
         self._started = False
         self._closed = False
         self.on_hangup: Callable[[], None] | None = None
@@ -255,7 +258,16 @@ class Service:
         return self.frames.processed
 
     def _frame(self, frame: FrameLike, pipeline: FrameProcessor) -> None:
-        result = pipeline.process(frame)
+        if isinstance(pipeline, FollowingPipeline):
+            self._follow_accelerator(pipeline)
+            if pipeline.waiting is not None:
+                self._accelerator_waiting(pipeline.waiting)
+                return
+        try:
+            result = pipeline.process(frame)
+        except AcceleratorWaiting as exc:  # the explicit Edge TPU went away during this frame
+            self._accelerator_waiting(exc.message)
+            return
         message = self.stream.message(result)
         if message is not None:
             self.outbox.submit(self.publisher.topics.detections, message)
@@ -263,6 +275,23 @@ class Service:
         self.frames.record(result.frame_number, max(0.0, self.wall() - result.capture_time) * MS_PER_S)
         if self.camera.state != RUNNING:
             self.camera = replace(self.camera, state=RUNNING, reason=None)
+
+    def _follow_accelerator(self, pipeline: FollowingPipeline) -> None:
+        """Between frames: a Coral that appeared, failed or came back changes the retained status."""
+        change = pipeline.maybe_upgrade()
+        if change is None:
+            return
+        self.status = replace(self.status, accelerator=change.accelerator, model=change.model)
+        self.publisher.update_status(self.status)
+        self._waiting_for = None
+        logfmt.event(log, "accelerator", f"detection now runs on {change.accelerator} ({change.reason})",
+                     accelerator=change.accelerator, model=change.model)
+
+    def _accelerator_waiting(self, reason: str) -> None:
+        """`delegate = "edgetpu"` without its Coral: a known retry state; frames are not processed, STATUS= says why."""
+        if reason != self._waiting_for:  # the pipeline logs the wait itself
+            self._waiting_for = reason
+            self.notifier.status(f"{self.status.mode}: {reason}")
 
     def _source_state(self, state: SourceState) -> None:
         """A turn without a frame; STATUS= changes as soon as the reason does (not only with health)."""
@@ -332,7 +361,7 @@ def camera_status_text(mode: str, camera: CameraHealth) -> str:
     return f"{mode}: camera {camera.state} ({camera.reason or 'no frame yet'})"
 
 
-def status_for(pipeline: Pipeline) -> serialize.DeviceStatus:
+def status_for(pipeline: Pipeline | FollowingPipeline) -> serialize.DeviceStatus:
     """What the retained status says: this service runs detection only (identification is another entry point)."""
     selection = pipeline.selection
     return serialize.DeviceStatus(mode="detection", model=selection.model, accelerator=selection.accelerator,
@@ -519,10 +548,10 @@ def run_from_config(config: ServiceConfig, limits: RunLimits = RunLimits(), path
     `path` is the configuration file SIGHUP re-reads; `opener` replaces how the
     camera is opened (the fault tests hand in failing sources).
     """
-    from edge.vision.pipeline import build_pipeline
+    from edge.vision.accelerators import build_following_pipeline
 
     check_certificate_names(config)
-    pipeline = build_pipeline(config.detector)
+    pipeline = build_following_pipeline(config.detector)
     service = Service(config, status_for(pipeline), Notifier.from_environment())
     if config.policy is not None:
         attach_policy(service, config.policy)
@@ -544,10 +573,11 @@ def run_from_config(config: ServiceConfig, limits: RunLimits = RunLimits(), path
     for note in pipeline.selection.notes:
         logfmt.event(log, "start", note, level=logging.WARNING)
     try:
-        with SupervisedSource(config.camera, model_input_size(pipeline), opener=opener) as frames:
+        with SupervisedSource(config.camera, pipeline.input_size, opener=opener) as frames:
             processed = service.run(frames, pipeline, limits)
     finally:
         service.close("stopping after an error")  # nothing to do if run() closed it
+        pipeline.close()
     outcome = RunOutcome(processed, service.stop_signal, service.source_ended)
     if outcome.source_ended:
         limit = config.camera.max_frames

@@ -267,6 +267,12 @@ class Publisher:
         """
         self._events.put(("health", payload))
 
+    def update_status(self, status: serialize.DeviceStatus) -> None:
+        """A new retained status (the accelerator changed, say): published by the pump now if connected,
+        and on every later connection."""
+        self.status = status
+        self._events.put(("status",))
+
     # --- network thread ------------------------------------------------
     def _make_client(self) -> mqtt.Client:
         v5 = self._protocol == MQTTProtocolVersion.MQTTv5
@@ -446,6 +452,10 @@ class Publisher:
                     self._settle_one(state, event[1], event[2], acked, refused)
                 elif kind == "health" and state.connected and state.client is not None:
                     state.client.publish(self.topics.health, event[1], qos=0)
+                elif kind == "status" and state.connected and state.client is not None:
+                    payload = serialize.status_online(self.device, self.status, self._clock())
+                    info = state.client.publish(self.topics.status, payload, qos=1, retain=True)
+                    state.control[info.mid] = self.topics.status
             self.outbox.settle(acked, refused)
             self._check_connack_timeout()
             if state.connected and not self._stopping.is_set():

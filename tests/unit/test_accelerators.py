@@ -10,9 +10,7 @@ run a failed frame on) is the code the device runs.
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,85 +21,17 @@ import pytest
 from edge.common.errors import AcceleratorError, ModelError
 from edge.sources.camera import Frame
 from edge.vision.accelerators import NO_ACCELERATOR, AcceleratorWaiting, FollowingPipeline
+from support.coral import FAST_POLL_S, FakeCoral, following
 from edge.vision.manifest import load_manifest, locate, search_dirs
 from edge.vision.pipeline import DetectorConfig
-from edge.vision.runtime import (
-    AcceleratorFault,
-    DelegateConfig,
-    EdgeTpuHardware,
-    Runner,
-    Runtime,
-    load_runtime,
-    make_interpreter,
-)
+from edge.vision.runtime import AcceleratorFault, DelegateConfig, Runner, load_runtime, make_interpreter
 
 SAMPLE = Path(__file__).resolve().parents[2] / "edge" / "demo" / "astronaut.png"
-FAST_POLL_S = 0.05
 WAIT_S = 10.0
 
 
 def sample_frame(number: int = 0) -> Frame:
     return Frame(cv2.cvtColor(cv2.imread(str(SAMPLE)), cv2.COLOR_BGR2RGB), number, time.time())
-
-
-class Unplugged(RuntimeError):
-    """What the runtimes raise when a delegate's invoke fails."""
-
-
-class FlakyInterpreter:
-    """A real interpreter whose invoke() fails while the fake Coral is unplugged."""
-
-    def __init__(self, real: Any, coral: "FakeCoral") -> None:
-        self._real, self._coral = real, coral
-
-    def invoke(self) -> None:
-        if not self._coral.plugged:
-            raise Unplugged("Node number 0 (EdgeTpuDelegateForCustomOp) failed to invoke.")
-        self._real.invoke()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._real, name)
-
-
-@dataclass
-class FakeCoral:
-    """The hardware boundary: whether a Coral is attached, and a runner that stops working when it is not."""
-
-    plugged: bool = False
-    library: str | None = None  # why libedgetpu cannot load, or None
-    refuse_open: str | None = None  # the delegate refuses to start, though the device is listed
-    looks: int = 0
-    opened: list[Path] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def devices(self) -> list[str]:
-        with self.lock:
-            self.looks += 1
-        return ["usb:0"] if self.plugged else []
-
-    def library_problem(self) -> str | None:
-        return self.library
-
-    def open_runner(self, runtime: Runtime, model_path: Path, device: str | None, threads: int) -> Runner:
-        if self.refuse_open:
-            raise AcceleratorError(f"the Edge TPU failed to start: {self.refuse_open}")
-        self.opened.append(model_path)
-        # The Edge TPU build runs only on a Coral: the same model's CPU build stands in for it.
-        spec = load_manifest().get("blazeface-short")
-        cpu_path = locate(spec.variant("cpu"), spec.name, search_dirs())
-        return Runner(FlakyInterpreter(make_interpreter(runtime, cpu_path, [], threads), self), runtime,
-                      "edgetpu", model_path)
-
-    def hardware(self) -> EdgeTpuHardware:
-        return EdgeTpuHardware(self.devices, self.library_problem, self.open_runner)
-
-
-def following(coral: FakeCoral, shared_models: Path, **delegate: Any) -> FollowingPipeline:
-    model = "blazeface-short" if delegate.get("kind") == "edgetpu" else "blazeface-full"
-    config = DetectorConfig(model=model, pose="off", delegate=DelegateConfig(**delegate),
-                            model_dirs=(shared_models,))
-    return FollowingPipeline(config, load_manifest(), load_runtime(), coral.hardware(),
-                             poll_s=FAST_POLL_S, wait_min_s=FAST_POLL_S, wait_max_s=4 * FAST_POLL_S)
 
 
 def upgraded(pipeline: FollowingPipeline, timeout: float = WAIT_S):  # type: ignore[no-untyped-def]
