@@ -85,7 +85,7 @@ def _topic_prefix(value: str) -> str | None:
 
 
 @dataclass(frozen=True, slots=True)
-class DeviceConfig:
+class DeviceConfig(schema.Section):
     """The `[device]` section: who this device is and where it keeps its state."""
 
     SECTION: ClassVar[str] = "device"
@@ -96,16 +96,9 @@ class DeviceConfig:
     state_dir: Path = setting(kind=Kind.PATH,
                               expected="a directory for the outbox, audit log and CRL, e.g. /var/lib/edge-camera")
 
-    def __post_init__(self) -> None:
-        schema.validate(self)
-
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> "DeviceConfig":
-        return schema.read_section(cls, data)
-
 
 @dataclass(frozen=True, slots=True)
-class HealthConfig:
+class HealthConfig(schema.Section):
     """The `[health]` section."""
 
     SECTION: ClassVar[str] = "health"
@@ -113,16 +106,9 @@ class HealthConfig:
     interval_s: float = setting(DEFAULT_HEALTH_INTERVAL_S, kind=Kind.NUMBER, check=schema.positive,
                                 expected="seconds between health reports, more than 0")
 
-    def __post_init__(self) -> None:
-        schema.validate(self)
-
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> "HealthConfig":
-        return schema.read_section(cls, data)
-
 
 @dataclass(frozen=True, slots=True)
-class HomeAssistantConfig:
+class HomeAssistantConfig(schema.Section):
     """The `[homeassistant]` section: MQTT discovery messages for Home Assistant."""
 
     SECTION: ClassVar[str] = "homeassistant"
@@ -130,13 +116,6 @@ class HomeAssistantConfig:
     enabled: bool = setting(False, kind=Kind.SWITCH, expected="true or false")
     prefix: str = setting(DEFAULT_DISCOVERY_PREFIX, kind=Kind.TEXT, check=_topic_prefix,
                           expected=f"a discovery topic prefix without wildcards, e.g. {DEFAULT_DISCOVERY_PREFIX}")
-
-    def __post_init__(self) -> None:
-        schema.validate(self)
-
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> "HomeAssistantConfig":
-        return schema.read_section(cls, data)
 
 
 @dataclass(frozen=True, slots=True)

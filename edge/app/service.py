@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from edge.app import logfmt
 from edge.app.notify import Notifier
 from edge.app.version import firmware_version
-from edge.common.errors import ConfigError, EdgeError
+from edge.common.errors import EdgeError
 from edge.wire import serialize
 from edge.app.config import ServiceConfig, check_certificate_names
 from edge.vision.detection import FrameResult

@@ -25,7 +25,7 @@ import dataclasses
 import enum
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import Any, ClassVar, Protocol, Self, TypeVar
 
 from edge.common.errors import ConfigError, EdgeError
 
@@ -71,6 +71,32 @@ class Settings(Protocol):
 
 
 S = TypeVar("S", bound=Settings)
+
+
+class Section:
+    """The base of every configuration section, so that each declares only its fields.
+
+    Subclasses are frozen, slotted dataclasses that name their `SECTION` and
+    declare their fields with `setting`. Building one, from code or from the
+    file, checks every field (`validate`), then the rules between fields, which
+    a section states by overriding `check`; `from_mapping` reads the section's
+    TOML table, refusing unknown keys.
+    """
+
+    __slots__ = ()
+    SECTION: ClassVar[str]
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
+
+    def __post_init__(self) -> None:
+        validate(self)
+        self.check()
+
+    def check(self) -> None:
+        """Rules that involve more than one field; raise `refuse(...)` (none by default)."""
+
+    @classmethod
+    def from_mapping(cls, data: object) -> Self:
+        return read_section(cls, data)
 
 
 def setting(default: Any = dataclasses.MISSING, *, kind: Kind, expected: str, check: Check | None = None,

@@ -20,7 +20,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -66,7 +66,7 @@ PayloadFactory = Callable[[int], bytes]
 
 
 @dataclass(frozen=True, slots=True)
-class OutboxConfig:
+class OutboxConfig(schema.Section):
     """The `[outbox]` section: limits and group-commit tuning; see docs/mqtt.md for the trade-off."""
 
     SECTION: ClassVar[str] = "outbox"
@@ -83,13 +83,6 @@ class OutboxConfig:
                              expected="a whole number of messages per commit, more than 0")
     queue_capacity: int = setting(4096, kind=Kind.WHOLE, check=schema.positive,
                                   expected="a whole number of messages waiting for the writer, more than 0")
-
-    def __post_init__(self) -> None:
-        schema.validate(self)
-
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, object]) -> "OutboxConfig":
-        return schema.read_section(cls, data)
 
 
 @dataclass(frozen=True, slots=True)

@@ -85,7 +85,7 @@ MUTUAL_TLS = "the device uses mutual TLS with a pinned CA"
 
 
 @dataclass(frozen=True, slots=True)
-class MqttConfig:
+class MqttConfig(schema.Section):
     """The `[mqtt]` section. `ca`, `cert` and `key` are required in the file; relative paths there
     are relative to the file's folder (`edge.app.config`)."""
 
@@ -112,8 +112,7 @@ class MqttConfig:
     backoff_max_s: float = setting(60.0, kind=Kind.NUMBER, check=schema.positive,
                                    expected="seconds, more than 0 and at least backoff_min_s")
 
-    def __post_init__(self) -> None:
-        schema.validate(self)
+    def check(self) -> None:
         if self.backoff_min_s > self.backoff_max_s:
             raise schema.refuse(self.SECTION, "backoff_min_s", self.backoff_min_s,
                                 f"is larger than backoff_max_s {self.backoff_max_s}", "backoff_min_s <= backoff_max_s")
@@ -123,14 +122,14 @@ class MqttConfig:
         return self.crl_topic or crl_topic(self.topic_root)
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> "MqttConfig":
+    def from_mapping(cls, data: object) -> "MqttConfig":
         """The file's `[mqtt]` table; the TLS files are required there (code may leave them unset)."""
         for name in ("ca", "cert", "key"):
-            if name not in data:
+            if isinstance(data, Mapping) and name not in data:
                 raise schema.SettingError(cls.SECTION, name, None, "is missing",
                                           "paths to the CA certificate, the device certificate and its key: "
                                           + MUTUAL_TLS)
-        return schema.read_section(cls, data)
+        return schema.read_section(cls, data)  # not super(): slots=True makes a new class
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,6 +43,7 @@ __all__ = [
     "PolicyMaterial",
     "PolicyPreview",
     "evaluate",
+    "firmware_build_time",
     "is_gate_issued",
     "load_crl_issuers",
     "load_material",

@@ -1,10 +1,9 @@
 """The `[policy]` configuration section: where the gate finds its trust anchor, certificate, key and CRL."""
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from edge.common import schema
 from edge.common.schema import Kind, setting
@@ -15,7 +14,7 @@ RELATIVE = "relative paths are relative to state_dir"
 
 
 @dataclass(frozen=True, slots=True)
-class PolicyConfig:
+class PolicyConfig(schema.Section):
     """The `[policy]` configuration section. Relative paths are relative to `state_dir`."""
 
     SECTION: ClassVar[str] = "policy"
@@ -28,12 +27,9 @@ class PolicyConfig:
     crl: Path | None = setting(None, kind=Kind.PATH, optional=True,
                                expected=f"the path of the installed CRL (PEM); {RELATIVE}")
 
-    def __post_init__(self) -> None:
-        schema.validate(self)
-
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> "PolicyConfig":
-        return schema.read_section(cls, data).under_state_dir()
+    def from_mapping(cls, data: object) -> "PolicyConfig":
+        return schema.read_section(cls, data).under_state_dir()  # not super(): slots=True makes a new class
 
     def under_state_dir(self) -> "PolicyConfig":
         """The same section with every relative path taken from `state_dir` (no file is touched)."""

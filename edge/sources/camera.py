@@ -27,7 +27,7 @@ from collections.abc import Callable, Generator, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Mapping
+from typing import ClassVar, Iterator, Mapping
 
 import cv2
 import numpy as np
@@ -102,7 +102,7 @@ class Shot:
 
 
 @dataclass(frozen=True, slots=True)
-class CameraConfig:
+class CameraConfig(schema.Section):
     """The `[camera]` section."""
 
     SECTION: ClassVar[str] = "camera"
@@ -122,17 +122,12 @@ class CameraConfig:
     max_frames: int | None = setting(None, kind=Kind.WHOLE, check=schema.at_least(1), optional=True,
                                      expected="a whole number of frames, at least 1")
 
-    def __post_init__(self) -> None:
-        schema.validate(self)
+    def check(self) -> None:
         problem = too_large((self.width, self.height))
         if problem is not None:
             raise ConfigError("[camera] width x height", problem,
                               f"a frame of at most {MAX_IMAGE_PIXELS / MEGA:.0f} MP (the detector sees about "
                               f"200x200 pixels; 640x480 is plenty)")
-
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> "CameraConfig":
-        return schema.read_section(cls, data)
 
 
 def rgb(bgr: np.ndarray) -> np.ndarray:

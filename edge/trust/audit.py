@@ -99,8 +99,6 @@ class AuditLog:
             raise AuditError(f"cannot open audit log {self.path}: {exc.strerror}",
                              "check the state directory exists and belongs to the service user") from None
         try:
-            import fcntl  # POSIX only, and only the device appends: edge-provision imports this module on Windows too
-
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield fd
         except OSError as exc:

@@ -97,7 +97,7 @@ def _tile_size(value: int) -> str | None:
 
 
 @dataclass(frozen=True, slots=True)
-class DetectorConfig:
+class DetectorConfig(schema.Section):
     """The `[detector]` configuration section (its delegate keys sit in the same section)."""
 
     SECTION: ClassVar[str] = "detector"
@@ -121,16 +121,11 @@ class DetectorConfig:
                                               "0.5 is one every other frame (still images scan them all)")
     model_dirs: tuple[Path, ...] = setting((), kind=Kind.PATHS, expected="a list of folders to look for model files in")
 
-    def __post_init__(self) -> None:
-        schema.validate(self)
+    def check(self) -> None:
         if self.tile_size is not None and self.tile_overlap >= self.tile_size:
             raise schema.refuse(self.SECTION, "tile_overlap", self.tile_overlap,
                                 f"is not less than tile_size {self.tile_size}",
                                 "pixels shared by neighbouring tiles, 0 or more and less than the tile size")
-
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> "DetectorConfig":
-        return schema.read_section(cls, data)
 
 
 @dataclass(frozen=True, slots=True)

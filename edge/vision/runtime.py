@@ -83,7 +83,7 @@ EXTERNAL_LIBRARY_EXPECTED = "the path of an external delegate library, e.g. /usr
 
 
 @dataclass(frozen=True, slots=True)
-class DelegateConfig:
+class DelegateConfig(schema.Section):
     """`[detector]` delegate settings: which accelerator, which device, how many CPU threads."""
 
     SECTION: ClassVar[str] = "detector"
@@ -101,8 +101,7 @@ class DelegateConfig:
     # What `auto` tries before the CPU (the external delegate only when `library` names one); not a setting.
     auto_order: tuple[str, ...] = ("edgetpu", "external")
 
-    def __post_init__(self) -> None:
-        schema.validate(self)
+    def check(self) -> None:
         unknown = set(self.auto_order) - {"edgetpu", "external"}
         if unknown:
             raise ValueError(f"auto_order: unknown accelerators {sorted(unknown)}; expected edgetpu and/or external")
