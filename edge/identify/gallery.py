@@ -124,10 +124,20 @@ def _text(what: str, value: str) -> str:
 
 def check_stored(enrollment: Enrollment) -> None:
     """The rules an enrolment meets at any time; a hand-edited gallery entry is held to them too."""
-    if not PERSON_ID_PATTERN.fullmatch(enrollment.person_id):
-        raise GalleryError(f"person id {enrollment.person_id!r} is not valid",
+    check_record(enrollment.person_id, enrollment.consent, enrollment.enrolled_at, enrollment.retention_until,
+                 enrollment.source)
+    vector = np.asarray(enrollment.embedding)
+    if vector.shape != (EMBEDDING_SIZE,) or not np.all(np.isfinite(vector)) or \
+            abs(float(np.linalg.norm(vector)) - 1.0) > UNIT_TOLERANCE:
+        raise GalleryError(f"embedding must be {EMBEDDING_SIZE} finite numbers of unit length")
+
+
+def check_record(person_id: str, consent: ConsentRecord, enrolled_at: dt.datetime, retention_until: dt.datetime,
+                 source: str) -> None:
+    """Pseudonym, consent, retention and source: checked before any photograph is looked at."""
+    if not PERSON_ID_PATTERN.fullmatch(person_id):
+        raise GalleryError(f"person id {person_id!r} is not valid",
                            "use 1-64 letters, digits, '.', '_' or '-' (a pseudonym, not a name)")
-    consent = enrollment.consent
     _text("consent reference", consent.reference)
     _text("consent collected by", consent.collected_by)
     _text("consent purpose", consent.purpose)
@@ -136,19 +146,15 @@ def check_stored(enrollment: Enrollment) -> None:
                            f"one of {', '.join(CONSENT_GIVERS)} (the person, or their parent or guardian)")
     if consent.method != CONSENT_METHOD_WRITTEN:
         raise GalleryError(f"consent method {consent.method!r} is not accepted", "written, informed consent is required")
-    if consent.obtained_at > enrollment.enrolled_at:
+    if consent.obtained_at > enrolled_at:
         raise GalleryError("consent was obtained after enrolment", "consent comes first")
-    if enrollment.retention_until > enrollment.enrolled_at + MAX_RETENTION:
+    if retention_until > enrolled_at + MAX_RETENTION:
         raise GalleryError("retention is longer than three years after enrolment",
                            "BIPA requires destruction within three years")
-    problem = source_problem(enrollment.source)
+    problem = source_problem(source)
     if problem is not None:
         raise GalleryError(f"gallery source refused: {problem}",
                            f"declare one of {', '.join(sorted(GALLERY_SOURCES))}")
-    vector = np.asarray(enrollment.embedding)
-    if vector.shape != (EMBEDDING_SIZE,) or not np.all(np.isfinite(vector)) or \
-            abs(float(np.linalg.norm(vector)) - 1.0) > UNIT_TOLERANCE:
-        raise GalleryError(f"embedding must be {EMBEDDING_SIZE} finite numbers of unit length")
 
 
 def source_problem(written: str) -> str | None:
