@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge.app.config import DEFAULT_CONFIG
 from edge.app.policy_commands import load_policy_config
-from edge.common.errors import EdgeError
+from edge.common.errors import ConfigError, EdgeError
 from edge.policy import PolicyConfig
 from edge.trust.audit import AuditLog
 
@@ -119,7 +119,7 @@ def cmd_gallery_erase(args: argparse.Namespace) -> int:
               (f" ({removed} enrolment(s))" if removed is not None else " (it could not be read to count)"))
         return EXIT_OK
     if not args.person:
-        raise EdgeError("say whom to erase: --person ID, or --all for everyone")
+        raise ConfigError("--person", "is empty", "the pseudonymous enrolment id, or --all for everyone")
     removed = _gallery(args).erase(args.person)
     print(f"erased {removed} enrolment(s) of {args.person!r}" if removed else
           f"nothing enrolled for {args.person!r}; the erasure is recorded in the audit log")
@@ -178,7 +178,7 @@ def _when(flag: str, text: str) -> dt.datetime:
     try:
         value = dt.datetime.fromisoformat(text)
     except ValueError:
-        raise EdgeError(f"{flag} {text!r} is not a date", "give YYYY-MM-DD or an ISO 8601 time") from None
+        raise ConfigError(flag, f"{text!r} is not a date", "YYYY-MM-DD or an ISO 8601 time") from None
     return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
 
 

@@ -174,13 +174,14 @@ def test_an_unsynchronised_clock_keeps_identification_off(tmp_path: Path, pki: P
     (consent_flags(), ("--source", "pоlice"), "not a gallery source"),  # Cyrillic 'о'
     (consent_flags(), ("--source", "web-scrape"), "not a gallery source"),
     (consent_flags(), ("--person", "Ann Smith"), "not valid"),
+    (consent_flags()[:-1] + ["next year"], (), "--expires: 'next year' is not a date"),
 ])
 def test_consent_and_source_refusals(tmp_path: Path, pki: Pki, capsys: pytest.CaptureFixture[str],
                                      shared_images: Path, consent: list[str], extra: tuple[str, ...],
                                      words: str) -> None:
     device, config = deploy(tmp_path, pki)
     code, out, err = enrol(capsys, config, "p-ann", "fr_obama.jpg", extra=extra, consent=consent)
-    assert code == 8 and words in err, err
+    assert code == (2 if "is not a date" in words else 8) and words in err, err
     assert not (device.state_dir / GALLERY_FILE).exists()
 
 
