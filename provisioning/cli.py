@@ -410,6 +410,94 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- the identification bundle ------------------------------------------------------------------
+
+def cmd_model_bundle(args: argparse.Namespace) -> int:
+    """Sign an embedding model and its descriptor with the provisioning CA's key (edge.trust.model_bundle)."""
+    from edge.trust import model_bundle as mb
+
+    directory, out = Path(args.ca_dir), Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise OutputExistsError(f"{out} already exists and is not empty", "choose a new directory for the bundle")
+    model = _read_model(Path(args.model), mb.MAX_MODEL_BYTES)
+    template = mb.ARCFACE_TEMPLATE_112 if args.template is None else _template(args.template)
+    try:
+        descriptor = mb.Descriptor(name=args.name, model_sha256=mb.model_sha256(model), input_size=args.input_size,
+                                   input_gain=args.input_gain, input_offset=args.input_offset,
+                                   alignment_template=template, embedding_size=args.embedding_size,
+                                   metric=args.metric, match_threshold=args.threshold)
+    except mb.BundleError as exc:
+        raise RefusedError(exc.message, "correct the option named above; nothing was signed") from None
+    ca_cert = _load_one_cert(directory / CA_CERT, "provisioning CA certificate")
+    ca_key = load_encrypted_key(directory / CA_KEY, _passphrase(args, "", "provisioning CA key passphrase"))
+    if spki(ca_key.public_key()) != spki(ca_cert.public_key()):  # type: ignore[arg-type]
+        raise InputFileError(f"{directory / CA_KEY} does not belong to {directory / CA_CERT}")
+    bundle = mb.SignedBundle.build(model, descriptor, ca_cert, ca_key)
+    try:
+        bundle.verify([ca_cert])  # the tool never hands out what the device would refuse
+    except mb.BundleError as exc:
+        raise VerificationFailed(exc.message) from None
+    try:
+        bundle.write(out)
+    except FileExistsError as exc:
+        raise OutputExistsError(f"{exc.filename} already exists", "choose a new directory for the bundle") from None
+    except OSError as exc:
+        raise InputFileError(f"cannot write the bundle into {out}: {exc.strerror}") from None
+    print(f"identification bundle {descriptor.name!r} written to {out}: {mb.MODEL_FILE}, {mb.DESCRIPTOR_FILE}, "
+          f"{mb.SIGNATURE_FILE}, {mb.SIGNER_FILE}.")
+    print(f"model SHA-256 {descriptor.model_sha256}; input {descriptor.input_size}x{descriptor.input_size}, "
+          f"embedding {descriptor.embedding_size}, {descriptor.metric} threshold {descriptor.match_threshold}.")
+    print("Copy the directory to the device (default <state_dir>/identification-bundle); devices provisioned "
+          "by another CA refuse it.")
+    return EXIT_OK
+
+
+def _read_model(path: Path, limit: int) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(limit + 1)
+    except FileNotFoundError:
+        raise InputFileError(f"model {path} does not exist", "give the embedding model's .tflite file") from None
+    except OSError as exc:
+        raise InputFileError(f"model {path} cannot be read: {exc.strerror}") from None
+    if len(data) > limit:
+        raise InputFileError(f"model {path} is larger than {limit} bytes")
+    if data[4:8] != b"TFL3":
+        raise InputFileError(f"model {path} is not a TFLite model (no TFL3 identifier)")
+    return data
+
+
+def _template(text: str) -> tuple[tuple[float, float], ...]:
+    """'x,y x,y x,y x,y x,y': five points, in the model's input pixels."""
+    try:
+        points = tuple((float(a), float(b)) for a, b in (p.split(",") for p in text.split()))
+    except ValueError:
+        raise RefusedError(f"--template {text!r} is not five 'x,y' points separated by spaces") from None
+    return points
+
+
+def _add_model_bundle_parser(sub: "argparse._SubParsersAction[Any]") -> None:
+    from edge.trust import model_bundle as mb
+
+    p = sub.add_parser("model-bundle", help="sign an identification bundle: embedding model and descriptor")
+    p.add_argument("--ca-dir", required=True, help="the directory init-ca created")
+    p.add_argument("--model", required=True, help="the embedding model (.tflite), e.g. MobileFaceNet float32")
+    p.add_argument("--out", required=True, help="a new directory to write the bundle into")
+    p.add_argument("--name", default="mobilefacenet", help="the model's name, shown on the device")
+    p.add_argument("--input-size", type=int, default=112, help="the model's square input, in pixels (default 112)")
+    p.add_argument("--input-gain", type=float, default=1 / 128,
+                   help="pixel p in 0..255 becomes p * gain + offset (default 1/128, MobileFaceNet float32)")
+    p.add_argument("--input-offset", type=float, default=-127.5 / 128, help="see --input-gain (default -127.5/128)")
+    p.add_argument("--template", help="alignment template, five 'x,y' points in input pixels: eye centres "
+                                      "(image left first), nose tip, mouth corners (default ArcFace 112)")
+    p.add_argument("--embedding-size", type=int, default=128, help="numbers per embedding (default 128)")
+    p.add_argument("--metric", default=mb.METRICS[0], choices=mb.METRICS, help="similarity (default cosine)")
+    p.add_argument("--threshold", type=float, default=0.42,
+                   help="lowest similarity that counts as a match (default 0.42; docs/identification.md)")
+    _add_passphrase_options(p, what="provisioning CA key")
+    p.set_defaults(func=cmd_model_bundle)
+
+
 # --- parser ---------------------------------------------------------------------------------------
 
 def _add_passphrase_options(parser: argparse.ArgumentParser, prefix: str = "", what: str = "CA key") -> None:
@@ -508,6 +596,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cert", required=True, help="the device certificate edge-provision issue wrote")
     p.add_argument("--out", required=True, help="directory to write the bundle into")
     p.set_defaults(func=cmd_bundle)
+
+    _add_model_bundle_parser(sub)
     return parser
 
 

@@ -368,6 +368,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_policy_parsers(cast("argparse._SubParsersAction[argparse.ArgumentParser]", sub))
 
+    from edge.app.gallery_commands import add_parsers as add_gallery_parsers
+
+    add_gallery_parsers(cast("argparse._SubParsersAction[argparse.ArgumentParser]", sub))
+
     from edge.app.factory_reset import add_parser as add_factory_reset_parser
 
     add_factory_reset_parser(cast("argparse._SubParsersAction[argparse.ArgumentParser]", sub))

@@ -97,7 +97,7 @@ class ResetPlan:
 def plan_reset(config: ServiceConfig) -> ResetPlan:
     """Every file of this deployment's identity, gallery and outbox that exists; nothing outside the list."""
     from edge.app.service import OUTBOX_FILE
-    from edge.identify.gallery import GALLERY_FILE  # a file name only: erasure needs no grant
+    from edge.identify.gallery import GALLERY_FILES  # file names only: erasure needs no grant
     from edge.policy.config import AUDIT_LOG_FILE
     from edge.trust.device_key import DEVICE_KEY_FILE
 
@@ -106,7 +106,7 @@ def plan_reset(config: ServiceConfig) -> ResetPlan:
     if config.policy is not None:
         named += [config.policy.key, config.policy.certificate]
     for state in state_dirs:
-        named += [state / DEVICE_KEY_FILE, state / DEVICE_ID_FILE, state / GALLERY_FILE,
+        named += [state / DEVICE_KEY_FILE, state / DEVICE_ID_FILE, *(state / name for name in GALLERY_FILES),
                   *(state / f"{OUTBOX_FILE}{suffix}" for suffix in SQLITE_SUFFIXES), *sorted(state.glob(CSR_GLOB))]
     audit_log = config.policy.audit_log if config.policy is not None else config.device.state_dir / AUDIT_LOG_FILE
     doomed = tuple(path for path in _unique(p for p in named if p is not None)

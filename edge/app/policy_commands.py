@@ -1,4 +1,4 @@
-"""`edge-camera policy`, `audit verify` and `gallery list|erase|purge`: the gate, the audit log, erasure.
+"""`edge-camera policy` and `audit verify`: the gate's decision and the audit log (the gallery: gallery_commands).
 
 Why separate from edge/app/cli.py: the lead's CLI stays about detection; this
 module only adds subcommands (`add_parsers`) and reads the `[policy]` section
@@ -80,41 +80,8 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
                      "keep the file as evidence and compare with the records published on the audit topic")
 
 
-def _gallery(args: argparse.Namespace) -> Any:
-    """Imported here, on demand: the detection path never loads edge.identify (hence `Any`: not
-    even a type-checking import of it at module level, which tests/integration/test_identify_separation.py forbids)."""
-    from edge.identify.gallery import GALLERY_FILE, GalleryFile
-
-    config = load_policy_config(Path(args.config))
-    return GalleryFile(config.state_dir / GALLERY_FILE, AuditLog(config.audit_log))
-
-
-def cmd_gallery_list(args: argparse.Namespace) -> int:
-    gallery = _gallery(args).load()
-    for item in sorted(gallery.enrollments, key=lambda e: (e.person_id, e.enrolled_at)):
-        print(f"{item.person_id}  consent {item.consent.reference} ({item.consent.obtained_at:%Y-%m-%d})  "
-              f"retained until {item.retention_until:%Y-%m-%d}  source {item.source}")
-    print(f"{len(gallery.people())} person(s), {len(gallery.enrollments)} enrolment(s)")
-    return EXIT_OK
-
-
-def cmd_gallery_erase(args: argparse.Namespace) -> int:
-    removed = _gallery(args).erase(args.person)
-    print(f"erased {removed} enrolment(s) of {args.person!r}" if removed else
-          f"nothing enrolled for {args.person!r}; the erasure is recorded in the audit log")
-    return EXIT_OK
-
-
-def cmd_gallery_purge(args: argparse.Namespace) -> int:
-    expired = _gallery(args).purge_expired(dt.datetime.now(dt.timezone.utc))
-    print(f"erased {len(expired)} person(s) past their retention date" + (f": {', '.join(expired)}" if expired else ""))
-    return EXIT_OK
-
-
 def add_parsers(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    """Add `policy`, `audit verify` and `gallery ...` to the edge-camera command line (handlers set as `func`).
-
-    Erasure works whatever the mode: deleting biometric data never needs a grant."""
+    """Add `policy` and `audit verify` to the edge-camera command line (handlers set as `func`)."""
     policy = subparsers.add_parser("policy", help="print the effective mode (detection or identification) "
                                                   "and every reason")
     policy.add_argument("--config", default=str(DEFAULT_CONFIG),
@@ -129,15 +96,3 @@ def add_parsers(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]
                         help=f"the camera's TOML configuration, audit.log in its state_dir (default {DEFAULT_CONFIG})")
     source.add_argument("--log", help="an audit log file")
     verify.set_defaults(func=cmd_audit_verify)
-
-    gallery = subparsers.add_parser("gallery", help="the identification gallery: list, erase a person, purge expired")
-    gallery_sub = gallery.add_subparsers(dest="gallery_command", required=True)
-    for name, func, text in (("list", cmd_gallery_list, "list enrolled people with consent and retention"),
-                             ("erase", cmd_gallery_erase, "erase every enrolment of one person, now"),
-                             ("purge", cmd_gallery_purge, "erase everyone past their retention date")):
-        command = gallery_sub.add_parser(name, help=text)
-        command.add_argument("--config", default=str(DEFAULT_CONFIG),
-                             help=f"the camera's TOML configuration, [policy] state_dir (default {DEFAULT_CONFIG})")
-        if name == "erase":
-            command.add_argument("--person", required=True, help="the person id given at enrolment")
-        command.set_defaults(func=func)

@@ -42,13 +42,25 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return np.hstack([scale * rotation, translation[:, None]])
 
 
-def align_face(image: np.ndarray, keypoints: np.ndarray) -> np.ndarray:
-    """The 112x112 aligned crop for frame-normalised BlazeFace keypoints ((K, 2), K >= 4)."""
+def blazeface_template(template: np.ndarray) -> np.ndarray:
+    """A five-point template (eyes, nose, mouth corners) for BlazeFace's four: the mouth corners' midpoint."""
+    template = np.asarray(template, np.float64)
+    return np.vstack([template[:3], template[3:5].mean(axis=0)])
+
+
+def align_face(image: np.ndarray, keypoints: np.ndarray, template: np.ndarray | None = None,
+               size: int = ALIGNED_SIZE) -> np.ndarray:
+    """The size x size aligned crop for frame-normalised BlazeFace keypoints ((K, 2), K >= 4).
+
+    `template` is the descriptor's five points (default ArcFace 112); BlazeFace has the mouth's
+    centre, so its fourth point goes to the midpoint of the template's mouth corners.
+    """
     if keypoints.shape[0] < BLAZEFACE_POINTS:
         raise ValueError(f"alignment needs {BLAZEFACE_POINTS} keypoints (eyes, nose, mouth), "
                          f"the detector gave {keypoints.shape[0]}")
     height, width = image.shape[:2]
     points = np.asarray(keypoints[:BLAZEFACE_POINTS], np.float64) * np.array([width, height], np.float64)
-    matrix = similarity_transform(points, BLAZEFACE_TEMPLATE)
-    return cv2.warpAffine(image, matrix, (ALIGNED_SIZE, ALIGNED_SIZE), flags=cv2.INTER_LINEAR,
+    target = BLAZEFACE_TEMPLATE if template is None else blazeface_template(template)
+    matrix = similarity_transform(points, target)
+    return cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)

@@ -7,6 +7,7 @@ published, and kept only for enrolled people who consented (`gallery`).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -14,7 +15,11 @@ from edge.vision.detection import Detection
 from edge.common.errors import ModelError
 from edge.identify import IdentificationSession, require_session
 from edge.identify.align import ALIGNED_SIZE, align_face
+from edge.trust.model_bundle import MODEL_FILE
 from edge.vision.runtime import Runner, cpu_runner, load_runtime
+
+if TYPE_CHECKING:
+    from edge.identify.bundle import VerifiedBundle
 
 EMBEDDING_SIZE = 128
 INPUT_SHAPE = (1, ALIGNED_SIZE, ALIGNED_SIZE, 3)
@@ -26,38 +31,69 @@ MIN_NORM = 1e-6
 
 
 class FaceEmbedder:
-    """One MobileFaceNet interpreter on the CPU, usable only within an identification session."""
+    """One embedding interpreter on the CPU, usable only within an identification session.
 
-    def __init__(self, session: IdentificationSession, model_path: Path, threads: int = 1) -> None:
+    From a `VerifiedBundle` (the deployment's signed model: `edge.identify.bundle`) the interpreter
+    is built from the verified bytes themselves, and input size, normalisation, alignment template
+    and embedding size come from the signed descriptor. From a path (a MobileFaceNet file, for
+    tests and measurements) they are MobileFaceNet's.
+    """
+
+    def __init__(self, session: IdentificationSession, model: Path | VerifiedBundle, threads: int = 1) -> None:
         require_session(session)
         self._session = session
-        runner = cpu_runner(load_runtime(), Path(model_path), threads)
-        self._check(runner)
-        self._runner = runner
-        if runner.input_codec.quantised:
-            self._transform = runner.pixel_transform(QUANTISED_GAIN, QUANTISED_OFFSET)
+        self.template: np.ndarray | None = None
+        if isinstance(model, Path) or isinstance(model, str):
+            runner = cpu_runner(load_runtime(), Path(model), threads)
+            self.size, self.embedding_size = ALIGNED_SIZE, EMBEDDING_SIZE
+            gain, offset = (QUANTISED_GAIN, QUANTISED_OFFSET) if runner.input_codec.quantised else \
+                (FLOAT_GAIN, FLOAT_OFFSET)
         else:
-            self._transform = runner.pixel_transform(FLOAT_GAIN, FLOAT_OFFSET)
+            runner = _bundle_runner(model, threads)
+            self._content = model.model  # the interpreter reads from these bytes: they live as long as it does
+            descriptor = model.descriptor
+            self.size, self.embedding_size = descriptor.input_size, descriptor.embedding_size
+            gain, offset = descriptor.input_gain, descriptor.input_offset
+            self.template = model.template
+        self._check(runner, (1, self.size, self.size, 3))
+        self._runner = runner
+        self._transform = runner.pixel_transform(gain, offset)
 
     @staticmethod
-    def _check(runner: Runner) -> None:
-        if runner.input_shape != INPUT_SHAPE:
+    def _check(runner: Runner, shape: tuple[int, ...]) -> None:
+        if runner.input_shape != shape:
             raise ModelError(f"{runner.model_path.name} takes input {runner.input_shape}, not a face embedding "
-                             f"model's {INPUT_SHAPE}", "configure a MobileFaceNet model")
+                             f"model's {shape}", "configure a MobileFaceNet model")
 
     def embed_aligned(self, aligned: np.ndarray) -> np.ndarray:
-        """Unit-length embedding of a 112x112x3 uint8 RGB aligned crop."""
+        """Unit-length embedding of an aligned size x size x 3 uint8 RGB crop."""
         require_session(self._session)  # withdrawn when the gate decided again (e.g. after a revocation)
-        if aligned.shape != INPUT_SHAPE[1:] or aligned.dtype != np.uint8:
-            raise ValueError(f"expected a {INPUT_SHAPE[1:]} uint8 crop, got {aligned.shape} {aligned.dtype}")
+        shape = (self.size, self.size, 3)
+        if aligned.shape != shape or aligned.dtype != np.uint8:
+            raise ValueError(f"expected a {shape} uint8 crop, got {aligned.shape} {aligned.dtype}")
         raw = self._runner.run_pixels(aligned, self._transform)[0].reshape(-1).astype(np.float32)
-        if raw.size != EMBEDDING_SIZE:
-            raise ModelError(f"{self._runner.model_path.name} gives {raw.size} numbers, expected {EMBEDDING_SIZE}")
+        if raw.size != self.embedding_size:
+            raise ModelError(f"{self._runner.model_path.name} gives {raw.size} numbers, expected {self.embedding_size}")
         norm = float(np.linalg.norm(raw))
         if norm < MIN_NORM:
             raise ValueError("the model returned a zero embedding for this face")
         return raw / np.float32(norm)
 
+    def align(self, image: np.ndarray, detection: Detection) -> np.ndarray:
+        return align_face(image, detection.keypoints, self.template, self.size)
+
     def embed(self, image: np.ndarray, detection: Detection) -> np.ndarray:
         """Embedding of one detected face (uses the detector's eye, nose and mouth keypoints)."""
-        return self.embed_aligned(align_face(image, detection.keypoints))
+        return self.embed_aligned(self.align(image, detection))
+
+
+def _bundle_runner(bundle: VerifiedBundle, threads: int) -> Runner:
+    """The interpreter over the verified bytes (`model_content`): the file is not read again after its check."""
+    runtime = load_runtime()
+    try:
+        interpreter = runtime.interpreter(model_content=bundle.model, num_threads=threads)
+        interpreter.allocate_tensors()
+    except (ValueError, RuntimeError) as exc:
+        raise ModelError(f"the bundle's model {bundle.descriptor.name!r} could not be loaded: {str(exc).strip()}",
+                         "sign a TFLite embedding model that runs on the CPU") from None
+    return Runner(interpreter, runtime, "cpu", bundle.directory / MODEL_FILE)

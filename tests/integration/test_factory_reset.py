@@ -21,7 +21,7 @@ from edge.vision.pipeline import DetectorConfig
 from support.mosquitto import BrokerUnderTest, Subscriber, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
-DESTROYED = ("device-key.pem", "device.pem", "cam-a.csr", "device-id", "gallery.json", "outbox.db",
+DESTROYED = ("device-key.pem", "device.pem", "cam-a.csr", "device-id", "gallery.sealed", "gallery.key", "outbox.db",
              "outbox.db-wal", "outbox.db-shm")
 KEPT = ("audit.log", "trust-anchor.pem", "crl.pem", "notes.txt")
 
@@ -36,7 +36,8 @@ def deployed(tmp_path: Path, mosquitto: BrokerUnderTest) -> ServiceConfig:
     shutil.copy(credentials.key, state / "device-key.pem")
     (state / "cam-a.csr").write_text("-----BEGIN CERTIFICATE REQUEST-----\n")
     (state / "device-id").write_text("cam-a\n")
-    (state / "gallery.json").write_text(json.dumps({"enrollments": [{"person_id": "p1"}]}))
+    (state / "gallery.sealed").write_text(json.dumps({"enrollments": [{"person_id": "p1"}]}))
+    (state / "gallery.key").write_bytes(bytes(32))
     for name in ("trust-anchor.pem", "crl.pem", "notes.txt"):
         (state / name).write_text(name)
     outbox = Outbox(state / "outbox.db", OutboxConfig())

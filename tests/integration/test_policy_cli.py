@@ -122,35 +122,6 @@ def test_missing_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert "does not exist" in capsys.readouterr().out
 
 
-def test_gallery_erase_works_without_identification(tmp_path: Path, pki: Pki,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    """A detection-only device (law-enforcement tag) can still erase what an earlier grant enrolled."""
-    import datetime as dt
-
-    import numpy as np
-
-    from edge.identify.gallery import ConsentRecord, Enrollment, Gallery, GalleryFile
-
-    device = issue_now(tmp_path, pki, tags=("police",))
-    config = config_for(tmp_path, device.state_dir)
-    now = dt.datetime.now(dt.timezone.utc)
-    vector = np.eye(128, dtype=np.float32)[3]
-    consent = ConsentRecord("form-7", now - dt.timedelta(days=1), "manager")
-    GalleryFile(device.state_dir / "gallery.json").save(Gallery((
-        Enrollment("p-1", vector, consent, now, now + dt.timedelta(days=30), "office"),
-        Enrollment("p-2", vector, consent, now - dt.timedelta(days=40), now - dt.timedelta(days=1), "office"))))
-    assert run(["gallery", "list", "--config", str(config)]) == 0
-    assert "2 person(s)" in capsys.readouterr().out
-    assert run(["gallery", "purge", "--config", str(config)]) == 0
-    assert "p-2" in capsys.readouterr().out
-    assert run(["gallery", "erase", "--config", str(config), "--person", "p-1"]) == 0
-    assert "erased 1 enrolment(s) of 'p-1'" in capsys.readouterr().out
-    assert GalleryFile(device.state_dir / "gallery.json").load().people() == ()
-    assert run(["audit", "verify", "--config", str(config)]) == 0
-    log = (device.state_dir / "audit.log").read_text()
-    assert "gallery-erase" in log and "gallery-retention-purge" in log
-
-
 # --- read-only commands change nothing ---------------------------------------------------------
 
 def snapshot(root: Path) -> dict[str, tuple[int, bytes | None]]:

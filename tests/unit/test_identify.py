@@ -4,15 +4,19 @@ Needs ../shared (models and photographs); skips with the reason when it is absen
 """
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import itertools
 import json
+import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,12 +28,14 @@ from edge.identify.align import ALIGNED_SIZE, similarity_transform
 from edge.identify.embedding import FaceEmbedder
 from edge.identify.gallery import (
     DEFAULT_MATCH_THRESHOLD,
+    GALLERY_KEY_FILE,
     MAX_RETENTION,
     ConsentRecord,
     Enrollment,
     GalleryError,
     GalleryFile,
     Identifier,
+    associated_data,
 )
 from edge.vision.pipeline import DetectorConfig, Pipeline, build_pipeline
 from edge.policy import Mode, PolicyGate
@@ -88,11 +94,11 @@ def test_same_people_match_and_different_people_do_not(embeddings: dict[str, dic
 
 
 def consent(when: dt.datetime = NOW - DAY) -> ConsentRecord:
-    return ConsentRecord("consent-form-2027-0042", when, "site manager")
+    return ConsentRecord("consent-form-2027-0042", when, "site manager", "announce visitors at the door")
 
 
 def enrollment(person: str, vector: np.ndarray, *, retention: dt.timedelta = 365 * DAY,
-               source: str = "access-control", consent_record: ConsentRecord | None = None) -> Enrollment:
+               source: str = "household", consent_record: ConsentRecord | None = None) -> Enrollment:
     return Enrollment(person, vector, consent_record or consent(), NOW, NOW + retention, source)
 
 
@@ -111,7 +117,7 @@ def test_enrol_identify_and_erase(embeddings: dict[str, dict[str, np.ndarray]], 
     # Erasure works without a session, and the person is gone.
     assert GalleryFile(tmp_path / "gallery.json", audit).erase("p-obama") == 1
     assert identifier.identify(vectors["fr_obama1.jpg"], NOW) is None
-    stored = json.loads((tmp_path / "gallery.json").read_text())
+    stored = opened(tmp_path / "gallery.json")
     assert [e["person_id"] for e in stored["enrollments"]] == ["p-biden", "p-kit"]
     log = (tmp_path / "audit.log").read_text()
     assert "gallery-erase" in log and "embedding" not in log
@@ -142,8 +148,8 @@ UNIT = np.eye(128, dtype=np.float32)[0]
     ({"retention": MAX_RETENTION + DAY}, "three years"),
     ({"retention": -DAY}, "already passed"),
     ({"consent_record": consent(NOW + DAY)}, "after enrolment"),
-    ({"consent_record": ConsentRecord("", NOW - DAY, "x")}, "consent reference"),
-    ({"consent_record": ConsentRecord("ref", NOW - DAY, "x", "verbal")}, "written"),
+    ({"consent_record": ConsentRecord("", NOW - DAY, "x", "door")}, "consent reference"),
+    ({"consent_record": ConsentRecord("ref", NOW - DAY, "x", "door", method="verbal")}, "written"),
 ])
 def test_enrolment_refusals(session: IdentificationSession, tmp_path: Path, kwargs: dict[str, object],
                             words: str) -> None:
@@ -154,7 +160,7 @@ def test_enrolment_refusals(session: IdentificationSession, tmp_path: Path, kwar
 
 
 def test_enrolment_dated_in_the_future(session: IdentificationSession, tmp_path: Path) -> None:
-    future = Enrollment("p-x", UNIT, consent(NOW + DAY), NOW + 2 * DAY, NOW + 30 * DAY, "office")
+    future = Enrollment("p-x", UNIT, consent(NOW + DAY), NOW + 2 * DAY, NOW + 30 * DAY, "household")
     with pytest.raises(GalleryError, match="dated in the future"):
         Identifier(session, GalleryFile(tmp_path / "g.json")).enroll(future, NOW)
 
@@ -187,8 +193,30 @@ def test_wrong_model_is_a_model_error(session: IdentificationSession) -> None:
         FaceEmbedder(session, REPO / "models" / "face_detection_short_range.tflite")
 
 
+def opened(path: Path) -> dict[str, Any]:
+    """The gallery's content, decrypted with its own key: what someone holding the data key could read."""
+    line, _, body = path.read_bytes().partition(b"\n")
+    header = json.loads(line)
+    plain = AESGCM((path.parent / GALLERY_KEY_FILE).read_bytes()).decrypt(
+        base64.b64decode(header["nonce"]), body, associated_data(header["device_id"], header["version"]))
+    return json.loads(plain)  # type: ignore[no-any-return]
+
+
+def resealed(path: Path, content: dict[str, Any]) -> None:
+    """Write `content` back with the gallery's own key: a hand edit by someone holding the data key."""
+    line, _, _ = path.read_bytes().partition(b"\n")
+    header = json.loads(line)
+    nonce = os.urandom(12)
+    body = AESGCM((path.parent / GALLERY_KEY_FILE).read_bytes()).encrypt(
+        nonce, json.dumps(content).encode(), associated_data(header["device_id"], header["version"]))
+    header["nonce"] = base64.b64encode(nonce).decode()
+    path.write_bytes(json.dumps(header).encode() + b"\n" + body)
+
+
 def test_damaged_gallery_file(tmp_path: Path) -> None:
     path = tmp_path / "gallery.json"
+    (tmp_path / GALLERY_KEY_FILE).write_bytes(os.urandom(32))
+    (tmp_path / GALLERY_KEY_FILE).chmod(0o600)
     path.write_text("{not json")
     with pytest.raises(GalleryError, match="not valid JSON"):
         GalleryFile(path).load()
@@ -216,10 +244,10 @@ def test_hand_edited_entry_without_proper_consent_stops_matching_but_can_be_eras
     path = tmp_path / "gallery.json"
     identifier = Identifier(session, GalleryFile(path))
     identifier.enroll(enrollment("p-ok", UNIT), NOW)
-    data = json.loads(path.read_text())
+    data = opened(path)
     smuggled = dict(data["enrollments"][0], person_id="p-smuggled", source="mugshot-database")
     data["enrollments"].append(smuggled)
-    path.write_text(json.dumps(data))
+    resealed(path, data)
     with pytest.raises(GalleryError, match="'p-smuggled' breaks the rules: gallery source refused"):
         identifier.identify(UNIT, NOW)
     assert GalleryFile(path).erase("p-smuggled") == 1
