@@ -21,7 +21,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from edge.trust.audit import AuditError, AuditLog, verify_log
+from edge.trust.audit import AuditError, verify_log
 from edge.app.config import DEFAULT_CONFIG
 from edge.common.errors import ConfigError
 from edge.policy import Mode, PolicyConfig, preview_decision
