@@ -9,12 +9,13 @@ import json
 import shutil
 import socket
 import ssl
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.support.fleet import FleetBroker, Probe, provision
+from tests.support.fleet import REPO, FleetBroker, Probe, device_config, provision, tool
 from tests.support.mosquitto import wait_until
 
 DISCONNECT_ADMINISTRATIVE_ACTION = 0x98
@@ -109,6 +110,17 @@ def test_revoked_device_is_refused_and_its_open_connection_cut_off(tmp_path: Pat
         assert wait_until(lambda: DISCONNECT_ADMINISTRATIVE_ACTION in lost.disconnect_reasons), broker.log[-2000:]
         lost.client.loop_stop()  # paho would reconnect; the broker refuses the handshake, as shown above
         assert handshake_error(broker.port, fleet["cam-lost"]) is not None
+
+        # On the device: the revoked camera, given the new CRL, keeps detecting (into its outbox, since the
+        # broker refuses it) and its log says why identification is off.
+        lost_state = fleet["cam-lost"]
+        shutil.copy(fleet["certs"] / "crl.pem", lost_state / "crl.pem")
+        config = tmp_path / "cam-lost.toml"
+        config.write_text(device_config(lost_state, "cam-lost", broker.port))
+        run = subprocess.run([tool("edge-camera"), "run", "--config", str(config), "--frames", "5"],
+                             capture_output=True, text=True, timeout=180, cwd=REPO)
+        assert run.returncode == 0, run.stderr
+        assert "was revoked" in run.stderr and "5 frames" in run.stderr, run.stderr[-3000:]
 
         # The rest of the fleet is untouched.
         assert kept.connected.is_set() and not kept.disconnect_reasons

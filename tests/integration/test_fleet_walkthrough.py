@@ -14,28 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.fleet import REPO, FleetBroker, Probe, provision, tool
+from tests.support.fleet import REPO, FleetBroker, Probe, device_config, provision, tool
 from tests.support.mosquitto import wait_until
 
 FRAMES = 12
-SHIPPED_DEVICE_CONF = REPO / "systemd" / "edge-camera.toml"
-SHIPPED_STATE_DIR = "/var/lib/edge-camera"
 
 pytestmark = pytest.mark.skipif(shutil.which("mosquitto") is None, reason="needs the mosquitto binary")
-
-
-def device_config(state_dir: Path, device_id: str, port: int) -> str:
-    """The shipped example with the docs' three edits: the device id, the broker, and (here) a virtual camera.
-    Every file name in it is left as shipped: it must name what `edge-provision bundle` wrote."""
-    text = SHIPPED_DEVICE_CONF.read_text()
-    for old, new in ((SHIPPED_STATE_DIR, str(state_dir)), ('id = "cam-lobby-1"', f'id = "{device_id}"'),
-                     ('host = "broker.example.net"', 'host = "localhost"'), ("port = 8883", f"port = {port}"),
-                     ('source = "picamera2"', 'source = "virtual"')):
-        assert old in text, f"the shipped example no longer holds {old!r}"
-        text = text.replace(old, new)
-    settings = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
-    assert not any("/etc/edge-camera/" in line for line in settings), "the example names a file not installed"
-    return text
 
 
 def test_walkthrough_root_to_detections_with_the_shipped_broker(tmp_path: Path) -> None:

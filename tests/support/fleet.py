@@ -26,6 +26,8 @@ from tests.support.mosquitto import WAIT_S, wait_until
 REPO = Path(__file__).resolve().parents[2]
 FLEET_CONF = REPO / "systemd" / "mosquitto-fleet.conf"
 FLEET_ACL = REPO / "systemd" / "mosquitto-fleet.acl"
+SHIPPED_DEVICE_CONF = REPO / "systemd" / "edge-camera.toml"
+SHIPPED_STATE_DIR = "/var/lib/edge-camera"
 PASSPHRASE_ENV = "EDGE_FLEET_TEST_PASS"
 PASSPHRASE = "a long enough fleet passphrase"
 # An empty dynamic-security store: the plugin is there for its control topic, not for users.
@@ -50,6 +52,20 @@ def provision(*argv: str) -> str:
     proc = subprocess.run([tool("edge-provision"), *argv, *extra], capture_output=True, text=True, env=env, timeout=60)
     assert proc.returncode == 0, f"edge-provision {argv[0]} failed: {proc.stderr}"
     return proc.stdout
+
+
+def device_config(state_dir: Path, device_id: str, port: int) -> str:
+    """The shipped example with the docs' three edits: the device id, the broker, and (here) a virtual camera.
+    Every file name in it is left as shipped: it must name what `edge-provision bundle` wrote."""
+    text = SHIPPED_DEVICE_CONF.read_text()
+    for old, new in ((SHIPPED_STATE_DIR, str(state_dir)), ('id = "cam-lobby-1"', f'id = "{device_id}"'),
+                     ('host = "broker.example.net"', 'host = "localhost"'), ("port = 8883", f"port = {port}"),
+                     ('source = "picamera2"', 'source = "virtual"')):
+        assert old in text, f"the shipped example no longer holds {old!r}"
+        text = text.replace(old, new)
+    settings = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    assert not any("/etc/edge-camera/" in line for line in settings), "the example names a file not installed"
+    return text
 
 
 def render_fleet_conf(paths: dict[str, Path], port: int, log_path: Path) -> str:
