@@ -1,4 +1,4 @@
-"""`edge-provision`: the installer's tool for CAs, device certificates, revocation and bundles.
+"""`edge-provision`: the installer's tool for CAs, device, broker and subscriber certificates, revocation and bundles.
 
 Why so plain: installers are not cryptographers. Every refusal is one sentence
 saying what was wrong and what to do, exit codes are documented
@@ -528,7 +528,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Create CAs, issue and revoke device certificates, build device bundles.",
+    parser = _Parser(prog=PROG, description="Create CAs, issue and revoke device certificates, build device bundles, "
+                     "and make the broker's and subscribers' certificates.",
                      epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
