@@ -473,6 +473,8 @@ def cmd_broker_cert(args: argparse.Namespace) -> int:
     _plain_key(out / BROKER_KEY, key)
     _write_new(out / BROKER_CERT, _pem(cert, ca_cert))
     _write_new(out / BROKER_CLIENT_CA, _pem(ca_cert, root))
+    (directory / ISSUED_DIR).mkdir(exist_ok=True)
+    _write_new(directory / ISSUED_DIR / f"{cert.serial_number:x}.pem", _pem(cert))  # for `revoke --serial`
     print(f"broker certificate for {', '.join([*dns, *map(str, ips)])} written to {out}: {BROKER_CERT} "
           f"(with the provisioning CA), {BROKER_KEY} (unencrypted, 0600), {BROKER_CLIENT_CA} (for cafile).")
     print(f"Mosquitto: certfile {BROKER_CERT}, keyfile {BROKER_KEY}, cafile {BROKER_CLIENT_CA}, "
@@ -481,7 +483,12 @@ def cmd_broker_cert(args: argparse.Namespace) -> int:
 
 
 def cmd_client_cert(args: argparse.Namespace) -> int:
-    name = _parse(lambda: check_device_id(args.name))  # the same plain alphabet: it becomes a file name
+    name = args.name
+    try:
+        check_device_id(name)  # the device ids' plain alphabet: the name becomes file names and the OU
+    except GrantError:
+        raise UsageError(f"--name {name!r} is not a plain name",
+                         "use 1-63 characters of a-z, 0-9 and '-', e.g. dashboard-1") from None
     out = Path(args.out)
     cert_name, key_name = f"{name}.pem", f"{name}-key.pem"
     _new_outputs(out, cert_name, key_name, CLIENT_CA)
@@ -495,9 +502,8 @@ def cmd_client_cert(args: argparse.Namespace) -> int:
     data = _pem(cert, ca_cert)
     _write_new(out / cert_name, data)
     _write_new(out / CLIENT_CA, _pem(root))
-    issued = directory / ISSUED_DIR
-    issued.mkdir(exist_ok=True)
-    _write_new(issued / f"{cert.serial_number:x}.pem", data)
+    (directory / ISSUED_DIR).mkdir(exist_ok=True)
+    _write_new(directory / ISSUED_DIR / f"{cert.serial_number:x}.pem", data)
     print(f"client certificate for {name!r} with role {args.role} (MQTT username {username!r}: "
           f"{ROLES[args.role]}) written to {out}: {cert_name}, {key_name} (unencrypted, 0600), "
           f"{CLIENT_CA} (the CA to verify the broker with). Serial {cert.serial_number:x}.")

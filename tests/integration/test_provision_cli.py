@@ -346,6 +346,7 @@ def test_broker_cert_names_every_host_and_address_and_serves_only(ca: Path, tmp_
     key = serialization.load_pem_private_key((out / "broker-key.pem").read_bytes(), None)
     assert isinstance(key, ec.EllipticCurvePrivateKey) and key.public_key() == leaf.public_key()
     assert len(x509.load_pem_x509_certificates((out / "client-ca.pem").read_bytes())) == 2
+    assert (ca / "issued" / f"{leaf.serial_number:x}.pem").exists()  # so `revoke --serial` finds it
 
     # Run again into the same directory: nothing is overwritten (the broker's live key stays).
     before = (out / "broker-key.pem").read_bytes()
@@ -394,7 +395,7 @@ def test_client_cert_carries_its_role_as_the_mqtt_username(ca: Path, tmp_path: P
     assert code == 2 and "invalid choice" in err
     code, _, err = run(capsys, "client-cert", "--ca-dir", str(ca), "--name", "Dash/1", "--role", "reader",
                        "--out", str(out), "--passphrase-env", "EDGE_TEST_PASS")
-    assert code == 3 and "Dash/1" in err
+    assert code == 2 and "'Dash/1' is not a plain name" in err
 
 
 def test_bundle_carries_the_ca_the_device_pins_for_the_broker(ca: Path, csr: Path, tmp_path: Path,
@@ -404,3 +405,15 @@ def test_bundle_carries_the_ca_the_device_pins_for_the_broker(ca: Path, csr: Pat
                        "--out", str(tmp_path / "bundle"))
     assert code == 0 and "broker-ca.pem" in out
     assert (tmp_path / "bundle" / "broker-ca.pem").read_bytes() == (ca / "root-ca.pem").read_bytes()
+
+
+def test_a_subscriber_certificate_is_revoked_like_a_device(ca: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    run(capsys, "client-cert", "--ca-dir", str(ca), "--name", "dashboard-1", "--role", "reader",
+        "--out", str(tmp_path / "d"), "--passphrase-env", "EDGE_TEST_PASS")
+    leaf = x509.load_pem_x509_certificates((tmp_path / "d" / "dashboard-1.pem").read_bytes())[0]
+    code, out, _ = run(capsys, "revoke", "--ca-dir", str(ca), "--serial", f"{leaf.serial_number:x}",
+                       "--out", str(tmp_path / "crl.pem"), "--passphrase-env", "EDGE_TEST_PASS")
+    assert code == 0 and "1 revoked certificate" in out
+    crl = x509.load_pem_x509_crl((tmp_path / "crl.pem").read_bytes())
+    assert crl.get_revoked_certificate_by_serial_number(leaf.serial_number) is not None
