@@ -10,8 +10,9 @@ Pure functions: keys, times and serial numbers come in as arguments.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -124,4 +125,58 @@ def build_crl(ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, rev
     for item in revoked:
         builder = builder.add_revoked_certificate(
             x509.RevokedCertificateBuilder().serial_number(item.serial).revocation_date(item.revoked_at).build())
+    return builder.sign(ca_key, hashes.SHA256())
+
+
+def _leaf_key_usage() -> x509.KeyUsage:
+    """ECDHE-ECDSA needs digitalSignature only, for servers and subscribers alike."""
+    return _device_key_usage()
+
+
+def build_server_certificate(public_key: ec.EllipticCurvePublicKey, common_name: str, dns_names: Sequence[str],
+                             ip_addresses: Sequence[IPv4Address | IPv6Address], ca_cert: x509.Certificate,
+                             ca_key: ec.EllipticCurvePrivateKey, now: dt.datetime, validity: dt.timedelta,
+                             serial: int) -> x509.Certificate:
+    """The broker's TLS server certificate: serverAuth only, so it can never pass as a device or a subscriber,
+    and the names clients connect to in the SAN (clients check the SAN, not the CN)."""
+    if not dns_names and not ip_addresses:
+        raise ValueError("a server certificate needs at least one DNS name or IP address")
+    names: list[x509.GeneralName] = [x509.DNSName(d) for d in dns_names]
+    names += [x509.IPAddress(i) for i in ip_addresses]
+    return _leaf(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]), public_key,
+                 ExtendedKeyUsageOID.SERVER_AUTH, x509.SubjectAlternativeName(names), ca_cert, ca_key, now, validity,
+                 serial)
+
+
+def build_subscriber_certificate(public_key: ec.EllipticCurvePublicKey, username: str, label: str,
+                                 ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, now: dt.datetime,
+                                 validity: dt.timedelta, serial: int) -> x509.Certificate:
+    """A subscriber's client certificate (dashboard, Home Assistant, operator).
+
+    The CN is the MQTT username Mosquitto takes with `use_identity_as_username`, so it names the role the ACL
+    grants; the holder's own name goes in the OU, which Mosquitto ignores, so two dashboards share the role's
+    ACL and are still told apart by serial (revocation) and subject (logs). No SAN URI and no grant: the
+    device's gate would refuse it as a device identity."""
+    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, label),
+                         x509.NameAttribute(NameOID.COMMON_NAME, username)])
+    return _leaf(subject, public_key, ExtendedKeyUsageOID.CLIENT_AUTH, None, ca_cert, ca_key, now, validity, serial)
+
+
+def _leaf(subject: x509.Name, public_key: ec.EllipticCurvePublicKey, usage: x509.ObjectIdentifier,
+          san: x509.SubjectAlternativeName | None, ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey,
+          now: dt.datetime, validity: dt.timedelta, serial: int) -> x509.Certificate:
+    public_key = check_public_key(public_key, "key")
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject).issuer_name(ca_cert.subject).public_key(public_key)
+        .serial_number(serial)
+        .not_valid_before(now - BACKDATE).not_valid_after(min(now + validity, ca_cert.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_leaf_key_usage(), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+    )
+    if san is not None:
+        builder = builder.add_extension(san, critical=False)
     return builder.sign(ca_key, hashes.SHA256())

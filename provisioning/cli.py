@@ -1,4 +1,4 @@
-"""`edge-provision`: the installer's tool for CAs, device certificates, revocation and bundles.
+"""`edge-provision`: the installer's tool for CAs, device, broker and subscriber certificates, revocation and bundles.
 
 Why so plain: installers are not cryptographers. Every refusal is one sentence
 saying what was wrong and what to do, exit codes are documented
@@ -10,6 +10,7 @@ import argparse
 import datetime as dt
 import json
 import sys
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -29,7 +30,7 @@ from edge.trust.certificates import (
     spki,
 )
 from edge.common.errors import run_handler
-from edge.common.files import write_atomically
+from edge.common.files import create_new, write_atomically
 from edge.trust.grant import (
     CAPABILITY_DETECTION,
     CAPABILITY_IDENTIFICATION,
@@ -48,10 +49,11 @@ from provisioning.errors import (
     InputFileError,
     OutputExistsError,
     RefusedError,
+    UsageError,
     VerificationFailed,
 )
 from provisioning.report import decide_for, render
-from provisioning.keystore import PassphraseSource, load_encrypted_key, save_encrypted_key
+from provisioning.keystore import PRIVATE_FILE_MODE, PassphraseSource, load_encrypted_key, save_encrypted_key
 
 PROG = "edge-provision"
 ROOT_CERT = "root-ca.pem"
@@ -64,6 +66,23 @@ ISSUED_DIR = "issued"
 BUNDLE_CERT = "device.pem"
 BUNDLE_ANCHOR = "trust-anchor.pem"
 BUNDLE_CRL = "crl.pem"
+# The CA the device pins for the broker: the root, since `broker-cert` signs with the provisioning CA.
+BUNDLE_BROKER_CA = "broker-ca.pem"
+BROKER_CERT = "broker.pem"
+BROKER_KEY = "broker-key.pem"
+# The broker's `cafile`: root and provisioning CA, so clients that send only their leaf still verify.
+BROKER_CLIENT_CA = "client-ca.pem"
+CLIENT_CA = "ca.pem"
+# Subscriber roles: the certificate's CN (Mosquitto's username), which systemd/mosquitto-fleet.acl names.
+# The ':' is outside the device-id alphabet, so no device can ever hold a role's username.
+ROLE_PREFIX = "role:"
+ROLES = {
+    "reader": "detections, status, health and Home Assistant discovery of every device",
+    "auditor": "everything devices publish, audit records included",
+    "operator": "everything, and publishes the fleet CRL",
+}
+DEFAULT_BROKER_DAYS = 2 * 365
+DEFAULT_CLIENT_DAYS = 2 * 365
 DEFAULT_ROOT_DAYS = 20 * 365
 DEFAULT_CA_DAYS = 10 * 365
 DEFAULT_DEVICE_DAYS = 5 * 365
@@ -404,9 +423,90 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     _write_new(out / BUNDLE_CERT, _pem(cert, ca_cert))
     _write_new(out / BUNDLE_ANCHOR, _pem(root))
     _write_new(out / BUNDLE_CRL, _pem(crl))
-    print(f"bundle for device {identity.device_id!r} written to {out}: {BUNDLE_CERT}, {BUNDLE_ANCHOR}, {BUNDLE_CRL}.")
+    _write_new(out / BUNDLE_BROKER_CA, _pem(root))
+    print(f"bundle for device {identity.device_id!r} written to {out}: {BUNDLE_CERT}, {BUNDLE_ANCHOR}, {BUNDLE_CRL}, "
+          f"{BUNDLE_BROKER_CA}.")
     print("Copy these into the device's state directory; its [policy] section then reads:")
     print(f'  trust_anchor = "{BUNDLE_ANCHOR}"\n  certificate = "{BUNDLE_CERT}"\n  crl = "{BUNDLE_CRL}"')
+    print(f"and [mqtt] ca is {BUNDLE_BROKER_CA} in that directory (the CA that signed the broker's certificate).")
+    return EXIT_OK
+
+
+def _plain_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    """Unencrypted, 0600, create-only: Mosquitto and MQTT clients read their key without a passphrase."""
+    data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+    try:
+        create_new(path, data, PRIVATE_FILE_MODE)
+    except FileExistsError:
+        raise OutputExistsError(f"{path} already exists", "remove it or choose another output directory") from None
+    except OSError as exc:
+        raise InputFileError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def _addresses(values: Sequence[str]) -> list[IPv4Address | IPv6Address]:
+    try:
+        return [ip_address(v) for v in values]
+    except ValueError as exc:
+        raise UsageError(f"--ip {exc}", "give an IPv4 or IPv6 address such as 192.0.2.10") from None
+
+
+def _new_outputs(out: Path, *names: str) -> None:
+    _mkdir(out)
+    for name in names:
+        if (out / name).exists():
+            raise OutputExistsError(f"{out / name} already exists", "nothing was written; choose another --out")
+
+
+def cmd_broker_cert(args: argparse.Namespace) -> int:
+    dns, ips = list(args.dns or ()), _addresses(args.ip or ())
+    if not dns and not ips:
+        raise UsageError("a broker certificate needs at least one --dns or --ip",
+                         "give every name and address the devices connect to")
+    out = Path(args.out)
+    _new_outputs(out, BROKER_CERT, BROKER_KEY, BROKER_CLIENT_CA)
+    directory, ca_cert, ca_key = _open_ca(args)
+    root = _load_one_cert(directory / ROOT_CERT, "root CA certificate")
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = builders.build_server_certificate(key.public_key(), dns[0] if dns else str(ips[0]), dns, ips, ca_cert,
+                                             ca_key, _now(), dt.timedelta(days=args.days), x509.random_serial_number())
+    _plain_key(out / BROKER_KEY, key)
+    _write_new(out / BROKER_CERT, _pem(cert, ca_cert))
+    _write_new(out / BROKER_CLIENT_CA, _pem(ca_cert, root))
+    (directory / ISSUED_DIR).mkdir(exist_ok=True)
+    _write_new(directory / ISSUED_DIR / f"{cert.serial_number:x}.pem", _pem(cert))  # for `revoke --serial`
+    print(f"broker certificate for {', '.join([*dns, *map(str, ips)])} written to {out}: {BROKER_CERT} "
+          f"(with the provisioning CA), {BROKER_KEY} (unencrypted, 0600), {BROKER_CLIENT_CA} (for cafile).")
+    print(f"Mosquitto: certfile {BROKER_CERT}, keyfile {BROKER_KEY}, cafile {BROKER_CLIENT_CA}, "
+          f"crlfile {directory / CRL_FILE} (see docs/fleet.md).")
+    return EXIT_OK
+
+
+def cmd_client_cert(args: argparse.Namespace) -> int:
+    name = args.name
+    try:
+        check_device_id(name)  # the device ids' plain alphabet: the name becomes file names and the OU
+    except GrantError:
+        raise UsageError(f"--name {name!r} is not a plain name",
+                         "use 1-63 characters of a-z, 0-9 and '-', e.g. dashboard-1") from None
+    out = Path(args.out)
+    cert_name, key_name = f"{name}.pem", f"{name}-key.pem"
+    _new_outputs(out, cert_name, key_name, CLIENT_CA)
+    directory, ca_cert, ca_key = _open_ca(args)
+    root = _load_one_cert(directory / ROOT_CERT, "root CA certificate")
+    key = ec.generate_private_key(ec.SECP256R1())
+    username = ROLE_PREFIX + args.role
+    cert = builders.build_subscriber_certificate(key.public_key(), username, name, ca_cert, ca_key, _now(),
+                                                 dt.timedelta(days=args.days), x509.random_serial_number())
+    _plain_key(out / key_name, key)
+    data = _pem(cert, ca_cert)
+    _write_new(out / cert_name, data)
+    _write_new(out / CLIENT_CA, _pem(root))
+    (directory / ISSUED_DIR).mkdir(exist_ok=True)
+    _write_new(directory / ISSUED_DIR / f"{cert.serial_number:x}.pem", data)
+    print(f"client certificate for {name!r} with role {args.role} (MQTT username {username!r}: "
+          f"{ROLES[args.role]}) written to {out}: {cert_name}, {key_name} (unencrypted, 0600), "
+          f"{CLIENT_CA} (the CA to verify the broker with). Serial {cert.serial_number:x}.")
     return EXIT_OK
 
 
@@ -522,7 +622,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Create CAs, issue and revoke device certificates, build device bundles.",
+    parser = _Parser(prog=PROG, description="Create CAs, issue and revoke device certificates, build device bundles, "
+                     "and make the broker's and subscribers' certificates.",
                      epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -596,6 +697,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cert", required=True, help="the device certificate edge-provision issue wrote")
     p.add_argument("--out", required=True, help="directory to write the bundle into")
     p.set_defaults(func=cmd_bundle)
+
+    p = sub.add_parser("broker-cert", help="the MQTT broker's TLS server certificate and key (docs/fleet.md)")
+    p.add_argument("--ca-dir", required=True, help="the directory init-ca created")
+    p.add_argument("--dns", action="append", help="a host name devices connect to (repeat for several)")
+    p.add_argument("--ip", action="append", help="an IP address devices connect to (repeat for several)")
+    p.add_argument("--days", type=int, default=DEFAULT_BROKER_DAYS, help=f"validity (default {DEFAULT_BROKER_DAYS})")
+    p.add_argument("--out", required=True, help="directory for broker.pem, broker-key.pem and client-ca.pem")
+    _add_passphrase_options(p, what="provisioning CA key")
+    p.set_defaults(func=cmd_broker_cert)
+
+    p = sub.add_parser("client-cert", help="a subscriber's client certificate (dashboard, Home Assistant, operator)")
+    p.add_argument("--ca-dir", required=True, help="the directory init-ca created")
+    p.add_argument("--name", required=True, help="who holds it, e.g. dashboard-1 (a-z, 0-9, -)")
+    p.add_argument("--role", required=True, choices=sorted(ROLES),
+                   help="; ".join(f"{r}: {d}" for r, d in sorted(ROLES.items())))
+    p.add_argument("--days", type=int, default=DEFAULT_CLIENT_DAYS, help=f"validity (default {DEFAULT_CLIENT_DAYS})")
+    p.add_argument("--out", required=True, help="directory for NAME.pem, NAME-key.pem and ca.pem")
+    _add_passphrase_options(p, what="provisioning CA key")
+    p.set_defaults(func=cmd_client_cert)
 
     _add_model_bundle_parser(sub)
     return parser

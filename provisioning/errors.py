@@ -7,6 +7,12 @@ EXIT_OK = 0
 EXIT_USAGE = 2  # argparse's own code for a wrong command line
 
 
+class UsageError(EdgeError):
+    """The options together make no sense (argparse alone cannot tell), e.g. a server certificate with no name."""
+
+    exit_code = EXIT_USAGE
+
+
 class InputFileError(EdgeError):
     """A file given to the tool is missing, unreadable or not what it should be."""
 

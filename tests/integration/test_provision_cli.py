@@ -315,3 +315,105 @@ def test_inspect_reads_der(ca: Path, csr: Path, tmp_path: Path, capsys: pytest.C
     code, out, _ = run(capsys, "inspect", str(der))
     assert code == 0 and "device id   cam-1" in out and "'home': allowed" in out
     assert "not evaluated: give --trust-anchor" in out
+
+
+def _ext(cert: x509.Certificate, kind: type) -> object:
+    return cert.extensions.get_extension_for_class(kind).value
+
+
+def test_broker_cert_names_every_host_and_address_and_serves_only(ca: Path, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    import ipaddress
+
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    out = tmp_path / "broker"
+    code, text, _ = run(capsys, "broker-cert", "--ca-dir", str(ca), "--dns", "mqtt.acme.example", "--dns", "localhost",
+                        "--ip", "192.0.2.10", "--ip", "2001:db8::1", "--out", str(out),
+                        "--passphrase-env", "EDGE_TEST_PASS")
+    assert code == 0 and "crlfile" in text
+    chain = x509.load_pem_x509_certificates((out / "broker.pem").read_bytes())
+    leaf, provisioning_ca = chain
+    assert provisioning_ca == x509.load_pem_x509_certificate((ca / "provisioning-ca.pem").read_bytes())
+    san = _ext(leaf, x509.SubjectAlternativeName)
+    assert isinstance(san, x509.SubjectAlternativeName)
+    assert san.get_values_for_type(x509.DNSName) == ["mqtt.acme.example", "localhost"]
+    assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("192.0.2.10"),
+                                                        ipaddress.ip_address("2001:db8::1")]
+    assert list(_ext(leaf, x509.ExtendedKeyUsage)) == [ExtendedKeyUsageOID.SERVER_AUTH]  # type: ignore[call-overload]
+    assert leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "mqtt.acme.example"
+    assert stat.S_IMODE(os.stat(out / "broker-key.pem").st_mode) == 0o600
+    key = serialization.load_pem_private_key((out / "broker-key.pem").read_bytes(), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey) and key.public_key() == leaf.public_key()
+    assert len(x509.load_pem_x509_certificates((out / "client-ca.pem").read_bytes())) == 2
+    assert (ca / "issued" / f"{leaf.serial_number:x}.pem").exists()  # so `revoke --serial` finds it
+
+    # Run again into the same directory: nothing is overwritten (the broker's live key stays).
+    before = (out / "broker-key.pem").read_bytes()
+    code, _, err = run(capsys, "broker-cert", "--ca-dir", str(ca), "--dns", "x", "--out", str(out),
+                       "--passphrase-env", "EDGE_TEST_PASS")
+    assert code == 7 and "already exists" in err and (out / "broker-key.pem").read_bytes() == before
+
+
+@pytest.mark.parametrize("argv, expected", [
+    ((), "at least one --dns or --ip"),
+    (("--ip", "300.1.2.3"), "IPv4 or IPv6 address"),
+])
+def test_broker_cert_without_a_usable_name_is_a_usage_error(ca: Path, tmp_path: Path, argv: tuple[str, ...],
+                                                             expected: str,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "broker-cert", "--ca-dir", str(ca), "--out", str(tmp_path / "b"), *argv,
+                       "--passphrase-env", "EDGE_TEST_PASS")
+    assert code == 2 and expected in err
+    assert not (tmp_path / "b" / "broker-key.pem").exists()
+
+
+def test_client_cert_carries_its_role_as_the_mqtt_username(ca: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    from edge.trust.certificates import CertificateError, read_device_identity
+    from edge.trust.grant import GrantError
+
+    out = tmp_path / "ha"
+    code, text, _ = run(capsys, "client-cert", "--ca-dir", str(ca), "--name", "home-assistant", "--role", "reader",
+                        "--out", str(out), "--passphrase-env", "EDGE_TEST_PASS")
+    assert code == 0 and "'role:reader'" in text
+    leaf = x509.load_pem_x509_certificates((out / "home-assistant.pem").read_bytes())[0]
+    assert leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "role:reader"
+    assert leaf.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)[0].value == "home-assistant"
+    assert list(_ext(leaf, x509.ExtendedKeyUsage)) == [ExtendedKeyUsageOID.CLIENT_AUTH]  # type: ignore[call-overload]
+    assert (ca / "issued" / f"{leaf.serial_number:x}.pem").exists()  # so `revoke --serial` finds it
+    with pytest.raises((CertificateError, GrantError)):
+        read_device_identity(leaf)  # never usable as a device identity
+    acl = (REPO / "systemd" / "mosquitto-fleet.acl").read_text()
+    for role in ("reader", "auditor", "operator"):
+        assert f"\nuser role:{role}\n" in acl  # every role the tool offers, the shipped ACL knows
+
+    code, _, err = run(capsys, "client-cert", "--ca-dir", str(ca), "--name", "ha", "--role", "admin",
+                       "--out", str(out), "--passphrase-env", "EDGE_TEST_PASS")
+    assert code == 2 and "invalid choice" in err
+    code, _, err = run(capsys, "client-cert", "--ca-dir", str(ca), "--name", "Dash/1", "--role", "reader",
+                       "--out", str(out), "--passphrase-env", "EDGE_TEST_PASS")
+    assert code == 2 and "'Dash/1' is not a plain name" in err
+
+
+def test_bundle_carries_the_ca_the_device_pins_for_the_broker(ca: Path, csr: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    issue(capsys, ca, csr, tmp_path / "cam-1.pem")
+    code, out, _ = run(capsys, "bundle", "--ca-dir", str(ca), "--cert", str(tmp_path / "cam-1.pem"),
+                       "--out", str(tmp_path / "bundle"))
+    assert code == 0 and "broker-ca.pem" in out
+    assert (tmp_path / "bundle" / "broker-ca.pem").read_bytes() == (ca / "root-ca.pem").read_bytes()
+
+
+def test_a_subscriber_certificate_is_revoked_like_a_device(ca: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    run(capsys, "client-cert", "--ca-dir", str(ca), "--name", "dashboard-1", "--role", "reader",
+        "--out", str(tmp_path / "d"), "--passphrase-env", "EDGE_TEST_PASS")
+    leaf = x509.load_pem_x509_certificates((tmp_path / "d" / "dashboard-1.pem").read_bytes())[0]
+    code, out, _ = run(capsys, "revoke", "--ca-dir", str(ca), "--serial", f"{leaf.serial_number:x}",
+                       "--out", str(tmp_path / "crl.pem"), "--passphrase-env", "EDGE_TEST_PASS")
+    assert code == 0 and "1 revoked certificate" in out
+    crl = x509.load_pem_x509_crl((tmp_path / "crl.pem").read_bytes())
+    assert crl.get_revoked_certificate_by_serial_number(leaf.serial_number) is not None

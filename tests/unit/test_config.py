@@ -286,7 +286,7 @@ def test_exit_codes_in_the_command_line_docstring_match_the_readme() -> None:
 
 def test_the_example_configuration_is_valid_and_names_what_edge_provision_writes() -> None:
     from edge.trust.device_key import DEVICE_KEY_FILE
-    from provisioning.cli import BUNDLE_ANCHOR, BUNDLE_CERT, BUNDLE_CRL
+    from provisioning.cli import BUNDLE_ANCHOR, BUNDLE_BROKER_CA, BUNDLE_CERT, BUNDLE_CRL
 
     config = load(REPO / "systemd" / "edge-camera.toml")
     assert config.policy is not None
@@ -296,4 +296,5 @@ def test_the_example_configuration_is_valid_and_names_what_edge_provision_writes
     assert config.policy.crl == state / BUNDLE_CRL
     assert config.policy.key == state / DEVICE_KEY_FILE
     assert (config.mqtt.cert, config.mqtt.key) == (config.policy.certificate, config.policy.key)
+    assert config.mqtt.ca == state / BUNDLE_BROKER_CA
     assert config.device.state_dir == state
