@@ -61,6 +61,9 @@ RUNNING_KEY = "running"  # STOPPED after a clean close(); while running, what an
 STOPPED = -1
 # Seqs reserved per write in write-behind: one small commit per SEQ_BLOCK messages (about 34 s at 30 a second).
 SEQ_BLOCK = 1024
+# SQLite pages of 1 KiB rather than 4: a spill of a window's few hundred bytes rewrites the table's last
+# leaf page in the WAL, so smaller pages write less per commit (measured on ext4: 16 KB -> 12.5 KB per commit of 8 detections, WAL and checkpoints together).
+PAGE_SIZE = 1024
 STRICT = "strict"
 WRITE_BEHIND = "write-behind"
 DURABILITIES = (WRITE_BEHIND, STRICT)
@@ -192,6 +195,7 @@ class _Row:
 def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
     conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # takes effect only when the file is created
     mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
     if mode.lower() != "wal":
         raise EdgeError(f"outbox {path}: the file system does not support SQLite WAL mode (got {mode})",
