@@ -61,6 +61,7 @@ AWAY_SETTLE_S = 5.0
 START_TIMEOUT_S = 180.0
 DRAIN_TIMEOUT_S = 60.0
 QUIET_S = 3.0
+PROGRESS_S = 60.0
 MB = 1024 * 1024
 HOUR_S = 3600.0
 DAY_H = 24
@@ -315,6 +316,7 @@ def watch(runs: list[Run], counter: Counter, broker: MosquittoBroker, args: argp
           started: float) -> float | None:
     """Sample every process each second until all have exited; stop the broker when asked."""
     away_at: float | None = None
+    last_progress = started
     while any(run.proc.poll() is None for run in runs):
         now = time.monotonic()
         for run in runs:
@@ -333,9 +335,10 @@ def watch(runs: list[Run], counter: Counter, broker: MosquittoBroker, args: argp
             broker.stop()
             away_at = time.monotonic()
             print(f"soak: broker stopped at {away_at - started:.0f} s", file=sys.stderr, flush=True)
-        if args.progress and int(now - started) % 60 == 0:
-            print(f"soak: {now - started:.0f} s, " + ", ".join(
-                f"{r.device}: {len(counter.seqs.get(r.device, ()))} delivered" for r in runs), file=sys.stderr, flush=True)
+        if args.progress and now - last_progress >= PROGRESS_S:
+            last_progress = now
+            print(f"soak: {now - started:.0f} s; " + "; ".join(progress(r, counter) for r in runs),
+                  file=sys.stderr, flush=True)
         time.sleep(SAMPLE_S)
     for run in runs:
         run.proc.wait()
@@ -352,6 +355,17 @@ def watch(runs: list[Run], counter: Counter, broker: MosquittoBroker, args: argp
         seen = now_seen
         time.sleep(QUIET_S)
     return away_at
+
+
+def progress(run: Run, counter: Counter) -> str:
+    """A line for a long run, so a run stopped early still leaves its figures so far."""
+    if not run.samples:
+        return f"{run.device}: starting"
+    first, last = run.samples[0], run.samples[-1]
+    fps = run.health_fps[-1][1] if run.health_fps else float("nan")
+    return (f"{run.device}: {len(counter.seqs.get(run.device, ()))} delivered, {fps:.1f} fps, "
+            f"RSS {last.rss_bytes / MB:.1f} MB, CPU {last.cpu_s:.0f} s, written {last.write_bytes / MB:.2f} MB "
+            f"({(last.write_bytes - first.write_bytes) / max(1e-9, last.t - first.t) * HOUR_S / MB:.1f} MB/h)")
 
 
 def table(report: dict[str, Any]) -> str:

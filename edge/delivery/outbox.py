@@ -34,13 +34,16 @@ ends and how many of the numbers in it may have been real messages.
 """
 from __future__ import annotations
 
+import bisect
 import logging
 import queue
 import sqlite3
+import struct
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -80,6 +83,13 @@ CREATE TABLE IF NOT EXISTS outbox (
     created REAL NOT NULL,
     refused TEXT
 );
+CREATE TABLE IF NOT EXISTS spill (
+    first INTEGER PRIMARY KEY,
+    last INTEGER NOT NULL,
+    created REAL NOT NULL,
+    count INTEGER NOT NULL,
+    batch BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO counters VALUES ('{SEQ_KEY}', 0), ('{DROPPED_KEY}', 0), ('{RUNNING_KEY}', {STOPPED});
 """
@@ -93,6 +103,11 @@ DELETE FROM counters WHERE name IN ('count', 'bytes');
 """
 
 PayloadFactory = Callable[[int], bytes]
+# A spilled window is one row: its messages (id, qos, topic and payload lengths, then the bytes) deflated
+# together. The JSON keys and the topic repeat from message to message, so a window of eight detections
+# shrinks about four times, and one small row per commit is about the least a commit can write.
+_ENTRY = struct.Struct("<qBHI")
+COMPRESSION_LEVEL = 6
 
 
 def _window(value: float) -> str | None:
@@ -192,6 +207,41 @@ class _Row:
     refused: str | None
 
 
+@dataclass(slots=True)
+class _Batch:
+    """One spilled window (write-behind): a row of `spill`, and which of its messages are settled."""
+
+    first: int
+    last: int
+    created: float
+    count: int
+    size: int  # stored bytes
+    settled: set[int] = field(default_factory=set)  # acknowledged, or refused and moved to a row of its own
+
+
+def pack(messages: Iterable[Pending]) -> bytes:
+    """The stored form of a spilled window."""
+    parts: list[bytes] = []
+    for message in messages:
+        topic = message.topic.encode()
+        parts += [_ENTRY.pack(message.id, message.qos, len(topic), len(message.payload)), topic, message.payload]
+    return zlib.compress(b"".join(parts), COMPRESSION_LEVEL)
+
+
+def unpack(blob: bytes) -> list[Pending]:
+    data = zlib.decompress(blob)
+    messages: list[Pending] = []
+    offset = 0
+    while offset < len(data):
+        row_id, qos, topic_length, payload_length = _ENTRY.unpack_from(data, offset)
+        offset += _ENTRY.size
+        topic = data[offset:offset + topic_length].decode()
+        offset += topic_length
+        messages.append(Pending(row_id, topic, data[offset:offset + payload_length], qos))
+        offset += payload_length
+    return messages
+
+
 def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
     conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
@@ -236,6 +286,8 @@ class Outbox:
             count, size, refused, last_id = self._writer.execute(
                 "SELECT COUNT(*), COALESCE(SUM(length(payload)), 0), COUNT(refused), COALESCE(MAX(id), 0) "
                 "FROM outbox").fetchone()
+            batches = [_Batch(*row) for row in self._writer.execute(
+                "SELECT first, last, created, count, length(batch) FROM spill ORDER BY first")]
         except (OSError, sqlite3.Error) as exc:
             raise EdgeError(f"outbox {self.path} cannot be opened: {exc}",
                             "check that the state directory exists, is writable by the service user "
@@ -244,11 +296,15 @@ class Outbox:
         # Everything below is guarded by _lock: the writer thread, the publisher and health read it.
         self._lock = threading.Lock()
         self._held: dict[int, _Held] = {}  # ascending ids: insertion order is id order
-        self._disk_count, self._disk_bytes, self._disk_refused = count, size, refused
+        self._batches: dict[int, _Batch] = {b.first: b for b in batches}  # by first id, ascending
+        self._firsts = [b.first for b in batches]  # for bisect
+        self._disk_count = count + sum(b.count for b in batches)  # messages stored and not settled
+        self._disk_bytes = size + sum(b.size for b in batches)
+        self._disk_refused = refused
         self._seq = counters[SEQ_KEY]  # the last seq handed out
         self._dropped = counters[DROPPED_KEY]
         # Writer thread only:
-        self._next_id = last_id + 1
+        self._next_id = max([last_id, *(b.last for b in batches)]) + 1
         self._reserved = self._seq
         self._unlogged_drops = 0
         self._last_drop_log: float | None = None
@@ -305,7 +361,13 @@ class Outbox:
             self._thread = None
             with self._lock:
                 seq = self._seq
-            self._transaction(lambda conn: self._set_counters(conn, {SEQ_KEY: seq, RUNNING_KEY: STOPPED}))
+                partly = [b for b in self._batches.values() if b.settled]
+
+            def finish(conn: sqlite3.Connection) -> None:
+                self._compact(conn, partly)
+                self._set_counters(conn, {SEQ_KEY: seq, RUNNING_KEY: STOPPED})
+
+            self._transaction(finish)
         if self._unlogged_drops:
             log.warning("outbox limit reached: dropped %d more oldest message(s)", self._unlogged_drops)
         self._writer.close()
@@ -468,34 +530,46 @@ class Outbox:
         self._notify()
 
     def _spill(self) -> None:
-        """Write every detection in the window to disk in one commit.
+        """Write every detection in the window to disk in one commit, as one row of `spill`.
 
-        The publisher may settle one while the commit runs: afterwards, one no
-        longer held was acknowledged (its row is deleted again) and one refused
-        meanwhile gets its mark.
+        One refused while it waited is stored as a row of its own, marked. The
+        publisher may settle one while the commit runs: afterwards, one no
+        longer held was acknowledged and one refused meanwhile is settled in
+        the stored batch like any other.
         """
         with self._lock:
             chosen = list(self._held.items())
         if not chosen:
             return
-        rows = [_Row(i, h.topic, h.payload, h.qos, h.created, h.refused) for i, h in chosen]
+        refused_rows = [_Row(i, h.topic, h.payload, h.qos, h.created, h.refused) for i, h in chosen
+                        if h.refused is not None]
+        waiting = [(i, h) for i, h in chosen if h.refused is None]
+        batch = None
+        blob = b""
+        if waiting:
+            blob = pack(Pending(i, h.topic, h.payload, h.qos) for i, h in waiting)
+            batch = _Batch(waiting[0][0], waiting[-1][0], waiting[0][1].created, len(waiting), len(blob))
 
         def store(conn: sqlite3.Connection) -> int:
-            self._insert(conn, rows)
+            self._insert(conn, refused_rows)
+            if batch is not None:
+                self._store_batch(conn, batch, blob)
             return self._enforce_limits(conn)
 
         dropped = self._transaction(store)
         gone: list[int] = []
-        refused: list[tuple[str, int]] = []
+        late: list[tuple[int, str]] = []
         with self._lock:
-            for row in rows:
-                held = self._held.pop(row.id, None)
-                if held is None:
-                    gone.append(row.id)
-                elif held.refused is not None and row.refused is None:
-                    refused.append((held.refused, row.id))
-        if gone or refused:
-            self._transaction(lambda conn: self._remove(conn, gone, refused))
+            for i, h in waiting:
+                still = self._held.pop(i, None)
+                if still is None:
+                    gone.append(i)
+                elif still.refused is not None:
+                    late.append((i, still.refused))
+            for row in refused_rows:
+                self._held.pop(row.id, None)
+        if gone or late:
+            self._settle_stored(self._writer, gone, late)
         if dropped:
             self._report_drops(dropped)
 
@@ -549,37 +623,96 @@ class Outbox:
     def _enforce_limits(self, conn: sqlite3.Connection) -> int:
         """Drop the oldest stored messages beyond the age, count and byte limits; returns how many.
 
-        The table is walked in id order (oldest first) and the walk stops at the
-        first message within every limit, so a large backlog costs a read of
-        what is dropped, not of the whole table. Ids follow submission, so a
-        clock set backwards can only delay the age limit, never drop a newer
-        message before an older one.
+        Rows and spilled windows are walked together in id order (oldest
+        first), and the walk stops at the first one within every limit, so a
+        large backlog costs a read of what is dropped, not of the whole table.
+        Ids follow submission, so a clock set backwards can only delay the age
+        limit, never drop a newer message before an older one. A spilled
+        window is dropped whole.
         """
         cfg = self.config
         cutoff = self._clock() - cfg.max_age_s
+        rows = conn.execute("SELECT id, created, length(payload), refused IS NOT NULL FROM outbox ORDER BY id")
+        row = rows.fetchone()
         with self._lock:
             count, size = self._disk_count, self._disk_bytes
-        first = conn.execute("SELECT created FROM outbox ORDER BY id LIMIT 1").fetchone()
-        if first is None or (first[0] >= cutoff and count <= cfg.max_messages and size <= cfg.max_bytes):
-            return 0
-        dropped = freed = refused = 0
-        last_id = None
-        for row_id, created, length, was_refused in conn.execute(
-                "SELECT id, created, length(payload), refused IS NOT NULL FROM outbox ORDER BY id"):
-            if created >= cutoff and count - dropped <= cfg.max_messages and size - freed <= cfg.max_bytes:
-                break
-            dropped += 1
-            freed += length
-            refused += was_refused
-            last_id = row_id
-        conn.execute("DELETE FROM outbox WHERE id <= ?", (last_id,))
-        conn.execute("UPDATE counters SET value = value + ? WHERE name=?", (dropped, DROPPED_KEY))
-        with self._lock:
+            batches = list(self._batches.values())
+            dropped = freed = refused = 0
+            last_row: int | None = None
+            gone: list[_Batch] = []
+            trim: tuple[_Batch, int] | None = None
+            while row is not None or len(gone) < len(batches):
+                batch = batches[len(gone)] if len(gone) < len(batches) else None
+                from_rows = row is not None and (batch is None or row[0] < batch.first)
+                created = row[1] if from_rows else batch.created  # type: ignore[union-attr]
+                if created >= cutoff and count - dropped <= cfg.max_messages and size - freed <= cfg.max_bytes:
+                    break
+                if from_rows:
+                    dropped, freed, refused, last_row = dropped + 1, freed + row[2], refused + row[3], row[0]
+                    row = rows.fetchone()
+                    continue
+                assert batch is not None
+                excess = count - dropped - cfg.max_messages
+                if created >= cutoff and size - freed <= cfg.max_bytes and excess < batch.count - len(batch.settled):
+                    trim = (batch, excess)  # only the count is over: drop part of this window, not all of it
+                    break
+                dropped += batch.count - len(batch.settled)
+                freed += batch.size
+                gone.append(batch)
+            for batch in gone:
+                self._forget(batch)
             self._disk_count -= dropped
             self._disk_bytes -= freed
             self._disk_refused -= refused
             self._dropped += dropped
+        if last_row is not None:
+            conn.execute("DELETE FROM outbox WHERE id <= ?", (last_row,))
+        conn.executemany("DELETE FROM spill WHERE first=?", [(b.first,) for b in gone])
+        if trim is not None:
+            self._trim(conn, *trim)
+            with self._lock:
+                self._dropped += trim[1]
+            dropped += trim[1]
+        if dropped:
+            conn.execute("UPDATE counters SET value = value + ? WHERE name=?", (dropped, DROPPED_KEY))
         return dropped
+
+    def _store_batch(self, conn: sqlite3.Connection, batch: _Batch, blob: bytes) -> None:
+        """Writes a spilled window and counts it; it is the newest, so it goes last in id order."""
+        conn.execute("INSERT INTO spill (first, last, created, count, batch) VALUES (?, ?, ?, ?, ?)",
+                     (batch.first, batch.last, batch.created, batch.count, blob))
+        with self._lock:
+            self._batches[batch.first] = batch
+            bisect.insort(self._firsts, batch.first)
+            self._disk_count += batch.count - len(batch.settled)
+            self._disk_bytes += batch.size
+
+    def _trim(self, conn: sqlite3.Connection, batch: _Batch, excess: int) -> None:
+        """Drops the `excess` oldest unsettled messages of a stored window (the count limit), keeping the rest."""
+        stored = conn.execute("SELECT batch FROM spill WHERE first=?", (batch.first,)).fetchone()
+        conn.execute("DELETE FROM spill WHERE first=?", (batch.first,))
+        with self._lock:
+            self._forget(batch)
+            self._disk_count -= batch.count - len(batch.settled)
+            self._disk_bytes -= batch.size
+            settled = set(batch.settled)
+        left = [m for m in unpack(stored[0]) if m.id not in settled][excess:]
+        if left:
+            blob = pack(left)
+            self._store_batch(conn, _Batch(left[0].id, left[-1].id, batch.created, len(left), len(blob)), blob)
+
+    def _batch_of(self, message_id: int) -> _Batch | None:
+        """The stored window holding this id, if any (caller holds _lock)."""
+        at = bisect.bisect_right(self._firsts, message_id) - 1
+        if at < 0:
+            return None
+        batch = self._batches[self._firsts[at]]
+        return batch if message_id <= batch.last else None
+
+    def _forget(self, batch: _Batch) -> None:
+        """Caller holds _lock and deletes the row."""
+        del self._batches[batch.first]
+        del self._firsts[bisect.bisect_left(self._firsts, batch.first)]
 
     def _remove(self, conn: sqlite3.Connection, acknowledged: list[int], refused: list[tuple[str, int]]) -> None:
         """Delete acknowledged rows and mark refused ones, keeping the in-memory counts (any thread)."""
@@ -599,16 +732,102 @@ class Outbox:
             self._disk_bytes -= size
             self._disk_refused += marked - unmarked
 
+    def _settle_stored(self, conn: sqlite3.Connection, acknowledged: list[int],
+                       refused: list[tuple[int, str]]) -> None:
+        """Settle messages on disk, in rows or spilled windows, in one transaction on `conn` (any thread).
+
+        A window's row is deleted once every message in it is settled. A
+        refused message from a window is stored again as a row of its own,
+        marked, so it is kept and counted and never sent again.
+        """
+        row_acks: list[int] = []
+        row_marks: list[tuple[str, int]] = []
+        moved: list[tuple[_Batch, int, str]] = []
+        emptied: list[_Batch] = []
+        with self._lock:
+            for i in acknowledged:
+                batch = self._batch_of(i)
+                if batch is None:
+                    row_acks.append(i)
+                elif i not in batch.settled:
+                    batch.settled.add(i)
+                    self._disk_count -= 1
+                    if len(batch.settled) == batch.count:
+                        self._forget(batch)
+                        emptied.append(batch)
+            for i, reason in refused:
+                batch = self._batch_of(i)
+                if batch is None:
+                    row_marks.append((reason, i))
+                elif i not in batch.settled:
+                    moved.append((batch, i, reason))
+        if not (row_acks or row_marks or moved or emptied):
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._remove(conn, row_acks, row_marks)
+            for batch, i, reason in moved:
+                stored = conn.execute("SELECT batch FROM spill WHERE first=?", (batch.first,)).fetchone()
+                message = next((m for m in unpack(stored[0]) if m.id == i), None) if stored else None
+                if message is not None:
+                    self._insert(conn, [_Row(i, message.topic, message.payload, message.qos, batch.created, reason)])
+                with self._lock:
+                    if i not in batch.settled:
+                        batch.settled.add(i)
+                        self._disk_count -= 1
+                        if len(batch.settled) == batch.count and batch.first in self._batches:
+                            self._forget(batch)
+                            emptied.append(batch)
+            if emptied:
+                conn.executemany("DELETE FROM spill WHERE first=?", [(b.first,) for b in emptied])
+                with self._lock:
+                    self._disk_bytes -= sum(b.size for b in emptied)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _compact(self, conn: sqlite3.Connection, batches: list[_Batch]) -> None:
+        """At close(): store partly settled windows again without their settled messages, so a restart
+        does not send those twice."""
+        for batch in batches:
+            stored = conn.execute("SELECT batch FROM spill WHERE first=?", (batch.first,)).fetchone()
+            if stored is None:
+                continue
+            conn.execute("DELETE FROM spill WHERE first=?", (batch.first,))
+            left = [m for m in unpack(stored[0]) if m.id not in batch.settled]
+            if left:
+                conn.execute("INSERT INTO spill (first, last, created, count, batch) VALUES (?, ?, ?, ?, ?)",
+                             (left[0].id, left[-1].id, batch.created, len(left), pack(left)))
+
     # --- publisher side ------------------------------------------------
     def fetch(self, after_id: int, limit: int) -> list[Pending]:
-        """The next unrefused messages in id order, from disk and from the window."""
+        """The next unsettled, unrefused messages in id order: stored rows, spilled windows, the window."""
         with self._reader_lock:
             rows = self._reader.execute(
                 "SELECT id, topic, payload, qos FROM outbox WHERE id > ? AND refused IS NULL ORDER BY id LIMIT ?",
                 (after_id, limit)).fetchall()
-        found = {r[0]: Pending(r[0], r[1], bytes(r[2]), r[3]) for r in rows}
+            found = {r[0]: Pending(r[0], r[1], bytes(r[2]), r[3]) for r in rows}
+            with self._lock:
+                wanted: list[_Batch] = []
+                waiting = 0
+                for at in range(max(0, bisect.bisect_right(self._firsts, after_id) - 1), len(self._firsts)):
+                    if waiting >= limit:
+                        break
+                    batch = self._batches[self._firsts[at]]
+                    if batch.last > after_id:
+                        wanted.append(batch)
+                        waiting += batch.count - len(batch.settled)
+            for batch in wanted:
+                stored = self._reader.execute("SELECT batch FROM spill WHERE first=?", (batch.first,)).fetchone()
+                for message in unpack(stored[0]) if stored else []:
+                    if message.id > after_id:
+                        found.setdefault(message.id, message)
         taken = 0
         with self._lock:
+            for batch in wanted:
+                for i in batch.settled:
+                    found.pop(i, None)
             for held_id, held in self._held.items():  # ascending: past `limit` of them none can be among the first
                 if taken == limit:
                     break
@@ -624,7 +843,7 @@ class Outbox:
         is finished by the writer, see `_spill`); the rest on disk.
         """
         on_disk: list[int] = []
-        marks: list[tuple[str, int]] = []
+        marks: list[tuple[int, str]] = []
         with self._lock:
             for i in acknowledged:
                 if self._held.pop(i, None) is None:
@@ -632,20 +851,12 @@ class Outbox:
             for i, reason in refused:
                 held = self._held.get(i)
                 if held is None:
-                    marks.append((reason, i))
+                    marks.append((i, reason))
                 else:
                     held.refused = reason
-        if not on_disk and not marks:
-            return
-        with self._reader_lock:
-            conn = self._reader
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._remove(conn, on_disk, marks)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        if on_disk or marks:
+            with self._reader_lock:
+                self._settle_stored(self._reader, on_disk, marks)
 
     def stats(self) -> OutboxStats:
         with self._reader_lock:
@@ -654,9 +865,11 @@ class Outbox:
             held = list(self._held.values())
             depth, size, refused = self._disk_count, self._disk_bytes, self._disk_refused
             dropped, seq = self._dropped, self._seq
+            oldest_batch = next(iter(self._batches.values()), None)
         with self._counter_lock:
             rejected = self._rejected
         created = ([first[0]] if first is not None else []) + [h.created for h in held[:1]]
+        created += [] if oldest_batch is None else [oldest_batch.created]
         return OutboxStats(
             depth=depth + len(held), bytes=size + sum(len(h.payload) for h in held), dropped=dropped,
             refused=refused + sum(h.refused is not None for h in held), rejected=rejected,

@@ -85,6 +85,31 @@ def test_byte_and_age_limits(tmp_path: Path) -> None:
     box.close()
 
 
+def test_spilled_windows_obey_the_age_and_byte_limits_and_are_counted(tmp_path: Path) -> None:
+    now = [1000.0]
+    config = OutboxConfig(max_age_s=60, window_ms=50)
+    box = Outbox(tmp_path / "outbox.db", config, clock=lambda: now[0])
+    box.start()
+    for _ in range(6):
+        box.submit("t/detections", _numbered)
+    box.close()  # stored as spilled windows
+    assert _rows_on_disk(tmp_path / "outbox.db") == 6
+    now[0] += 61
+    box = Outbox(tmp_path / "outbox.db", config, clock=lambda: now[0])
+    box.start()
+    box.submit("t/detections", _numbered)
+    box.close()
+    box = Outbox(tmp_path / "outbox.db", OutboxConfig(max_bytes=1), clock=lambda: now[0])
+    assert [json.loads(p.payload)["seq"] for p in box.fetch(0, 10)] == [7]
+    assert box.stats().dropped == 6
+    box.start()  # the byte limit: the oldest windows go, whole
+    box.submit("t/detections", _numbered)
+    box.close()
+    box = Outbox(tmp_path / "outbox.db", clock=lambda: now[0])
+    assert box.stats().depth == 0 and box.stats().dropped == 8
+    box.close()
+
+
 KILLED_WRITER = textwrap.dedent("""
     import json, sys, time
     sys.path.insert(0, {repo!r})
@@ -147,8 +172,10 @@ def test_sigkill_in_write_behind_loses_at_most_the_window_and_says_so(tmp_path: 
 
 
 def _rows_on_disk(path: Path) -> int:
+    """Messages stored: rows of their own and messages in spilled windows."""
     with sqlite3.connect(path) as conn:
-        return int(conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+        rows = conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+        return int(rows + conn.execute("SELECT COALESCE(SUM(count), 0) FROM spill").fetchone()[0])
 
 
 def _wal_bytes(path: Path) -> int:
@@ -199,7 +226,14 @@ def test_unacknowledged_past_the_window_is_spilled_and_settled_from_disk(tmp_pat
     assert box.fetch(0, 10) == pending  # the same ids: a late PUBACK settles the stored copy
     box.settle([p.id for p in pending[:3]], [(pending[3].id, "Not authorized (0x87)")])
     stats = box.stats()
-    assert (stats.depth, stats.refused, _rows_on_disk(path)) == (2, 1, 2)
+    assert (stats.depth, stats.refused) == (2, 1)
+    assert [json.loads(p.payload)["seq"] for p in box.fetch(0, 10)] == [5]
+    box.close()
+    box = Outbox(path)  # close() stored the window again without what was settled: nothing is sent twice
+    assert [json.loads(p.payload)["seq"] for p in box.fetch(0, 10)] == [5]
+    assert (box.stats().depth, box.stats().refused, _rows_on_disk(path)) == (2, 1, 2)
+    box.settle([box.fetch(0, 10)[0].id])
+    assert (box.stats().depth, _rows_on_disk(path)) == (1, 1)  # the refused one stays, counted
     box.close()
 
 
