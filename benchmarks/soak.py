@@ -110,12 +110,16 @@ class Counter:
         context = ssl.create_default_context(cafile=str(pki.ca))
         context.load_cert_chain(str(pki.clients[SUBSCRIBER].cert), str(pki.clients[SUBSCRIBER].key))
         self.client.tls_set_context(context)
-        self.client.on_connect = lambda c, *_: (c.subscribe(f"{DEFAULT_TOPIC_ROOT}/#", qos=1), self.ready.set())
+        self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.connect(broker.host, broker.port)
         self.client.loop_start()
         if not self.ready.wait(30):
             raise SystemExit("soak: the subscriber could not connect to the private broker")
+
+    def _on_connect(self, client: mqtt.Client, *_: object) -> None:
+        client.subscribe(f"{DEFAULT_TOPIC_ROOT}/#", qos=1)
+        self.ready.set()
 
     def _on_message(self, _client: mqtt.Client, _userdata: object, message: mqtt.MQTTMessage) -> None:
         parts = message.topic.split("/")
