@@ -1,76 +1,134 @@
-"""A persistent queue on disk between the pipeline and the network.
+"""A queue between the pipeline and the network that keeps what the broker has not acknowledged.
 
 Why: paho keeps unacknowledged messages only in memory, so a crash, power cut
-or long outage would lose detections. Every message is committed here first
-(SQLite, WAL journal, synchronous=FULL) and leaves only when the broker has
-acknowledged it with a success reason code. Commits are grouped (a bounded
-wait of a few milliseconds collects messages that arrive together into one
-fsync) so the fsync cost does not dominate latency; a lone message is
-committed at once. Limits on count, bytes and age keep an outage from
-filling the disk: past them the oldest messages are dropped and counted,
-never silently.
+or long outage would lose detections. A message leaves the outbox only when
+the broker has acknowledged it with a success reason code. Limits on count,
+bytes and age keep an outage from filling the disk: past them the oldest
+messages are dropped and counted, never silently.
 
-The detections sequence number is assigned inside the same transaction that
-stores the message, so it survives restarts and never repeats or skips.
+Two settings of `[outbox] durability` (docs/mqtt.md states what each promises):
+
+- `strict`: every message is committed to disk (SQLite, WAL journal,
+  synchronous=FULL) before it is handed to the publisher. Commits are grouped
+  (a bounded wait of a few milliseconds collects messages that arrive
+  together into one fsync); a lone message is committed at once. Nothing the
+  device has not seen acknowledged is ever lost, at the price of a commit per
+  message: at 30 messages a second that wore out SD cards (2.87 GB an hour in
+  the first soak, docs/benchmarks-soak.md).
+- `write-behind` (the default): a detection first rides a short window in
+  memory (`window_ms`, at most `window_messages` of them). Acknowledged within
+  it, it never touches the disk. When the oldest one waiting reaches the
+  window's age, or more than `window_messages` wait, everything waiting is
+  spilled to disk in one commit; while the broker is away that happens once a
+  window, so an outage is written in batches. close() (SIGTERM) spills
+  everything. A power cut or SIGKILL can lose at most the window: the next run
+  reports that bound (`unclean_stop`, published in `status`). Messages that
+  are not detections (audit records) are committed at once, as in `strict`.
+
+The detections `seq` never repeats. In `strict` it is stored in the same
+transaction as the message. In `write-behind` seqs are reserved in blocks of
+SEQ_BLOCK with one write per block, and a clean close() records the last one
+used, so the numbering goes on without a gap; after an unclean stop the next
+run starts after the reserved block, and `unclean_stop` names where that gap
+ends and how many of the numbers in it may have been real messages.
 """
 from __future__ import annotations
 
+import bisect
 import logging
 import queue
 import sqlite3
+import struct
 import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+import zlib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
 from edge.common import schema
 from edge.common.errors import EdgeError
 from edge.common.schema import Kind, setting
+from edge.wire.serialize import UncleanStop
 
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 10_000
 IDLE_ENFORCE_INTERVAL_S = 1.0
 DROP_LOG_INTERVAL_S = 60.0
-SEQ_KEY = "detections_seq"
+MS_PER_S = 1000.0
+SEQ_KEY = "detections_seq"  # no detections seq above this was ever handed out
 DROPPED_KEY = "dropped"
-COUNT_KEY = "count"
-BYTES_KEY = "bytes"
+RUNNING_KEY = "running"  # STOPPED after a clean close(); while running, what an unclean stop may lose
+STOPPED = -1
+# Seqs reserved per write in write-behind: one small commit per SEQ_BLOCK messages (about 34 s at 30 a second).
+SEQ_BLOCK = 1024
+# SQLite pages of 1 KiB rather than 4: a spill of a window's few hundred bytes rewrites the table's last
+# leaf page in the WAL, so smaller pages write less per commit (measured on ext4: 16 KB -> 12.5 KB per commit of 8 detections, WAL and checkpoints together).
+PAGE_SIZE = 1024
+STRICT = "strict"
+WRITE_BEHIND = "write-behind"
+DURABILITIES = (WRITE_BEHIND, STRICT)
 
+# No AUTOINCREMENT, no triggers, no index beside the primary key: every extra B-tree a commit touches is
+# one more page written per commit, and pages per commit are what wears an SD card. Ids are assigned here
+# (ascending), counts and bytes are kept in memory, and limits walk the table in id order.
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id INTEGER PRIMARY KEY,
     topic TEXT NOT NULL,
     payload BLOB NOT NULL,
     qos INTEGER NOT NULL,
     created REAL NOT NULL,
     refused TEXT
 );
-CREATE INDEX IF NOT EXISTS outbox_refused ON outbox(id) WHERE refused IS NOT NULL;
-CREATE INDEX IF NOT EXISTS outbox_created ON outbox(created);
+CREATE TABLE IF NOT EXISTS spill (
+    first INTEGER PRIMARY KEY,
+    last INTEGER NOT NULL,
+    created REAL NOT NULL,
+    count INTEGER NOT NULL,
+    batch BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-INSERT OR IGNORE INTO counters VALUES ('{SEQ_KEY}', 0), ('{DROPPED_KEY}', 0), ('{COUNT_KEY}', 0), ('{BYTES_KEY}', 0);
-CREATE TRIGGER IF NOT EXISTS outbox_in AFTER INSERT ON outbox BEGIN
-    UPDATE counters SET value = value + 1 WHERE name = '{COUNT_KEY}';
-    UPDATE counters SET value = value + length(NEW.payload) WHERE name = '{BYTES_KEY}';
-END;
-CREATE TRIGGER IF NOT EXISTS outbox_out AFTER DELETE ON outbox BEGIN
-    UPDATE counters SET value = value - 1 WHERE name = '{COUNT_KEY}';
-    UPDATE counters SET value = value - length(OLD.payload) WHERE name = '{BYTES_KEY}';
-END;
+INSERT OR IGNORE INTO counters VALUES ('{SEQ_KEY}', 0), ('{DROPPED_KEY}', 0), ('{RUNNING_KEY}', {STOPPED});
+"""
+# Outbox files written before write-behind kept counts with triggers and indexed refusals and creation times.
+_RETIRED = """
+DROP TRIGGER IF EXISTS outbox_in;
+DROP TRIGGER IF EXISTS outbox_out;
+DROP INDEX IF EXISTS outbox_refused;
+DROP INDEX IF EXISTS outbox_created;
+DELETE FROM counters WHERE name IN ('count', 'bytes');
 """
 
 PayloadFactory = Callable[[int], bytes]
+# A spilled window is one row: its messages (id, qos, topic and payload lengths, then the bytes) deflated
+# together. The JSON keys and the topic repeat from message to message, so a window of eight detections
+# shrinks about four times, and one small row per commit is about the least a commit can write.
+_ENTRY = struct.Struct("<qBHI")
+COMPRESSION_LEVEL = 6
+
+
+def _window(value: float) -> str | None:
+    return None if 0 < value <= 60_000 else "is not between 0 (excluded) and 60000"
 
 
 @dataclass(frozen=True, slots=True)
 class OutboxConfig(schema.Section):
-    """The `[outbox]` section: limits and group-commit tuning; see docs/mqtt.md for the trade-off."""
+    """The `[outbox]` section: durability, limits and group-commit tuning; see docs/mqtt.md for the trade-off."""
 
     SECTION: ClassVar[str] = "outbox"
 
+    durability: str = setting(WRITE_BEHIND, kind=Kind.TEXT, check=schema.one_of(DURABILITIES),
+                              expected=f"{schema.choices_text(DURABILITIES)}: write-behind keeps an acknowledged "
+                                       "message off the disk, strict commits every message before sending it")
+    window_ms: float = setting(250.0, kind=Kind.NUMBER, check=_window,
+                               expected="milliseconds a detection waits in memory for its acknowledgement before it "
+                                        "is written to disk (write-behind), more than 0 and at most 60000")
+    window_messages: int = setting(16, kind=Kind.WHOLE, check=schema.positive,
+                                   expected="a whole number of detections that may wait in memory at once "
+                                            "(write-behind; what a power cut can lose at most), more than 0")
     max_messages: int = setting(200_000, kind=Kind.WHOLE, check=schema.positive,
                                 expected="a whole number of messages kept during an outage, more than 0")
     max_bytes: int = setting(256 * 1024 * 1024, kind=Kind.WHOLE, check=schema.positive,
@@ -84,10 +142,15 @@ class OutboxConfig(schema.Section):
     queue_capacity: int = setting(4096, kind=Kind.WHOLE, check=schema.positive,
                                   expected="a whole number of messages waiting for the writer, more than 0")
 
+    @property
+    def unclean_bound(self) -> int:
+        """How many messages an unclean stop of a run with this configuration can lose at most."""
+        return self.window_messages if self.durability == WRITE_BEHIND else 0
+
 
 @dataclass(frozen=True, slots=True)
 class Pending:
-    """One stored message waiting for its PUBACK."""
+    """One message waiting for its PUBACK."""
 
     id: int
     topic: str
@@ -104,6 +167,7 @@ class OutboxStats:
     rejected: int
     oldest_age_s: float | None
     last_seq: int
+    held: int  # of depth: detections in the write-behind window, not on disk
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,9 +178,67 @@ class _Item:
     created: float
 
 
+@dataclass(slots=True)
+class _Held:
+    """A detection riding the write-behind window."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    created: float  # wall clock: the age limit and health's oldest age
+    born: float  # monotonic: the window
+    refused: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    id: int
+    topic: str
+    payload: bytes
+    qos: int
+    created: float
+    refused: str | None
+
+
+@dataclass(slots=True)
+class _Batch:
+    """One spilled window (write-behind): a row of `spill`, and which of its messages are settled."""
+
+    first: int
+    last: int
+    created: float
+    count: int
+    size: int  # stored bytes
+    settled: set[int] = field(default_factory=set)  # acknowledged, or refused and moved to a row of its own
+
+
+def pack(messages: Iterable[Pending]) -> bytes:
+    """The stored form of a spilled window."""
+    parts: list[bytes] = []
+    for message in messages:
+        topic = message.topic.encode()
+        parts += [_ENTRY.pack(message.id, message.qos, len(topic), len(message.payload)), topic, message.payload]
+    return zlib.compress(b"".join(parts), COMPRESSION_LEVEL)
+
+
+def unpack(blob: bytes) -> list[Pending]:
+    data = zlib.decompress(blob)
+    messages: list[Pending] = []
+    offset = 0
+    while offset < len(data):
+        row_id, qos, topic_length, payload_length = _ENTRY.unpack_from(data, offset)
+        offset += _ENTRY.size
+        topic = data[offset:offset + topic_length].decode()
+        offset += topic_length
+        messages.append(Pending(row_id, topic, data[offset:offset + payload_length], qos))
+        offset += payload_length
+    return messages
+
+
 def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
     conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # takes effect only when the file is created
     mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
     if mode.lower() != "wal":
         raise EdgeError(f"outbox {path}: the file system does not support SQLite WAL mode (got {mode})",
@@ -126,7 +248,7 @@ def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
 
 
 class Outbox:
-    """Writer thread for group commits; reader methods for the publisher thread.
+    """Writer thread for commits and the window; reader methods for the publisher thread.
 
     `submit` never blocks: if the in-memory hand-off queue is full (the disk
     cannot keep up) the message is counted as rejected and logged, so the
@@ -142,8 +264,8 @@ class Outbox:
         self._listeners: list[Callable[[], None]] = []
         self._rejected = 0
         self._submitted = 0
-        self._committed = 0
-        self._counter_lock = threading.Lock()  # guards rejected, submitted, committed
+        self._accepted = 0
+        self._counter_lock = threading.Lock()  # guards rejected, submitted, accepted
         # synchronous=FULL where messages are born; acknowledgements may be lost
         # by a power cut (the message is then delivered twice, and subscribers
         # de-duplicate by seq), so they need not wait for an fsync.
@@ -151,19 +273,48 @@ class Outbox:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._writer = _connect(self.path, "FULL")
             self._writer.executescript(_SCHEMA)
+            self._retire_old_schema()
             self._reader = _connect(self.path, "NORMAL")
+            counters = dict(self._writer.execute("SELECT name, value FROM counters"))
+            count, size, refused, last_id = self._writer.execute(
+                "SELECT COUNT(*), COALESCE(SUM(length(payload)), 0), COUNT(refused), COALESCE(MAX(id), 0) "
+                "FROM outbox").fetchone()
+            batches = [_Batch(*row) for row in self._writer.execute(
+                "SELECT first, last, created, count, length(batch) FROM spill ORDER BY first")]
         except (OSError, sqlite3.Error) as exc:
             raise EdgeError(f"outbox {self.path} cannot be opened: {exc}",
                             "check that the state directory exists, is writable by the service user "
                             "and is not full") from None
         self._reader_lock = threading.Lock()
+        # Everything below is guarded by _lock: the writer thread, the publisher and health read it.
+        self._lock = threading.Lock()
+        self._held: dict[int, _Held] = {}  # ascending ids: insertion order is id order
+        self._batches: dict[int, _Batch] = {b.first: b for b in batches}  # by first id, ascending
+        self._firsts = [b.first for b in batches]  # for bisect
+        self._disk_count = count + sum(b.count for b in batches)  # messages stored and not settled
+        self._disk_bytes = size + sum(b.size for b in batches)
+        self._disk_refused = refused
+        self._seq = counters[SEQ_KEY]  # the last seq handed out
+        self._dropped = counters[DROPPED_KEY]
+        # Writer thread only:
+        self._next_id = max([last_id, *(b.last for b in batches)]) + 1
+        self._reserved = self._seq
         self._unlogged_drops = 0
         self._last_drop_log: float | None = None
+        self._last_enforce = time.monotonic()
         self._thread: threading.Thread | None = None
+        bound = counters[RUNNING_KEY]
+        self.unclean_stop = None if bound == STOPPED else UncleanStop(may_be_missing=bound, last_reserved_seq=self._seq)
+        """Set when the run before this one ended without close() (power cut, SIGKILL): what it may have lost."""
+
+    def _retire_old_schema(self) -> None:
+        names = {row[0] for row in self._writer.execute("SELECT name FROM sqlite_master WHERE type IN ('trigger', 'index')")}
+        if names & {"outbox_in", "outbox_out", "outbox_refused", "outbox_created"}:
+            self._writer.executescript(_RETIRED)
 
     # --- producer side -------------------------------------------------
     def add_listener(self, callback: Callable[[], None]) -> None:
-        """Called (on the writer thread) after every commit that stored messages."""
+        """Called (on the writer thread) whenever new messages can be fetched."""
         self._listeners.append(callback)
 
     def submit(self, topic: str, payload: bytes | PayloadFactory, qos: int = 1) -> bool:
@@ -181,27 +332,43 @@ class Outbox:
             return False
 
     def handoff_backlog(self) -> int:
-        """Messages submitted but not yet committed, for draining at shutdown."""
+        """Messages submitted but not yet taken by the writer, for draining at shutdown."""
         with self._counter_lock:
-            return self._submitted - self._committed
+            return self._submitted - self._accepted
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="outbox-writer", daemon=True)
+        """Mark the file as in use (what an unclean stop of this run may lose), then start the writer."""
+        reserve = self._seq + SEQ_BLOCK if self.config.durability == WRITE_BEHIND else self._seq
+        self._transaction(lambda conn: self._set_counters(conn, {SEQ_KEY: reserve,
+                                                                 RUNNING_KEY: self.config.unclean_bound}))
+        self._reserved = reserve
+        run = self._run_write_behind if self.config.durability == WRITE_BEHIND else self._run_strict
+        self._thread = threading.Thread(target=run, name="outbox-writer", daemon=True)
         self._thread.start()
 
     def close(self) -> None:
-        """Commit everything already submitted, then stop."""
+        """Store everything submitted and not acknowledged, record the last seq and a clean stop, then close."""
         if self._thread is not None:
             self._queue.put(None)
             self._thread.join()
             self._thread = None
+            with self._lock:
+                seq = self._seq
+                partly = [b for b in self._batches.values() if b.settled]
+
+            def finish(conn: sqlite3.Connection) -> None:
+                self._compact(conn, partly)
+                self._set_counters(conn, {SEQ_KEY: seq, RUNNING_KEY: STOPPED})
+
+            self._transaction(finish)
         if self._unlogged_drops:
             log.warning("outbox limit reached: dropped %d more oldest message(s)", self._unlogged_drops)
         self._writer.close()
         with self._reader_lock:
             self._reader.close()
 
-    def _run(self) -> None:
+    # --- writer thread: strict -----------------------------------------
+    def _run_strict(self) -> None:
         while True:
             try:
                 first = self._queue.get(timeout=IDLE_ENFORCE_INTERVAL_S)
@@ -210,7 +377,7 @@ class Outbox:
                 continue
             batch, stop = ([], True) if first is None else self._collect(first)
             if stop:
-                batch += self._leftovers()
+                batch += self._leftovers()[0]
             self._commit(batch)
             if stop:
                 return
@@ -232,7 +399,7 @@ class Outbox:
                 if len(batch) == 1:
                     break
                 if deadline is None:
-                    deadline = time.monotonic() + self.config.commit_wait_ms / 1000
+                    deadline = time.monotonic() + self.config.commit_wait_ms / MS_PER_S
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -245,44 +412,195 @@ class Outbox:
             batch.append(item)
         return batch, False
 
-    def _leftovers(self) -> list[_Item]:
+    def _leftovers(self) -> tuple[list[_Item], bool]:
+        """Everything waiting in the hand-off queue, and whether a stop was among it."""
         items: list[_Item] = []
+        stop = False
         while True:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
-                return items
-            if item is not None:
+                return items, stop
+            if item is None:
+                stop = True
+            else:
                 items.append(item)
 
     def _commit(self, batch: list[_Item]) -> None:
+        """Store a group in one transaction; detections get their seq inside it (strict, and audit records)."""
+        rows: list[_Row] = []
+
+        def store(conn: sqlite3.Connection) -> int:
+            seq = self._seq
+            for item in batch:
+                if callable(item.payload):
+                    seq += 1
+                    payload = item.payload(seq)
+                else:
+                    payload = item.payload
+                rows.append(_Row(self._next_id + len(rows), item.topic, payload, item.qos, item.created, None))
+            self._insert(conn, rows)
+            if seq != self._seq:
+                self._set_counters(conn, {SEQ_KEY: seq})
+            with self._lock:
+                self._seq = seq
+            return self._enforce_limits(conn)
+
+        dropped = self._transaction(store) if batch or self._limits_may_apply() else 0
+        self._next_id += len(rows)
+        self._accepted_more(len(batch))
+        if dropped:
+            self._report_drops(dropped)
+        if batch:
+            self._notify()
+
+    # --- writer thread: write-behind -----------------------------------
+    def _run_write_behind(self) -> None:
+        while True:
+            try:
+                first = self._queue.get(timeout=self._until_spill())
+            except queue.Empty:
+                first = _IDLE
+            items, stop = self._leftovers()
+            if first is None:
+                stop = True
+            elif first is not _IDLE:
+                items.insert(0, first)
+            if items:
+                self._accept(items)
+            if stop or self._spill_due():
+                self._spill()
+            if time.monotonic() - self._last_enforce >= IDLE_ENFORCE_INTERVAL_S:
+                self._last_enforce = time.monotonic()
+                self._commit([])  # age limits apply even when nothing arrives
+            if stop:
+                return
+
+    def _until_spill(self) -> float:
+        """Seconds until the oldest detection in the window reaches the window's age (at most the idle tick)."""
+        with self._lock:
+            oldest = next((h.born for h in self._held.values()), None)
+        if oldest is None:
+            return IDLE_ENFORCE_INTERVAL_S
+        due = oldest + self.config.window_ms / MS_PER_S - time.monotonic()
+        return min(IDLE_ENFORCE_INTERVAL_S, max(0.0, due))
+
+    def _spill_due(self) -> bool:
+        with self._lock:
+            oldest = next((h.born for h in self._held.values()), None)
+            count = len(self._held)
+        return oldest is not None and (count > self.config.window_messages
+                                       or time.monotonic() - oldest >= self.config.window_ms / MS_PER_S)
+
+    def _accept(self, items: list[_Item]) -> None:
+        """Audit records (plain payloads) are committed at once; detections get a seq and enter the window.
+
+        The committed ones take the lower ids, so the publisher, which fetches
+        in id order behind a cursor, can never pass over one.
+        """
+        durable = [item for item in items if not callable(item.payload)]
+        if durable:
+            self._commit(durable)
+        detections = [item for item in items if callable(item.payload)]
+        if not detections:
+            return
+        if self._seq + len(detections) > self._reserved:
+            reserve = self._seq + len(detections) + SEQ_BLOCK
+            self._transaction(lambda conn: self._set_counters(conn, {SEQ_KEY: reserve}))
+            self._reserved = reserve
+        now = time.monotonic()
+        held: list[tuple[int, _Held]] = []
+        seq = self._seq
+        for item in detections:
+            assert callable(item.payload)
+            seq += 1
+            held.append((self._next_id, _Held(item.topic, item.payload(seq), item.qos, item.created, now)))
+            self._next_id += 1
+        with self._lock:
+            self._held.update(held)
+            self._seq = seq
+        self._accepted_more(len(detections))
+        self._notify()
+
+    def _spill(self) -> None:
+        """Write every detection in the window to disk in one commit, as one row of `spill`.
+
+        One refused while it waited is stored as a row of its own, marked. The
+        publisher may settle one while the commit runs: afterwards, one no
+        longer held was acknowledged and one refused meanwhile is settled in
+        the stored batch like any other.
+        """
+        with self._lock:
+            chosen = list(self._held.items())
+        if not chosen:
+            return
+        refused_rows = [_Row(i, h.topic, h.payload, h.qos, h.created, h.refused) for i, h in chosen
+                        if h.refused is not None]
+        waiting = [(i, h) for i, h in chosen if h.refused is None]
+        batch = None
+        blob = b""
+        if waiting:
+            blob = pack(Pending(i, h.topic, h.payload, h.qos) for i, h in waiting)
+            batch = _Batch(waiting[0][0], waiting[-1][0], waiting[0][1].created, len(waiting), len(blob))
+
+        def store(conn: sqlite3.Connection) -> int:
+            self._insert(conn, refused_rows)
+            if batch is not None:
+                self._store_batch(conn, batch, blob)
+            return self._enforce_limits(conn)
+
+        dropped = self._transaction(store)
+        gone: list[int] = []
+        late: list[tuple[int, str]] = []
+        with self._lock:
+            for i, h in waiting:
+                still = self._held.pop(i, None)
+                if still is None:
+                    gone.append(i)
+                elif still.refused is not None:
+                    late.append((i, still.refused))
+            for row in refused_rows:
+                self._held.pop(row.id, None)
+        if gone or late:
+            self._settle_stored(self._writer, gone, late)
+        if dropped:
+            self._report_drops(dropped)
+
+    # --- writer thread: shared -----------------------------------------
+    def _transaction(self, work: Callable[[sqlite3.Connection], int | None]) -> int:
         conn = self._writer
         conn.execute("BEGIN IMMEDIATE")
         try:
-            if batch:
-                seq = conn.execute("SELECT value FROM counters WHERE name=?", (SEQ_KEY,)).fetchone()[0]
-                rows = []
-                for item in batch:
-                    if callable(item.payload):
-                        seq += 1
-                        payload = item.payload(seq)
-                    else:
-                        payload = item.payload
-                    rows.append((item.topic, payload, item.qos, item.created))
-                conn.executemany("INSERT INTO outbox (topic, payload, qos, created) VALUES (?, ?, ?, ?)", rows)
-                conn.execute("UPDATE counters SET value=? WHERE name=?", (seq, SEQ_KEY))
-            dropped = self._enforce_limits(conn)
+            result = work(conn)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        return result or 0
+
+    @staticmethod
+    def _set_counters(conn: sqlite3.Connection, values: Mapping[str, int]) -> None:
+        conn.executemany("UPDATE counters SET value=? WHERE name=?", [(v, k) for k, v in values.items()])
+
+    def _insert(self, conn: sqlite3.Connection, rows: list[_Row]) -> None:
+        conn.executemany("INSERT INTO outbox (id, topic, payload, qos, created, refused) VALUES (?, ?, ?, ?, ?, ?)",
+                         [(r.id, r.topic, r.payload, r.qos, r.created, r.refused) for r in rows])
+        with self._lock:
+            self._disk_count += len(rows)
+            self._disk_bytes += sum(len(r.payload) for r in rows)
+            self._disk_refused += sum(r.refused is not None for r in rows)
+
+    def _accepted_more(self, count: int) -> None:
         with self._counter_lock:
-            self._committed += len(batch)
-        if dropped:
-            self._report_drops(dropped)
-        if batch:
-            for listener in self._listeners:
-                listener()
+            self._accepted += count
+
+    def _notify(self) -> None:
+        for listener in self._listeners:
+            listener()
+
+    def _limits_may_apply(self) -> bool:
+        with self._lock:
+            return self._disk_count > 0
 
     def _report_drops(self, dropped: int) -> None:
         """Log drops at once, then at most once per interval, so a long outage does not flood the log."""
@@ -296,73 +614,261 @@ class Outbox:
             self._last_drop_log = now
 
     def _enforce_limits(self, conn: sqlite3.Connection) -> int:
-        """Drop oldest messages beyond the age, count and byte limits; returns how many."""
+        """Drop the oldest stored messages beyond the age, count and byte limits; returns how many.
+
+        Rows and spilled windows are walked together in id order (oldest
+        first), and the walk stops at the first one within every limit, so a
+        large backlog costs a read of what is dropped, not of the whole table.
+        Ids follow submission, so a clock set backwards can only delay the age
+        limit, never drop a newer message before an older one. A spilled
+        window is dropped whole.
+        """
         cfg = self.config
-        dropped = conn.execute("DELETE FROM outbox WHERE created < ?", (self._clock() - cfg.max_age_s,)).rowcount
-        count, size = self._count_bytes(conn)
-        if count > cfg.max_messages:
-            excess = count - cfg.max_messages
-            dropped += conn.execute(
-                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT ?)", (excess,)).rowcount
-            count, size = self._count_bytes(conn)
-        if size > cfg.max_bytes:
-            to_free, last_id = size - cfg.max_bytes, None
-            for row_id, length in conn.execute("SELECT id, length(payload) FROM outbox ORDER BY id"):
-                to_free -= length
-                last_id = row_id
-                if to_free <= 0:
+        cutoff = self._clock() - cfg.max_age_s
+        rows = conn.execute("SELECT id, created, length(payload), refused IS NOT NULL FROM outbox ORDER BY id")
+        row = rows.fetchone()
+        with self._lock:
+            count, size = self._disk_count, self._disk_bytes
+            batches = list(self._batches.values())
+            dropped = freed = refused = 0
+            last_row: int | None = None
+            gone: list[_Batch] = []
+            trim: tuple[_Batch, int] | None = None
+            while row is not None or len(gone) < len(batches):
+                batch = batches[len(gone)] if len(gone) < len(batches) else None
+                from_rows = row is not None and (batch is None or row[0] < batch.first)
+                created = row[1] if from_rows else batch.created  # type: ignore[union-attr]
+                if created >= cutoff and count - dropped <= cfg.max_messages and size - freed <= cfg.max_bytes:
                     break
-            dropped += conn.execute("DELETE FROM outbox WHERE id <= ?", (last_id,)).rowcount
+                if from_rows:
+                    dropped, freed, refused, last_row = dropped + 1, freed + row[2], refused + row[3], row[0]
+                    row = rows.fetchone()
+                    continue
+                assert batch is not None
+                excess = count - dropped - cfg.max_messages
+                if created >= cutoff and size - freed <= cfg.max_bytes and excess < batch.count - len(batch.settled):
+                    trim = (batch, excess)  # only the count is over: drop part of this window, not all of it
+                    break
+                dropped += batch.count - len(batch.settled)
+                freed += batch.size
+                gone.append(batch)
+            for batch in gone:
+                self._forget(batch)
+            self._disk_count -= dropped
+            self._disk_bytes -= freed
+            self._disk_refused -= refused
+            self._dropped += dropped
+        if last_row is not None:
+            conn.execute("DELETE FROM outbox WHERE id <= ?", (last_row,))
+        conn.executemany("DELETE FROM spill WHERE first=?", [(b.first,) for b in gone])
+        if trim is not None:
+            self._trim(conn, *trim)
+            with self._lock:
+                self._dropped += trim[1]
+            dropped += trim[1]
         if dropped:
             conn.execute("UPDATE counters SET value = value + ? WHERE name=?", (dropped, DROPPED_KEY))
         return dropped
 
-    @staticmethod
-    def _count_bytes(conn: sqlite3.Connection) -> tuple[int, int]:
-        values = dict(conn.execute("SELECT name, value FROM counters WHERE name IN (?, ?)", (COUNT_KEY, BYTES_KEY)))
-        return values[COUNT_KEY], values[BYTES_KEY]
+    def _store_batch(self, conn: sqlite3.Connection, batch: _Batch, blob: bytes) -> None:
+        """Writes a spilled window and counts it; it is the newest, so it goes last in id order."""
+        conn.execute("INSERT INTO spill (first, last, created, count, batch) VALUES (?, ?, ?, ?, ?)",
+                     (batch.first, batch.last, batch.created, batch.count, blob))
+        with self._lock:
+            self._batches[batch.first] = batch
+            bisect.insort(self._firsts, batch.first)
+            self._disk_count += batch.count - len(batch.settled)
+            self._disk_bytes += batch.size
+
+    def _trim(self, conn: sqlite3.Connection, batch: _Batch, excess: int) -> None:
+        """Drops the `excess` oldest unsettled messages of a stored window (the count limit), keeping the rest."""
+        stored = conn.execute("SELECT batch FROM spill WHERE first=?", (batch.first,)).fetchone()
+        conn.execute("DELETE FROM spill WHERE first=?", (batch.first,))
+        with self._lock:
+            self._forget(batch)
+            self._disk_count -= batch.count - len(batch.settled)
+            self._disk_bytes -= batch.size
+            settled = set(batch.settled)
+        left = [m for m in unpack(stored[0]) if m.id not in settled][excess:]
+        if left:
+            blob = pack(left)
+            self._store_batch(conn, _Batch(left[0].id, left[-1].id, batch.created, len(left), len(blob)), blob)
+
+    def _batch_of(self, message_id: int) -> _Batch | None:
+        """The stored window holding this id, if any (caller holds _lock)."""
+        at = bisect.bisect_right(self._firsts, message_id) - 1
+        if at < 0:
+            return None
+        batch = self._batches[self._firsts[at]]
+        return batch if message_id <= batch.last else None
+
+    def _forget(self, batch: _Batch) -> None:
+        """Caller holds _lock and deletes the row."""
+        del self._batches[batch.first]
+        del self._firsts[bisect.bisect_left(self._firsts, batch.first)]
+
+    def _remove(self, conn: sqlite3.Connection, acknowledged: list[int], refused: list[tuple[str, int]]) -> None:
+        """Delete acknowledged rows and mark refused ones, keeping the in-memory counts (any thread)."""
+        count = size = marked = unmarked = 0
+        for row_id in acknowledged:
+            row = conn.execute("DELETE FROM outbox WHERE id=? RETURNING length(payload), refused IS NOT NULL",
+                               (row_id,)).fetchone()
+            if row is not None:
+                count += 1
+                size += row[0]
+                unmarked += row[1]
+        for reason, row_id in refused:
+            marked += conn.execute("UPDATE outbox SET refused=? WHERE id=? AND refused IS NULL",
+                                   (reason, row_id)).rowcount
+        with self._lock:
+            self._disk_count -= count
+            self._disk_bytes -= size
+            self._disk_refused += marked - unmarked
+
+    def _settle_stored(self, conn: sqlite3.Connection, acknowledged: list[int],
+                       refused: list[tuple[int, str]]) -> None:
+        """Settle messages on disk, in rows or spilled windows, in one transaction on `conn` (any thread).
+
+        A window's row is deleted once every message in it is settled. A
+        refused message from a window is stored again as a row of its own,
+        marked, so it is kept and counted and never sent again.
+        """
+        row_acks: list[int] = []
+        row_marks: list[tuple[str, int]] = []
+        moved: list[tuple[_Batch, int, str]] = []
+        emptied: list[_Batch] = []
+        with self._lock:
+            for i in acknowledged:
+                batch = self._batch_of(i)
+                if batch is None:
+                    row_acks.append(i)
+                elif i not in batch.settled:
+                    batch.settled.add(i)
+                    self._disk_count -= 1
+                    if len(batch.settled) == batch.count:
+                        self._forget(batch)
+                        emptied.append(batch)
+            for i, reason in refused:
+                batch = self._batch_of(i)
+                if batch is None:
+                    row_marks.append((reason, i))
+                elif i not in batch.settled:
+                    moved.append((batch, i, reason))
+        if not (row_acks or row_marks or moved or emptied):
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._remove(conn, row_acks, row_marks)
+            for batch, i, reason in moved:
+                stored = conn.execute("SELECT batch FROM spill WHERE first=?", (batch.first,)).fetchone()
+                message = next((m for m in unpack(stored[0]) if m.id == i), None) if stored else None
+                if message is not None:
+                    self._insert(conn, [_Row(i, message.topic, message.payload, message.qos, batch.created, reason)])
+                with self._lock:
+                    if i not in batch.settled:
+                        batch.settled.add(i)
+                        self._disk_count -= 1
+                        if len(batch.settled) == batch.count and batch.first in self._batches:
+                            self._forget(batch)
+                            emptied.append(batch)
+            if emptied:
+                conn.executemany("DELETE FROM spill WHERE first=?", [(b.first,) for b in emptied])
+                with self._lock:
+                    self._disk_bytes -= sum(b.size for b in emptied)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _compact(self, conn: sqlite3.Connection, batches: list[_Batch]) -> None:
+        """At close(): store partly settled windows again without their settled messages, so a restart
+        does not send those twice."""
+        for batch in batches:
+            stored = conn.execute("SELECT batch FROM spill WHERE first=?", (batch.first,)).fetchone()
+            if stored is None:
+                continue
+            conn.execute("DELETE FROM spill WHERE first=?", (batch.first,))
+            left = [m for m in unpack(stored[0]) if m.id not in batch.settled]
+            if left:
+                conn.execute("INSERT INTO spill (first, last, created, count, batch) VALUES (?, ?, ?, ?, ?)",
+                             (left[0].id, left[-1].id, batch.created, len(left), pack(left)))
 
     # --- publisher side ------------------------------------------------
     def fetch(self, after_id: int, limit: int) -> list[Pending]:
-        """The next unrefused messages in commit order."""
+        """The next unsettled, unrefused messages in id order: stored rows, spilled windows, the window."""
         with self._reader_lock:
             rows = self._reader.execute(
                 "SELECT id, topic, payload, qos FROM outbox WHERE id > ? AND refused IS NULL ORDER BY id LIMIT ?",
                 (after_id, limit)).fetchall()
-        return [Pending(r[0], r[1], bytes(r[2]), r[3]) for r in rows]
+            found = {r[0]: Pending(r[0], r[1], bytes(r[2]), r[3]) for r in rows}
+            with self._lock:
+                wanted: list[_Batch] = []
+                waiting = 0
+                for at in range(max(0, bisect.bisect_right(self._firsts, after_id) - 1), len(self._firsts)):
+                    if waiting >= limit:
+                        break
+                    batch = self._batches[self._firsts[at]]
+                    if batch.last > after_id:
+                        wanted.append(batch)
+                        waiting += batch.count - len(batch.settled)
+            for batch in wanted:
+                stored = self._reader.execute("SELECT batch FROM spill WHERE first=?", (batch.first,)).fetchone()
+                for message in unpack(stored[0]) if stored else []:
+                    if message.id > after_id:
+                        found.setdefault(message.id, message)
+        taken = 0
+        with self._lock:
+            for batch in wanted:
+                for i in batch.settled:
+                    found.pop(i, None)
+            for held_id, held in self._held.items():  # ascending: past `limit` of them none can be among the first
+                if taken == limit:
+                    break
+                if held_id > after_id and held.refused is None:
+                    found.setdefault(held_id, Pending(held_id, held.topic, held.payload, held.qos))
+                    taken += 1
+        return [found[i] for i in sorted(found)[:limit]]
 
     def settle(self, acknowledged: Iterable[int], refused: Iterable[tuple[int, str]] = ()) -> None:
-        """Remove acknowledged messages; mark refused ones (kept, counted, never resent)."""
-        acked = [(i,) for i in acknowledged]
-        marks = [(reason, i) for i, reason in refused]
-        if not acked and not marks:
-            return
-        with self._reader_lock:
-            conn = self._reader
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.executemany("DELETE FROM outbox WHERE id=?", acked)
-                conn.executemany("UPDATE outbox SET refused=? WHERE id=?", marks)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        """Remove acknowledged messages; mark refused ones (kept, counted, never resent).
+
+        A message still in the window is settled in memory (one being spilled
+        is finished by the writer, see `_spill`); the rest on disk.
+        """
+        on_disk: list[int] = []
+        marks: list[tuple[int, str]] = []
+        with self._lock:
+            for i in acknowledged:
+                if self._held.pop(i, None) is None:
+                    on_disk.append(i)
+            for i, reason in refused:
+                held = self._held.get(i)
+                if held is None:
+                    marks.append((i, reason))
+                else:
+                    held.refused = reason
+        if on_disk or marks:
+            with self._reader_lock:
+                self._settle_stored(self._reader, on_disk, marks)
 
     def stats(self) -> OutboxStats:
         with self._reader_lock:
-            conn = self._reader
-            counters = dict(conn.execute("SELECT name, value FROM counters"))
-            refused = conn.execute("SELECT COUNT(*) FROM outbox WHERE refused IS NOT NULL").fetchone()[0]
-            first = conn.execute("SELECT created FROM outbox ORDER BY id LIMIT 1").fetchone()
-            oldest = None if first is None else first[0]
+            first = self._reader.execute("SELECT created FROM outbox ORDER BY id LIMIT 1").fetchone()
+        with self._lock:
+            held = list(self._held.values())
+            depth, size, refused = self._disk_count, self._disk_bytes, self._disk_refused
+            dropped, seq = self._dropped, self._seq
+            oldest_batch = next(iter(self._batches.values()), None)
         with self._counter_lock:
             rejected = self._rejected
+        created = ([first[0]] if first is not None else []) + [h.created for h in held[:1]]
+        created += [] if oldest_batch is None else [oldest_batch.created]
         return OutboxStats(
-            depth=counters[COUNT_KEY],
-            bytes=counters[BYTES_KEY],
-            dropped=counters[DROPPED_KEY],
-            refused=refused,
-            rejected=rejected,
-            oldest_age_s=None if oldest is None else max(0.0, self._clock() - oldest),
-            last_seq=counters[SEQ_KEY],
+            depth=depth + len(held), bytes=size + sum(len(h.payload) for h in held), dropped=dropped,
+            refused=refused + sum(h.refused is not None for h in held), rejected=rejected,
+            oldest_age_s=max(0.0, self._clock() - min(created)) if created else None,
+            last_seq=seq, held=len(held),
         )
+
+
+_IDLE = _Item("", b"", 0, 0.0)  # marks a writer wake-up with nothing submitted

@@ -339,7 +339,8 @@ class Publisher:
         log.info("connected to %s:%d (MQTT %s, session present: %s)", self.config.host, self.config.port,
                  PROTOCOL_NAMES[self._protocol], flags.session_present)
         client.subscribe(self.config.crl, qos=1)
-        for topic, payload in ((self.topics.status, serialize.status_online(self.device, self.status, self._clock())),
+        for topic, payload in ((self.topics.status, serialize.status_online(self.device, self.status, self._clock(),
+                                                                            self.outbox.unclean_stop)),
                                *self._retained_extra):
             with self._lock:
                 if topic in self._refused_retained:

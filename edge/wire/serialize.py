@@ -63,7 +63,23 @@ class DeviceStatus:
     firmware: str
 
 
-def status_online(device: str, status: DeviceStatus, since: float) -> bytes:
+@dataclass(frozen=True, slots=True)
+class UncleanStop:
+    """The run before this one ended without a clean stop (power cut, SIGKILL), and what it may have lost.
+
+    `last_reserved_seq`: that run reserved detections seqs up to here; this run
+    starts after it, so numbers between the last one a subscriber received and
+    this one were partly never used. `may_be_missing`: at most this many of them
+    were real messages that were neither acknowledged nor on disk (0 under
+    `[outbox] durability = "strict"`).
+    """
+
+    may_be_missing: int
+    last_reserved_seq: int
+
+
+def status_online(device: str, status: DeviceStatus, since: float, unclean: UncleanStop | None = None) -> bytes:
+    """Retained on every connection; `unclean_stop` is null unless the previous run ended without a clean stop."""
     return _dump({
         "device": device,
         "state": "online",
@@ -72,6 +88,8 @@ def status_online(device: str, status: DeviceStatus, since: float) -> bytes:
         "accelerator": status.accelerator,
         "firmware": status.firmware,
         "since": timestamp(since),
+        "unclean_stop": None if unclean is None else {"may_be_missing": int(unclean.may_be_missing),
+                                                      "last_reserved_seq": int(unclean.last_reserved_seq)},
     })
 
 

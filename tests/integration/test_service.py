@@ -145,7 +145,7 @@ SERVICE_SCRIPT = textwrap.dedent("""
     from test_service import StillFrame
 
     mqtt = MqttConfig.from_mapping({mqtt!r})
-    config = ServiceConfig(DeviceConfig("cam-a", __import__("pathlib").Path({state!r})), mqtt, OutboxConfig(),
+    config = ServiceConfig(DeviceConfig("cam-a", __import__("pathlib").Path({state!r})), mqtt, OutboxConfig(durability={durability!r}),
                            HealthConfig(30.0), HomeAssistantConfig(), CameraConfig(), DetectorConfig(), None)
     pipeline = build_pipeline(config.detector)
     face = skimage.data.astronaut()
@@ -167,7 +167,7 @@ def test_service_sigkilled_mid_stream_then_restarted_loses_nothing(tmp_path: Pat
     mqtt = {"host": mosquitto.broker.host, "port": mosquitto.broker.port, "ca": str(mosquitto.pki.ca),
             "cert": str(cred.cert), "key": str(cred.key), "backoff_min_s": 0.1, "backoff_max_s": 0.5}
     script = SERVICE_SCRIPT.format(repo=str(REPO), tests=str(REPO / "tests"), here=str(Path(__file__).resolve().parent), mqtt=mqtt,
-                                   state=str(tmp_path / "state"), interval=FRAME_INTERVAL_S)
+                                   state=str(tmp_path / "state"), interval=FRAME_INTERVAL_S, durability="strict")
 
     def start() -> subprocess.Popen[bytes]:
         proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)

@@ -153,6 +153,11 @@ def test_asyncapi_parses_and_every_payload_resolves() -> None:
 def test_status_health_audit_discovery_validate() -> None:
     status = serialize.DeviceStatus("detection", "blazeface-full", "cpu", "0.1.0")
     validator("status").validate(json.loads(serialize.status_online("cam-a", status, 0.0)))
+    after_crash = json.loads(serialize.status_online("cam-a", status, 0.0, serialize.UncleanStop(16, 2048)))
+    validator("status").validate(after_crash)
+    assert after_crash["unclean_stop"] == {"may_be_missing": 16, "last_reserved_seq": 2048}
+    with pytest.raises(jsonschema.ValidationError):
+        validator("status").validate({**after_crash, "unclean_stop": {"may_be_missing": -1, "last_reserved_seq": 1}})
     validator("status").validate(json.loads(serialize.status_offline("cam-a")))
     for _, payload in serialize.discovery(DEFAULT_DISCOVERY_PREFIX, DEFAULT_TOPIC_ROOT,
                                         serialize.DiscoveryDevice("cam-a", "m", "1")):
