@@ -18,7 +18,10 @@ and the ones kept in memory.
 """
 from __future__ import annotations
 
+import json
+import logging
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -28,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.delivery.outbox import STRICT, WRITE_BEHIND
+from edge.delivery.outbox import STRICT, WRITE_BEHIND, Outbox, OutboxConfig
 from support.mosquitto import BrokerUnderTest, Subscriber, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -203,3 +206,107 @@ def test_a_full_disk_loses_nothing_and_the_outbox_resumes(tmp_path: Path, mosqui
     assert before_full <= received  # committed (or in the window) before the disk filled: all delivered
     assert received == set(range(1, max(received) + 1))  # nothing lost in between, no gap in the numbering
     assert len(service.lines(DISK_FULL_LINE)) == 1
+
+
+# --- the same, at the SQLite boundary: deterministic counts --------------------------------------------
+CAPACITY = 8  # queue_capacity: the memory bound while writes fail
+OUTAGE = 20  # messages submitted while the disk is full
+
+
+class FullDisk:
+    """The outbox writer's real connection, with SQLite's disk-full error on COMMIT while `full` is set.
+
+    Why a wrapper: which message the real tmpfs runs out on depends on page
+    and WAL sizes; here the failure starts and ends at a known message, so
+    what is kept and what is dropped can be counted exactly.
+    """
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.full = False
+
+    def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+        if self.full and sql == "COMMIT":
+            self.conn.execute("ROLLBACK")  # what SQLite may do itself after SQLITE_FULL
+            raise sqlite3.OperationalError("database or disk is full")
+        return self.conn.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.conn, name)
+
+
+def _numbered(seq: int) -> bytes:
+    return json.dumps({"seq": seq}).encode()
+
+
+def _seqs(box: Outbox) -> list[int]:
+    return [json.loads(p.payload)["seq"] for p in box.fetch(0, 1000)]
+
+
+def _messages(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if text in r.getMessage()]
+
+
+def _outage(box: Outbox, disk: FullDisk, caplog: pytest.LogCaptureFixture) -> None:
+    disk.full = True
+    for _ in range(OUTAGE):
+        assert box.submit("t/detections", _numbered)  # never blocks, never refused: the writer keeps taking
+        time.sleep(0.02)
+    assert wait_until(lambda: box.stats().dropped == OUTAGE - CAPACITY, 10), box.stats()
+    assert box.stats().rejected == 0
+    (line,) = _messages(caplog, "cannot write to")  # once, however many retries failed
+    assert "the disk is full" in line and f"kept in memory up to {CAPACITY}" in line, line
+
+
+def test_strict_keeps_the_newest_in_memory_and_commits_them_when_space_returns(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "edge.delivery.outbox")
+    box = Outbox(tmp_path / "outbox.db", OutboxConfig(durability=STRICT, queue_capacity=CAPACITY))
+    disk = FullDisk(box._writer)
+    box._writer = disk  # type: ignore[assignment]
+    box.start()
+    for _ in range(5):
+        box.submit("t/detections", _numbered)
+    assert wait_until(lambda: box.stats().depth == 5 and box.handoff_backlog() == 0)
+    _outage(box, disk, caplog)
+    assert box.stats().depth == 5 and box.handoff_backlog() == CAPACITY  # strict: on disk before it is sent
+    disk.full = False
+    assert wait_until(lambda: box.stats().depth == 5 + CAPACITY and box.handoff_backlog() == 0), box.stats()
+    (resumed,) = _messages(caplog, "writes to")
+    assert f"{OUTAGE - CAPACITY} message(s) were dropped" in resumed, resumed
+    assert _seqs(box) == list(range(1, 5 + CAPACITY + 1))  # seqs are given at the commit: no gap
+    box.close()
+    again = Outbox(tmp_path / "outbox.db")
+    assert again.stats().dropped == OUTAGE - CAPACITY  # the drop count was stored when writing resumed
+    assert _seqs(again) == list(range(1, 5 + CAPACITY + 1))
+    again.close()
+
+
+def test_write_behind_delivers_from_memory_and_spills_when_space_returns(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "edge.delivery.outbox")
+    config = OutboxConfig(durability=WRITE_BEHIND, window_ms=50, window_messages=4, queue_capacity=CAPACITY)
+    box = Outbox(tmp_path / "outbox.db", config)
+    disk = FullDisk(box._writer)
+    box._writer = disk  # type: ignore[assignment]
+    box.start()
+    for _ in range(6):
+        box.submit("t/detections", _numbered)
+    assert wait_until(lambda: box.stats().depth == 6 and box.stats().held == 0)  # spilled
+    _outage(box, disk, caplog)
+    stats = box.stats()
+    assert (stats.depth, stats.held) == (6 + CAPACITY, CAPACITY)
+    kept = list(range(6 + OUTAGE - CAPACITY + 1, 6 + OUTAGE + 1))  # the newest; the oldest were dropped
+    assert _seqs(box) == [1, 2, 3, 4, 5, 6, *kept]
+    box.settle([p.id for p in box.fetch(0, 1000)[6:8]])  # acknowledged from memory, no disk needed
+    disk.full = False
+    assert wait_until(lambda: box.stats().held == 0 and bool(_messages(caplog, "writes to"))), box.stats()
+    (resumed,) = _messages(caplog, "writes to")
+    assert f"{OUTAGE - CAPACITY} message(s) were dropped" in resumed, resumed
+    assert box.stats().depth == 6 + CAPACITY - 2
+    assert _seqs(box) == [1, 2, 3, 4, 5, 6, *kept[2:]]
+    box.close()
+    again = Outbox(tmp_path / "outbox.db")
+    assert again.stats().dropped == OUTAGE - CAPACITY and again.unclean_stop is None
+    assert _seqs(again) == [1, 2, 3, 4, 5, 6, *kept[2:]]
+    again.close()
