@@ -311,6 +311,7 @@ class Outbox:
         self._retry_delay = WRITE_RETRY_FIRST_S
         self._unsaved_drops = 0  # dropped while writes failed, added to the stored counter by the next commit
         self._dropped_while_failing = 0
+        self._settle_failing = False  # publisher thread: acknowledgements could not be stored
         self._thread: threading.Thread | None = None
         bound = counters[RUNNING_KEY]
         self.unclean_stop = None if bound == STOPPED else UncleanStop(may_be_missing=bound, last_reserved_seq=self._seq)
@@ -931,7 +932,8 @@ class Outbox:
                     self._disk_bytes -= sum(b.size for b in emptied)
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # SQLite may already have rolled back after SQLITE_FULL
+                conn.execute("ROLLBACK")
             raise
 
     def _compact(self, conn: sqlite3.Connection, batches: list[_Batch]) -> None:
@@ -1003,7 +1005,18 @@ class Outbox:
                     held.refused = reason
         if on_disk or marks:
             with self._reader_lock:
-                self._settle_stored(self._reader, on_disk, marks)
+                try:
+                    self._settle_stored(self._reader, on_disk, marks)
+                except sqlite3.OperationalError as exc:
+                    # A full disk must not end the publisher: the message is settled in memory (not sent again
+                    # by this run); its row stays on disk, so after a restart it may be delivered twice (subscribers
+                    # de-duplicate by seq).
+                    if not self._settle_failing:
+                        log.warning("the outbox cannot record acknowledgements in %s: %s; a message already "
+                                    "delivered may be delivered again after a restart", self.path, exc)
+                    self._settle_failing = True
+                    return
+            self._settle_failing = False
 
     def stats(self) -> OutboxStats:
         with self._reader_lock:

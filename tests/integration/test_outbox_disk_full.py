@@ -213,26 +213,39 @@ CAPACITY = 8  # queue_capacity: the memory bound while writes fail
 OUTAGE = 20  # messages submitted while the disk is full
 
 
+class Disk:
+    """Whether the injected disk is full; shared by the outbox's two connections."""
+
+    full = False
+
+
 class FullDisk:
-    """The outbox writer's real connection, with SQLite's disk-full error on COMMIT while `full` is set.
+    """One of the outbox's real connections, with SQLite's disk-full error on COMMIT while the disk is full.
 
     Why a wrapper: which message the real tmpfs runs out on depends on page
     and WAL sizes; here the failure starts and ends at a known message, so
     what is kept and what is dropped can be counted exactly.
     """
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, disk: Disk) -> None:
         self.conn = conn
-        self.full = False
+        self.disk = disk
 
     def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
-        if self.full and sql == "COMMIT":
+        if self.disk.full and sql == "COMMIT":
             self.conn.execute("ROLLBACK")  # what SQLite may do itself after SQLITE_FULL
             raise sqlite3.OperationalError("database or disk is full")
         return self.conn.execute(sql, *args)
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.conn, name)
+
+
+def _full_disk(box: Outbox) -> Disk:
+    disk = Disk()
+    box._writer = FullDisk(box._writer, disk)  # type: ignore[assignment]
+    box._reader = FullDisk(box._reader, disk)  # type: ignore[assignment]
+    return disk
 
 
 def _numbered(seq: int) -> bytes:
@@ -247,7 +260,7 @@ def _messages(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
     return [r.getMessage() for r in caplog.records if text in r.getMessage()]
 
 
-def _outage(box: Outbox, disk: FullDisk, caplog: pytest.LogCaptureFixture) -> None:
+def _outage(box: Outbox, disk: Disk, caplog: pytest.LogCaptureFixture) -> None:
     disk.full = True
     for _ in range(OUTAGE):
         assert box.submit("t/detections", _numbered)  # never blocks, never refused: the writer keeps taking
@@ -262,8 +275,7 @@ def test_strict_keeps_the_newest_in_memory_and_commits_them_when_space_returns(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, "edge.delivery.outbox")
     box = Outbox(tmp_path / "outbox.db", OutboxConfig(durability=STRICT, queue_capacity=CAPACITY))
-    disk = FullDisk(box._writer)
-    box._writer = disk  # type: ignore[assignment]
+    disk = _full_disk(box)
     box.start()
     for _ in range(5):
         box.submit("t/detections", _numbered)
@@ -287,8 +299,7 @@ def test_write_behind_delivers_from_memory_and_spills_when_space_returns(
     caplog.set_level(logging.INFO, "edge.delivery.outbox")
     config = OutboxConfig(durability=WRITE_BEHIND, window_ms=50, window_messages=4, queue_capacity=CAPACITY)
     box = Outbox(tmp_path / "outbox.db", config)
-    disk = FullDisk(box._writer)
-    box._writer = disk  # type: ignore[assignment]
+    disk = _full_disk(box)
     box.start()
     for _ in range(6):
         box.submit("t/detections", _numbered)
@@ -299,14 +310,16 @@ def test_write_behind_delivers_from_memory_and_spills_when_space_returns(
     kept = list(range(6 + OUTAGE - CAPACITY + 1, 6 + OUTAGE + 1))  # the newest; the oldest were dropped
     assert _seqs(box) == [1, 2, 3, 4, 5, 6, *kept]
     box.settle([p.id for p in box.fetch(0, 1000)[6:8]])  # acknowledged from memory, no disk needed
+    box.settle([p.id for p in box.fetch(0, 6)])  # seqs 1-6, spilled: their rows cannot be deleted, yet settle goes on
+    assert len(_messages(caplog, "cannot record acknowledgements")) == 1
     disk.full = False
     assert wait_until(lambda: box.stats().held == 0 and bool(_messages(caplog, "writes to"))), box.stats()
     (resumed,) = _messages(caplog, "writes to")
     assert f"{OUTAGE - CAPACITY} message(s) were dropped" in resumed, resumed
-    assert box.stats().depth == 6 + CAPACITY - 2
-    assert _seqs(box) == [1, 2, 3, 4, 5, 6, *kept[2:]]
+    assert box.stats().depth == CAPACITY - 2
+    assert _seqs(box) == kept[2:]  # this run does not send 1-6 again
     box.close()
     again = Outbox(tmp_path / "outbox.db")
     assert again.stats().dropped == OUTAGE - CAPACITY and again.unclean_stop is None
-    assert _seqs(again) == [1, 2, 3, 4, 5, 6, *kept[2:]]
+    assert _seqs(again) == [1, 2, 3, 4, 5, 6, *kept[2:]]  # their acknowledgement was not stored: sent again
     again.close()
