@@ -57,6 +57,9 @@ log = logging.getLogger(__name__)
 BUSY_TIMEOUT_MS = 10_000
 IDLE_ENFORCE_INTERVAL_S = 1.0
 DROP_LOG_INTERVAL_S = 60.0
+# After a failed write (disk full, I/O error) the writer retries after this, doubling up to the cap.
+WRITE_RETRY_FIRST_S = 0.1
+WRITE_RETRY_MAX_S = 5.0
 MS_PER_S = 1000.0
 SEQ_KEY = "detections_seq"  # no detections seq above this was ever handed out
 DROPPED_KEY = "dropped"
@@ -302,6 +305,13 @@ class Outbox:
         self._unlogged_drops = 0
         self._last_drop_log: float | None = None
         self._last_enforce = time.monotonic()
+        self._backlog: list[_Item] = []  # taken from the queue, not yet committed or in the window
+        self._write_error: str | None = None  # set while writes fail (disk full): what failed
+        self._retry_at = 0.0
+        self._retry_delay = WRITE_RETRY_FIRST_S
+        self._unsaved_drops = 0  # dropped while writes failed, added to the stored counter by the next commit
+        self._dropped_while_failing = 0
+        self._settle_failing = False  # publisher thread: acknowledgements could not be stored
         self._thread: threading.Thread | None = None
         bound = counters[RUNNING_KEY]
         self.unclean_stop = None if bound == STOPPED else UncleanStop(may_be_missing=bound, last_reserved_seq=self._seq)
@@ -360,7 +370,11 @@ class Outbox:
                 self._compact(conn, partly)
                 self._set_counters(conn, {SEQ_KEY: seq, RUNNING_KEY: STOPPED})
 
-            self._transaction(finish)
+            try:
+                self._transaction(finish)
+            except sqlite3.OperationalError as exc:
+                log.error("the outbox cannot record a clean stop in %s: %s; the next run reports an unclean stop",
+                          self.path, exc)
         if self._unlogged_drops:
             log.warning("outbox limit reached: dropped %d more oldest message(s)", self._unlogged_drops)
         self._writer.close()
@@ -371,15 +385,23 @@ class Outbox:
     def _run_strict(self) -> None:
         while True:
             try:
-                first = self._queue.get(timeout=IDLE_ENFORCE_INTERVAL_S)
+                first = self._queue.get(timeout=self._wait(IDLE_ENFORCE_INTERVAL_S))
             except queue.Empty:
-                self._commit([])  # age limits apply even when nothing arrives
-                continue
-            batch, stop = ([], True) if first is None else self._collect(first)
+                first = _IDLE  # age limits apply even when nothing arrives
+            batch: list[_Item]
+            if first is _IDLE:
+                batch, stop = [], False
+            else:
+                batch, stop = ([], True) if first is None else self._collect(first)
             if stop:
                 batch += self._leftovers()[0]
-            self._commit(batch)
+            self._backlog += batch
+            if stop or self._may_write():
+                if self._write(lambda: self._commit(self._backlog)):
+                    self._backlog = []
+            self._bound_memory()
             if stop:
+                self._lost_at_stop()
                 return
 
     def _collect(self, first: _Item) -> tuple[list[_Item], bool]:
@@ -429,6 +451,7 @@ class Outbox:
     def _commit(self, batch: list[_Item]) -> None:
         """Store a group in one transaction; detections get their seq inside it (strict, and audit records)."""
         rows: list[_Row] = []
+        seq_before = self._seq
 
         def store(conn: sqlite3.Connection) -> int:
             seq = self._seq
@@ -446,7 +469,12 @@ class Outbox:
                 self._seq = seq
             return self._enforce_limits(conn)
 
-        dropped = self._transaction(store) if batch or self._limits_may_apply() else 0
+        try:
+            dropped = self._transaction(store) if batch or self._limits_may_apply() else 0
+        except BaseException:
+            with self._lock:
+                self._seq = seq_before  # the payloads are made again, with the same seqs, when the commit is retried
+            raise
         self._next_id += len(rows)
         self._accepted_more(len(batch))
         if dropped:
@@ -458,7 +486,7 @@ class Outbox:
     def _run_write_behind(self) -> None:
         while True:
             try:
-                first = self._queue.get(timeout=self._until_spill())
+                first = self._queue.get(timeout=self._wait(self._until_spill()))
             except queue.Empty:
                 first = _IDLE
             items, stop = self._leftovers()
@@ -466,14 +494,17 @@ class Outbox:
                 stop = True
             elif first is not _IDLE:
                 items.insert(0, first)
-            if items:
-                self._accept(items)
-            if stop or self._spill_due():
-                self._spill()
-            if time.monotonic() - self._last_enforce >= IDLE_ENFORCE_INTERVAL_S:
+            self._backlog += items
+            if self._backlog:
+                self._accept(force=stop)
+            if (stop or self._spill_due()) and (stop or self._may_write()):
+                self._write(self._spill)
+            if time.monotonic() - self._last_enforce >= IDLE_ENFORCE_INTERVAL_S and self._may_write():
                 self._last_enforce = time.monotonic()
-                self._commit([])  # age limits apply even when nothing arrives
+                self._write(lambda: self._commit([]))  # age limits apply even when nothing arrives
+            self._bound_memory()
             if stop:
+                self._lost_at_stop()
                 return
 
     def _until_spill(self) -> float:
@@ -492,22 +523,28 @@ class Outbox:
         return oldest is not None and (count > self.config.window_messages
                                        or time.monotonic() - oldest >= self.config.window_ms / MS_PER_S)
 
-    def _accept(self, items: list[_Item]) -> None:
+    def _accept(self, force: bool = False) -> None:
         """Audit records (plain payloads) are committed at once; detections get a seq and enter the window.
 
         The committed ones take the lower ids, so the publisher, which fetches
-        in id order behind a cursor, can never pass over one.
+        in id order behind a cursor, can never pass over one. While writes
+        fail, audit records wait in the backlog, and detections still enter
+        the window (and are delivered from it) as far as the reserved seqs
+        go, so a seq is never handed out twice.
         """
-        durable = [item for item in items if not callable(item.payload)]
-        if durable:
-            self._commit(durable)
-        detections = [item for item in items if callable(item.payload)]
+        durable = [item for item in self._backlog if not callable(item.payload)]
+        detections = [item for item in self._backlog if callable(item.payload)]
+        if durable and (force or self._may_write()) and self._write(lambda: self._commit(durable)):
+            durable = []
+        if detections and self._seq + len(detections) > self._reserved and (force or self._may_write()):
+            reserve = self._seq + len(detections) + SEQ_BLOCK
+            if self._write(lambda: self._transaction(lambda conn: self._set_counters(conn, {SEQ_KEY: reserve}))):
+                self._reserved = reserve
+        room = self._reserved - self._seq
+        detections, rest = detections[:room], detections[room:]
+        self._backlog = durable + rest
         if not detections:
             return
-        if self._seq + len(detections) > self._reserved:
-            reserve = self._seq + len(detections) + SEQ_BLOCK
-            self._transaction(lambda conn: self._set_counters(conn, {SEQ_KEY: reserve}))
-            self._reserved = reserve
         now = time.monotonic()
         held: list[tuple[int, _Held]] = []
         seq = self._seq
@@ -568,15 +605,133 @@ class Outbox:
 
     # --- writer thread: shared -----------------------------------------
     def _transaction(self, work: Callable[[sqlite3.Connection], int | None]) -> int:
+        """One write transaction on the writer connection; drops counted while writes failed are stored with it."""
         conn = self._writer
         conn.execute("BEGIN IMMEDIATE")
         try:
             result = work(conn)
+            if self._unsaved_drops:
+                conn.execute("UPDATE counters SET value = value + ? WHERE name=?", (self._unsaved_drops, DROPPED_KEY))
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # SQLite may already have rolled back after SQLITE_FULL
+                conn.execute("ROLLBACK")
             raise
+        self._unsaved_drops = 0
         return result or 0
+
+    def _memory_bound(self) -> int:
+        """How many messages are kept in memory while writes fail (the window and the backlog together)."""
+        return self.config.queue_capacity
+
+    def _may_write(self) -> bool:
+        return self._write_error is None or time.monotonic() >= self._retry_at
+
+    def _wait(self, timeout: float) -> float:
+        """The writer's wait for the queue: while writes fail, until the next retry (at most the idle tick)."""
+        if self._write_error is None:
+            return timeout
+        return max(0.0, min(IDLE_ENFORCE_INTERVAL_S, self._retry_at - time.monotonic()))
+
+    def _write(self, step: Callable[[], object]) -> bool:
+        """Run a writing step; on a full disk or I/O error keep everything in memory and retry later.
+
+        Why: a dead writer thread would lose every later message silently
+        while detection goes on. A failed transaction is rolled back, so the
+        in-memory picture of the disk is read again from it; the messages
+        being written stay in the backlog or the window.
+        """
+        with self._lock:
+            before = dict(self._batches)
+        try:
+            step()
+        except sqlite3.OperationalError as exc:
+            self._resync(before)
+            if self._write_error is None:
+                plain = "the disk is full" if "full" in str(exc).lower() else str(exc)
+                log.error("the outbox cannot write to %s: %s; messages are kept in memory up to %d, the oldest "
+                          "beyond it dropped and counted; retrying until it can write again",
+                          self.path, plain, self._memory_bound())
+                self._write_error = plain
+                self._dropped_while_failing = 0
+                self._retry_delay = WRITE_RETRY_FIRST_S
+            else:
+                self._retry_delay = min(WRITE_RETRY_MAX_S, self._retry_delay * 2)
+            self._retry_at = time.monotonic() + self._retry_delay
+            return False
+        if self._write_error is not None:
+            log.warning("the outbox writes to %s again; %d message(s) were dropped while it could not",
+                        self.path, self._dropped_while_failing)
+            self._write_error = None
+        return True
+
+    def _resync(self, before: dict[int, _Batch]) -> None:
+        """After a rolled-back transaction: counts and spilled windows as the disk has them.
+
+        Windows keep their settled sets (from `before`, the state when the
+        transaction began). BEGIN IMMEDIATE keeps the publisher's settling
+        out while the file is read; it needs no free space.
+        """
+        conn = self._writer
+        try:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                count, size, refused = conn.execute(
+                    "SELECT COUNT(*), COALESCE(SUM(length(payload)), 0), COUNT(refused) FROM outbox").fetchone()
+                rows = conn.execute("SELECT first, last, created, count, length(batch) FROM spill ORDER BY first")
+                stored = rows.fetchall()
+                dropped = conn.execute("SELECT value FROM counters WHERE name=?", (DROPPED_KEY,)).fetchone()[0]
+                with self._lock:
+                    known = {**self._batches, **before}
+                    batches = [known[row[0]] if row[0] in known else _Batch(*row) for row in stored]
+                    self._batches = {b.first: b for b in batches}
+                    self._firsts = [b.first for b in batches]
+                    self._disk_count = count + sum(b.count - len(b.settled) for b in batches)
+                    self._disk_bytes = size + sum(b.size for b in batches)
+                    self._disk_refused = refused
+                    self._dropped = dropped + self._unsaved_drops
+            finally:
+                conn.execute("ROLLBACK")
+        except sqlite3.OperationalError as exc:
+            log.error("the outbox cannot read %s back after a failed write: %s", self.path, exc)
+
+    def _bound_memory(self) -> None:
+        """While writes fail: beyond the memory bound, drop the oldest messages (the window first) and count them."""
+        if self._write_error is None:
+            return
+        with self._lock:
+            excess = len(self._held) + len(self._backlog) - self._memory_bound()
+            if excess <= 0:
+                return
+            oldest = list(self._held)[:excess]
+            for i in oldest:
+                del self._held[i]
+        rest = excess - len(oldest)
+        if rest:
+            del self._backlog[:rest]
+            self._accepted_more(rest)
+        self._count_drops(excess)
+
+    def _count_drops(self, count: int) -> None:
+        with self._lock:
+            self._dropped += count
+        self._unsaved_drops += count
+        self._dropped_while_failing += count
+
+    def _lost_at_stop(self) -> None:
+        """At close() with writes still failing: what could not be stored is lost; say how much."""
+        if self._write_error is None:
+            return
+        with self._lock:
+            held = len(self._held)
+        lost = held + len(self._backlog)
+        if lost:
+            self._accepted_more(len(self._backlog))
+            self._backlog = []
+            log.error("the outbox stops with %d message(s) it could not write to %s (%s): they are lost",
+                      lost, self.path, self._write_error)
 
     @staticmethod
     def _set_counters(conn: sqlite3.Connection, values: Mapping[str, int]) -> None:
@@ -777,7 +932,8 @@ class Outbox:
                     self._disk_bytes -= sum(b.size for b in emptied)
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # SQLite may already have rolled back after SQLITE_FULL
+                conn.execute("ROLLBACK")
             raise
 
     def _compact(self, conn: sqlite3.Connection, batches: list[_Batch]) -> None:
@@ -849,7 +1005,18 @@ class Outbox:
                     held.refused = reason
         if on_disk or marks:
             with self._reader_lock:
-                self._settle_stored(self._reader, on_disk, marks)
+                try:
+                    self._settle_stored(self._reader, on_disk, marks)
+                except sqlite3.OperationalError as exc:
+                    # A full disk must not end the publisher: the message is settled in memory (not sent again
+                    # by this run); its row stays on disk, so after a restart it may be delivered twice (subscribers
+                    # de-duplicate by seq).
+                    if not self._settle_failing:
+                        log.warning("the outbox cannot record acknowledgements in %s: %s; a message already "
+                                    "delivered may be delivered again after a restart", self.path, exc)
+                    self._settle_failing = True
+                    return
+            self._settle_failing = False
 
     def stats(self) -> OutboxStats:
         with self._reader_lock:
