@@ -966,7 +966,11 @@ class Outbox:
                     batch = self._batches[self._firsts[at]]
                     if batch.last > after_id:
                         wanted.append(batch)
-                        waiting += batch.count - len(batch.settled)
+                        if batch.first > after_id:
+                            # Only a window wholly past the cursor is counted: one the cursor is inside may hold
+                            # in-flight messages, unsettled yet not to be fetched again, and counting them would
+                            # stop the walk early while newer messages from the window passed over the rest.
+                            waiting += batch.count - len(batch.settled)
             for batch in wanted:
                 stored = self._reader.execute("SELECT batch FROM spill WHERE first=?", (batch.first,)).fetchone()
                 for message in unpack(stored[0]) if stored else []:

@@ -16,6 +16,7 @@ import pytest
 from edge.common.errors import ConfigError
 from edge.delivery.outbox import STRICT, WRITE_BEHIND, Outbox, OutboxConfig
 from edge.wire.serialize import UncleanStop
+from support.mosquitto import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -181,6 +182,29 @@ def _rows_on_disk(path: Path) -> int:
 def _wal_bytes(path: Path) -> int:
     wal = path.with_name(path.name + "-wal")
     return wal.stat().st_size if wal.exists() else 0
+
+
+def test_fetch_behind_a_cursor_inside_a_spilled_window_passes_over_nothing(tmp_path: Path) -> None:
+    """In-flight messages of a spilled window behind the cursor must not hide the windows after it.
+
+    Found in the disk-full test: with the cursor inside a window whose older
+    messages were still in flight, fetch returned the newest detection from
+    memory and the pump's cursor jumped over every window in between.
+    """
+    box = Outbox(tmp_path / "outbox.db", OutboxConfig(window_ms=60_000, window_messages=4))
+    box.start()
+    for spilled in (5, 10):  # two windows of five spilled (a window spills when it holds more than four)
+        for _ in range(5):
+            box.submit("t/detections", _numbered)
+        assert wait_until(lambda: box.stats().depth == spilled and box.stats().held == 0)
+    for _ in range(2):
+        box.submit("t/detections", _numbered)
+    assert wait_until(lambda: box.stats().held == 2)  # 11 and 12 wait in memory
+    in_flight = box.fetch(0, 4)
+    box.settle([p.id for p in in_flight[:2]])  # 1 and 2 acknowledged, 3 and 4 still in flight
+    following = box.fetch(in_flight[-1].id, 3)
+    assert [json.loads(p.payload)["seq"] for p in following] == [5, 6, 7]
+    box.close()
 
 
 def test_acknowledged_within_the_window_never_touches_the_disk(tmp_path: Path) -> None:
