@@ -495,10 +495,12 @@ class Outbox:
             elif first is not _IDLE:
                 items.insert(0, first)
             self._backlog += items
-            if self._backlog:
-                self._accept(force=stop)
-            if (stop or self._spill_due()) and (stop or self._may_write()):
-                self._write(self._spill)
+            while True:  # a full window is spilled before more detections enter it
+                if self._backlog:
+                    self._accept(force=stop)
+                spilled = (stop or self._spill_due()) and (stop or self._may_write()) and self._write(self._spill)
+                if not (spilled and any(callable(item.payload) for item in self._backlog)):
+                    break
             if time.monotonic() - self._last_enforce >= IDLE_ENFORCE_INTERVAL_S and self._may_write():
                 self._last_enforce = time.monotonic()
                 self._write(lambda: self._commit([]))  # age limits apply even when nothing arrives
@@ -520,7 +522,7 @@ class Outbox:
         with self._lock:
             oldest = next((h.born for h in self._held.values()), None)
             count = len(self._held)
-        return oldest is not None and (count > self.config.window_messages
+        return oldest is not None and (count >= self.config.window_messages
                                        or time.monotonic() - oldest >= self.config.window_ms / MS_PER_S)
 
     def _accept(self, force: bool = False) -> None:
@@ -541,6 +543,10 @@ class Outbox:
             if self._write(lambda: self._transaction(lambda conn: self._set_counters(conn, {SEQ_KEY: reserve}))):
                 self._reserved = reserve
         room = self._reserved - self._seq
+        if not force and self._write_error is None:
+            # What a power cut can lose is the window: while writes work, it never holds more.
+            with self._lock:
+                room = min(room, max(0, self.config.window_messages - len(self._held)))
         detections, rest = detections[:room], detections[room:]
         self._backlog = durable + rest
         if not detections:
