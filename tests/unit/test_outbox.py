@@ -191,9 +191,9 @@ def test_fetch_behind_a_cursor_inside_a_spilled_window_passes_over_nothing(tmp_p
     messages were still in flight, fetch returned the newest detection from
     memory and the pump's cursor jumped over every window in between.
     """
-    box = Outbox(tmp_path / "outbox.db", OutboxConfig(window_ms=60_000, window_messages=4))
+    box = Outbox(tmp_path / "outbox.db", OutboxConfig(window_ms=60_000, window_messages=5))
     box.start()
-    for spilled in (5, 10):  # two windows of five spilled (a window spills when it holds more than four)
+    for spilled in (5, 10):  # two windows of five spilled (a full window spills)
         for _ in range(5):
             box.submit("t/detections", _numbered)
         assert wait_until(lambda: box.stats().depth == spilled and box.stats().held == 0)
