@@ -172,8 +172,8 @@ def camera_for(width: int, height: int, calibration: Calibration | None = None) 
     return Camera(matrix, distortion)
 
 
-def pose_to_rotation(pose: HeadPose) -> np.ndarray:
-    """The rotation (camera <- face) of a pose: Rz(roll) @ Ry(-yaw) @ Rx(-pitch)."""
+def axis_rotations(pose: HeadPose) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The three elementary rotations of a pose with this project's signs: Rz(roll), Ry(-yaw), Rx(-pitch)."""
     yaw, pitch, roll = (math.radians(a) for a in (pose.yaw, pose.pitch, pose.roll))
     cz, sz = math.cos(roll), math.sin(roll)
     cy, sy = math.cos(-yaw), math.sin(-yaw)
@@ -181,7 +181,31 @@ def pose_to_rotation(pose: HeadPose) -> np.ndarray:
     rz = np.array([[cz, -sz, 0.0], [sz, cz, 0.0], [0.0, 0.0, 1.0]])
     ry = np.array([[cy, 0.0, sy], [0.0, 1.0, 0.0], [-sy, 0.0, cy]])
     rx = np.array([[1.0, 0.0, 0.0], [0.0, cx, -sx], [0.0, sx, cx]])
+    return rz, ry, rx
+
+
+def pose_to_rotation(pose: HeadPose) -> np.ndarray:
+    """The rotation (camera <- face) of a pose: Rz(roll) @ Ry(-yaw) @ Rx(-pitch)."""
+    rz, ry, rx = axis_rotations(pose)
     return rz @ ry @ rx
+
+
+def pose_from_pitch_outermost(angles: HeadPose) -> HeadPose:
+    """This project's pose for angles composed in the reverse order, Rx(-pitch) @ Ry(-yaw) @ Rz(roll).
+
+    Why: 3DDFA's face-model fits, which label the 300W-LP and AFLW2000-3D
+    head-pose sets (and the head-pose benchmark of issue 13), build the
+    rotation as R_x(pitch) R_y(yaw) R_z(roll), pitch outermost
+    (`RotationMatrix.m`; face3d's `angle2matrix_3ddfa`). With the sign
+    changes for the image's y axis and the labels' yaw, each angle alone means
+    what it means here, but the same three numbers in the two orders name
+    different rotations as soon as two of them are large: a face turned 45
+    degrees and tilted 30 differs by several degrees of roll and pitch. Labels
+    in that order are compared with this project's angles only after this
+    conversion (docs/head-pose.md).
+    """
+    rz, ry, rx = axis_rotations(angles)
+    return rotation_to_pose(rx @ ry @ rz)
 
 
 def rotation_to_pose(rotation: np.ndarray) -> HeadPose:
