@@ -198,7 +198,7 @@ def band_rows(pairs: list[tuple[Labelled, HeadPose | None]],
     Bands by the stored label's |yaw|, as issue 13's table; errors against the converted label, or
     against the label as stored when `as_stored`.
     """
-    rows = []
+    rows: list[tuple[str, int, tuple[float, ...]]] = []
     for label, (low, high) in [*((f"{lo:.0f}-{hi:.0f}", (lo, hi)) for lo, hi in BANDS), ("all", (0.0, 180.0))]:
         chosen = [errors(pose, item.stored if as_stored else item.truth) for item, pose in pairs
                   if pose is not None and low <= abs(item.stored.yaw) < high]

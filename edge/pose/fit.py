@@ -87,9 +87,9 @@ def face_model() -> np.ndarray:
     files (a process that never fits a pose never reads it), and the one copy
     is shared by every estimator afterwards. Landmark mode aligns every mesh
     point: the more points, the less the fit depends on any one landmark's
-    error, and neither a stable subset (eyes, nose, forehead, cheekbones) nor
-    dropping the points on the far side of a turned face measured better
-    (docs/head-pose.md).
+    error, and neither a stable subset (eyes, nose, forehead, cheekbones; also
+    MediaPipe's weighted 33-point Procrustes basis) nor dropping the points on
+    the far side of a turned face measured better (docs/head-pose.md).
     """
     text = resources.files(__package__).joinpath(MODEL_FILE).read_text()
     table = np.loadtxt(io.StringIO(text), delimiter=",", comments="#", ndmin=2)
