@@ -4,7 +4,10 @@ Why per stage: the landmark mode should cost little beyond the face-landmark
 model's `invoke()` (one warpAffine, one multiply-add, one 3D alignment per
 face), and only a per-stage split shows whether it does. The fit the landmark
 mode used before issue 13 (SQPnP on the mesh's 2D points) is timed beside the
-3D alignment, stage and whole frame, in the same run. The end-to-end
+3D alignment, stage and whole frame, in the same run, and so is a second
+landmark pass per face on the crop rebuilt from the first pass's landmarks
+(MediaPipe's tracking crop; tried for issue 13, not used: its cost is what
+docs/head-pose.md reports for it). The end-to-end
 comparison with MediaPipe's face_mesh is in benchmarks/detection.py.
 
     .venv/bin/python benchmarks/pose.py [--seconds 20] [--threads 1 2] [--output PATH]
@@ -29,6 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import load_rgb, require_shared, skimage_data_dir  # noqa: E402
+from headpose_accuracy import second_pass_detection  # noqa: E402
 
 from edge.common.stats import percentile  # noqa: E402
 from edge.vision.runtime import DelegateConfig, configure_process  # noqa: E402
@@ -107,6 +111,18 @@ def estimate_before(estimator: LandmarkPose, frame: np.ndarray, detections: list
     return poses
 
 
+def estimate_second_pass(estimator: LandmarkPose, frame: np.ndarray, detections: list) -> list:
+    """The landmark mode with a second pass per face on the tracking crop rebuilt from the first (not used)."""
+    height, width = frame.shape[:2]
+    camera = camera_for(width, height)
+    poses = []
+    for detection in detections:
+        first = estimator.points(frame, detection)
+        points = None if first is None else estimator.points(frame, second_pass_detection(first, width, height))
+        poses.append(None if points is None else fit_pose_3d(points, estimator.model, camera))
+    return poses
+
+
 def keypoint_stages(timer: Timer, frame: np.ndarray, detections: list, prefix: str) -> None:
     camera = camera_for(frame.shape[1], frame.shape[0])
     size = np.array([frame.shape[1], frame.shape[0]], np.float64)
@@ -139,6 +155,8 @@ def run(seconds: float, threads: tuple[int, ...]) -> tuple[dict[str, list[float]
                     timer.time(f"landmarks t{n}|per {kind}-face frame", lambda: estimator.estimate(frame, detections))
                     timer.time(f"landmarks t{n}|per {kind}-face frame, PnP on 2D (before)",
                                lambda: estimate_before(estimator, frame, detections))
+                    timer.time(f"landmarks t{n}|per {kind}-face frame, second pass (tried, not used)",
+                               lambda: estimate_second_pass(estimator, frame, detections))
         for frame, detections in sets["single"]:
             keypoint_stages(timer, frame, detections, "keypoints|")
         for kind, frames in sets.items():

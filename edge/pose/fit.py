@@ -87,9 +87,9 @@ def face_model() -> np.ndarray:
     files (a process that never fits a pose never reads it), and the one copy
     is shared by every estimator afterwards. Landmark mode aligns every mesh
     point: the more points, the less the fit depends on any one landmark's
-    error, and neither a stable subset (eyes, nose, forehead, cheekbones) nor
-    dropping the points on the far side of a turned face measured better
-    (docs/head-pose.md).
+    error, and neither a stable subset (eyes, nose, forehead, cheekbones; also
+    MediaPipe's weighted 33-point Procrustes basis) nor dropping the points on
+    the far side of a turned face measured better (docs/head-pose.md).
     """
     text = resources.files(__package__).joinpath(MODEL_FILE).read_text()
     table = np.loadtxt(io.StringIO(text), delimiter=",", comments="#", ndmin=2)
@@ -172,8 +172,8 @@ def camera_for(width: int, height: int, calibration: Calibration | None = None) 
     return Camera(matrix, distortion)
 
 
-def pose_to_rotation(pose: HeadPose) -> np.ndarray:
-    """The rotation (camera <- face) of a pose: Rz(roll) @ Ry(-yaw) @ Rx(-pitch)."""
+def axis_rotations(pose: HeadPose) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The three elementary rotations of a pose with this project's signs: Rz(roll), Ry(-yaw), Rx(-pitch)."""
     yaw, pitch, roll = (math.radians(a) for a in (pose.yaw, pose.pitch, pose.roll))
     cz, sz = math.cos(roll), math.sin(roll)
     cy, sy = math.cos(-yaw), math.sin(-yaw)
@@ -181,7 +181,31 @@ def pose_to_rotation(pose: HeadPose) -> np.ndarray:
     rz = np.array([[cz, -sz, 0.0], [sz, cz, 0.0], [0.0, 0.0, 1.0]])
     ry = np.array([[cy, 0.0, sy], [0.0, 1.0, 0.0], [-sy, 0.0, cy]])
     rx = np.array([[1.0, 0.0, 0.0], [0.0, cx, -sx], [0.0, sx, cx]])
+    return rz, ry, rx
+
+
+def pose_to_rotation(pose: HeadPose) -> np.ndarray:
+    """The rotation (camera <- face) of a pose: Rz(roll) @ Ry(-yaw) @ Rx(-pitch)."""
+    rz, ry, rx = axis_rotations(pose)
     return rz @ ry @ rx
+
+
+def pose_from_pitch_outermost(angles: HeadPose) -> HeadPose:
+    """This project's pose for angles composed in the reverse order, Rx(-pitch) @ Ry(-yaw) @ Rz(roll).
+
+    Why: 3DDFA's face-model fits, which label the 300W-LP and AFLW2000-3D
+    head-pose sets (and the head-pose benchmark of issue 13), build the
+    rotation as R_x(pitch) R_y(yaw) R_z(roll), pitch outermost
+    (`RotationMatrix.m`; face3d's `angle2matrix_3ddfa`). With the sign
+    changes for the image's y axis and the labels' yaw, each angle alone means
+    what it means here, but the same three numbers in the two orders name
+    different rotations as soon as two of them are large: (yaw 45, pitch 30,
+    roll 0) in that order is (37.8, 39.2, 26.6) here. Labels in that order
+    are compared with this project's angles only after this conversion
+    (docs/head-pose.md); the firmware's own angles keep roll outermost.
+    """
+    rz, ry, rx = axis_rotations(angles)
+    return rotation_to_pose(rx @ ry @ rz)
 
 
 def rotation_to_pose(rotation: np.ndarray) -> HeadPose:

@@ -37,6 +37,7 @@ from edge.pose.fit import (
     keypoint_model,
     line_of_sight,
     mirror_twin_indices,
+    pose_from_pitch_outermost,
     pose_to_rotation,
     rotation_to_pose,
 )
@@ -142,6 +143,42 @@ def test_rotation_round_trip(yaw: float, pitch: float, roll: float) -> None:
     assert back.yaw == pytest.approx(yaw, abs=1e-6)
     assert back.pitch == pytest.approx(pitch, abs=1e-6)
     assert abs(angle_difference(back.roll, roll)) < 1e-6
+
+
+def rotation_3ddfa(pitch: float, yaw: float, roll: float) -> np.ndarray:
+    """3DDFA's rotation for its stored angles (radians), written as its `RotationMatrix.m` and face3d's
+    `angle2matrix_3ddfa` write it: R_x(pitch) R_y(yaw) R_z(roll), each with its own sign pattern, in the
+    face model's axes (x right, y up, z toward the viewer)."""
+    cx, sx, cy, sy, cz, sz = (f(a) for a in (pitch, yaw, roll) for f in (math.cos, math.sin))
+    rx = np.array([[1.0, 0.0, 0.0], [0.0, cx, sx], [0.0, -sx, cx]])
+    ry = np.array([[cy, 0.0, -sy], [0.0, 1.0, 0.0], [sy, 0.0, cy]])
+    rz = np.array([[cz, sz, 0.0], [-sz, cz, 0.0], [0.0, 0.0, 1.0]])
+    return rx @ ry @ rz
+
+
+@given(st.floats(-85.0, 85.0), st.floats(-85.0, 85.0), st.floats(-85.0, 85.0))
+def test_pitch_outermost_labels_convert_to_the_same_rotation(yaw: float, pitch: float, roll: float) -> None:
+    """A label stored as AFLW2000-3D stores it (pitch, yaw, roll in radians, yaw toward the image's left;
+    the shared set's README negates yaw only) names 3DDFA's rotation; flipping y and z to the camera's
+    axes (a half turn about x) gives the rotation the converted pose must have."""
+    flip = np.diag([1.0, -1.0, -1.0])
+    source = rotation_3ddfa(math.radians(pitch), math.radians(-yaw), math.radians(roll))
+    converted = pose_from_pitch_outermost(HeadPose(yaw, pitch, roll))
+    assert np.allclose(pose_to_rotation(converted), flip @ source @ flip, atol=1e-9)
+
+
+@given(st.sampled_from(["yaw", "pitch", "roll"]), st.floats(-85.0, 85.0))
+def test_a_single_angle_means_the_same_in_both_orders(axis: str, degrees: float) -> None:
+    single = HeadPose(**{name: degrees if name == axis else 0.0 for name in ("yaw", "pitch", "roll")})
+    converted = pose_from_pitch_outermost(single)
+    for name in ("yaw", "pitch", "roll"):
+        assert getattr(converted, name) == pytest.approx(getattr(single, name), abs=1e-9)
+
+
+def test_the_two_orders_differ_when_two_angles_are_large() -> None:
+    """Why the conversion matters: a face turned 45 degrees and tilted up 30 (the 30-60 band's kind)."""
+    converted = pose_from_pitch_outermost(HeadPose(45.0, 30.0, 0.0))
+    assert abs(converted.roll) > 10.0
 
 
 @settings(max_examples=60)

@@ -1,14 +1,16 @@
 """Head-pose accuracy on the labelled development set: a regression guard, not a benchmark.
 
 The real pipeline (default detector, landmark pose, TFLite on the CPU) runs on
-the 16 labelled photographs in ../shared/headpose (AFLW2000-3D faces, labels
-in this project's convention; its README explains them), and the mean
-absolute errors per band of the labelled |yaw| must stay within bounds set
-from the figures measured when the landmark mode moved to the 3D alignment
-(docs/head-pose.md, `benchmarks/headpose_accuracy.py`), with a margin of
-roughly a degree: a change that makes the angles worse fails here. Sixteen
-faces cannot show that a change makes them better, and the bounds are not
-the project's goals (those are for a held-out set of about 1,950 faces).
+the 16 labelled photographs in ../shared/headpose (AFLW2000-3D faces; its
+README explains the labels' signs), and the mean absolute errors per band of
+the labelled |yaw| must stay within bounds set from the figures measured
+with the 3D alignment (docs/head-pose.md, `benchmarks/headpose_accuracy.py`),
+with a margin of roughly a degree: a change that makes the angles worse fails
+here. The labels compose their angles pitch outermost (3DDFA's order) and are
+converted to this project's order before they are compared
+(`edge.pose.fit.pose_from_pitch_outermost`). Sixteen faces cannot show that a
+change makes them better, and the bounds are not the project's goals (those
+are for a held-out set of about 1,950 faces).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge.pose.fit import pose_from_pitch_outermost
 from edge.sources.camera import Frame
 from edge.vision.detection import HeadPose
 from edge.vision.pipeline import DetectorConfig, build_pipeline
@@ -26,24 +29,32 @@ from edge.vision.runtime import DelegateConfig
 from support.data import SHARED, load_rgb, require_shared
 
 ANGLES = ("yaw", "pitch", "roll")
-# Measured with blazeface-full and landmark pose (3D alignment): 15 of 16 faces found; mean absolute
-# error of (yaw, pitch, roll) 0-30: (2.9, 4.0, 2.1), 30-60: (6.5, 8.1, 6.2), 60-99: (16.1, 25.1, 8.0),
-# all: (5.6, 7.9, 4.0). PnP on the mesh's 2D points, before: 30-60 (11.4, 10.8, 5.6), all (7.5, 9.8, 3.5).
+# Measured with blazeface-full and landmark pose (3D alignment) against the converted labels: 15 of 16
+# faces found; mean absolute error of (yaw, pitch, roll) 0-30: (2.6, 4.1, 0.6), 30-60: (6.4, 6.1, 8.1),
+# 60-99: (14.0, 27.7, 26.2), all: (5.1, 7.8, 6.0). PnP on the mesh's 2D points: 30-60 (11.3, 7.8, 9.1),
+# all (7.3, 9.5, 6.6). The 60-99 band's pitch and roll are one face's (image00475.jpg, docs/head-pose.md).
 MIN_FACES_FOUND = 15
-# (band of the labelled |yaw|, lower bound included) -> bound on the mean absolute error of each angle.
+# (band of the stored label's |yaw|, lower bound included) -> bound on the mean absolute error of each angle.
 BOUNDS: dict[tuple[float, float], tuple[float, float, float]] = {
-    (0.0, 30.0): (3.75, 5.0, 3.0),
-    (30.0, 60.0): (8.0, 9.5, 7.5),
-    (60.0, 99.0): (18.5, 27.0, 10.0),
-    (0.0, 99.0): (6.5, 9.0, 5.0),
+    (0.0, 30.0): (3.5, 5.0, 1.5),
+    (30.0, 60.0): (7.5, 7.0, 9.0),
+    (60.0, 99.0): (15.5, 29.0, 27.5),
+    (0.0, 99.0): (6.0, 8.75, 7.0),
 }
-# And on the mean of the three angles over all faces found (5.82 measured; 6.97 before).
-OVERALL_MEAN_BOUND = 6.5
+# And on the mean of the three angles over all faces found (6.30 measured; 7.77 with PnP on 2D).
+OVERALL_MEAN_BOUND = 7.0
+# Near-frontal faces (|yaw| < 30) read roll within 0.6 degrees on average of the converted labels and
+# 2.1 of the labels as stored: what the order changes at small yaw is mostly roll (by yaw x pitch).
+NEAR_FRONTAL = 30.0
+ORDER_EVIDENCE_RATIO = 0.5
 
 
 @dataclass(frozen=True)
 class Reading:
+    """One face: its label as stored, the label in this project's order (`truth`), and the pipeline's pose."""
+
     name: str
+    stored: HeadPose
     truth: HeadPose
     pose: HeadPose
 
@@ -69,7 +80,8 @@ def readings(headpose: Path) -> tuple[int, list[Reading]]:
             continue
         face = max(faces, key=lambda f: f.detection.box.w * f.detection.box.h)
         assert face.pose is not None, f"{name}: a face was found but got no pose"
-        found.append(Reading(name, HeadPose(angles["yaw"], angles["pitch"], angles["roll"]), face.pose))
+        stored = HeadPose(angles["yaw"], angles["pitch"], angles["roll"])
+        found.append(Reading(name, stored, pose_from_pitch_outermost(stored), face.pose))
     return len(labels), found
 
 
@@ -83,7 +95,7 @@ def test_the_development_set_is_what_the_bounds_were_set_on(readings: tuple[int,
 def test_mean_absolute_error_per_band_stays_within_the_regression_bounds(
         band: tuple[float, float], readings: tuple[int, list[Reading]]) -> None:
     low, high = band
-    chosen = [r for r in readings[1] if low <= abs(r.truth.yaw) < high]
+    chosen = [r for r in readings[1] if low <= abs(r.stored.yaw) < high]
     assert chosen, f"no face with |yaw| in {low}-{high}"
     errors = np.array([[angle_error(getattr(r.pose, a), getattr(r.truth, a)) for a in ANGLES] for r in chosen])
     means = errors.mean(axis=0)
@@ -94,3 +106,12 @@ def test_mean_absolute_error_per_band_stays_within_the_regression_bounds(
 def test_mean_of_the_three_angles_stays_within_the_regression_bound(readings: tuple[int, list[Reading]]) -> None:
     errors = [angle_error(getattr(r.pose, a), getattr(r.truth, a)) for r in readings[1] for a in ANGLES]
     assert float(np.mean(errors)) <= OVERALL_MEAN_BOUND
+
+
+def test_the_labels_compose_pitch_outermost(readings: tuple[int, list[Reading]]) -> None:
+    """The evidence for the conversion that does not depend on the method being good at turned faces:
+    on near-frontal faces roll agrees with the converted labels far better than with the stored ones."""
+    near = [r for r in readings[1] if abs(r.stored.yaw) < NEAR_FRONTAL]
+    converted = float(np.mean([angle_error(r.pose.roll, r.truth.roll) for r in near]))
+    stored = float(np.mean([angle_error(r.pose.roll, r.stored.roll) for r in near]))
+    assert converted <= ORDER_EVIDENCE_RATIO * stored, f"roll error {converted:.2f} converted, {stored:.2f} as stored"
