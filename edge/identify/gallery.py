@@ -8,7 +8,14 @@ identification is off; and a gallery whose source is a suspect, mugshot or
 inmate database (or any source outside `GALLERY_SOURCES`) is refused.
 The file holds embeddings and consent records only, never an image, and is
 encrypted at rest with AES-256-GCM, bound to the device and the gallery's
-version. Functional core over a frozen `Gallery`; `GalleryFile` is the shell.
+version. The highest version written or read is kept beside it
+(`gallery.version`), so an older gallery put back with its own key, which
+would bring erased people back, is refused; that record survives
+`erase --all`, and the next gallery starts above it. It guards against a
+restored backup or a copied-back pair of files, not against someone who can
+also rewrite the record (root on the device). Embeddings have the
+descriptor's dimension, one dimension per gallery. Functional core over a
+frozen `Gallery`; `GalleryFile` is the shell.
 """
 from __future__ import annotations
 
