@@ -3,6 +3,7 @@ fallback: the fitted map puts the points on the descriptor's template, and the w
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -19,7 +20,10 @@ from edge.identify.align import (
     blazeface_template,
     mesh_points,
 )
+from edge.identify.embedding import face_mesh
 from edge.pose.fit import MESH_POINTS
+from edge.vision.pipeline import DetectorConfig, build_pipeline
+from support.data import load_rgb
 
 FRAME_W, FRAME_H = 640, 480
 
@@ -115,3 +119,21 @@ def test_the_descriptor_template_is_used() -> None:
 def test_bad_points_say_what_was_expected(call: object, words: str) -> None:
     with pytest.raises(ValueError, match=words):
         call()  # type: ignore[operator]
+
+
+def test_the_mesh_comes_from_the_landmark_model_only(shared_images: Path) -> None:
+    """The photograph path's pipeline (landmark pose) gives a mesh whose five points sit in the face's box,
+    eyes above the nose above the mouth; with keypoint pose there is no mesh and BlazeFace's keypoints align."""
+    image = load_rgb(shared_images / "fr_obama.jpg")
+    height, width = image.shape[:2]
+    with_mesh = build_pipeline(DetectorConfig(model="blazeface-full", pose="landmarks"))
+    (detection,) = with_mesh.detect(image)
+    mesh = face_mesh(with_mesh.pose, image, detection)
+    assert mesh is not None and mesh.shape == (MESH_POINTS, 3)
+    five = mesh_points(mesh) / [width, height]
+    box = detection.box
+    assert np.all((five[:, 0] > box.x) & (five[:, 0] < box.x + box.w) & (five[:, 1] > box.y) & (five[:, 1] < box.y + box.h))
+    assert five[0, 0] < five[1, 0] and five[3, 0] < five[4, 0]  # image-left eye and mouth corner first
+    assert max(five[0, 1], five[1, 1]) < five[2, 1] < min(five[3, 1], five[4, 1])
+    without = build_pipeline(DetectorConfig(model="blazeface-full", pose="keypoints"))
+    assert face_mesh(without.pose, image, detection) is None
