@@ -115,3 +115,7 @@ def test_enrol_from_one_photograph_and_identify_the_others(faces: list[Scored], 
     said = {(face.photograph, face.person): identifier.identify(face.mesh, now) for face in others}
     assert {key: match.person_id if match else None for key, match in said.items()} == \
         {(face.photograph, face.person): face.person for face in others}
+    # A person nobody enrolled is nobody: erase each in turn, and their faces match no one else.
+    for person in ("obama", "biden", "kit", "rose"):
+        GalleryFile(tmp_path / "gallery.sealed").erase(person)
+        assert all(identifier.identify(face.mesh, now) is None for face in kept if face.person == person), person
