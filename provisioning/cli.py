@@ -592,8 +592,9 @@ def _add_model_bundle_parser(sub: "argparse._SubParsersAction[Any]") -> None:
                                       "(image left first), nose tip, mouth corners (default ArcFace 112)")
     p.add_argument("--embedding-size", type=int, default=128, help="numbers per embedding (default 128)")
     p.add_argument("--metric", default=mb.METRICS[0], choices=mb.METRICS, help="similarity (default cosine)")
-    p.add_argument("--threshold", type=float, default=0.42,
-                   help="lowest similarity that counts as a match (default 0.42; docs/identification.md)")
+    p.add_argument("--threshold", type=float, default=mb.DEFAULT_MATCH_THRESHOLD,
+                   help=f"lowest similarity that counts as a match (default {mb.DEFAULT_MATCH_THRESHOLD}; "
+                        "docs/benchmarks-identification.md)")
     _add_passphrase_options(p, what="provisioning CA key")
     p.set_defaults(func=cmd_model_bundle)
 

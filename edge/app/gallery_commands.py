@@ -185,7 +185,7 @@ def _when(flag: str, text: str) -> dt.datetime:
 def cmd_gallery_enrol(args: argparse.Namespace) -> int:
     """Enrol one person from one or more photographs, with their consent; all photographs or none."""
     from edge.app.cli import read_image
-    from edge.identify.embedding import FaceEmbedder
+    from edge.identify.embedding import FaceEmbedder, face_mesh
     from edge.identify.gallery import ConsentRecord, Enrollment, GalleryError, Identifier, check_record
     from edge.identify.labels import load_label_key
     from edge.identify.quality import photo_problem, the_one_face
@@ -216,13 +216,13 @@ def cmd_gallery_enrol(args: argparse.Namespace) -> int:
             face = the_one_face(faces)
         except ValueError as exc:
             raise PhotoRefused(f"photograph {path} refused: {exc}", "take another photograph") from None
-        aligned = embedder.align(image, face.detection)
+        aligned = embedder.align(image, face.detection, face_mesh(pipeline.pose, image, face.detection))
         problem = photo_problem(face, image.shape[1], aligned)
         if problem is not None:
             raise PhotoRefused(f"photograph {path} refused: {problem}", "take another photograph")
         items.append(Enrollment(args.person, embedder.embed_aligned(aligned), consent, now, expires, args.source))
     identifier = Identifier(granted.session, _gallery_file(granted.config, granted.audit, granted.session.device_id),
-                            granted.bundle.descriptor.match_threshold)
+                            granted.bundle.descriptor.match_threshold, granted.bundle.descriptor.embedding_size)
     identifier.enroll_all(tuple(items), now)
     label = load_label_key(granted.config.state_dir, create=True).label(args.person)
     print(f"enrolled {args.person!r} from {len(items)} photograph(s): label {label}, "
@@ -234,7 +234,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
     """Per face: the pseudonymous label and score, or `unknown`. Nothing is stored."""
     from edge.app.cli import read_image
     from edge.common.errors import InputError
-    from edge.identify.embedding import FaceEmbedder
+    from edge.identify.embedding import FaceEmbedder, face_mesh
     from edge.identify.gallery import Identifier
     from edge.identify.labels import load_label_key
     from edge.sources.camera import Frame
@@ -242,7 +242,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
     granted = open_identification(args)
     embedder = FaceEmbedder(granted.session, granted.bundle)
     identifier = Identifier(granted.session, _gallery_file(granted.config, granted.audit, granted.session.device_id),
-                            granted.bundle.descriptor.match_threshold)
+                            granted.bundle.descriptor.match_threshold, granted.bundle.descriptor.embedding_size)
     labels = load_label_key(granted.config.state_dir, create=True)
     pipeline = _photo_pipeline()
     failed = 0
@@ -259,7 +259,8 @@ def cmd_identify(args: argparse.Namespace) -> int:
         for i, face in enumerate(faces, 1):
             box = [round(v, 3) for v in (face.detection.box.x, face.detection.box.y,
                                          face.detection.box.w, face.detection.box.h)]
-            match = identifier.identify(embedder.embed(image, face.detection), now)
+            mesh = face_mesh(pipeline.pose, image, face.detection)  # the five points; BlazeFace's only without it
+            match = identifier.identify(embedder.embed(image, face.detection, mesh), now)
             said = "unknown" if match is None else f"{labels.label(match.person_id)} score {match.similarity:.2f}"
             print(f"  face {i}: box {box} {said}")
     if failed:

@@ -14,7 +14,9 @@ import numpy as np
 from edge.vision.detection import Detection
 from edge.common.errors import ModelError
 from edge.identify import IdentificationSession, require_session
-from edge.identify.align import ALIGNED_SIZE, align_face
+from edge.identify.align import ALIGNED_SIZE, align_face, align_mesh
+from edge.pose.fit import PoseEstimator
+from edge.pose.landmarks import LandmarkPose
 from edge.trust.model_bundle import MODEL_FILE
 from edge.vision.runtime import Runner, cpu_runner, load_runtime
 
@@ -79,12 +81,28 @@ class FaceEmbedder:
             raise ValueError("the model returned a zero embedding for this face")
         return raw / np.float32(norm)
 
-    def align(self, image: np.ndarray, detection: Detection) -> np.ndarray:
+    def align(self, image: np.ndarray, detection: Detection, mesh: np.ndarray | None = None) -> np.ndarray:
+        """The aligned crop: from the face mesh's five points when there is a mesh, else BlazeFace's keypoints."""
+        if mesh is not None:
+            return align_mesh(image, mesh, self.template, self.size)
         return align_face(image, detection.keypoints, self.template, self.size)
 
-    def embed(self, image: np.ndarray, detection: Detection) -> np.ndarray:
-        """Embedding of one detected face (uses the detector's eye, nose and mouth keypoints)."""
-        return self.embed_aligned(self.align(image, detection))
+    def embed(self, image: np.ndarray, detection: Detection, mesh: np.ndarray | None = None) -> np.ndarray:
+        """Embedding of one detected face, aligned as `align` does."""
+        return self.embed_aligned(self.align(image, detection, mesh))
+
+
+def face_mesh(pose: PoseEstimator, image: np.ndarray, detection: Detection) -> np.ndarray | None:
+    """The face mesh (468 x 3, frame pixels) to align with, when the pipeline runs the landmark model.
+
+    None when it does not (`[detector] pose` is "keypoints" or "off": BlazeFace's keypoints are then
+    the alignment) or when the model finds no face in the crop. The pipeline's `Face` keeps only the
+    fitted pose, so the mesh is inferred again here: one more landmark invoke per identified face,
+    small beside the embedding (docs/benchmarks-identification.md).
+    """
+    if not isinstance(pose, LandmarkPose):
+        return None
+    return pose.points(image, detection)
 
 
 def _bundle_runner(bundle: VerifiedBundle, threads: int) -> Runner:

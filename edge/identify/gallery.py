@@ -8,7 +8,14 @@ identification is off; and a gallery whose source is a suspect, mugshot or
 inmate database (or any source outside `GALLERY_SOURCES`) is refused.
 The file holds embeddings and consent records only, never an image, and is
 encrypted at rest with AES-256-GCM, bound to the device and the gallery's
-version. Functional core over a frozen `Gallery`; `GalleryFile` is the shell.
+version. The highest version written or read is kept beside it
+(`gallery.version`), so an older gallery put back with its own key, which
+would bring erased people back, is refused; that record survives
+`erase --all`, and the next gallery starts above it. It guards against a
+restored backup or a copied-back pair of files, not against someone who can
+also rewrite the record (root on the device). Embeddings have the
+descriptor's dimension, one dimension per gallery. Functional core over a
+frozen `Gallery`; `GalleryFile` is the shell.
 """
 from __future__ import annotations
 
@@ -34,20 +41,22 @@ from edge.common.text import fold
 from edge.trust.audit import AuditLog
 from edge.common.errors import EdgeError
 from edge.identify import IdentificationSession, require_session
-from edge.identify.embedding import EMBEDDING_SIZE
 from edge.identify.labels import LABEL_SECRET_FILE
+from edge.trust.model_bundle import DEFAULT_MATCH_THRESHOLD, MAX_EMBEDDING, MIN_EMBEDDING
 from edge.trust.tags import TagClass, classify_tag
 
 # BIPA: destroy at the latest three years after the last interaction.
 MAX_RETENTION = dt.timedelta(days=3 * 365)
-# Cosine similarity of unit embeddings. On the shared photographs (docs/provisioning.md)
-# MobileFaceNet puts the same person at >= 0.53 and different people at <= 0.30.
-DEFAULT_MATCH_THRESHOLD = 0.42
+# DEFAULT_MATCH_THRESHOLD (cosine similarity of unit embeddings) is the descriptor's default, chosen in
+# docs/benchmarks-identification.md; a bundle's signed descriptor carries the one that is used.
 PERSON_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 GALLERY_FILE = "gallery.sealed"
 # The AES-256-GCM data key, random, beside the gallery; the lock file serialises writers.
 GALLERY_KEY_FILE = "gallery.key"
 GALLERY_LOCK_FILE = "gallery.lock"
+# The highest gallery version this device has written or read: a gallery file with a lower one is an
+# older copy put back (with its key), which would bring erased people back, so it is refused.
+GALLERY_VERSION_FILE = "gallery.version"
 GALLERY_FORMAT = 1  # the decrypted content
 SEALED_FORMAT = 2  # the file: a JSON header line, then the ciphertext
 KEY_BYTES = 32
@@ -122,14 +131,23 @@ def _text(what: str, value: str) -> str:
     return value
 
 
-def check_stored(enrollment: Enrollment) -> None:
-    """The rules an enrolment meets at any time; a hand-edited gallery entry is held to them too."""
+def check_stored(enrollment: Enrollment, embedding_size: int | None = None) -> None:
+    """The rules an enrolment meets at any time; a hand-edited gallery entry is held to them too.
+
+    `embedding_size` is the descriptor's dimension when the model is known (enrolment, matching);
+    without it any dimension a descriptor may declare is accepted, since the gallery belongs to
+    whichever model the deployment signed, not to MobileFaceNet's 128.
+    """
     check_record(enrollment.person_id, enrollment.consent, enrollment.enrolled_at, enrollment.retention_until,
                  enrollment.source)
     vector = np.asarray(enrollment.embedding)
-    if vector.shape != (EMBEDDING_SIZE,) or not np.all(np.isfinite(vector)) or \
-            abs(float(np.linalg.norm(vector)) - 1.0) > UNIT_TOLERANCE:
-        raise GalleryError(f"embedding must be {EMBEDDING_SIZE} finite numbers of unit length")
+    size = vector.shape[0] if vector.ndim == 1 else -1
+    wanted = f"{embedding_size}" if embedding_size is not None else f"{MIN_EMBEDDING} to {MAX_EMBEDDING}"
+    if (embedding_size is not None and size != embedding_size) or not MIN_EMBEDDING <= size <= MAX_EMBEDDING:
+        raise GalleryError(f"embedding has {size if size >= 0 else vector.shape} numbers, the model's have {wanted}",
+                           "enrol the person again with the deployment's current model")
+    if not np.all(np.isfinite(vector)) or abs(float(np.linalg.norm(vector)) - 1.0) > UNIT_TOLERANCE:
+        raise GalleryError(f"embedding must be {size} finite numbers of unit length")
 
 
 def check_record(person_id: str, consent: ConsentRecord, enrolled_at: dt.datetime, retention_until: dt.datetime,
@@ -174,9 +192,9 @@ def source_problem(written: str) -> str | None:
             f"and not in the deployment-tag vocabulary either")
 
 
-def check_enrollment(enrollment: Enrollment, now: dt.datetime) -> None:
+def check_enrollment(enrollment: Enrollment, now: dt.datetime, embedding_size: int | None = None) -> None:
     """Every rule a new enrolment must meet, with the reason when it does not."""
-    check_stored(enrollment)
+    check_stored(enrollment, embedding_size)
     if enrollment.consent.obtained_at > now or enrollment.enrolled_at > now:
         raise GalleryError("consent or enrolment is dated in the future", "check the device's clock")
     if enrollment.retention_until <= now:
@@ -186,8 +204,13 @@ def check_enrollment(enrollment: Enrollment, now: dt.datetime) -> None:
                            "BIPA requires destruction within three years: give an earlier expiry")
 
 
-def enroll(gallery: Gallery, enrollment: Enrollment, now: dt.datetime) -> Gallery:
-    check_enrollment(enrollment, now)
+def enroll(gallery: Gallery, enrollment: Enrollment, now: dt.datetime, embedding_size: int | None = None) -> Gallery:
+    check_enrollment(enrollment, now, embedding_size)
+    sizes = {np.asarray(e.embedding).size for e in gallery.enrollments} - {np.asarray(enrollment.embedding).size}
+    if sizes:
+        raise GalleryError(f"the gallery holds embeddings of {', '.join(map(str, sorted(sizes)))} numbers, this one "
+                           f"has {np.asarray(enrollment.embedding).size}: one gallery serves one model",
+                           "erase the gallery and enrol everyone again with the deployment's current model")
     return replace(gallery, enrollments=gallery.enrollments + (enrollment,))
 
 
@@ -208,8 +231,14 @@ def best_match(gallery: Gallery, embedding: np.ndarray, now: dt.datetime,
     live = [e for e in gallery.enrollments if e.retention_until > now]
     if not live:
         return None
+    query = np.asarray(embedding, np.float32).reshape(-1)
+    sizes = {np.asarray(e.embedding).size for e in live}
+    if sizes != {query.size}:
+        raise GalleryError(f"the gallery holds embeddings of {', '.join(map(str, sorted(sizes)))} numbers, "
+                           f"the model gives {query.size}: they come from different models",
+                           "erase the gallery and enrol again with the deployment's current model")
     matrix = np.stack([np.asarray(e.embedding, np.float32) for e in live])
-    scores = matrix @ np.asarray(embedding, np.float32)
+    scores = matrix @ query
     index = int(np.argmax(scores))
     score = float(scores[index])
     return Match(live[index].person_id, score) if score >= threshold else None
@@ -316,11 +345,30 @@ class GalleryFile:
         self.device_id = device_id
         self.key_path = self.path.with_name(GALLERY_KEY_FILE)
         self.lock_path = self.path.with_name(GALLERY_LOCK_FILE)
+        self.version_path = self.path.with_name(GALLERY_VERSION_FILE)
 
     def bound_to(self, device_id: str) -> "GalleryFile":
         if self.device_id is not None and self.device_id != device_id:
             raise GalleryError(f"gallery {self.path} is bound to device {self.device_id!r}, the grant to {device_id!r}")
         return GalleryFile(self.path, self.audit, device_id=device_id)
+
+    def version_floor(self) -> int:
+        """The highest version written or read here (0 before the first): no older gallery is accepted."""
+        try:
+            text = self.version_path.read_text(encoding="ascii").strip()
+        except FileNotFoundError:
+            return 0
+        except (OSError, UnicodeDecodeError) as exc:
+            raise GalleryError(f"gallery version record {self.version_path} cannot be read: {exc}",
+                               "identification stays off; erase the gallery: edge-camera gallery erase --all") from None
+        if not text.isdigit():
+            raise GalleryError(f"gallery version record {self.version_path} is not a whole number",
+                               "identification stays off; erase the gallery: edge-camera gallery erase --all")
+        return int(text)
+
+    def _raise_floor(self, version: int) -> None:
+        if version > self.version_floor():
+            write_atomically(self.version_path, f"{version}\n".encode("ascii"), FILE_MODE)
 
     @contextlib.contextmanager
     def locked(self, exclusive: bool = True) -> Iterator[None]:
@@ -363,7 +411,14 @@ class GalleryFile:
         if key is None:
             raise GalleryError(f"gallery {self.path} is there but its key {self.key_path} is not: it cannot be read",
                                "erase it: edge-camera gallery erase --all")
-        return unseal(data, key, self.device_id, str(self.path))
+        gallery = unseal(data, key, self.device_id, str(self.path))
+        floor = self.version_floor()
+        if gallery.version < floor:
+            raise GalleryError(f"gallery {self.path} is version {gallery.version}, older than version {floor} that "
+                               "this device wrote: an older copy of the gallery and its key was put back, which "
+                               "would bring back erased people",
+                               "identification stays off; erase it: edge-camera gallery erase --all, and enrol again")
+        return gallery
 
     def _refusing(self, load: Callable[[], Gallery]) -> Gallery:
         """A gallery that cannot be read is refused, and the refusal audited (once per distinct reason)."""
@@ -379,16 +434,16 @@ class GalleryFile:
         with self.locked(exclusive=False):
             return self._refusing(self._load)
 
-    def load_checked(self) -> Gallery:
+    def load_checked(self, embedding_size: int | None = None) -> Gallery:
         """The gallery for matching: one entry that breaks the rules stops identification (fail closed)."""
         with self.locked(exclusive=False):
-            return self._refusing(self._load_checked)
+            return self._refusing(lambda: self._load_checked(embedding_size))
 
-    def _load_checked(self) -> Gallery:
+    def _load_checked(self, embedding_size: int | None = None) -> Gallery:
         gallery = self._load()
         for item in gallery.enrollments:
             try:
-                check_stored(item)
+                check_stored(item, embedding_size)
             except GalleryError as exc:
                 raise GalleryError(f"gallery entry for {item.person_id!r} breaks the rules: {exc.message}",
                                    f"erase it: edge-camera gallery erase --person {item.person_id}") from None
@@ -401,16 +456,20 @@ class GalleryFile:
                                "install the device certificate first")
         key = self._key(create=True)
         assert key is not None, "created above"
-        write_atomically(self.path, seal(gallery, key, device_id, gallery.version + 1), FILE_MODE)
+        # Past the floor too: after `erase --all` the next gallery starts above every earlier one.
+        version = max(gallery.version, self.version_floor()) + 1
+        write_atomically(self.path, seal(gallery, key, device_id, version), FILE_MODE)
+        self._raise_floor(version)
 
     def save(self, gallery: Gallery) -> None:
         with self.locked():
             self._save(gallery)
 
-    def update(self, change: Callable[[Gallery], Gallery], checked: bool = False) -> Gallery:
+    def update(self, change: Callable[[Gallery], Gallery], checked: bool = False,
+               embedding_size: int | None = None) -> Gallery:
         """Read, change and write under one exclusive lock: two writers never lose each other's change."""
         with self.locked():
-            current = self._refusing(self._load_checked if checked else self._load)
+            current = self._refusing((lambda: self._load_checked(embedding_size)) if checked else self._load)
             changed = change(current)
             if changed is not current:
                 self._save(changed)
@@ -470,10 +529,11 @@ class Identifier:
     """Enrol and match, inside a live identification session only; the gallery is bound to the grant's device."""
 
     def __init__(self, session: IdentificationSession, gallery: GalleryFile,
-                 threshold: float = DEFAULT_MATCH_THRESHOLD) -> None:
+                 threshold: float = DEFAULT_MATCH_THRESHOLD, embedding_size: int | None = None) -> None:
         self._session = require_session(session)
         self.gallery = gallery.bound_to(self._session.device_id)
         self.threshold = threshold
+        self.embedding_size = embedding_size  # the descriptor's; None: whatever the stored ones agree on
 
     def enroll(self, enrollment: Enrollment, now: dt.datetime) -> None:
         self.enroll_all((enrollment,), now)
@@ -484,10 +544,10 @@ class Identifier:
 
         def change(gallery: Gallery) -> Gallery:
             for item in enrollments:
-                gallery = enroll(gallery, item, now)
+                gallery = enroll(gallery, item, now, self.embedding_size)
             return gallery
 
-        self.gallery.update(change, checked=True)
+        self.gallery.update(change, checked=True, embedding_size=self.embedding_size)
         for person in sorted({e.person_id for e in enrollments}):
             first = next(e for e in enrollments if e.person_id == person)
             self.gallery.record(EVENT_ENROL, {"person_id": person, "photographs": len(enrollments),
@@ -497,4 +557,4 @@ class Identifier:
     def identify(self, embedding: np.ndarray, now: dt.datetime) -> Match | None:
         self._session.require_live(now)
         self.gallery.purge_expired(now)
-        return best_match(self.gallery.load_checked(), embedding, now, self.threshold)
+        return best_match(self.gallery.load_checked(self.embedding_size), embedding, now, self.threshold)

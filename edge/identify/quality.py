@@ -5,7 +5,7 @@ enrolment lasts (users of other systems complain of exactly this), so each is
 refused with the reason while the person is still there to take another.
 Pure functions over what the detector found and the aligned crop.
 
-The limits, measured on the shared photographs (docs/identification.md):
+The limits, measured on the shared photographs (docs/benchmarks-identification.md has the pairs they keep):
 - size: the box at least `MIN_FACE_PX` pixels wide; the embedding model's input is 112 pixels,
   and a face much smaller is mostly upsampling. The smallest shared face (64 px) is refused.
 - sharpness: the variance of the Laplacian of the aligned crop in grey at least `MIN_SHARPNESS`;

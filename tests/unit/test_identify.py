@@ -169,7 +169,7 @@ def test_enrolment_dated_in_the_future(session: IdentificationSession, tmp_path:
                                     np.full(128, np.nan, np.float32)])
 def test_bad_embeddings_are_refused(session: IdentificationSession, tmp_path: Path, vector: np.ndarray) -> None:
     with pytest.raises(GalleryError, match="embedding"):
-        Identifier(session, GalleryFile(tmp_path / "g.json")).enroll(enrollment("p-x", vector), NOW)
+        Identifier(session, GalleryFile(tmp_path / "g.json"), embedding_size=128).enroll(enrollment("p-x", vector), NOW)
 
 
 def test_nothing_identifies_after_the_grant_ends(session: IdentificationSession, tmp_path: Path) -> None:
