@@ -80,6 +80,22 @@ class IdentificationConfig(schema.Section):
                                              f"most {MAX_GATE_RECHECK_S:.0f} (at least once a minute)")
 
 
+class WorkerCounts(Protocol):
+    """The worker's tally (`edge.identify.worker.WorkerStats`)."""
+
+    @property
+    def offered(self) -> int: ...
+
+    @property
+    def dropped(self) -> int: ...
+
+    @property
+    def matched(self) -> int: ...
+
+    @property
+    def unknown(self) -> int: ...
+
+
 class Worker(Protocol):
     """What the mode uses of `edge.identify.worker.IdentificationWorker` (not even a type-checking import of
     edge.identify may sit at module level here: tests/integration/test_identify_separation.py)."""
@@ -92,6 +108,8 @@ class Worker(Protocol):
     def renew(self, grant: IdentificationGrant) -> None: ...
 
     def stop(self) -> None: ...
+
+    def stats(self) -> WorkerCounts: ...
 
 
 class ModeHost(Protocol):
@@ -112,6 +130,7 @@ class IdentificationMode:
         self._worker: Worker | None = None
         self._lock = threading.Lock()
         self._closed = False  # the service stopped: a late recheck must not start the worker again
+        self.last_counts: WorkerCounts | None = None  # the tally of the worker that ran last
 
     @property
     def running(self) -> bool:
@@ -139,9 +158,20 @@ class IdentificationMode:
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            if self._worker is not None:
-                self._worker.stop()
-                self._worker = None
+            self._end_worker()
+
+    def _end_worker(self) -> bool:
+        """Stop the worker, if one runs (dropping its gallery and session) and keep its tally; whether one ran."""
+        worker, self._worker = self._worker, None
+        if worker is None:
+            return False
+        worker.stop()
+        counts = self.last_counts = worker.stats()
+        logfmt.event(log, "identification", f"identification worker stopped: {counts.offered} face(s) tried, "
+                                            f"{counts.matched} matched, {counts.unknown} unknown, "
+                                            f"{counts.dropped} dropped (queue full)",
+                     matched=counts.matched, unknown=counts.unknown, dropped=counts.dropped)
+        return True
 
     def _start(self, gate: PolicyGate, decision: GateDecision) -> None:
         from edge.identify.bundle import default_bundle_dir, verify_bundle
@@ -167,10 +197,7 @@ class IdentificationMode:
                                             f"matches go to the identities topic", mode=MODE_IDENTIFICATION)
 
     def _stop(self, reason: str, gate: PolicyGate) -> None:
-        was = self._worker is not None
-        if self._worker is not None:
-            self._worker.stop()  # drops the decrypted gallery and the session
-            self._worker = None
+        was = self._end_worker()
         self.host.set_mode(MODE_DETECTION)
         if was:
             _audit(gate, MODE_DETECTION, reason)

@@ -44,6 +44,7 @@ from support.mosquitto import IDENTITY_READER, BrokerUnderTest, Subscriber, wait
 from support.pki import Device, Pki, grant
 from support.tiny_tflite import tiny_embedding_model
 
+REPO = Path(__file__).resolve().parents[2]
 DAY = dt.timedelta(days=1)
 DEVICE = "cam-a"
 PERSON = "p-astro"
@@ -169,6 +170,7 @@ def test_a_granted_service_publishes_the_label_of_an_enrolled_face(tmp_path: Pat
     # Neither the enrolment id nor anything of the embedding went anywhere.
     everything = b"".join(p for _, p, _ in reader.messages + dashboard.messages)
     assert PERSON.encode() not in everything and b"embedding" not in everything
+    assert check_every_payload(reader, dashboard) >= 14
 
 
 @pytest.mark.parametrize("refusal, words", [
@@ -220,3 +222,45 @@ def test_a_grant_that_lapses_mid_run_switches_to_detection(tmp_path: Path, mosqu
     assert statuses(reader)[:1] == ["identification"]
     assert audit_modes(device) == ["identification", "detection"]
     assert not service.identification.running
+
+
+def check_every_payload(*subscribers: Subscriber) -> int:
+    """Everything that arrived on any topic validates against that topic's closed schema: no embedding,
+    crop, landmark, name or enrolment id has anywhere to ride."""
+    import jsonschema
+
+    from edge.common.topics import CRL_TOPIC_LEAF
+
+    checked = 0
+    for sub in subscribers:
+        for topic, payload, _ in sub.messages:
+            if topic.endswith(CRL_TOPIC_LEAF):
+                continue  # DER, published by the fleet operator, not the device
+            name = topic.rsplit("/", 1)[-1] if not topic.startswith("homeassistant/") else "discovery"
+            schema = json.loads((REPO / "edge" / "wire" / "schemas" / f"{name}.json").read_text())
+            jsonschema.Draft202012Validator(schema).validate(json.loads(payload))
+            checked += 1
+    return checked
+
+
+@pytest.mark.slow
+def test_mobilefacenet_names_the_enrolled_person_in_another_photograph_and_nobody_else(
+        tmp_path: Path, mosquitto: BrokerUnderTest, pipeline: Pipeline, shared_images: Path,
+        shared_models: Path) -> None:
+    """Enrolled from one photograph, recognised in another; a different person gives no message."""
+    device = deploy(tmp_path, (shared_models / "mobilefacenet_float32.tflite").read_bytes())
+    label = enrol(device, pipeline, load_rgb(shared_images / "fr_obama1.jpg"))
+    config = service_config(tmp_path, mosquitto, device)
+    with Subscriber(mosquitto.broker, mosquitto.pki, user=IDENTITY_READER, client_id="reader") as reader, \
+            Subscriber(mosquitto.broker, mosquitto.pki) as dashboard:
+        run_service(config, pipeline, load_rgb(shared_images / "fr_obama2.jpg"), 6)
+        assert wait_until(lambda: len(reader.on(f"{DEVICE}/identities")) >= 1)
+        other = run_service(config, pipeline, load_rgb(shared_images / "fr_biden.jpg"), 6)
+        assert wait_until(lambda: len(dashboard.on(f"{DEVICE}/detections")) >= 12)
+        time.sleep(0.5)
+    found = reader.on(f"{DEVICE}/identities")
+    assert [m["label"] for m in found] == [label], found
+    assert 0.42 <= found[0]["score"] <= 1.0
+    assert other.identification is not None and other.identification.last_counts is not None
+    assert other.identification.last_counts.unknown >= 1  # the other face was tried, and matched nobody
+    assert check_every_payload(reader, dashboard) > 12
