@@ -264,3 +264,46 @@ def test_mobilefacenet_names_the_enrolled_person_in_another_photograph_and_nobod
     assert other.identification is not None and other.identification.last_counts is not None
     assert other.identification.last_counts.unknown >= 1  # the other face was tried, and matched nobody
     assert check_every_payload(reader, dashboard) > 12
+
+
+def test_a_revocation_from_the_fleet_crl_stops_identification_at_once(tmp_path: Path, mosquitto: BrokerUnderTest,
+                                                                      pipeline: Pipeline) -> None:
+    """A signed CRL revoking the device arrives on MQTT mid-run: the gate decides again, the mode follows."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from edge.common.topics import DEFAULT_TOPIC_ROOT, crl_topic
+    from support.mosquitto import OPERATOR, client_context
+
+    face = skimage.data.astronaut()
+    device = deploy(tmp_path, tiny_embedding_model())
+    label = enrol(device, pipeline, face)
+    config = service_config(tmp_path, mosquitto, device, IdentificationConfig(recheck_s=0.2))  # the minute's recheck
+
+    with Subscriber(mosquitto.broker, mosquitto.pki, user=IDENTITY_READER, client_id="reader") as reader:
+        service = Service(config, status_for(pipeline))
+        assert config.policy is not None
+        attach_identification(service, config.policy, config.identification, clock_sync=synchronised)
+
+        def revoked_midway() -> Iterator[StillFrame]:
+            yield from frames(face, 6)
+            assert wait_until(lambda: len(reader.on(f"{DEVICE}/identities")) == 1)
+            device.pki.revoke(device.cert, now())
+            operator = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=OPERATOR, protocol=mqtt.MQTTv5)
+            operator.tls_set_context(client_context(mosquitto.pki, OPERATOR))
+            operator.connect(mosquitto.broker.host, mosquitto.broker.port)
+            operator.loop_start()
+            der = device.pki.crl(now()).public_bytes(serialization.Encoding.DER)
+            operator.publish(crl_topic(DEFAULT_TOPIC_ROOT), der, qos=1, retain=True).wait_for_publish(5)
+            operator.disconnect()
+            operator.loop_stop()
+            assert wait_until(lambda: statuses(reader)[-1:] == ["detection"])
+            assert service.identification is not None and not service.identification.running
+            yield from frames(face, 6)
+
+        service.run(revoked_midway(), pipeline, RunLimits(drain_s=10))
+        time.sleep(0.3)
+    assert [m["label"] for m in reader.on(f"{DEVICE}/identities")] == [label]
+    assert audit_modes(device) == ["identification", "detection"]
+    records = [json.loads(line) for line in (device.state_dir / "audit.log").read_text().splitlines()]
+    assert "revoked" in [r for r in records if r["event"] == EVENT_MODE][-1]["data"]["reason"]
