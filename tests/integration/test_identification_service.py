@@ -307,3 +307,38 @@ def test_a_revocation_from_the_fleet_crl_stops_identification_at_once(tmp_path: 
     assert audit_modes(device) == ["identification", "detection"]
     records = [json.loads(line) for line in (device.state_dir / "audit.log").read_text().splitlines()]
     assert "revoked" in [r for r in records if r["event"] == EVENT_MODE][-1]["data"]["reason"]
+
+
+def test_sighup_reloads_the_gallery_so_a_new_enrolment_is_matched(tmp_path: Path, mosquitto: BrokerUnderTest,
+                                                                  pipeline: Pipeline) -> None:
+    """Started with nobody enrolled: the face is unknown (no message); enrolled meanwhile, SIGHUP, then matched."""
+    import os
+    import signal
+
+    face = skimage.data.astronaut()
+    device = deploy(tmp_path, tiny_embedding_model())
+    config = service_config(tmp_path, mosquitto, device, IdentificationConfig(recheck_s=0.2))
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        with Subscriber(mosquitto.broker, mosquitto.pki, user=IDENTITY_READER, client_id="reader") as reader:
+            service = Service(config, status_for(pipeline))
+            assert config.policy is not None
+            attach_identification(service, config.policy, config.identification, clock_sync=synchronised)
+            service.install_signal_handlers()
+            labels: list[str] = []
+
+            def enrolled_midway() -> Iterator[StillFrame]:
+                yield from frames(face, 8)
+                assert reader.on(f"{DEVICE}/identities") == []  # tried, and unknown: nothing published
+                labels.append(enrol(device, pipeline, face))
+                os.kill(os.getpid(), signal.SIGHUP)
+                yield from frames(face, 8)
+
+            service.run(enrolled_midway(), pipeline, RunLimits(drain_s=10))
+            assert wait_until(lambda: len(reader.on(f"{DEVICE}/identities")) == 1)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    assert [m["label"] for m in reader.on(f"{DEVICE}/identities")] == labels
+    assert service.identification is not None and service.identification.last_counts is not None
+    assert service.identification.last_counts.unknown >= 1
