@@ -342,3 +342,42 @@ def test_sighup_reloads_the_gallery_so_a_new_enrolment_is_matched(tmp_path: Path
     assert [m["label"] for m in reader.on(f"{DEVICE}/identities")] == labels
     assert service.identification is not None and service.identification.last_counts is not None
     assert service.identification.last_counts.unknown >= 1
+
+
+def test_a_busy_worker_drops_identification_work_and_never_holds_up_the_caller(tmp_path: Path,
+                                                                              pipeline: Pipeline) -> None:
+    """The frame loop's `offer` never waits: with the worker busy and its queue full, work is dropped, counted."""
+    import threading
+
+    from edge.identify.worker import IdentificationWorker, TrackRules
+
+    face = skimage.data.astronaut()
+    device = deploy(tmp_path, tiny_embedding_model())
+    label = enrol(device, pipeline, face)
+    decision = PolicyGate(device.config, audit=AuditLog(device.config.audit_log), clock_sync=synchronised).decide()
+    assert decision.identification is not None
+    busy, release = threading.Event(), threading.Event()
+    emitted: list[str] = []
+
+    def slow_emit(found: object) -> None:  # the first match keeps the worker busy until released
+        busy.set()
+        release.wait(30)
+        emitted.append(getattr(found, "label"))
+
+    worker = IdentificationWorker(decision.identification, verify_bundle(device.state_dir / BUNDLE_DIR, device.config),
+                                  GalleryFile(device.state_dir / GALLERY_FILE), load_label_key(device.state_dir),
+                                  TrackRules(80, 30.0, 25.0, 5.0), 2, slow_emit)
+    try:
+        faces = pipeline.process(StillFrame(face, 0, time.time()), still=True).faces
+        worker.offer(face, faces, [1], 0.0)
+        assert busy.wait(30)
+        for track in range(2, 52):  # fifty new tracks while the worker is busy: two fit in the queue
+            worker.offer(face, faces, [track], 1.0)
+        counts = worker.stats()
+        assert (counts.offered, counts.dropped) == (51, 48)
+        release.set()
+        assert wait_until(lambda: worker.stats().matched == 3)
+    finally:
+        release.set()
+        worker.stop()
+    assert emitted == [label] * 3  # one message per track: tracks 1, 2 and 3
