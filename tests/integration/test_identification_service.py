@@ -381,3 +381,26 @@ def test_a_busy_worker_drops_identification_work_and_never_holds_up_the_caller(t
         release.set()
         worker.stop()
     assert emitted == [label] * 3  # one message per track: tracks 1, 2 and 3
+
+
+@pytest.mark.parametrize("tamper, event", [("gallery", "gallery-refused"),
+                                           ("model", "identification-bundle-refused")])
+def test_a_tampered_gallery_or_model_keeps_identification_off(tmp_path: Path, mosquitto: BrokerUnderTest,
+                                                               pipeline: Pipeline, tamper: str, event: str) -> None:
+    face = skimage.data.astronaut()
+    device = deploy(tmp_path, tiny_embedding_model())
+    enrol(device, pipeline, face)
+    target = device.state_dir / (GALLERY_FILE if tamper == "gallery" else f"{BUNDLE_DIR}/model.tflite")
+    data = bytearray(target.read_bytes())
+    data[-5] ^= 0x01
+    target.write_bytes(bytes(data))
+    config = service_config(tmp_path, mosquitto, device)
+    with Subscriber(mosquitto.broker, mosquitto.pki, user=IDENTITY_READER, client_id="reader") as reader:
+        service = run_service(config, pipeline, face, 6)
+        assert wait_until(lambda: len(statuses(reader)) >= 1)
+        time.sleep(0.3)
+    assert reader.on(f"{DEVICE}/identities") == []
+    assert set(statuses(reader)) == {"detection"}
+    assert service.identification is not None and not service.identification.running
+    records = [json.loads(line) for line in (device.state_dir / "audit.log").read_text().splitlines()]
+    assert event in [r["event"] for r in records]
