@@ -196,7 +196,10 @@ class IdentificationWorker:
                 self._queue.get_nowait()
             except queue.Empty:
                 break
-        self._queue.put(None)
+        try:  # the frame loop may still offer once (it read the worker before it was stopped)
+            self._queue.put(None, timeout=STOP_JOIN_S)
+        except queue.Full:
+            log.warning("identification worker did not take its stop within %.0f s", STOP_JOIN_S)
         self._thread.join(STOP_JOIN_S)
         with self._lock:
             self._embedder = None
@@ -217,6 +220,10 @@ class IdentificationWorker:
                 continue
             except (EdgeError, ValueError) as exc:
                 log.warning("identification failed for track %d: %s", job.track, exc)
+                self._counts["failed"] += 1
+                continue
+            except Exception:  # an interpreter or OpenCV fault must not end the thread while status says identification
+                log.exception("identification failed for track %d", job.track)
                 self._counts["failed"] += 1
                 continue
             if found is None:
