@@ -387,7 +387,7 @@ def camera_status_text(mode: str, camera: CameraHealth) -> str:
 
 
 def status_for(pipeline: Pipeline | FollowingPipeline) -> serialize.DeviceStatus:
-    """What the retained status says: this service runs detection only (identification is another entry point)."""
+    """What the retained status says at start: detection, until a decision of the gate grants identification."""
     selection = pipeline.selection
     return serialize.DeviceStatus(mode="detection", model=selection.model, accelerator=selection.accelerator,
                                   firmware=firmware_version())
@@ -414,7 +414,8 @@ def attach_policy(service: Service, policy: PolicyConfig, clock_sync: ClockSync 
     """Wire the policy gate: its audit records go out on `audit`, CRLs from MQTT reach its store.
 
     Detection never waits for the gate: whatever it decides, this service runs
-    detection (identification is a separate, gated entry point). The gate
+    detection; identification runs beside it only while a decision carries the
+    gate's grant (`attach_identification`). The gate
     records a decision in the audit log only when it differs from the last one
     there, so a service restarted again and again adds no record of its own.
 
