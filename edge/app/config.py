@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from edge.app.identification import IdentificationConfig
 from edge.common import schema
 from edge.common.errors import ConfigError
 from edge.common.schema import Kind, setting
@@ -43,7 +44,8 @@ RETIRED_TERMS = frozenset({
 DEFAULT_HEALTH_INTERVAL_S = 30.0
 # Where the systemd unit, the tools and the docs expect the service's configuration.
 DEFAULT_CONFIG = Path("/etc/edge-camera/edge-camera.toml")
-SERVICE_SECTIONS = ("device", "camera", "detector", "policy", "mqtt", "outbox", "health", "homeassistant")
+SERVICE_SECTIONS = ("device", "camera", "detector", "policy", "identification", "mqtt", "outbox", "health",
+                    "homeassistant")
 # [mqtt] paths a relative value of which is relative to the configuration file's folder.
 MQTT_FILES = ("ca", "cert", "key")
 
@@ -130,6 +132,8 @@ class ServiceConfig:
     camera: CameraConfig
     detector: DetectorConfig
     policy: PolicyConfig | None
+    # How identification runs while the gate grants it; without [policy] it never does.
+    identification: IdentificationConfig = field(default_factory=IdentificationConfig)
 
 
 def _section(document: Mapping[str, Any], name: str) -> Mapping[str, Any]:
@@ -171,6 +175,7 @@ def from_document(document: Mapping[str, Any], base: Path | None = None) -> Serv
         camera=CameraConfig.from_mapping(_section(document, "camera")),
         detector=DetectorConfig.from_mapping(_section(document, "detector")),
         policy=policy,
+        identification=IdentificationConfig.from_mapping(_section(document, "identification")),
     )
 
 

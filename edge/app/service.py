@@ -44,6 +44,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from edge.app import logfmt
+from edge.app.identification import IDENTITIES_STREAM, IdentificationConfig, IdentificationMode, identities_payload
 from edge.app.notify import Notifier
 from edge.app.version import firmware_version
 from edge.common.errors import EdgeError
@@ -61,6 +62,8 @@ from edge.wire.track import Tracker
 
 if TYPE_CHECKING:  # the gate is imported on demand (attach_policy): a service without [policy] never loads it
     from edge.policy import PolicyConfig, PolicyGate
+    from edge.policy.gate import GateDecision
+    from edge.wire.observation import Identification
     from edge.policy.clock import ClockSync
     from edge.vision.pipeline import Pipeline
 
@@ -68,8 +71,10 @@ log = logging.getLogger(__name__)
 
 OUTBOX_FILE = "outbox.db"
 # The gate is asked again at least this often, and when its decision lapses (certificate expiry,
-# CRL nextUpdate): a device left alone must notice a lapse, or a clock that became trustworthy.
-POLICY_RECHECK_S = 300.0
+# CRL nextUpdate): a device left alone must notice a lapse, or a clock that became trustworthy, and
+# identification must stop within a minute of the answer turning to detection
+# (`[identification] gate_recheck_s` may ask more often).
+POLICY_RECHECK_S = 60.0
 POLICY_RECHECK_MIN_S = 1.0
 # While the clock is not synchronised, how often to look whether it is (edge.policy.clock: cheap).
 CLOCK_SYNC_POLL_S = 5.0
@@ -119,9 +124,10 @@ class DetectionsStream:
         self.device = device
         self.tracker = tracker
         self._had_faces = False
+        self.tracks: tuple[int, ...] = ()  # the last frame's track numbers, face by face
 
     def message(self, result: FrameResult) -> Callable[[int], bytes] | None:
-        numbers = self.tracker.assign(tuple(face.detection.box for face in result.faces))
+        numbers = self.tracks = tuple(self.tracker.assign(tuple(face.detection.box for face in result.faces)))
         if not result.faces and not self._had_faces:
             return None
         self._had_faces = bool(result.faces)
@@ -164,6 +170,8 @@ class Service:
         self._closed = False
         self.on_hangup: Callable[[], None] | None = None
         self.crl_handler: Callable[[bytes], object] | None = None
+        # Set by attach_identification when a [policy] section exists; runs only while the gate grants.
+        self.identification: IdentificationMode | None = None
 
     def _crl(self, payload: bytes) -> None:
         if self.crl_handler is not None:
@@ -175,6 +183,19 @@ class Service:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def publish_identity(self, identification: Identification) -> None:
+        """A match, from the identification worker: QoS 1, not retained, numbered by its own seq."""
+        self.outbox.submit(self.publisher.topics.identities, identities_payload(self.device, identification),
+                           qos=1, stream=IDENTITIES_STREAM)
+
+    def set_mode(self, mode: str) -> None:
+        """The retained status's mode (detection, identification), republished when it changes."""
+        if mode == self.status.mode:
+            return
+        self.status = replace(self.status, mode=mode)
+        self.publisher.update_status(self.status)
+        self.notifier.status(f"{mode}: mode changed")
 
     @property
     def interrupted(self) -> bool:
@@ -209,6 +230,8 @@ class Service:
             return
         self._closed = True
         self.notifier.stopping(f"{self.status.mode}: {why}")
+        if self.identification is not None:
+            self.identification.close()
         if self._started:
             self.publisher.stop()
         stats = self.outbox.stats()
@@ -271,6 +294,8 @@ class Service:
         message = self.stream.message(result)
         if message is not None:
             self.outbox.submit(self.publisher.topics.detections, message)
+        if self.identification is not None:  # never waits: a full queue drops identification work
+            self.identification.offer(frame.image, result.faces, self.stream.tracks)
         # A wall clock stepped back between capture and now must not give a negative latency.
         self.frames.record(result.frame_number, max(0.0, self.wall() - result.capture_time) * MS_PER_S)
         if self.camera.state != RUNNING:
@@ -362,7 +387,7 @@ def camera_status_text(mode: str, camera: CameraHealth) -> str:
 
 
 def status_for(pipeline: Pipeline | FollowingPipeline) -> serialize.DeviceStatus:
-    """What the retained status says: this service runs detection only (identification is another entry point)."""
+    """What the retained status says at start: detection, until a decision of the gate grants identification."""
     selection = pipeline.selection
     return serialize.DeviceStatus(mode="detection", model=selection.model, accelerator=selection.accelerator,
                                   firmware=firmware_version())
@@ -383,11 +408,14 @@ def recheck_delay(valid_until: dt.datetime | None, now: dt.datetime, ceiling: fl
 
 
 def attach_policy(service: Service, policy: PolicyConfig, clock_sync: ClockSync | None = None,
-                  clock: Callable[[], dt.datetime] | None = None) -> PolicyGate:
+                  clock: Callable[[], dt.datetime] | None = None, *,
+                  on_decision: Callable[[PolicyGate, GateDecision], None] | None = None,
+                  recheck_s: float | None = None) -> PolicyGate:
     """Wire the policy gate: its audit records go out on `audit`, CRLs from MQTT reach its store.
 
     Detection never waits for the gate: whatever it decides, this service runs
-    detection (identification is a separate, gated entry point). The gate
+    detection; identification runs beside it only while a decision carries the
+    gate's grant (`attach_identification`). The gate
     records a decision in the audit log only when it differs from the last one
     there, so a service restarted again and again adds no record of its own.
 
@@ -399,6 +427,10 @@ def attach_policy(service: Service, policy: PolicyConfig, clock_sync: ClockSync 
     existence, or one read-only syscall) and the gate decides again as soon as
     it is. `clock` is the gate's wall clock (the decision and the lapse it
     computes); the timers themselves count monotonic seconds.
+
+    `on_decision` sees every decision, under the same lock (the identification
+    mode follows it); `recheck_s` is the routine recheck's interval (default
+    `POLICY_RECHECK_S`).
     """
     from edge.policy import PolicyGate
     from edge.policy.clock import SystemClockSync
@@ -425,7 +457,9 @@ def attach_policy(service: Service, policy: PolicyConfig, clock_sync: ClockSync 
             reasons = "; ".join(decision.reasons) or "all checks passed"
             logfmt.event(log, "policy", f"policy decision: {decision.mode.value} ({reasons})",
                          mode=decision.mode.value)
-            schedule("recheck", recheck_delay(decision.valid_until, gate.clock()), decide)
+            if on_decision is not None:
+                on_decision(gate, decision)
+            schedule("recheck", recheck_delay(decision.valid_until, gate.clock(), recheck_s), decide)
             if not gate.clock_trusted:
                 schedule("clock", CLOCK_SYNC_POLL_S, watch_clock)
 
@@ -449,6 +483,20 @@ def attach_policy(service: Service, policy: PolicyConfig, clock_sync: ClockSync 
     service.on_hangup = hangup
     decide()
     return gate
+
+
+def attach_identification(service: Service, policy: PolicyConfig, settings: IdentificationConfig,
+                          clock_sync: ClockSync | None = None,
+                          clock: Callable[[], dt.datetime] | None = None) -> PolicyGate:
+    """The gate, with the identification mode following its decisions (`edge.app.identification`).
+
+    Identification runs only while a decision carries the gate's grant; the
+    gate decides at least every `settings.gate_recheck_s` (at most a minute).
+    """
+    mode = IdentificationMode(service, policy, settings)
+    service.identification = mode
+    return attach_policy(service, policy, clock_sync, clock, on_decision=mode.on_decision,
+                         recheck_s=settings.gate_recheck_s)
 
 
 def _settings(section: object, prefix: str) -> Iterator[tuple[str, object]]:
@@ -554,7 +602,7 @@ def run_from_config(config: ServiceConfig, limits: RunLimits = RunLimits(), path
     pipeline = build_following_pipeline(config.detector)
     service = Service(config, status_for(pipeline), Notifier.from_environment())
     if config.policy is not None:
-        attach_policy(service, config.policy)
+        attach_identification(service, config.policy, config.identification)
     if path is not None:
         gate_hangup = service.on_hangup
 

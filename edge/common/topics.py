@@ -12,6 +12,8 @@ DEFAULT_TOPIC_ROOT = "edge/v1"
 FLEET_LEVEL = "fleet"
 CRL_TOPIC_LEAF = f"{FLEET_LEVEL}/crl"
 DEFAULT_DISCOVERY_PREFIX = "homeassistant"
+# The per-device topic of identification matches; broker ACLs name it to keep its readers apart.
+IDENTITIES_LEAF = "identities"
 MQTT_WILDCARDS = "+#"
 
 

@@ -31,6 +31,11 @@ SEQ_BLOCK with one write per block, and a clean close() records the last one
 used, so the numbering goes on without a gap; after an unclean stop the next
 run starts after the reserved block, and `unclean_stop` names where that gap
 ends and how many of the numbers in it may have been real messages.
+
+Another numbered stream (`submit(..., stream="identities")`) is numbered by
+the same mechanism with a counter of its own; its messages are rare (one per
+identified track), so they are committed at once, seq and message together,
+as in `strict`: its numbering has no gaps even after a power cut.
 """
 from __future__ import annotations
 
@@ -62,6 +67,11 @@ WRITE_RETRY_FIRST_S = 0.1
 WRITE_RETRY_MAX_S = 5.0
 MS_PER_S = 1000.0
 SEQ_KEY = "detections_seq"  # no detections seq above this was ever handed out
+# Messages of the detections stream get their seq from SEQ_KEY (and ride the write-behind window); any
+# other stream named in `submit` (identities) has a counter of its own, `<stream>_seq`, stored in the
+# same transaction as its message, which is committed at once.
+DETECTIONS_STREAM = "detections"
+SEQ_SUFFIX = "_seq"
 DROPPED_KEY = "dropped"
 RUNNING_KEY = "running"  # STOPPED after a clean close(); while running, what an unclean stop may lose
 STOPPED = -1
@@ -179,6 +189,7 @@ class _Item:
     payload: bytes | PayloadFactory
     qos: int
     created: float
+    stream: str = DETECTIONS_STREAM
 
 
 @dataclass(slots=True)
@@ -236,6 +247,11 @@ def unpack(blob: bytes) -> list[Pending]:
         messages.append(Pending(row_id, topic, data[offset:offset + payload_length], qos))
         offset += payload_length
     return messages
+
+
+def _windowed(item: _Item) -> bool:
+    """Detections ride the write-behind window; plain payloads and other numbered streams are committed at once."""
+    return callable(item.payload) and item.stream == DETECTIONS_STREAM
 
 
 def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
@@ -298,6 +314,9 @@ class Outbox:
         self._disk_bytes = size + sum(b.size for b in batches)
         self._disk_refused = refused
         self._seq = counters[SEQ_KEY]  # the last seq handed out
+        # The last seq of every other numbered stream, by stream name.
+        self._stream_seqs = {name[:-len(SEQ_SUFFIX)]: value for name, value in counters.items()
+                             if name.endswith(SEQ_SUFFIX) and name != SEQ_KEY}
         self._dropped = counters[DROPPED_KEY]
         # Writer thread only:
         self._next_id = max([last_id, *(b.last for b in batches)]) + 1
@@ -327,11 +346,12 @@ class Outbox:
         """Called (on the writer thread) whenever new messages can be fetched."""
         self._listeners.append(callback)
 
-    def submit(self, topic: str, payload: bytes | PayloadFactory, qos: int = 1) -> bool:
-        """Hand a message to the writer; a callable payload receives the next detections seq."""
+    def submit(self, topic: str, payload: bytes | PayloadFactory, qos: int = 1,
+               stream: str = DETECTIONS_STREAM) -> bool:
+        """Hand a message to the writer; a callable payload receives the next seq of its `stream`."""
         try:
             with self._counter_lock:
-                self._queue.put_nowait(_Item(topic, payload, qos, self._clock()))
+                self._queue.put_nowait(_Item(topic, payload, qos, self._clock(), stream))
                 self._submitted += 1
             return True
         except queue.Full:
@@ -451,29 +471,38 @@ class Outbox:
     def _commit(self, batch: list[_Item]) -> None:
         """Store a group in one transaction; detections get their seq inside it (strict, and audit records)."""
         rows: list[_Row] = []
-        seq_before = self._seq
+        seq_before, streams_before = self._seq, dict(self._stream_seqs)
 
         def store(conn: sqlite3.Connection) -> int:
             seq = self._seq
+            others: dict[str, int] = {}
             for item in batch:
-                if callable(item.payload):
+                if not callable(item.payload):
+                    payload = item.payload
+                elif item.stream == DETECTIONS_STREAM:
                     seq += 1
                     payload = item.payload(seq)
                 else:
-                    payload = item.payload
+                    others[item.stream] = others.get(item.stream, self._stream_seqs.get(item.stream, 0)) + 1
+                    payload = item.payload(others[item.stream])
                 rows.append(_Row(self._next_id + len(rows), item.topic, payload, item.qos, item.created, None))
             self._insert(conn, rows)
             if seq != self._seq:
                 self._set_counters(conn, {SEQ_KEY: seq})
+            if others:
+                conn.executemany("INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value=excluded.value",
+                                 [(stream + SEQ_SUFFIX, value) for stream, value in others.items()])
             with self._lock:
                 self._seq = seq
+                self._stream_seqs.update(others)
             return self._enforce_limits(conn)
 
         try:
             dropped = self._transaction(store) if batch or self._limits_may_apply() else 0
         except BaseException:
             with self._lock:
-                self._seq = seq_before  # the payloads are made again, with the same seqs, when the commit is retried
+                # The payloads are made again, with the same seqs, when the commit is retried.
+                self._seq, self._stream_seqs = seq_before, streams_before
             raise
         self._next_id += len(rows)
         self._accepted_more(len(batch))
@@ -499,7 +528,7 @@ class Outbox:
                 if self._backlog:
                     self._accept(force=stop)
                 spilled = (stop or self._spill_due()) and (stop or self._may_write()) and self._write(self._spill)
-                if not (spilled and any(callable(item.payload) for item in self._backlog)):
+                if not (spilled and any(_windowed(item) for item in self._backlog)):
                     break
             if time.monotonic() - self._last_enforce >= IDLE_ENFORCE_INTERVAL_S and self._may_write():
                 self._last_enforce = time.monotonic()
@@ -534,8 +563,8 @@ class Outbox:
         the window (and are delivered from it) as far as the reserved seqs
         go, so a seq is never handed out twice.
         """
-        durable = [item for item in self._backlog if not callable(item.payload)]
-        detections = [item for item in self._backlog if callable(item.payload)]
+        durable = [item for item in self._backlog if not _windowed(item)]
+        detections = [item for item in self._backlog if _windowed(item)]
         if durable and (force or self._may_write()) and self._write(lambda: self._commit(durable)):
             durable = []
         if detections and self._seq + len(detections) > self._reserved and (force or self._may_write()):

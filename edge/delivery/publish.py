@@ -50,7 +50,7 @@ from edge.common import schema
 from edge.common.backoff import backoff_delay
 from edge.common.errors import ConfigError
 from edge.common.schema import Kind, setting
-from edge.common.topics import CRL_TOPIC_LEAF, DEFAULT_TOPIC_ROOT, MQTT_WILDCARDS, crl_topic
+from edge.common.topics import CRL_TOPIC_LEAF, DEFAULT_TOPIC_ROOT, IDENTITIES_LEAF, MQTT_WILDCARDS, crl_topic
 from edge.delivery.outbox import Outbox, Pending
 
 log = logging.getLogger(__name__)
@@ -138,11 +138,13 @@ class Topics:
     status: str
     health: str
     audit: str
+    identities: str  # matches while identification is granted; an ACL of its own restricts who reads it
 
     @classmethod
     def for_device(cls, root: str, device: str) -> "Topics":
         base = f"{root}/{device}"
-        return cls(f"{base}/detections", f"{base}/status", f"{base}/health", f"{base}/audit")
+        return cls(f"{base}/detections", f"{base}/status", f"{base}/health", f"{base}/audit",
+                   f"{base}/{IDENTITIES_LEAF}")
 
 
 @dataclass(frozen=True, slots=True)

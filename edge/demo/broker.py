@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from edge.common.errors import EdgeError
-from edge.common.topics import CRL_TOPIC_LEAF, DEFAULT_DISCOVERY_PREFIX, DEFAULT_TOPIC_ROOT
+from edge.common.topics import CRL_TOPIC_LEAF, DEFAULT_DISCOVERY_PREFIX, DEFAULT_TOPIC_ROOT, IDENTITIES_LEAF
 
 LOOPBACK = "127.0.0.1"
 THROWAWAY_VALIDITY = dt.timedelta(days=2)
@@ -128,8 +128,13 @@ def make_throwaway_pki(directory: Path, clients: tuple[str, ...]) -> ThrowawayPk
 
 
 def acl_text(topic_root: str = DEFAULT_TOPIC_ROOT, discovery_prefix: str = DEFAULT_DISCOVERY_PREFIX,
-             readers: tuple[str, ...] = (), crl_publishers: tuple[str, ...] = ()) -> str:
-    """Each device (certificate CN = username) writes only under its own prefix and reads only the CRL."""
+             readers: tuple[str, ...] = (), crl_publishers: tuple[str, ...] = (),
+             identity_readers: tuple[str, ...] = ()) -> str:
+    """Each device (certificate CN = username) writes only under its own prefix and reads only the CRL.
+
+    `readers` read everything the devices publish except `identities`; only `identity_readers` read
+    that (and the status, to know whether a device runs identification). Mosquitto checks `deny`
+    entries before the others, so the order of the lines does not matter."""
     lines = [
         "# Device certificates: CN = device id = MQTT username (use_identity_as_username).",
         "# A device may publish only under its own prefix and its own Home Assistant discovery topics,",
@@ -142,8 +147,12 @@ def acl_text(topic_root: str = DEFAULT_TOPIC_ROOT, discovery_prefix: str = DEFAU
         lines += [f"# {operator} publishes the signed CRL (retained). Never issue a device certificate with CN 'fleet'.",
                   f"user {operator}", f"topic write {topic_root}/{CRL_TOPIC_LEAF}"]
     for reader in readers:
-        lines += [f"# Subscriber {reader}: reads everything the devices publish.",
-                  f"user {reader}", f"topic read {topic_root}/#", f"topic read {discovery_prefix}/#"]
+        lines += [f"# Subscriber {reader}: reads everything the devices publish but identification matches.",
+                  f"user {reader}", f"topic read {topic_root}/#", f"topic read {discovery_prefix}/#",
+                  f"topic deny {topic_root}/+/{IDENTITIES_LEAF}"]
+    for reader in identity_readers:
+        lines += [f"# {reader} may read identification matches (pseudonymous labels) and each device's status.",
+                  f"user {reader}", f"topic read {topic_root}/+/{IDENTITIES_LEAF}", f"topic read {topic_root}/+/status"]
     return "\n".join(lines) + "\n"
 
 
@@ -194,7 +203,7 @@ class MosquittoBroker:
 
     def __init__(self, workdir: Path, pki: ThrowawayPki, port: int | None = None,
                  binary: str | None = None, readers: tuple[str, ...] = (),
-                 crl_publishers: tuple[str, ...] = ()) -> None:
+                 crl_publishers: tuple[str, ...] = (), identity_readers: tuple[str, ...] = ()) -> None:
         found = binary or shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
         if found is None:
             raise BrokerError("no mosquitto binary found", "install the mosquitto package")
@@ -208,7 +217,8 @@ class MosquittoBroker:
         data_dir = workdir / "data"
         data_dir.mkdir(parents=True, exist_ok=True)
         acl_path = workdir / "acl"
-        acl_path.write_text(acl_text(readers=readers, crl_publishers=crl_publishers))
+        acl_path.write_text(acl_text(readers=readers, crl_publishers=crl_publishers,
+                                     identity_readers=identity_readers))
         self.conf_path.write_text(mosquitto_conf(self.port, pki, acl_path, data_dir, self.log_path))
         self._proc: subprocess.Popen[bytes] | None = None
 

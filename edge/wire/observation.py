@@ -8,6 +8,7 @@ not a fingerprint of the face (see docs/mqtt.md).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,10 @@ if TYPE_CHECKING:  # only read here: the wire format (and delivery, which sends 
 BOX_DECIMALS = 3
 SCORE_DECIMALS = 2
 ANGLE_LIMIT_DEGREES = 180
+# An identification's label: the 128-bit keyed hash of edge.identify.labels, as 32 lower-case hex digits.
+LABEL_PATTERN = re.compile(r"[0-9a-f]{32}")
+MATCH_SCORE_DECIMALS = 2
+MAX_TRACK = 2**31 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,3 +68,27 @@ def observe(face: Face, track: int) -> Observation:
         pose=pose,
         track=int(track),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Identification:
+    """What may leave the device about a match: the track, the pseudonymous label and the match score.
+
+    Why its own type: a match is made from an embedding, which must never be
+    published; this type has no field that could hold one (nor a name, an
+    enrolment id, a crop or a landmark), and `identified` refuses a label that
+    is not the keyed hash's form, so an enrolment id cannot be passed off as one.
+    """
+
+    track: int
+    label: str
+    score: float
+
+
+def identified(track: int, label: str, score: float) -> Identification:
+    """An identification at the published precision; ValueError for a label that is not a keyed hash."""
+    if not isinstance(label, str) or not LABEL_PATTERN.fullmatch(label):
+        raise ValueError(f"a published label is 32 lower-case hex digits (a keyed hash), not {label!r}")
+    if not 0 <= int(track) <= MAX_TRACK:
+        raise ValueError(f"track {track} is out of range")
+    return Identification(int(track), label, round(min(1.0, max(0.0, float(score))), MATCH_SCORE_DECIMALS))

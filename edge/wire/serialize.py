@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from edge.wire.observation import Observation
+from edge.wire.observation import Identification, Observation
 
 TIME_DECIMALS = 3
 RATE_DECIMALS = 1
@@ -50,6 +50,22 @@ def detections(device: str, seq: int, frame_number: int, capture_time: float,
         "frame": int(frame_number),
         "captured": timestamp(capture_time),
         "faces": [_face(o) for o in observations],
+    })
+
+
+def identities(device: str, seq: int, identification: Identification) -> bytes:
+    """One match on the `identities` topic: the track, the pseudonymous label and the score; nothing else.
+
+    `seq` is the identities topic's own counter (the outbox numbers each stream apart).
+    """
+    if not isinstance(identification, Identification):
+        raise TypeError(f"only Identification may be published as an identity, got {type(identification).__name__}")
+    return _dump({
+        "device": device,
+        "seq": int(seq),
+        "track": int(identification.track),
+        "label": str(identification.label),
+        "score": float(identification.score),
     })
 
 

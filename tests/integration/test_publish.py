@@ -198,7 +198,8 @@ def test_shipped_example_acl_is_the_tested_one() -> None:
 
     shipped = (Path(__file__).resolve().parents[2] / "systemd" / "mosquitto-edge.acl").read_text()
     rules = [line for line in shipped.splitlines() if line and not line.startswith("#")]
-    tested = [line for line in acl_text(readers=("dashboard",), crl_publishers=("fleet-operator",)).splitlines()
+    tested = [line for line in acl_text(readers=("dashboard",), crl_publishers=("fleet-operator",),
+                                                   identity_readers=("door-assistant",)).splitlines()
               if line and not line.startswith("#")]
     assert rules == tested
     conf = (Path(__file__).resolve().parents[2] / "systemd" / "mosquitto-edge.conf").read_text().splitlines()

@@ -29,6 +29,8 @@ from edge.delivery.publish import MqttConfig
 DEVICES = ("cam-a", "cam-b")
 SUBSCRIBER = "subscriber"
 OPERATOR = "fleet-operator"
+# May read identities (and status) only; SUBSCRIBER reads everything else (edge.demo.broker.acl_text).
+IDENTITY_READER = "identity-reader"
 WAIT_S = 15.0
 POLL_S = 0.02
 SUBSCRIBER_EXPIRY_S = 3600
@@ -49,12 +51,13 @@ class BrokerUnderTest:
 
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> ThrowawayPki:
-    return make_throwaway_pki(tmp_path_factory.mktemp("pki"), (*DEVICES, SUBSCRIBER, OPERATOR))
+    return make_throwaway_pki(tmp_path_factory.mktemp("pki"), (*DEVICES, SUBSCRIBER, OPERATOR, IDENTITY_READER))
 
 
 @pytest.fixture
 def mosquitto(tmp_path: Path, pki: ThrowawayPki) -> Iterator[BrokerUnderTest]:
-    broker = MosquittoBroker(tmp_path / "broker", pki, readers=(SUBSCRIBER,), crl_publishers=(OPERATOR,))
+    broker = MosquittoBroker(tmp_path / "broker", pki, readers=(SUBSCRIBER,), crl_publishers=(OPERATOR,),
+                            identity_readers=(IDENTITY_READER,))
     try:
         broker.start()  # inside the try: a broker that never listened is still ended
         yield BrokerUnderTest(broker, pki)
@@ -104,12 +107,12 @@ class Subscriber:
     """A persistent-session MQTT 5 subscriber that records what arrives, for assertions."""
 
     def __init__(self, broker: MosquittoBroker, pki: ThrowawayPki, topics: tuple[str, ...] = ("edge/v1/#", "homeassistant/#"),
-                 client_id: str = SUBSCRIBER) -> None:
+                 client_id: str = SUBSCRIBER, user: str = SUBSCRIBER) -> None:
         self.messages: list[tuple[str, bytes, bool]] = []
         self._lock = threading.Lock()
         self.connected = threading.Event()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-        self.client.tls_set_context(client_context(pki, SUBSCRIBER))
+        self.client.tls_set_context(client_context(pki, user))
         self.client.reconnect_delay_set(FAST_BACKOFF["backoff_min_s"], FAST_BACKOFF["backoff_max_s"])  # type: ignore[arg-type]
         self.client.on_message = self._on_message
         self.client.on_connect = self._on_connect

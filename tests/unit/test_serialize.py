@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import jsonschema
@@ -16,7 +17,7 @@ from edge.app.config import refuse_retired_attributes
 from edge.vision.detection import Box, Detection, Face, HeadPose
 from edge.common.errors import ConfigError
 from edge.common.topics import DEFAULT_DISCOVERY_PREFIX, DEFAULT_TOPIC_ROOT
-from edge.wire.observation import Observation, Pose, observe
+from edge.wire.observation import Identification, Observation, Pose, identified, observe
 from edge.wire.track import Tracker, initial_state, step
 
 REPO = Path(__file__).resolve().parents[2]
@@ -88,6 +89,45 @@ def test_keypoints_never_leak_and_precision_is_fixed(face_list: list[Face]) -> N
     assert published  # something was checked
 
 
+IDENTITY_FIELDS = {"device", "seq", "track", "label", "score"}
+labels = st.text("0123456789abcdef", min_size=32, max_size=32)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 2**31 - 1), labels, st.floats(-2, 2, allow_nan=False), st.integers(1, 2**40),
+       st.lists(st.floats(-1, 1, allow_nan=False, width=32), min_size=128, max_size=128))
+def test_an_identity_carries_track_label_and_score_only(track: int, label: str, score: float, seq: int,
+                                                        embedding: list[float]) -> None:
+    """Whatever the match was made from (an embedding here), only the three values reach the wire."""
+    text = serialize.identities("cam-a", seq, identified(track, label, score)).decode()
+    document = json.loads(text)
+    validator("identities").validate(document)
+    assert set(document) == IDENTITY_FIELDS
+    assert round(document["score"], 2) == document["score"]
+    for value in embedding:
+        if round(float(value), 2) != float(value):  # only a value at the score's precision could coincide
+            assert repr(float(value)) not in text
+
+
+@pytest.mark.parametrize("label", ["p-astro", "Ann Smith", "0" * 31, "A" * 32, "0" * 33, "", None])
+def test_only_a_keyed_hash_is_published_as_a_label(label: object) -> None:
+    """An enrolment id or a name cannot be passed off as a label."""
+    with pytest.raises(ValueError, match="keyed hash"):
+        identified(1, label, 0.9)  # type: ignore[arg-type]
+
+
+def test_only_identifications_reach_the_identities_serializer() -> None:
+    @dataclass(frozen=True)
+    class Match:
+        person_id: str
+        similarity: float
+        embedding: tuple[float, ...]
+
+    with pytest.raises(TypeError, match="only Identification"):
+        serialize.identities("cam-a", 1, Match("p-1", 0.9, (0.1,) * 128))  # type: ignore[arg-type]
+    assert set(Identification.__slots__) == {"track", "label", "score"}  # type: ignore[attr-defined]
+
+
 def test_only_observations_reach_the_serializer() -> None:
     face = Face(Detection(Box(0.1, 0.1, 0.2, 0.2), 0.9, np.ones((6, 2), np.float32)), None)
     with pytest.raises(TypeError, match="only Observation"):
@@ -116,7 +156,7 @@ def test_every_object_schema_is_closed() -> None:
                 walk(item, file, key)
 
     files = sorted(SCHEMAS.glob("*.json"))
-    assert {f.stem for f in files} >= {"detections", "status", "health", "audit", "discovery"}
+    assert {f.stem for f in files} >= {"detections", "status", "health", "audit", "discovery", "identities"}
     for path in files:
         document = json.loads(path.read_text())
         jsonschema.Draft202012Validator.check_schema(document)
@@ -147,7 +187,7 @@ def test_asyncapi_parses_and_every_payload_resolves() -> None:
             named.add(message["name"])
     for operation in document["operations"].values():
         resolve(operation["channel"]["$ref"])
-    assert named == {"detections", "status", "health", "audit", "crl", "discovery"}
+    assert named == {"detections", "status", "health", "audit", "crl", "discovery", "identities"}
 
 
 def test_status_health_audit_discovery_validate() -> None:

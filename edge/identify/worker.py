@@ -1,0 +1,253 @@
+"""Identification in the running service: a worker thread with a bounded queue, fed per track.
+
+Why a worker: an embedding costs about 6 ms a face on a desktop CPU (more on a
+Pi), and detection must never wait for it. The frame loop only decides which
+tracks are due (`TrackSchedule`, pure apart from its memory of attempts) and
+hands them over with `put_nowait`; when the queue is full the work is dropped
+and counted, never a frame. The worker embeds, matches against the gallery it
+holds decrypted in memory, and forgets the embedding at once: a face that
+matches nobody leaves nothing behind, and one that matches leaves only its
+pseudonymous label and score (`edge.wire.observation.Identification`).
+
+Per track, not per frame: a track is tried when it first shows a face large
+and frontal enough, then at most every `recheck_s`, and a message goes out
+only when the track's label is new, so a person standing at the door yields
+one message, not thirty a second.
+
+Everything here starts from the gate's grant (`IdentificationSession`): each
+job re-checks that the session is live, so when the gate decides again (and
+withdraws the grant) matching stops at the next job, before the service has
+even stopped the worker.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import queue
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge.common.errors import EdgeError
+from edge.identify import IdentificationRefused, IdentificationSession
+from edge.identify.bundle import VerifiedBundle
+from edge.identify.embedding import FaceEmbedder
+from edge.identify.gallery import Gallery, GalleryFile, best_match
+from edge.identify.labels import LabelKey
+from edge.policy.gate import IdentificationGrant
+from edge.vision.detection import Detection, Face
+from edge.wire.observation import Identification, identified
+
+log = logging.getLogger(__name__)
+
+# BlazeFace keypoints: right eye, left eye (the subject's), nose tip. Without a head pose (the landmark
+# model off), how far the nose sits from the eyes' midpoint, in eye distances, stands in for the yaw:
+# about 0.3 at 30 degrees of yaw for an average face.
+RIGHT_EYE, LEFT_EYE, NOSE = 0, 1, 2
+MAX_NOSE_OFFSET = 0.3
+MIN_EYE_DISTANCE = 1e-6
+# How many tracks' last labels the worker remembers (a track ends when its face leaves).
+REMEMBERED_TRACKS = 256
+STOP_JOIN_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class TrackRules:
+    """When a track is worth identifying, and how often it is tried again; from `[identification]`."""
+
+    min_face_px: int
+    max_yaw_deg: float
+    max_pitch_deg: float
+    recheck_s: float
+
+
+def worth_identifying(face: Face, image_width: int, rules: TrackRules) -> bool:
+    """Large and frontal enough for a useful match: a small or turned face mostly gives false rejects."""
+    if face.detection.box.w * image_width < rules.min_face_px:
+        return False
+    if face.pose is not None:
+        return abs(face.pose.yaw) <= rules.max_yaw_deg and abs(face.pose.pitch) <= rules.max_pitch_deg
+    points = face.detection.keypoints
+    if points.shape[0] <= NOSE:
+        return False
+    eyes = np.asarray(points[[RIGHT_EYE, LEFT_EYE]], np.float64)
+    distance = float(np.linalg.norm(eyes[1] - eyes[0]))
+    if distance < MIN_EYE_DISTANCE:
+        return False
+    offset = abs(float(points[NOSE][0]) - float(eyes[:, 0].mean())) / distance
+    return offset <= MAX_NOSE_OFFSET
+
+
+class TrackSchedule:
+    """Which tracks are due: tried when first worth it, then at most every `recheck_s` (monotonic seconds).
+
+    Tracks no longer in the frame are forgotten, so the memory is bounded by the faces in view.
+    """
+
+    def __init__(self, rules: TrackRules) -> None:
+        self.rules = rules
+        self._last: dict[int, float] = {}
+
+    def due(self, faces: Sequence[Face], tracks: Sequence[int], image_width: int, now: float) -> list[tuple[Face, int]]:
+        present = set(tracks)
+        for gone in [t for t in self._last if t not in present]:
+            del self._last[gone]
+        chosen = []
+        for face, track in zip(faces, tracks, strict=True):
+            last = self._last.get(track)
+            if last is not None and now - last < self.rules.recheck_s:
+                continue
+            if not worth_identifying(face, image_width, self.rules):
+                continue
+            self._last[track] = now
+            chosen.append((face, track))
+        return chosen
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    track: int
+    image: np.ndarray  # the worker's own copy of the frame: a camera may reuse its buffers
+    detection: Detection
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStats:
+    offered: int
+    dropped: int  # the queue was full: identification work lost, never a frame
+    matched: int
+    unknown: int
+    failed: int
+
+
+def _utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class IdentificationWorker:
+    """One thread matching due tracks against the gallery; `emit` receives each new label of a track.
+
+    Built from the gate's grant only. `renew` takes the grant of a newer
+    decision (each decision withdraws the older grants) and reloads the
+    gallery, which is how SIGHUP reloads it; `stop` ends the thread and drops
+    the decrypted gallery, the embedder and the session.
+    """
+
+    def __init__(self, grant: IdentificationGrant, bundle: VerifiedBundle, gallery: GalleryFile, labels: LabelKey,
+                 rules: TrackRules, queue_size: int, emit: Callable[[Identification], None],
+                 clock: Callable[[], dt.datetime] = _utc_now) -> None:
+        self._bundle = bundle
+        self._file = gallery
+        self._labels = labels
+        self._emit = emit
+        self._clock = clock
+        self._threshold = bundle.descriptor.match_threshold
+        self._lock = threading.Lock()  # guards session, embedder and gallery against renew/stop
+        self._session, self._embedder, self._gallery = self._open(grant)
+        self.schedule = TrackSchedule(rules)
+        self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=queue_size)
+        self._sent: OrderedDict[int, str] = OrderedDict()
+        self._counts = {"offered": 0, "dropped": 0, "matched": 0, "unknown": 0, "failed": 0}
+        self._thread = threading.Thread(target=self._run, name="identification", daemon=True)
+        self._thread.start()
+
+    def _open(self, grant: IdentificationGrant) -> tuple[IdentificationSession, FaceEmbedder | None, Gallery | None]:
+        """A session from the grant, an embedder over the verified bundle, the gallery purged and decrypted."""
+        session = IdentificationSession(grant)
+        embedder = FaceEmbedder(session, self._bundle)
+        bound = self._file.bound_to(session.device_id)
+        bound.purge_expired(self._clock())
+        return session, embedder, bound.load_checked()
+
+    def renew(self, grant: IdentificationGrant) -> None:
+        """The gate decided again and still grants: the new grant, and the gallery read again."""
+        opened = self._open(grant)
+        with self._lock:
+            self._session, self._embedder, self._gallery = opened
+
+    @property
+    def people(self) -> int:
+        gallery = self._gallery
+        return 0 if gallery is None else len(gallery.people())
+
+    def offer(self, image: np.ndarray, faces: Sequence[Face], tracks: Sequence[int], now: float) -> None:
+        """From the frame loop: queue the due tracks without waiting; a full queue drops them (counted)."""
+        due = self.schedule.due(faces, tracks, image.shape[1], now)
+        if not due:
+            return
+        copy = image.copy()
+        for face, track in due:
+            self._counts["offered"] += 1
+            try:
+                self._queue.put_nowait(_Job(track, copy, face.detection))
+            except queue.Full:
+                self._counts["dropped"] += 1
+
+    def stats(self) -> WorkerStats:
+        return WorkerStats(**self._counts)
+
+    def stop(self) -> None:
+        """End the thread (after the job in hand) and drop the gallery, the embedder and the session."""
+        while True:  # queued work is not done: the grant may just have ended
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        try:  # the frame loop may still offer once (it read the worker before it was stopped)
+            self._queue.put(None, timeout=STOP_JOIN_S)
+        except queue.Full:
+            log.warning("identification worker did not take its stop within %.0f s", STOP_JOIN_S)
+        self._thread.join(STOP_JOIN_S)
+        with self._lock:
+            self._embedder = None
+            self._gallery = None
+        self._sent.clear()
+
+    def _run(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            try:
+                found = self._match(job)
+            except IdentificationRefused as exc:
+                # The grant was withdrawn or lapsed: the gate's decision that follows renews or stops this worker.
+                log.info("identification skipped for track %d: %s", job.track, exc.message)
+                self._counts["failed"] += 1
+                continue
+            except (EdgeError, ValueError) as exc:
+                log.warning("identification failed for track %d: %s", job.track, exc)
+                self._counts["failed"] += 1
+                continue
+            except Exception:  # an interpreter or OpenCV fault must not end the thread while status says identification
+                log.exception("identification failed for track %d", job.track)
+                self._counts["failed"] += 1
+                continue
+            if found is None:
+                self._counts["unknown"] += 1
+                continue
+            self._counts["matched"] += 1
+            if self._sent.get(found.track) != found.label:
+                self._sent[found.track] = found.label
+                self._sent.move_to_end(found.track)
+                while len(self._sent) > REMEMBERED_TRACKS:
+                    self._sent.popitem(last=False)
+                self._emit(found)
+
+    def _match(self, job: _Job) -> Identification | None:
+        """The label and score of the track's face, or None; the embedding never leaves this function."""
+        with self._lock:
+            session, embedder, gallery = self._session, self._embedder, self._gallery
+        if embedder is None or gallery is None:
+            return None
+        now = self._clock()
+        session.require_live(now)
+        embedding = embedder.embed(job.image, job.detection)
+        match = best_match(gallery, embedding, now, self._threshold)
+        del embedding  # matched or not, the embedding is not kept
+        if match is None:
+            return None
+        return identified(job.track, self._labels.label(match.person_id), match.similarity)

@@ -1,0 +1,406 @@
+"""Identification in the running service: real PKI and gate, signed bundle, encrypted gallery, real Mosquitto.
+
+The service gets frames of a photograph (a camera is the one part faked), the real detector, the
+real outbox and publisher. The gate's clock-synchronisation source says "synchronised" (the machine's
+may not be), as in tests/integration/test_clock_gate.py. The embedding model: the tiny TFLite model
+of tests/support/tiny_tflite.py where only the plumbing matters (it gives the same frame the same
+embedding), MobileFaceNet float32 from ../shared where recognition does (another photograph).
+
+Subscribers: `identity-reader` (may read identities and status) and `subscriber` (the dashboard role:
+everything but identities), so the ACL shipped in systemd/ is exercised too.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skimage.data
+from cryptography.hazmat.primitives import serialization
+
+from edge.app.config import DeviceConfig, HealthConfig, HomeAssistantConfig, ServiceConfig
+from edge.app.identification import EVENT_MODE, IdentificationConfig
+from edge.app.service import RunLimits, Service, attach_identification, status_for
+from edge.delivery.outbox import OutboxConfig
+from edge.identify import IdentificationSession
+from edge.identify.bundle import BUNDLE_DIR, verify_bundle
+from edge.identify.embedding import FaceEmbedder
+from edge.identify.gallery import GALLERY_FILE, ConsentRecord, Enrollment, Gallery, GalleryFile
+from edge.identify.labels import load_label_key
+from edge.policy.clock import ClockState
+from edge.policy.gate import PolicyGate
+from edge.sources.camera import CameraConfig
+from edge.trust.audit import AuditLog
+from edge.trust.device_key import build_csr, load_or_create_device_key
+from edge.trust.model_bundle import ARCFACE_TEMPLATE_112, Descriptor, SignedBundle, model_sha256
+from edge.vision.pipeline import DetectorConfig, Pipeline, build_pipeline
+from support.data import load_rgb
+from support.mosquitto import IDENTITY_READER, BrokerUnderTest, Subscriber, wait_until
+from support.pki import Device, Pki, grant
+from support.tiny_tflite import tiny_embedding_model
+
+REPO = Path(__file__).resolve().parents[2]
+DAY = dt.timedelta(days=1)
+DEVICE = "cam-a"
+PERSON = "p-astro"
+FRAME_INTERVAL_S = 0.05
+FAST = IdentificationConfig(recheck_s=0.2, gate_recheck_s=0.5)
+
+
+def synchronised() -> ClockState:
+    return ClockState(True, "synchronised (test)")
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+@dataclass(frozen=True)
+class StillFrame:
+    image: np.ndarray
+    number: int
+    capture_time: float
+
+
+def frames(image: np.ndarray, count: int, interval: float = FRAME_INTERVAL_S) -> Iterator[StillFrame]:
+    for number in range(1, count + 1):
+        time.sleep(interval)
+        yield StillFrame(image, number, time.time())
+
+
+@pytest.fixture(scope="module")
+def pipeline() -> Pipeline:
+    return build_pipeline(DetectorConfig())
+
+
+def deploy(tmp_path: Path, model: bytes, *, capabilities: tuple[str, ...] = ("detection", "identification"),
+           tags: tuple[str, ...] = ("home",), revoked: bool = False,
+           valid_for: dt.timedelta | None = None) -> Device:
+    """A provisioned device (certificate from yesterday, `valid_for` from now), a fresh CRL, a signed bundle."""
+    pki = Pki.create(now())
+    state = tmp_path / "state"
+    csr = build_csr(load_or_create_device_key(state), DEVICE)
+    the_grant = grant(DEVICE, capabilities=capabilities, tags=tags)
+    if valid_for is None:
+        cert = pki.issue(csr, the_grant, now=now())
+    else:  # Pki.issue starts validity a day before `now`
+        cert = pki.issue(csr, the_grant, now=now(), validity=DAY + valid_for)
+    device = Device(state, pki, cert)
+    device.install()
+    if revoked:
+        pki.revoke(cert, now())
+    (state / "installed-crl.pem").write_bytes(pki.crl(now()).public_bytes(serialization.Encoding.PEM))
+    descriptor = Descriptor("test", model_sha256(model), 112, 1 / 128, -127.5 / 128, ARCFACE_TEMPLATE_112, 128,
+                            "cosine", 0.42)
+    SignedBundle.build(model, descriptor, pki.ca, pki.ca_key).write(state / BUNDLE_DIR)
+    return device
+
+
+def enrol(device: Device, pipeline: Pipeline, image: np.ndarray) -> str:
+    """Enrol PERSON from `image` the way `edge-camera gallery enrol` does (a grant, the bundle); their label."""
+    gate = PolicyGate(device.config, audit=AuditLog(device.config.audit_log), clock_sync=synchronised)
+    decision = gate.decide()
+    assert decision.identification is not None, decision.reasons
+    session = IdentificationSession(decision.identification)
+    embedder = FaceEmbedder(session, verify_bundle(device.state_dir / BUNDLE_DIR, device.config))
+    faces = pipeline.process(StillFrame(image, 0, time.time()), still=True).faces
+    assert len(faces) == 1
+    consent = ConsentRecord("form-1", now() - DAY, "installer", "tell who is at the door")
+    item = Enrollment(PERSON, embedder.embed(image, faces[0].detection), consent, now() - dt.timedelta(seconds=1),
+                      now() + 30 * DAY, "household")
+    GalleryFile(device.state_dir / GALLERY_FILE, device_id=DEVICE).save(Gallery((item,)))
+    return load_label_key(device.state_dir, create=True).label(PERSON)
+
+
+def service_config(tmp_path: Path, mosquitto: BrokerUnderTest, device: Device,
+                   settings: IdentificationConfig = FAST) -> ServiceConfig:
+    return ServiceConfig(device=DeviceConfig(DEVICE, tmp_path / "service"), mqtt=mosquitto.device_config(DEVICE),
+                         outbox=OutboxConfig(), health=HealthConfig(), homeassistant=HomeAssistantConfig(),
+                         camera=CameraConfig(), detector=DetectorConfig(), policy=device.config,
+                         identification=settings)
+
+
+def run_service(config: ServiceConfig, pipeline: Pipeline, image: np.ndarray, count: int) -> Service:
+    service = Service(config, status_for(pipeline))
+    assert config.policy is not None
+    attach_identification(service, config.policy, config.identification, clock_sync=synchronised)
+    service.run(frames(image, count), pipeline, RunLimits(drain_s=10))
+    return service
+
+
+def statuses(sub: Subscriber) -> list[str]:
+    return [m["mode"] for m in sub.on(f"{DEVICE}/status") if m.get("state") == "online"]
+
+
+def audit_modes(device: Device) -> list[str]:
+    records = [json.loads(line) for line in (device.state_dir / "audit.log").read_text().splitlines()]
+    return [r["data"]["mode"] for r in records if r["event"] == EVENT_MODE]
+
+
+def test_a_granted_service_publishes_the_label_of_an_enrolled_face(tmp_path: Path, mosquitto: BrokerUnderTest,
+                                                                    pipeline: Pipeline) -> None:
+    face = skimage.data.astronaut()
+    device = deploy(tmp_path, tiny_embedding_model())
+    label = enrol(device, pipeline, face)
+    config = service_config(tmp_path, mosquitto, device)
+    with Subscriber(mosquitto.broker, mosquitto.pki, user=IDENTITY_READER, client_id="reader") as reader, \
+            Subscriber(mosquitto.broker, mosquitto.pki) as dashboard:
+        run_service(config, pipeline, face, 12)
+        assert wait_until(lambda: len(reader.on(f"{DEVICE}/identities")) >= 1)
+        assert wait_until(lambda: len(dashboard.on(f"{DEVICE}/detections")) >= 12)
+        time.sleep(0.3)
+    found = reader.on(f"{DEVICE}/identities")
+    # One message per track, not per frame: the astronaut stays one track with one label.
+    assert len(found) == 1, found
+    message = found[0]
+    assert set(message) == {"device", "seq", "track", "label", "score"}
+    assert message["label"] == label and message["seq"] == 1 and message["device"] == DEVICE
+    assert message["score"] == 1.0  # the tiny model gives the same frame the same embedding
+    tracks = {f["track"] for m in dashboard.on(f"{DEVICE}/detections") for f in m["faces"]}
+    assert tracks == {message["track"]}
+    # The dashboard role reads everything but identities (systemd/mosquitto-edge.acl).
+    assert dashboard.on(f"{DEVICE}/identities") == []
+    assert "identification" in statuses(reader)
+    assert "identification" in audit_modes(device)
+    # Neither the enrolment id nor anything of the embedding went anywhere.
+    everything = b"".join(p for _, p, _ in reader.messages + dashboard.messages)
+    assert PERSON.encode() not in everything and b"embedding" not in everything
+    assert check_every_payload(reader, dashboard) >= 14
+
+
+@pytest.mark.parametrize("refusal, words", [
+    ({"capabilities": ("detection",)}, "detection only"),
+    ({"tags": ("police",)}, "law-enforcement"),
+    ({"tags": ("public-space",)}, "public space"),
+    ({"revoked": True}, "revoked"),
+])
+def test_without_a_grant_nothing_goes_on_identities(tmp_path: Path, mosquitto: BrokerUnderTest, pipeline: Pipeline,
+                                                    refusal: dict[str, object], words: str) -> None:
+    face = skimage.data.astronaut()
+    granted = deploy(tmp_path / "granted", tiny_embedding_model())
+    enrol(granted, pipeline, face)  # an enrolment made while granted: refused later all the same
+    device = deploy(tmp_path, tiny_embedding_model(), **refusal)  # type: ignore[arg-type]
+    for name in ("gallery.sealed", "gallery.key", "label-secret"):
+        (device.state_dir / name).write_bytes((granted.state_dir / name).read_bytes())
+        (device.state_dir / name).chmod(0o600)
+    config = service_config(tmp_path, mosquitto, device)
+    with Subscriber(mosquitto.broker, mosquitto.pki, user=IDENTITY_READER, client_id="reader") as reader:
+        service = run_service(config, pipeline, face, 8)
+        assert wait_until(lambda: len(statuses(reader)) >= 1)
+        time.sleep(0.3)
+    assert reader.on(f"{DEVICE}/identities") == []
+    assert set(statuses(reader)) == {"detection"}
+    assert service.identification is not None and not service.identification.running
+    decisions = [json.loads(line) for line in (device.state_dir / "audit.log").read_text().splitlines()]
+    reasons = " ".join(" ".join(r["data"]["reasons"]) for r in decisions if r["event"] == "policy-decision")
+    assert words in reasons, reasons
+    assert audit_modes(device) == []  # it never ran, so it never changed
+
+
+@pytest.mark.slow
+def test_a_grant_that_lapses_mid_run_switches_to_detection(tmp_path: Path, mosquitto: BrokerUnderTest,
+                                                           pipeline: Pipeline) -> None:
+    """The certificate ends a few seconds into the run: the gate decides again at the lapse."""
+    face = skimage.data.astronaut()
+    device = deploy(tmp_path, tiny_embedding_model(), valid_for=dt.timedelta(seconds=5))
+    label = enrol(device, pipeline, face)
+    # The routine recheck is left at its minute: it is the lapse itself that must be noticed.
+    config = service_config(tmp_path, mosquitto, device, IdentificationConfig(recheck_s=0.2))
+    with Subscriber(mosquitto.broker, mosquitto.pki, user=IDENTITY_READER, client_id="reader") as reader:
+        service = Service(config, status_for(pipeline))
+        assert config.policy is not None
+        attach_identification(service, config.policy, config.identification, clock_sync=synchronised)
+        assert service.identification is not None and service.identification.running
+        service.run(frames(face, 10_000), pipeline, RunLimits(max_seconds=9.0, drain_s=10))
+        assert wait_until(lambda: statuses(reader)[-1:] == ["detection"])
+    assert [m["label"] for m in reader.on(f"{DEVICE}/identities")] == [label]
+    assert statuses(reader)[:1] == ["identification"]
+    assert audit_modes(device) == ["identification", "detection"]
+    assert not service.identification.running
+
+
+def check_every_payload(*subscribers: Subscriber) -> int:
+    """Everything that arrived on any topic validates against that topic's closed schema: no embedding,
+    crop, landmark, name or enrolment id has anywhere to ride."""
+    import jsonschema
+
+    from edge.common.topics import CRL_TOPIC_LEAF
+
+    checked = 0
+    for sub in subscribers:
+        for topic, payload, _ in sub.messages:
+            if topic.endswith(CRL_TOPIC_LEAF):
+                continue  # DER, published by the fleet operator, not the device
+            name = topic.rsplit("/", 1)[-1] if not topic.startswith("homeassistant/") else "discovery"
+            schema = json.loads((REPO / "edge" / "wire" / "schemas" / f"{name}.json").read_text())
+            jsonschema.Draft202012Validator(schema).validate(json.loads(payload))
+            checked += 1
+    return checked
+
+
+@pytest.mark.slow
+def test_mobilefacenet_names_the_enrolled_person_in_another_photograph_and_nobody_else(
+        tmp_path: Path, mosquitto: BrokerUnderTest, pipeline: Pipeline, shared_images: Path,
+        shared_models: Path) -> None:
+    """Enrolled from one photograph, recognised in another; a different person gives no message."""
+    device = deploy(tmp_path, (shared_models / "mobilefacenet_float32.tflite").read_bytes())
+    label = enrol(device, pipeline, load_rgb(shared_images / "fr_obama1.jpg"))
+    config = service_config(tmp_path, mosquitto, device)
+    with Subscriber(mosquitto.broker, mosquitto.pki, user=IDENTITY_READER, client_id="reader") as reader, \
+            Subscriber(mosquitto.broker, mosquitto.pki) as dashboard:
+        run_service(config, pipeline, load_rgb(shared_images / "fr_obama2.jpg"), 6)
+        assert wait_until(lambda: len(reader.on(f"{DEVICE}/identities")) >= 1)
+        other = run_service(config, pipeline, load_rgb(shared_images / "fr_biden.jpg"), 6)
+        assert wait_until(lambda: len(dashboard.on(f"{DEVICE}/detections")) >= 12)
+        time.sleep(0.5)
+    found = reader.on(f"{DEVICE}/identities")
+    assert [m["label"] for m in found] == [label], found
+    assert 0.42 <= found[0]["score"] <= 1.0
+    assert other.identification is not None and other.identification.last_counts is not None
+    assert other.identification.last_counts.unknown >= 1  # the other face was tried, and matched nobody
+    assert check_every_payload(reader, dashboard) > 12
+
+
+def test_a_revocation_from_the_fleet_crl_stops_identification_at_once(tmp_path: Path, mosquitto: BrokerUnderTest,
+                                                                      pipeline: Pipeline) -> None:
+    """A signed CRL revoking the device arrives on MQTT mid-run: the gate decides again, the mode follows."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from edge.common.topics import DEFAULT_TOPIC_ROOT, crl_topic
+    from support.mosquitto import OPERATOR, client_context
+
+    face = skimage.data.astronaut()
+    device = deploy(tmp_path, tiny_embedding_model())
+    label = enrol(device, pipeline, face)
+    config = service_config(tmp_path, mosquitto, device, IdentificationConfig(recheck_s=0.2))  # the minute's recheck
+
+    with Subscriber(mosquitto.broker, mosquitto.pki, user=IDENTITY_READER, client_id="reader") as reader:
+        service = Service(config, status_for(pipeline))
+        assert config.policy is not None
+        attach_identification(service, config.policy, config.identification, clock_sync=synchronised)
+
+        def revoked_midway() -> Iterator[StillFrame]:
+            yield from frames(face, 6)
+            assert wait_until(lambda: len(reader.on(f"{DEVICE}/identities")) == 1)
+            device.pki.revoke(device.cert, now())
+            operator = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=OPERATOR, protocol=mqtt.MQTTv5)
+            operator.tls_set_context(client_context(mosquitto.pki, OPERATOR))
+            operator.connect(mosquitto.broker.host, mosquitto.broker.port)
+            operator.loop_start()
+            der = device.pki.crl(now()).public_bytes(serialization.Encoding.DER)
+            operator.publish(crl_topic(DEFAULT_TOPIC_ROOT), der, qos=1, retain=True).wait_for_publish(5)
+            operator.disconnect()
+            operator.loop_stop()
+            assert wait_until(lambda: statuses(reader)[-1:] == ["detection"])
+            assert service.identification is not None and not service.identification.running
+            yield from frames(face, 6)
+
+        service.run(revoked_midway(), pipeline, RunLimits(drain_s=10))
+        time.sleep(0.3)
+    assert [m["label"] for m in reader.on(f"{DEVICE}/identities")] == [label]
+    assert audit_modes(device) == ["identification", "detection"]
+    records = [json.loads(line) for line in (device.state_dir / "audit.log").read_text().splitlines()]
+    assert "revoked" in [r for r in records if r["event"] == EVENT_MODE][-1]["data"]["reason"]
+
+
+def test_sighup_reloads_the_gallery_so_a_new_enrolment_is_matched(tmp_path: Path, mosquitto: BrokerUnderTest,
+                                                                  pipeline: Pipeline) -> None:
+    """Started with nobody enrolled: the face is unknown (no message); enrolled meanwhile, SIGHUP, then matched."""
+    import os
+    import signal
+
+    face = skimage.data.astronaut()
+    device = deploy(tmp_path, tiny_embedding_model())
+    config = service_config(tmp_path, mosquitto, device, IdentificationConfig(recheck_s=0.2))
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        with Subscriber(mosquitto.broker, mosquitto.pki, user=IDENTITY_READER, client_id="reader") as reader:
+            service = Service(config, status_for(pipeline))
+            assert config.policy is not None
+            attach_identification(service, config.policy, config.identification, clock_sync=synchronised)
+            service.install_signal_handlers()
+            labels: list[str] = []
+
+            def enrolled_midway() -> Iterator[StillFrame]:
+                yield from frames(face, 8)
+                assert reader.on(f"{DEVICE}/identities") == []  # tried, and unknown: nothing published
+                labels.append(enrol(device, pipeline, face))
+                os.kill(os.getpid(), signal.SIGHUP)
+                yield from frames(face, 8)
+
+            service.run(enrolled_midway(), pipeline, RunLimits(drain_s=10))
+            assert wait_until(lambda: len(reader.on(f"{DEVICE}/identities")) == 1)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    assert [m["label"] for m in reader.on(f"{DEVICE}/identities")] == labels
+    assert service.identification is not None and service.identification.last_counts is not None
+    assert service.identification.last_counts.unknown >= 1
+
+
+def test_a_busy_worker_drops_identification_work_and_never_holds_up_the_caller(tmp_path: Path,
+                                                                              pipeline: Pipeline) -> None:
+    """The frame loop's `offer` never waits: with the worker busy and its queue full, work is dropped, counted."""
+    import threading
+
+    from edge.identify.worker import IdentificationWorker, TrackRules
+
+    face = skimage.data.astronaut()
+    device = deploy(tmp_path, tiny_embedding_model())
+    label = enrol(device, pipeline, face)
+    decision = PolicyGate(device.config, audit=AuditLog(device.config.audit_log), clock_sync=synchronised).decide()
+    assert decision.identification is not None
+    busy, release = threading.Event(), threading.Event()
+    emitted: list[str] = []
+
+    def slow_emit(found: object) -> None:  # the first match keeps the worker busy until released
+        busy.set()
+        release.wait(30)
+        emitted.append(getattr(found, "label"))
+
+    worker = IdentificationWorker(decision.identification, verify_bundle(device.state_dir / BUNDLE_DIR, device.config),
+                                  GalleryFile(device.state_dir / GALLERY_FILE), load_label_key(device.state_dir),
+                                  TrackRules(80, 30.0, 25.0, 5.0), 2, slow_emit)
+    try:
+        faces = pipeline.process(StillFrame(face, 0, time.time()), still=True).faces
+        worker.offer(face, faces, [1], 0.0)
+        assert busy.wait(30)
+        for track in range(2, 52):  # fifty new tracks while the worker is busy: two fit in the queue
+            worker.offer(face, faces, [track], 1.0)
+        counts = worker.stats()
+        assert (counts.offered, counts.dropped) == (51, 48)
+        release.set()
+        assert wait_until(lambda: worker.stats().matched == 3)
+    finally:
+        release.set()
+        worker.stop()
+    assert emitted == [label] * 3  # one message per track: tracks 1, 2 and 3
+
+
+@pytest.mark.parametrize("tamper, event", [("gallery", "gallery-refused"),
+                                           ("model", "identification-bundle-refused")])
+def test_a_tampered_gallery_or_model_keeps_identification_off(tmp_path: Path, mosquitto: BrokerUnderTest,
+                                                               pipeline: Pipeline, tamper: str, event: str) -> None:
+    face = skimage.data.astronaut()
+    device = deploy(tmp_path, tiny_embedding_model())
+    enrol(device, pipeline, face)
+    target = device.state_dir / (GALLERY_FILE if tamper == "gallery" else f"{BUNDLE_DIR}/model.tflite")
+    data = bytearray(target.read_bytes())
+    data[-5] ^= 0x01
+    target.write_bytes(bytes(data))
+    config = service_config(tmp_path, mosquitto, device)
+    with Subscriber(mosquitto.broker, mosquitto.pki, user=IDENTITY_READER, client_id="reader") as reader:
+        service = run_service(config, pipeline, face, 6)
+        assert wait_until(lambda: len(statuses(reader)) >= 1)
+        time.sleep(0.3)
+    assert reader.on(f"{DEVICE}/identities") == []
+    assert set(statuses(reader)) == {"detection"}
+    assert service.identification is not None and not service.identification.running
+    records = [json.loads(line) for line in (device.state_dir / "audit.log").read_text().splitlines()]
+    assert event in [r["event"] for r in records]
