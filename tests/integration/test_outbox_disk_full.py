@@ -24,7 +24,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -32,10 +31,9 @@ from pathlib import Path
 import pytest
 
 from edge.delivery.outbox import STRICT, WRITE_BEHIND, Outbox, OutboxConfig
+from support.announcing_service import announcing_service
 from support.mosquitto import BrokerUnderTest, Subscriber, wait_until
 
-REPO = Path(__file__).resolve().parents[2]
-FRAME_INTERVAL_S = 1 / 30
 # Room for the outbox before the filler: the WAL only grows until its first checkpoint (1000 pages of 1 KiB),
 # so the disk is filled well before that, while every commit still needs new space.
 TMPFS_SIZE = "4m"
@@ -43,26 +41,8 @@ FULL_FOR_S = 3.0
 DISK_FULL_LINE = "cannot write to"
 RESUMED_LINE = "writes to"
 
-SERVICE = textwrap.dedent("""
-    import itertools, logging, os, sys, threading, time
-    from pathlib import Path
-    sys.path[:0] = [{repo!r}, {tests!r}]
-    import skimage.data
-    import edge.wire.serialize as serialize
-    from edge.app.config import DeviceConfig, HealthConfig, HomeAssistantConfig, ServiceConfig
-    from edge.delivery.outbox import OutboxConfig
-    from edge.vision.pipeline import DetectorConfig, build_pipeline
-    from edge.delivery.publish import MqttConfig
-    from edge.sources.camera import CameraConfig
-    from edge.app.service import Service, status_for
-
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-    made = serialize.detections
+COMMANDS = """
     filler = Path({disk!r}) / "filler"
-
-    def announced(device, seq, *rest):
-        print(seq, flush=True)  # handed out: the test's record of what the device published
-        return made(device, seq, *rest)
 
     def commands():
         for line in sys.stdin:
@@ -78,28 +58,8 @@ SERVICE = textwrap.dedent("""
                 filler.unlink()
                 print("freed", flush=True)
 
-    serialize.detections = announced
-    config = ServiceConfig(DeviceConfig("cam-a", Path({state!r})), MqttConfig.from_mapping({mqtt!r}),
-                           OutboxConfig(durability={durability!r}), HealthConfig(30.0), HomeAssistantConfig(),
-                           CameraConfig(), DetectorConfig(), None)
-    pipeline = build_pipeline(config.detector)
-    face = skimage.data.astronaut()
-
-    class Still:
-        def __init__(self, number):
-            self.image, self.number, self.capture_time = face, number, time.time()
-
-    def endless():
-        for n in itertools.count(1):
-            time.sleep({interval!r})
-            yield Still(n)
-
-    service = Service(config, status_for(pipeline))
-    service.install_signal_handlers()
     threading.Thread(target=commands, daemon=True).start()
-    print("ready", flush=True)
-    service.run(endless(), pipeline)
-""")
+"""
 
 
 def unshare_refused() -> str | None:
@@ -158,12 +118,8 @@ class NamespacedService:
             self._log.close()
 
 
-def script(tmp_path: Path, mosquitto: BrokerUnderTest, durability: str, disk: Path) -> str:
-    cred = mosquitto.pki.clients["cam-a"]
-    mqtt = {"host": mosquitto.broker.host, "port": mosquitto.broker.port, "ca": str(mosquitto.pki.ca),
-            "cert": str(cred.cert), "key": str(cred.key), "backoff_min_s": 0.1, "backoff_max_s": 0.5}
-    return SERVICE.format(repo=str(REPO), tests=str(REPO / "tests"), state=str(disk / "state"), disk=str(disk),
-                          mqtt=mqtt, durability=durability, interval=FRAME_INTERVAL_S)
+def script(mosquitto: BrokerUnderTest, durability: str, disk: Path) -> str:
+    return announcing_service(mosquitto, disk / "state", durability, COMMANDS.format(disk=str(disk)))
 
 
 @pytest.mark.parametrize("durability", [STRICT, WRITE_BEHIND])
@@ -176,7 +132,7 @@ def test_a_full_disk_loses_nothing_and_the_outbox_resumes(tmp_path: Path, mosqui
     disk.mkdir()
     with Subscriber(mosquitto.broker, mosquitto.pki) as sub:
         mosquitto.broker.stop()
-        service = NamespacedService(tmp_path, script(tmp_path, mosquitto, durability, disk), disk)
+        service = NamespacedService(tmp_path, script(mosquitto, durability, disk), disk)
         try:
             assert wait_until(lambda: len(service.handed_out) >= 40, 60), service.log()  # past the window: spilled
             service.command("fill", "filled")

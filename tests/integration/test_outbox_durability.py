@@ -19,7 +19,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -27,52 +26,11 @@ from pathlib import Path
 import pytest
 
 from edge.delivery.outbox import STRICT, WRITE_BEHIND, OutboxConfig
+from support.announcing_service import announcing_service
 from support.mosquitto import BrokerUnderTest, Subscriber, wait_until
 
-REPO = Path(__file__).resolve().parents[2]
-FRAME_INTERVAL_S = 1 / 30
 WINDOW = OutboxConfig().window_messages
 
-SERVICE = textwrap.dedent("""
-    import itertools, sys, time
-    from pathlib import Path
-    sys.path[:0] = [{repo!r}, {tests!r}]
-    import numpy as np, skimage.data
-    import edge.wire.serialize as serialize
-    from edge.app.config import DeviceConfig, HealthConfig, HomeAssistantConfig, ServiceConfig
-    from edge.delivery.outbox import OutboxConfig
-    from edge.vision.pipeline import DetectorConfig, build_pipeline
-    from edge.delivery.publish import MqttConfig
-    from edge.sources.camera import CameraConfig
-    from edge.app.service import Service, status_for
-
-    made = serialize.detections
-
-    def announced(device, seq, *rest):
-        print(seq, flush=True)  # handed out: the test's record of what the device published
-        return made(device, seq, *rest)
-
-    serialize.detections = announced
-    config = ServiceConfig(DeviceConfig("cam-a", Path({state!r})), MqttConfig.from_mapping({mqtt!r}),
-                           OutboxConfig(durability={durability!r}), HealthConfig(30.0), HomeAssistantConfig(),
-                           CameraConfig(), DetectorConfig(), None)
-    pipeline = build_pipeline(config.detector)
-    face = skimage.data.astronaut()
-
-    class Still:
-        def __init__(self, number):
-            self.image, self.number, self.capture_time = face, number, time.time()
-
-    def endless():
-        for n in itertools.count(1):
-            time.sleep({interval!r})
-            yield Still(n)
-
-    service = Service(config, status_for(pipeline))
-    service.install_signal_handlers()
-    print("ready", flush=True)
-    service.run(endless(), pipeline)
-""")
 
 
 class ServiceProcess:
@@ -98,11 +56,7 @@ class ServiceProcess:
 
 
 def script(tmp_path: Path, mosquitto: BrokerUnderTest, durability: str) -> str:
-    cred = mosquitto.pki.clients["cam-a"]
-    mqtt = {"host": mosquitto.broker.host, "port": mosquitto.broker.port, "ca": str(mosquitto.pki.ca),
-            "cert": str(cred.cert), "key": str(cred.key), "backoff_min_s": 0.1, "backoff_max_s": 0.5}
-    return SERVICE.format(repo=str(REPO), tests=str(REPO / "tests"), state=str(tmp_path / "state"), mqtt=mqtt,
-                          durability=durability, interval=FRAME_INTERVAL_S)
+    return announcing_service(mosquitto, tmp_path / "state", durability)
 
 
 def first_run(tmp_path: Path, mosquitto: BrokerUnderTest, sub: Subscriber, durability: str, broker_away: bool,
