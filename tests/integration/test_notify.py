@@ -1,7 +1,6 @@
 """systemd's notify protocol: datagrams to a socket the test owns (a path and an abstract name), from the real run loop."""
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import socket
@@ -166,7 +165,9 @@ def test_the_run_loop_speaks_the_protocol_in_order(manager: Manager, tmp_path: P
             time.sleep(FRAME_INTERVAL_S)
             yield StillFrame(face, number, time.time())
 
+    started = time.monotonic()
     assert service.run(frames(), pipeline, RunLimits(drain_s=2)) == FRAMES
+    elapsed = time.monotonic() - started
     received = manager.close()
     messages = [lines for _, lines in received]
     assert ready_before_first_frame == [True]
@@ -178,8 +179,9 @@ def test_the_run_loop_speaks_the_protocol_in_order(manager: Manager, tmp_path: P
     statuses = [m[0] for m in middle if m[0].startswith("STATUS=")]
     # Each frame takes more than 25 ms, so the 50 ms limit lets at least every other frame's turn ping...
     assert len(pings) >= FRAMES // 4, len(pings)
-    # ...and never more often than half the timeout (receive times: a few ms of jitter allowed).
-    assert all(b - a >= WATCHDOG_USEC / 2e6 * 0.9 for a, b in itertools.pairwise(pings))
+    # ...and never more often than half the timeout. Counted over the run rather than timed ping to ping:
+    # on a loaded machine the receiver may take two datagrams sent 50 ms apart almost together.
+    assert len(pings) <= elapsed / (WATCHDOG_USEC / 2e6) + 1, (len(pings), elapsed)
     assert statuses and all(" fps, broker " in s and ", outbox " in s for s in statuses), statuses
 
 
