@@ -429,19 +429,29 @@ def test_sighup_reloads_what_is_safe_and_names_what_needs_a_restart(tmp_path: Pa
         original.replace(str(mosquitto.pki.clients["cam-a"].cert), wrong_cert),  # another device's certificate
     ]
 
+    sent: list[float] = []
+
+    def ignore(*_: object) -> None:
+        """Stands in for SIGHUP before and after the run: a stray hang-up must not end pytest."""
+
     def hangups() -> None:
+        assert wait_until(lambda: signal.getsignal(signal.SIGHUP) is not ignore, 60)  # the service's own handler
         for text in steps:
             time.sleep(0.6)
             path.write_text(text)
             os.kill(os.getpid(), signal.SIGHUP)
+            sent.append(time.monotonic())
 
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     sender = threading.Thread(target=hangups)
     try:
         with Subscriber(mosquitto.broker, mosquitto.pki) as sub, caplog.at_level(logging.INFO):
+            signal.signal(signal.SIGHUP, ignore)
             sender.start()
             outcome = run_from_config(load(path), RunLimits(max_frames=FRAMES_ACROSS_HANGUPS, drain_s=10), path=path)
+            ended = time.monotonic()
             sender.join()
+            assert len(sent) == len(steps) and sent[-1] < ended, "the run ended before every hang-up reached it"
             last = Outbox(tmp_path / "state" / OUTBOX_FILE).stats().last_seq
             assert wait_until(lambda: last in sub.seqs())
     finally:
