@@ -1,0 +1,284 @@
+"""A real three-node RabbitMQ cluster (MQTT plugin, TLS, certificate login) for the tests and benchmarks.
+
+Why RabbitMQ and not a home-made cluster: an operator who outgrows one
+Mosquitto moves to a clustered broker; RabbitMQ installs from Debian, speaks
+MQTT 3.1.1 (which the device falls back to) and logs clients in by the CN of
+their certificate (`mqtt.ssl_cert_login`), like Mosquitto's
+`use_identity_as_username`. docs/fleet-cluster.md says why not ejabberd.
+
+Why this shape: like `tests/support/mosquitto.py`, everything is ours and on
+loopback: node names, ports (AMQP, MQTT over TLS, Erlang distribution), the
+Erlang cookie (in a private HOME), an own epmd on its own port (so the system
+RabbitMQ's epmd on 4369 never sees our nodes), Mnesia and log directories in
+a temporary directory. Management is off (the plugin is not enabled). Users,
+permissions and per-device topic permissions (RabbitMQ's ACL, `{username}`
+standing for Mosquitto's `%u`) come from a definitions file the first node
+imports at boot: no `rabbitmqctl` round trip (each costs an Erlang VM start).
+
+Start-up: the first node alone (it forms the cluster), then the other two at
+once; `classic_config` peer discovery joins them to the first before their
+listeners open, so "listening" means "joined".
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edge.common.topics import DEFAULT_DISCOVERY_PREFIX, DEFAULT_TOPIC_ROOT, crl_topic
+from edge.demo.broker import LOOPBACK, BrokerError, ThrowawayPki, free_port
+
+EPMD = Path("/usr/bin/epmd")
+NODES = 3
+START_TIMEOUT_S = 90.0
+STOP_TIMEOUT_S = 30.0
+POLL_S = 0.1
+COOKIE_MODE = 0o400
+# Busy-waiting schedulers burn CPU on a shared machine (three nodes on two cores): off.
+ERL_ARGS = "+sbwt none +sbwtdcpu none +sbwtdio none"
+
+
+def routing_key_pattern(topic: str) -> str:
+    """An MQTT topic as a regex over RabbitMQ's routing key: RabbitMQ swaps MQTT's "/" and AMQP's "."."""
+    return topic.translate(str.maketrans({"/": "\\.", ".": "/"}))
+
+
+def find_server() -> Path:
+    """The Debian package's server script (not /usr/sbin's wrapper, which switches to the rabbitmq user)."""
+    candidates = sorted(Path("/usr/lib/rabbitmq/bin").glob("rabbitmq-server"))
+    if not candidates:
+        raise BrokerError("no RabbitMQ found under /usr/lib/rabbitmq", "install the rabbitmq-server package "
+                          "(bash .ci/bootstrap env does)")
+    return candidates[0]
+
+
+def topic_permissions(devices: tuple[str, ...], readers: tuple[str, ...]) -> list[dict[str, str]]:
+    """The shipped Mosquitto ACL (edge.demo.broker.acl_text) in RabbitMQ's terms, on the amq.topic exchange.
+
+    A device writes only under its own prefix and its own discovery topics and reads only the CRL;
+    a reader reads everything and writes nothing.
+    """
+    root, discovery = routing_key_pattern(DEFAULT_TOPIC_ROOT), routing_key_pattern(DEFAULT_DISCOVERY_PREFIX)
+    device_write = rf"^({root}\.{{username}}\..+|{discovery}\.[^.]+\.{{username}}\.[^.]+\.config)$"
+    device_read = f"^{routing_key_pattern(crl_topic(DEFAULT_TOPIC_ROOT))}$"
+    rows = [{"user": d, "vhost": "/", "exchange": "amq.topic", "write": device_write, "read": device_read}
+            for d in devices]
+    rows += [{"user": r, "vhost": "/", "exchange": "amq.topic", "write": "^$", "read": ".*"} for r in readers]
+    return rows
+
+
+def definitions(devices: tuple[str, ...], readers: tuple[str, ...]) -> dict[str, object]:
+    """Users without passwords (they log in by certificate only), vhost permissions, topic permissions."""
+    users = (*devices, *readers)
+    return {
+        "users": [{"name": u, "password_hash": "", "hashing_algorithm": "rabbit_password_hashing_sha256",
+                   "tags": []} for u in users],
+        "vhosts": [{"name": "/"}],
+        # The MQTT plugin declares each client's session queue and binds it: resource rights are broad,
+        # the topic permissions below are what limit a device to its own topics.
+        "permissions": [{"user": u, "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"} for u in users],
+        "topic_permissions": topic_permissions(devices, readers),
+    }
+
+
+def rabbitmq_conf(node: "Node", pki: ThrowawayPki, peers: list[str], definitions_path: Path | None) -> str:
+    lines = [
+        f"listeners.tcp.default = {LOOPBACK}:{node.amqp_port}",
+        "mqtt.listeners.tcp = none",
+        f"mqtt.listeners.ssl.default = {LOOPBACK}:{node.mqtt_port}",
+        "mqtt.allow_anonymous = false",
+        "mqtt.ssl_cert_login = true",
+        "ssl_cert_login_from = common_name",
+        "mqtt.vhost = /",
+        "mqtt.exchange = amq.topic",
+        # Persistent sessions (QoS 1 subscriptions) in replicated queues: a subscriber's queue
+        # survives the loss of the node it lives on (classic queues would not).
+        "mqtt.durable_queue_type = quorum",
+        f"ssl_options.cacertfile = {pki.ca}",
+        f"ssl_options.certfile = {pki.server.cert}",
+        f"ssl_options.keyfile = {pki.server.key}",
+        "ssl_options.verify = verify_peer",
+        "ssl_options.fail_if_no_peer_cert = true",
+        "ssl_options.versions.1 = tlsv1.3",
+        "ssl_options.versions.2 = tlsv1.2",
+        *_discovery(peers),
+        "log.console = false",
+        "log.file.level = info",
+    ]
+    if definitions_path is not None:
+        lines.append(f"load_definitions = {definitions_path}")
+    return "\n".join(lines) + "\n"
+
+
+def _discovery(peers: list[str]) -> list[str]:
+    """The seed (first) node has no peers to look for; the others join it (no retries to wait through)."""
+    if not peers:
+        return []
+    return ["cluster_formation.peer_discovery_backend = classic_config",
+            *(f"cluster_formation.classic_config.nodes.{i} = {p}" for i, p in enumerate(peers, 1)),
+            "cluster_formation.discovery_retry_limit = 30",
+            "cluster_formation.discovery_retry_interval = 500"]
+
+
+@dataclass
+class Node:
+    """One RabbitMQ node this code started (or will start)."""
+
+    name: str
+    amqp_port: int
+    mqtt_port: int
+    dist_port: int
+    workdir: Path
+    host: str = LOOPBACK
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def log_dir(self) -> Path:
+        return self.workdir / "log"
+
+    def log_tail(self, chars: int = 3000) -> str:
+        texts = [p.read_text(errors="replace") for p in sorted(self.log_dir.glob("*.log"))]
+        return "\n".join(texts)[-chars:]
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+class RabbitCluster:
+    """Three RabbitMQ nodes on loopback, joined into one cluster; start/stop/kill act on our processes only."""
+
+    def __init__(self, workdir: Path, pki: ThrowawayPki, devices: tuple[str, ...], readers: tuple[str, ...],
+                 nodes: int = NODES) -> None:
+        self.server = find_server()
+        self.workdir = workdir
+        self.pki = pki
+        self.epmd_port = free_port()
+        tag = f"{os.getpid()}-{self.epmd_port}"
+        self.nodes = [Node(f"edge{i}-{tag}@localhost", free_port(), free_port(), free_port(), workdir / f"node{i}")
+                      for i in range(1, nodes + 1)]
+        self.home = workdir / "home"
+        self.home.mkdir(parents=True, exist_ok=True)
+        cookie = self.home / ".erlang.cookie"
+        if not cookie.exists():
+            fd = os.open(cookie, os.O_WRONLY | os.O_CREAT, COOKIE_MODE)
+            with os.fdopen(fd, "w") as f:
+                f.write(f"EDGECLUSTER{os.urandom(12).hex().upper()}")
+        defs_path = workdir / "definitions.json"
+        defs_path.write_text(json.dumps(definitions(devices, readers), indent=1))
+        seed = [self.nodes[0].name]
+        for i, node in enumerate(self.nodes):
+            (node.workdir / "mnesia").mkdir(parents=True, exist_ok=True)
+            node.log_dir.mkdir(parents=True, exist_ok=True)
+            (node.workdir / "rabbitmq.conf").write_text(
+                rabbitmq_conf(node, pki, [] if i == 0 else seed, defs_path if i == 0 else None))
+            (node.workdir / "enabled_plugins").write_text("[rabbitmq_mqtt].\n")
+            (node.workdir / "rabbitmq-env.conf").write_text("")
+            (node.workdir / "advanced.config").write_text("[].\n")
+
+    def _env(self, node: Node) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))}
+        env.update({
+            "HOME": str(self.home),
+            "ERL_EPMD_PORT": str(self.epmd_port),
+            "RABBITMQ_NODENAME": node.name,
+            "RABBITMQ_NODE_IP_ADDRESS": LOOPBACK,
+            "RABBITMQ_NODE_PORT": str(node.amqp_port),
+            "RABBITMQ_DIST_PORT": str(node.dist_port),
+            "RABBITMQ_CONF_ENV_FILE": str(node.workdir / "rabbitmq-env.conf"),
+            "RABBITMQ_CONFIG_FILE": str(node.workdir / "rabbitmq.conf"),
+            "RABBITMQ_ADVANCED_CONFIG_FILE": str(node.workdir / "advanced.config"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(node.workdir / "enabled_plugins"),
+            "RABBITMQ_MNESIA_BASE": str(node.workdir / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(node.log_dir),
+            "RABBITMQ_PID_FILE": str(node.workdir / "rabbitmq.pid"),
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": ERL_ARGS,
+        })
+        return env
+
+    # --- lifecycle -----------------------------------------------------
+    def start(self) -> None:
+        """The first node alone, then the others together; returns when every MQTT listener accepts."""
+        self.start_node(0)
+        self._wait_listening(self.nodes[:1])
+        for i in range(1, len(self.nodes)):
+            self.start_node(i)
+        self._wait_listening(self.nodes[1:])
+
+    def start_node(self, index: int) -> None:
+        node = self.nodes[index]
+        node.proc = subprocess.Popen([str(self.server)], env=self._env(node), cwd=node.workdir,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def restart_node(self, index: int) -> None:
+        self.start_node(index)
+        self._wait_listening([self.nodes[index]])
+
+    def _wait_listening(self, nodes: list[Node]) -> None:
+        from edge.demo.broker import _wait_listening  # noqa: PLC0415 (one definition of "listening")
+        deadline = time.monotonic() + START_TIMEOUT_S
+        for node in nodes:
+            while True:
+                try:
+                    _wait_listening(node.mqtt_port, lambda n=node: n.running, f"rabbitmq node {node.name}", None)
+                    break
+                except BrokerError as exc:
+                    if not node.running:
+                        raise BrokerError(f"rabbitmq node {node.name} exited at start-up",
+                                          f"see its log:\n{node.log_tail()}") from None
+                    if time.monotonic() > deadline:
+                        raise BrokerError(f"rabbitmq node {node.name} did not listen within {START_TIMEOUT_S:.0f} s",
+                                          f"see its log:\n{node.log_tail()}") from exc
+
+    def kill_node(self, index: int) -> None:
+        """SIGKILL the node's process group: a node that dies, with no goodbye to its clients or peers."""
+        self._signal(self.nodes[index], signal.SIGKILL)
+
+    def stop_node(self, index: int) -> None:
+        """SIGTERM: RabbitMQ shuts down cleanly (closes its clients' connections, tells its peers)."""
+        self._signal(self.nodes[index], signal.SIGTERM)
+
+    def _signal(self, node: Node, sig: signal.Signals) -> None:
+        proc = node.proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        # The VM's helpers (erl_child_setup, inet_gethost) share the group; make sure none is left.
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        node.proc = None
+
+    def close(self) -> None:
+        """Every node killed, then our own epmd (it daemonises, so it is ended through its port)."""
+        for node in self.nodes:
+            self._signal(node, signal.SIGKILL)
+        epmd = shutil.which("epmd") or str(EPMD)
+        subprocess.run([epmd, "-port", str(self.epmd_port), "-kill"], env={**os.environ, "ERL_EPMD_PORT":
+                       str(self.epmd_port)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+
+    def __enter__(self) -> "RabbitCluster":
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
