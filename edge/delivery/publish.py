@@ -51,7 +51,7 @@ from edge.common.backoff import backoff_delay
 from edge.common.errors import ConfigError
 from edge.common.schema import Kind, setting
 from edge.common.topics import CRL_TOPIC_LEAF, DEFAULT_TOPIC_ROOT, MQTT_WILDCARDS, crl_topic
-from edge.delivery import brokers
+from edge.delivery import brokers as rotation
 from edge.delivery.outbox import Outbox, Pending
 
 log = logging.getLogger(__name__)
@@ -96,8 +96,8 @@ class MqttConfig(schema.Section):
     host: str = setting(DEFAULT_HOST, kind=Kind.TEXT, check=schema.not_empty, expected="the broker's host name")
     port: int = setting(8883, kind=Kind.WHOLE, check=_port, expected=f"a TCP port, 1 to {MAX_PORT}")
     # Several nodes of one clustered broker: tried in turn, the next when one fails (edge.delivery.brokers).
-    brokers: tuple[str, ...] = setting((), kind=Kind.TEXTS, check=brokers.list_problem,
-                                       expected=brokers.EXPECTED + "; a port left out is [mqtt] port; "
+    brokers: tuple[str, ...] = setting((), kind=Kind.TEXTS, check=rotation.list_problem,
+                                       expected=rotation.EXPECTED + "; a port left out is [mqtt] port; "
                                        "set either host or brokers")
     topic_root: str = setting(DEFAULT_TOPIC_ROOT, kind=Kind.TEXT, check=_plain_prefix,
                               expected=f"a prefix like '{DEFAULT_TOPIC_ROOT}' without wildcards or trailing slash")
@@ -127,9 +127,9 @@ class MqttConfig(schema.Section):
                                 "either host (one broker) or brokers (a list), not both")
 
     @property
-    def addresses(self) -> tuple[brokers.BrokerAddress, ...]:
+    def addresses(self) -> tuple[rotation.BrokerAddress, ...]:
         """The broker addresses in the order they are tried."""
-        return brokers.broker_addresses(self.host, self.port, self.brokers)
+        return rotation.broker_addresses(self.host, self.port, self.brokers)
 
     @property
     def crl(self) -> str:
@@ -331,7 +331,7 @@ class Publisher:
         if len(self._addresses) < 2 or self._stopping.is_set() or self._fallback:
             return
         failed = self._addresses[self._broker]
-        self._broker = brokers.next_index(self._broker, len(self._addresses))
+        self._broker = rotation.next_index(self._broker, len(self._addresses))
         log.warning("broker %s failed; next attempt at %s", failed, self._addresses[self._broker])
         self._connect_async(client, self._connect_properties)
 
@@ -355,7 +355,7 @@ class Publisher:
                 return
 
     def _set_delay(self, client: mqtt.Client) -> None:
-        step = brokers.backoff_round(self._attempt, len(self._addresses))
+        step = rotation.backoff_round(self._attempt, len(self._addresses))
         delay = backoff_delay(step, self.config.backoff_min_s, self.config.backoff_max_s, self._rng)
         self._attempt += 1
         client.reconnect_delay_set(delay, delay)  # type: ignore[arg-type]  # paho accepts float seconds

@@ -25,12 +25,18 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
 from edge.common.topics import DEFAULT_DISCOVERY_PREFIX, DEFAULT_TOPIC_ROOT, crl_topic
+from edge.delivery.publish import MqttConfig
 from edge.demo.broker import LOOPBACK, BrokerError, ThrowawayPki, free_port
 
 EPMD = Path("/usr/bin/epmd")
@@ -39,6 +45,7 @@ START_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 30.0
 POLL_S = 0.1
 COOKIE_MODE = 0o400
+SUBSCRIBE_TIMEOUT_S = 30.0
 # Busy-waiting schedulers burn CPU on a shared machine (three nodes on two cores): off.
 ERL_ARGS = "+sbwt none +sbwtdcpu none +sbwtdio none"
 
@@ -282,3 +289,64 @@ class RabbitCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# --- clients for the tests and benchmarks/cluster.py -----------------------------------------------
+
+
+def device_config(cluster: RabbitCluster, device: str, order: list[int], **overrides: object) -> MqttConfig:
+    """A device's `[mqtt]` section naming the cluster's nodes in `order` (it starts on the first)."""
+    cred = cluster.pki.clients[device]
+    values: dict[str, object] = {
+        "brokers": [f"{cluster.nodes[i].host}:{cluster.nodes[i].mqtt_port}" for i in order],
+        "ca": str(cluster.pki.ca), "cert": str(cred.cert), "key": str(cred.key),
+        "backoff_min_s": 0.2, "backoff_max_s": 2.0, **overrides}
+    return MqttConfig.from_mapping(values)
+
+
+class ClusterSubscriber:
+    """An MQTT 3.1.1 persistent-session subscriber on one node, recording (topic, payload) as they arrive.
+
+    Persistent (clean_session false, QoS 1): its queue is a quorum queue
+    (`mqtt.durable_queue_type = quorum`), so what is routed to it while it
+    reconnects, or while a node dies, is kept.
+    """
+
+    def __init__(self, cluster: RabbitCluster, node: int, name: str, topics: tuple[str, ...] = ("edge/v1/#",)) -> None:
+        self.messages: list[tuple[str, bytes]] = []
+        self._lock = threading.Lock()
+        self.connected = threading.Event()
+        self.subscribed = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=name, protocol=mqtt.MQTTv311,
+                                  clean_session=False)
+        context = ssl.create_default_context(cafile=str(cluster.pki.ca))
+        context.load_cert_chain(str(cluster.pki.clients[name].cert), str(cluster.pki.clients[name].key))
+        self.client.tls_set_context(context)
+        self.client.reconnect_delay_set(0.2, 2)
+        self.client.on_connect = lambda c, *_: (c.subscribe([(t, 1) for t in topics]), self.connected.set())
+        self.client.on_subscribe = lambda *_: self.subscribed.set()
+        self.client.on_disconnect = lambda *_: self.connected.clear()
+        self.client.on_message = self._on_message
+        self.client.connect_async(cluster.nodes[node].host, cluster.nodes[node].mqtt_port)
+
+    def _on_message(self, _c: mqtt.Client, _u: object, message: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            self.messages.append((message.topic, bytes(message.payload)))
+
+    def __enter__(self) -> "ClusterSubscriber":
+        self.client.loop_start()
+        if not self.subscribed.wait(SUBSCRIBE_TIMEOUT_S):
+            self.client.loop_stop()
+            raise BrokerError("the cluster subscriber could not connect and subscribe",
+                              f"within {SUBSCRIBE_TIMEOUT_S:.0f} s")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def seqs(self, device: str) -> list[int]:
+        """The detections' sequence numbers from `device`, in arrival order, duplicates included."""
+        suffix = f"/{device}/detections"
+        with self._lock:
+            return [json.loads(p)["seq"] for t, p in self.messages if t.endswith(suffix)]
