@@ -62,7 +62,7 @@ def raw_client(cluster: RabbitCluster, name: str, node: int) -> tuple[mqtt.Clien
 
 def test_a_device_reaches_a_subscriber_on_another_node_and_cannot_write_another_devices_topics(
         cluster: RabbitCluster) -> None:
-    with ClusterSubscriber(cluster, 0, READER) as sub:
+    with ClusterSubscriber.on_node(cluster, 0, READER) as sub:
         client, dropped = raw_client(cluster, "cam-a", 1)
         try:
             client.publish("edge/v1/cam-a/detections", b'{"seq": 1}', qos=1).wait_for_publish(10)
@@ -99,7 +99,7 @@ def test_killing_a_node_moves_its_devices_to_the_others_with_nothing_lost(
     per_phase = 15
     # cam-a starts on node 2 (the one that dies), cam-b on node 1; the subscriber is on node 0.
     orders = {"cam-a": [2, 1, 0], "cam-b": [1, 2, 0]}
-    with ClusterSubscriber(cluster, 0, READER) as sub:
+    with ClusterSubscriber.on_node(cluster, 0, READER) as sub:
         running: list[tuple[Outbox, Publisher]] = []
         for device, order in orders.items():
             outbox = Outbox(tmp_path / f"{device}.db")

@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import threading
@@ -52,7 +53,14 @@ ERL_ARGS = "+sbwt none +sbwtdcpu none +sbwtdio none"
 
 def routing_key_pattern(topic: str) -> str:
     """An MQTT topic as a regex over RabbitMQ's routing key: RabbitMQ swaps MQTT's "/" and AMQP's "."."""
-    return topic.translate(str.maketrans({"/": "\\.", ".": "/"}))
+    swapped = "".join({"/": ".", ".": "/"}.get(c, c) for c in topic)
+    return swapped.replace(".", r"\.")
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1.0)
+        return s.connect_ex((LOOPBACK, port)) == 0
 
 
 def find_server() -> Path:
@@ -166,6 +174,7 @@ class RabbitCluster:
         self.workdir = workdir
         self.pki = pki
         self.epmd_port = free_port()
+        self._epmd: subprocess.Popen[bytes] | None = None
         tag = f"{os.getpid()}-{self.epmd_port}"
         self.nodes = [Node(f"edge{i}-{tag}@localhost", free_port(), free_port(), free_port(), workdir / f"node{i}")
                       for i in range(1, nodes + 1)]
@@ -193,6 +202,7 @@ class RabbitCluster:
         env.update({
             "HOME": str(self.home),
             "ERL_EPMD_PORT": str(self.epmd_port),
+            "ERL_EPMD_ADDRESS": LOOPBACK,
             "RABBITMQ_NODENAME": node.name,
             "RABBITMQ_NODE_IP_ADDRESS": LOOPBACK,
             "RABBITMQ_NODE_PORT": str(node.amqp_port),
@@ -210,12 +220,26 @@ class RabbitCluster:
 
     # --- lifecycle -----------------------------------------------------
     def start(self) -> None:
-        """The first node alone, then the others together; returns when every MQTT listener accepts."""
+        """Our epmd, the first node alone, then the others together; returns when every MQTT listener accepts."""
+        self._start_epmd()
         self.start_node(0)
         self._wait_listening(self.nodes[:1])
         for i in range(1, len(self.nodes)):
             self.start_node(i)
         self._wait_listening(self.nodes[1:])
+
+    def _start_epmd(self) -> None:
+        """Our own epmd in the foreground (a child we can end by its pid), on loopback and our port.
+
+        Left to itself the first node would start a daemonised epmd that outlives the cluster."""
+        epmd = shutil.which("epmd") or str(EPMD)
+        self._epmd = subprocess.Popen([epmd, "-port", str(self.epmd_port), "-address", LOOPBACK],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not _listening(self.epmd_port):
+            if self._epmd.poll() is not None or time.monotonic() > deadline:
+                raise BrokerError(f"epmd did not start on port {self.epmd_port}", "is the erlang-base package installed?")
+            time.sleep(POLL_S)
 
     def start_node(self, index: int) -> None:
         node = self.nodes[index]
@@ -227,20 +251,15 @@ class RabbitCluster:
         self._wait_listening([self.nodes[index]])
 
     def _wait_listening(self, nodes: list[Node]) -> None:
-        from edge.demo.broker import _wait_listening  # noqa: PLC0415 (one definition of "listening")
         deadline = time.monotonic() + START_TIMEOUT_S
         for node in nodes:
-            while True:
-                try:
-                    _wait_listening(node.mqtt_port, lambda n=node: n.running, f"rabbitmq node {node.name}", None)
-                    break
-                except BrokerError as exc:
-                    if not node.running:
-                        raise BrokerError(f"rabbitmq node {node.name} exited at start-up",
-                                          f"see its log:\n{node.log_tail()}") from None
-                    if time.monotonic() > deadline:
-                        raise BrokerError(f"rabbitmq node {node.name} did not listen within {START_TIMEOUT_S:.0f} s",
-                                          f"see its log:\n{node.log_tail()}") from exc
+            while not _listening(node.mqtt_port):
+                if not node.running:
+                    raise BrokerError(f"rabbitmq node {node.name} exited at start-up", f"see its log:\n{node.log_tail()}")
+                if time.monotonic() > deadline:
+                    raise BrokerError(f"rabbitmq node {node.name} did not listen within {START_TIMEOUT_S:.0f} s",
+                                      f"see its log:\n{node.log_tail()}")
+                time.sleep(POLL_S)
 
     def kill_node(self, index: int) -> None:
         """SIGKILL the node's process group: a node that dies, with no goodbye to its clients or peers."""
@@ -272,12 +291,13 @@ class RabbitCluster:
         node.proc = None
 
     def close(self) -> None:
-        """Every node killed, then our own epmd (it daemonises, so it is ended through its port)."""
+        """Every node killed, then our epmd."""
         for node in self.nodes:
             self._signal(node, signal.SIGKILL)
-        epmd = shutil.which("epmd") or str(EPMD)
-        subprocess.run([epmd, "-port", str(self.epmd_port), "-kill"], env={**os.environ, "ERL_EPMD_PORT":
-                       str(self.epmd_port)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        if self._epmd is not None:
+            self._epmd.kill()
+            self._epmd.wait()
+            self._epmd = None
 
     def __enter__(self) -> "RabbitCluster":
         try:
@@ -304,6 +324,37 @@ def device_config(cluster: RabbitCluster, device: str, order: list[int], **overr
     return MqttConfig.from_mapping(values)
 
 
+def group_cpu_s(leader: int) -> float:
+    """CPU seconds (user + system) used so far by every process in `leader`'s process group (Linux /proc).
+
+    A RabbitMQ node is several processes (the shell, beam.smp, erl_child_setup); the group holds them all."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == leader:  # fields after the name: state, ppid, pgrp, ..., utime (11), stime (12)
+            total += int(fields[11]) + int(fields[12])
+    return total / ticks
+
+
+def group_rss_mb(leader: int) -> float:
+    """Resident memory (MB) of every process in `leader`'s process group (Linux /proc)."""
+    total_kb = 0
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            stat = (status.parent / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(stat[2]) != leader:
+                continue
+            rss = [line for line in status.read_text().splitlines() if line.startswith("VmRSS:")]
+        except OSError:
+            continue
+        total_kb += int(rss[0].split()[1]) if rss else 0
+    return total_kb / 1024
+
+
 class ClusterSubscriber:
     """An MQTT 3.1.1 persistent-session subscriber on one node, recording (topic, payload) as they arrive.
 
@@ -312,26 +363,36 @@ class ClusterSubscriber:
     reconnects, or while a node dies, is kept.
     """
 
-    def __init__(self, cluster: RabbitCluster, node: int, name: str, topics: tuple[str, ...] = ("edge/v1/#",)) -> None:
-        self.messages: list[tuple[str, bytes]] = []
+    def __init__(self, pki: ThrowawayPki, host: str, port: int, name: str,
+                 topics: tuple[str, ...] = ("edge/v1/#",)) -> None:
+        self.messages: list[tuple[str, bytes, float]] = []  # topic, payload, arrival (time.monotonic())
         self._lock = threading.Lock()
         self.connected = threading.Event()
         self.subscribed = threading.Event()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=name, protocol=mqtt.MQTTv311,
                                   clean_session=False)
-        context = ssl.create_default_context(cafile=str(cluster.pki.ca))
-        context.load_cert_chain(str(cluster.pki.clients[name].cert), str(cluster.pki.clients[name].key))
+        context = ssl.create_default_context(cafile=str(pki.ca))
+        context.load_cert_chain(str(pki.clients[name].cert), str(pki.clients[name].key))
         self.client.tls_set_context(context)
-        self.client.reconnect_delay_set(0.2, 2)
-        self.client.on_connect = lambda c, *_: (c.subscribe([(t, 1) for t in topics]), self.connected.set())
+        self.client.reconnect_delay_set(1, 2)
+        self._topics = topics
+        self.client.on_connect = self._on_connect
         self.client.on_subscribe = lambda *_: self.subscribed.set()
         self.client.on_disconnect = lambda *_: self.connected.clear()
         self.client.on_message = self._on_message
-        self.client.connect_async(cluster.nodes[node].host, cluster.nodes[node].mqtt_port)
+        self.client.connect_async(host, port)
+
+    @classmethod
+    def on_node(cls, cluster: RabbitCluster, node: int, name: str) -> "ClusterSubscriber":
+        return cls(cluster.pki, cluster.nodes[node].host, cluster.nodes[node].mqtt_port, name)
+
+    def _on_connect(self, client: mqtt.Client, *_: object) -> None:
+        client.subscribe([(t, 1) for t in self._topics])
+        self.connected.set()
 
     def _on_message(self, _c: mqtt.Client, _u: object, message: mqtt.MQTTMessage) -> None:
         with self._lock:
-            self.messages.append((message.topic, bytes(message.payload)))
+            self.messages.append((message.topic, bytes(message.payload), time.monotonic()))
 
     def __enter__(self) -> "ClusterSubscriber":
         self.client.loop_start()
@@ -349,4 +410,10 @@ class ClusterSubscriber:
         """The detections' sequence numbers from `device`, in arrival order, duplicates included."""
         suffix = f"/{device}/detections"
         with self._lock:
-            return [json.loads(p)["seq"] for t, p in self.messages if t.endswith(suffix)]
+            return [json.loads(p)["seq"] for t, p, _ in self.messages if t.endswith(suffix)]
+
+    def arrivals(self) -> list[tuple[str, int, float]]:
+        """(device, seq, arrival) for every detections message, duplicates included."""
+        with self._lock:
+            rows = [(t, p, a) for t, p, a in self.messages if t.endswith("/detections")]
+        return [(t.split("/")[-2], json.loads(p)["seq"], a) for t, p, a in rows]
