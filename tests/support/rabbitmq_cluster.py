@@ -41,6 +41,7 @@ from edge.delivery.publish import MqttConfig
 from edge.demo.broker import LOOPBACK, BrokerError, ThrowawayPki, free_port
 
 EPMD = Path("/usr/bin/epmd")
+SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
 NODES = 3
 START_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 30.0
@@ -65,11 +66,10 @@ def _listening(port: int) -> bool:
 
 def find_server() -> Path:
     """The Debian package's server script (not /usr/sbin's wrapper, which switches to the rabbitmq user)."""
-    candidates = sorted(Path("/usr/lib/rabbitmq/bin").glob("rabbitmq-server"))
-    if not candidates:
-        raise BrokerError("no RabbitMQ found under /usr/lib/rabbitmq", "install the rabbitmq-server package "
-                          "(bash .ci/bootstrap env does)")
-    return candidates[0]
+    if not SERVER.exists():
+        raise BrokerError(f"no RabbitMQ server at {SERVER}", "install the rabbitmq-server package "
+                          "(bash .ci/bootstrap test does)")
+    return SERVER
 
 
 def topic_permissions(devices: tuple[str, ...], readers: tuple[str, ...]) -> list[dict[str, str]]:
@@ -364,12 +364,12 @@ class ClusterSubscriber:
     """
 
     def __init__(self, pki: ThrowawayPki, host: str, port: int, name: str,
-                 topics: tuple[str, ...] = ("edge/v1/#",)) -> None:
+                 topics: tuple[str, ...] = ("edge/v1/#",), client_id: str | None = None) -> None:
         self.messages: list[tuple[str, bytes, float]] = []  # topic, payload, arrival (time.monotonic())
         self._lock = threading.Lock()
         self.connected = threading.Event()
         self.subscribed = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=name, protocol=mqtt.MQTTv311,
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or name, protocol=mqtt.MQTTv311,
                                   clean_session=False)
         context = ssl.create_default_context(cafile=str(pki.ca))
         context.load_cert_chain(str(pki.clients[name].cert), str(pki.clients[name].key))
@@ -383,8 +383,9 @@ class ClusterSubscriber:
         self.client.connect_async(host, port)
 
     @classmethod
-    def on_node(cls, cluster: RabbitCluster, node: int, name: str) -> "ClusterSubscriber":
-        return cls(cluster.pki, cluster.nodes[node].host, cluster.nodes[node].mqtt_port, name)
+    def on_node(cls, cluster: RabbitCluster, node: int, name: str,
+                topics: tuple[str, ...] = ("edge/v1/#",), client_id: str | None = None) -> "ClusterSubscriber":
+        return cls(cluster.pki, cluster.nodes[node].host, cluster.nodes[node].mqtt_port, name, topics, client_id)
 
     def _on_connect(self, client: mqtt.Client, *_: object) -> None:
         client.subscribe([(t, 1) for t in self._topics])
