@@ -43,7 +43,7 @@ from edge.demo.broker import LOOPBACK, BrokerError, ThrowawayPki, free_port
 EPMD = Path("/usr/bin/epmd")
 SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
 NODES = 3
-START_TIMEOUT_S = 90.0
+START_TIMEOUT_S = 240.0
 STOP_TIMEOUT_S = 30.0
 POLL_S = 0.1
 COOKIE_MODE = 0o400
