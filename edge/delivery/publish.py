@@ -412,6 +412,7 @@ class Publisher:
         log.warning("falling back to MQTT 3.1.1 (%s); refused messages will then be dropped by the broker "
                     "silently, prefer a broker that speaks MQTT 5", why)
         self._protocol = MQTTProtocolVersion.MQTTv311
+        self._broker = 0  # the probe's closes moved along the list; 3.1.1 starts again at the first address
         self._fallback = True
         client.disconnect()
         self._client_done.set()
