@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import platform
 import sys
 import tempfile
@@ -292,7 +293,8 @@ def table(results: list[RunResult], boot_s: float, args: argparse.Namespace) -> 
     rows.append("")
     rows.append(f"Cluster start (3 nodes, joined, listening): {boot_s:.0f} s. Command: `.venv/bin/python "
                 f"benchmarks/cluster.py {' '.join(sys.argv[1:])}`; {platform.node()}, {platform.machine()}, "
-                f"{args.devices} devices at {args.rate:g} msg/s each for {args.seconds:g} s.")
+                f"{args.devices} devices at {args.rate:g} msg/s each for {args.seconds:g} s; load average "
+                f"(1 min) at the end {os.getloadavg()[0]:.0f} on {os.cpu_count()} cores (a shared machine).")
     return "\n".join(rows)
 
 
