@@ -125,6 +125,10 @@ class MqttConfig(schema.Section):
         if self.brokers and self.host != DEFAULT_HOST:
             raise schema.refuse(self.SECTION, "host", self.host, "is set together with brokers",
                                 "either host (one broker) or brokers (a list), not both")
+        try:  # with the real default port: 'b1' and 'b1:8883' are one broker when port is 8883
+            rotation.parse_addresses(self.brokers, self.port)
+        except rotation.AddressError as exc:
+            raise schema.refuse(self.SECTION, "brokers", self.brokers, f"has {exc}", rotation.EXPECTED) from None
 
     @property
     def addresses(self) -> tuple[rotation.BrokerAddress, ...]:

@@ -78,6 +78,12 @@ def test_a_bad_list_in_the_file_is_a_configuration_error_naming_the_key(value: o
     assert "[mqtt] brokers" in text and says in text and "host:port" in text
 
 
+def test_an_entry_that_repeats_another_through_the_default_port_is_refused_by_the_config() -> None:
+    with pytest.raises(ConfigError, match=r"\[mqtt\] brokers.*listed twice"):
+        MqttConfig.from_mapping({**TLS, "brokers": ["b1", "b1:8884"], "port": 8884})
+    assert len(MqttConfig.from_mapping({**TLS, "brokers": ["b1", "b1:8884"]}).addresses) == 2
+
+
 def test_host_and_brokers_together_are_refused_rather_than_one_silently_ignored() -> None:
     with pytest.raises(ConfigError, match=r"\[mqtt\] host.*together with brokers"):
         MqttConfig.from_mapping({**TLS, "host": "b0", "brokers": ["b1", "b2"]})
