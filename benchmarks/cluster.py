@@ -179,8 +179,9 @@ def run_cluster(workdir: Path, pki: ThrowawayPki, names: list[str], rate: float,
 
         def kill() -> None:
             killed_at.append(time.monotonic())
-            (cluster.stop_node if graceful else cluster.kill_node)(KILLED)
+            # Watching first: a graceful stop takes a second or more, and devices may move meanwhile.
             threading.Thread(target=watch, daemon=True).start()
+            (cluster.stop_node if graceful else cluster.kill_node)(KILLED)
 
         def watch() -> None:
             """When each of the killed node's devices, once it has seen the loss, is connected again elsewhere."""
@@ -209,7 +210,8 @@ def run_cluster(workdir: Path, pki: ThrowawayPki, names: list[str], rate: float,
                     cpu_before_kill.append(group_cpu_s(pids[KILLED]))
                     kill()
                 drive(devices, rate, seconds, at_half)
-                result = collect("RabbitMQ 3.10, 3 nodes, node killed", devices, sub, started, 0.0)
+                how = "stopped (SIGTERM)" if graceful else "killed"
+                result = collect(f"RabbitMQ 3.10, 3 nodes, node {how}", devices, sub, started, 0.0)
                 result.rss_per_device_kb = rss_per_device_kb
                 result.idle_cpu_pct = idle
                 alive = sum(group_cpu_s(p) for i, p in enumerate(pids) if i != KILLED)
@@ -280,7 +282,7 @@ def table(results: list[RunResult], boot_s: float, args: argparse.Namespace) -> 
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         per_msg = r.broker_cpu_s * MS / r.received_unique if r.received_unique else float("nan")
-        moved = str(r.moved) if "killed" in r.label else "-"
+        moved = str(r.moved) if "RabbitMQ" in r.label else "-"
         recon = f"{r.reconnect_s[0]:.1f} / {r.reconnect_s[1]:.1f}" if r.reconnect_s else "-"
         rows.append(f"| {r.label} | {r.devices} | {r.sent} | {r.received_unique} | {r.duplicates} | {r.lost} | "
                     f"{r.received_unique / r.wall_s:.1f} | {r.latency_ms[0]:.0f} / {r.latency_ms[1]:.0f} / "
