@@ -187,7 +187,8 @@ class AuditChannel:
         from edge.common.errors import ConfigError
         from edge.delivery.publish import PROTOCOLS, tls_context
 
-        where = f"{self.config.host}:{self.config.port}"
+        first = self.config.addresses[0]  # `host` and `port`, or the first of `[mqtt] brokers`
+        where = str(first)
         try:
             context = tls_context(self.config)
         except ConfigError as exc:
@@ -201,7 +202,7 @@ class AuditChannel:
         client.on_connect = self._on_connect
         client.on_publish = self._on_publish
         try:
-            client.connect(self.config.host, self.config.port, keepalive=max(int(self.timeout_s) * 2, 5),
+            client.connect(first.host, first.port, keepalive=max(int(self.timeout_s) * 2, 5),
                            clean_start=True if v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY)
         except (OSError, ssl.SSLError, ValueError) as exc:
             return f"cannot connect to {where}: {getattr(exc, 'strerror', None) or exc}"

@@ -584,7 +584,7 @@ def describe_start(config: ServiceConfig, status: serialize.DeviceStatus, path: 
     """The start-up line's fields: what runs, from what, to where."""
     return {"device": config.device.id, "mode": status.mode, "source": config.camera.source,
             "model": status.model, "accelerator": status.accelerator,
-            "broker": f"{config.mqtt.host}:{config.mqtt.port}", "protocol": config.mqtt.protocol,
+            "broker": ", ".join(str(a) for a in config.mqtt.addresses), "protocol": config.mqtt.protocol,
             "policy": "gate" if config.policy is not None else "none", "firmware": status.firmware,
             "config": None if path is None else str(path)}
 

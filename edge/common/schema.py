@@ -47,6 +47,7 @@ class Kind(enum.Enum):
     SWITCH = "true or false"
     PATH = "a path"
     PATHS = "a list of paths"
+    TEXTS = "a list of text values"
     TABLE = "a table of text values"
 
 
@@ -210,6 +211,8 @@ def _convert(spec: Spec, value: object) -> Any:
         return Path(value)  # type: ignore[arg-type]
     if kind is Kind.PATHS and isinstance(value, (list, tuple)) and all(_is_path(v) for v in value):
         return tuple(Path(v) for v in value)
+    if kind is Kind.TEXTS and isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return tuple(value)
     if kind is Kind.TABLE and isinstance(value, Mapping) \
             and all(isinstance(v, (str, int, float, bool)) for v in value.values()):
         return {str(k): shown(v) if isinstance(v, bool) else str(v) for k, v in value.items()}

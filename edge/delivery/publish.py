@@ -51,6 +51,7 @@ from edge.common.backoff import backoff_delay
 from edge.common.errors import ConfigError
 from edge.common.schema import Kind, setting
 from edge.common.topics import CRL_TOPIC_LEAF, DEFAULT_TOPIC_ROOT, IDENTITIES_LEAF, MQTT_WILDCARDS, crl_topic
+from edge.delivery import brokers as rotation
 from edge.delivery.outbox import Outbox, Pending
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ def _topic(value: str) -> str | None:
     return "is not a topic name" if any(c in value for c in MQTT_WILDCARDS) else None
 
 
+DEFAULT_HOST = "localhost"
 MUTUAL_TLS = "the device uses mutual TLS with a pinned CA"
 
 
@@ -91,8 +93,12 @@ class MqttConfig(schema.Section):
 
     SECTION: ClassVar[str] = "mqtt"
 
-    host: str = setting("localhost", kind=Kind.TEXT, check=schema.not_empty, expected="the broker's host name")
+    host: str = setting(DEFAULT_HOST, kind=Kind.TEXT, check=schema.not_empty, expected="the broker's host name")
     port: int = setting(8883, kind=Kind.WHOLE, check=_port, expected=f"a TCP port, 1 to {MAX_PORT}")
+    # Several nodes of one clustered broker: tried in turn, the next when one fails (edge.delivery.brokers).
+    brokers: tuple[str, ...] = setting((), kind=Kind.TEXTS, check=rotation.list_problem,
+                                       expected=rotation.EXPECTED + "; a port left out is [mqtt] port; "
+                                       "set either host or brokers")
     topic_root: str = setting(DEFAULT_TOPIC_ROOT, kind=Kind.TEXT, check=_plain_prefix,
                               expected=f"a prefix like '{DEFAULT_TOPIC_ROOT}' without wildcards or trailing slash")
     crl_topic: str = setting("", kind=Kind.TEXT, check=_topic,
@@ -116,6 +122,18 @@ class MqttConfig(schema.Section):
         if self.backoff_min_s > self.backoff_max_s:
             raise schema.refuse(self.SECTION, "backoff_min_s", self.backoff_min_s,
                                 f"is larger than backoff_max_s {self.backoff_max_s}", "backoff_min_s <= backoff_max_s")
+        if self.brokers and self.host != DEFAULT_HOST:
+            raise schema.refuse(self.SECTION, "host", self.host, "is set together with brokers",
+                                "either host (one broker) or brokers (a list), not both")
+        try:  # with the real default port: 'b1' and 'b1:8883' are one broker when port is 8883
+            rotation.parse_addresses(self.brokers, self.port)
+        except rotation.AddressError as exc:
+            raise schema.refuse(self.SECTION, "brokers", self.brokers, f"has {exc}", rotation.EXPECTED) from None
+
+    @property
+    def addresses(self) -> tuple[rotation.BrokerAddress, ...]:
+        """The broker addresses in the order they are tried."""
+        return rotation.broker_addresses(self.host, self.port, self.brokers)
 
     @property
     def crl(self) -> str:
@@ -203,6 +221,9 @@ class Publisher:
         self._stopping = threading.Event()
         self._protocol = PROTOCOLS[config.protocol]
         self._attempt = 0
+        self._addresses = config.addresses
+        self._broker = 0  # index into _addresses: the broker tried now (edge.delivery.brokers)
+        self._connect_properties: Properties | None = None
         self._lock = threading.Lock()  # guards the figures below, read by health
         self._connected = False
         self._delivered = 0
@@ -295,9 +316,30 @@ class Publisher:
             properties = Properties(PacketTypes.CONNECT)
             properties.SessionExpiryInterval = self.config.session_expiry_s
         self._set_delay(client)
-        client.connect_async(self.config.host, self.config.port, keepalive=self.config.keepalive_s,
-                             clean_start=False if v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY, properties=properties)
+        self._connect_properties = properties
+        self._connect_async(client, properties)
         return client
+
+    def _connect_async(self, client: mqtt.Client, properties: Properties | None) -> None:
+        address = self._addresses[self._broker]
+        v5 = self._protocol == MQTTProtocolVersion.MQTTv5
+        client.connect_async(address.host, address.port, keepalive=self.config.keepalive_s,
+                             clean_start=False if v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY, properties=properties)
+
+    def _fail_over(self, client: mqtt.Client) -> None:
+        """Network thread, after a failure: aim the client's next attempt at the next broker address.
+
+        `connect_async` from paho's own callback only records the address; paho's
+        loop makes the attempt after the (jittered) reconnect delay. Messages the
+        old node never acknowledged stay in paho's session and in the outbox, and
+        go out again through the new node.
+        """
+        if len(self._addresses) < 2 or self._stopping.is_set() or self._fallback:
+            return
+        failed = self._addresses[self._broker]
+        self._broker = rotation.next_index(self._broker, len(self._addresses))
+        log.warning("broker %s failed; next attempt at %s", failed, self._addresses[self._broker])
+        self._connect_async(client, self._connect_properties)
 
     def _network_loop(self) -> None:
         """Supervise paho's own network thread, one client at a time (a second one only for the 3.1.1 fallback).
@@ -319,7 +361,8 @@ class Publisher:
                 return
 
     def _set_delay(self, client: mqtt.Client) -> None:
-        delay = backoff_delay(self._attempt, self.config.backoff_min_s, self.config.backoff_max_s, self._rng)
+        step = rotation.backoff_round(self._attempt, len(self._addresses))
+        delay = backoff_delay(step, self.config.backoff_min_s, self.config.backoff_max_s, self._rng)
         self._attempt += 1
         client.reconnect_delay_set(delay, delay)  # type: ignore[arg-type]  # paho accepts float seconds
 
@@ -330,7 +373,7 @@ class Publisher:
                 self._fall_back(client, "the broker answered 'unsupported protocol version'")
                 return
             log.error("broker refused the connection: %s", reason)
-            self._set_delay(client)
+            self._set_delay(client)  # paho then closes the connection: _on_disconnect moves to the next broker
             return
         self._attempt = 0
         self._ever_connected = True
@@ -338,7 +381,7 @@ class Publisher:
             self._connect_started = None
         with self._lock:
             self._connected = True
-        log.info("connected to %s:%d (MQTT %s, session present: %s)", self.config.host, self.config.port,
+        log.info("connected to %s (MQTT %s, session present: %s)", self._addresses[self._broker],
                  PROTOCOL_NAMES[self._protocol], flags.session_present)
         client.subscribe(self.config.crl, qos=1)
         for topic, payload in ((self.topics.status, serialize.status_online(self.device, self.status, self._clock(),
@@ -375,14 +418,16 @@ class Publisher:
         log.warning("falling back to MQTT 3.1.1 (%s); refused messages will then be dropped by the broker "
                     "silently, prefer a broker that speaks MQTT 5", why)
         self._protocol = MQTTProtocolVersion.MQTTv311
+        self._broker = 0  # the probe's closes moved along the list; 3.1.1 starts again at the first address
         self._fallback = True
         client.disconnect()
         self._client_done.set()
 
     def _on_connect_fail(self, client: mqtt.Client, _userdata: object) -> None:
-        log.warning("cannot reach broker %s:%d; retrying", self.config.host, self.config.port)
+        log.warning("cannot reach broker %s; retrying", self._addresses[self._broker])
         with self._lock:
             self._connect_started = None
+        self._fail_over(client)
         self._set_delay(client)
 
     def _on_disconnect(self, client: mqtt.Client, _userdata: object, _flags: object,
@@ -400,6 +445,7 @@ class Publisher:
                 self._fall_back(client, "the broker closed MQTT 5 connections before answering")
                 return
         self._events.put(("disconnected",))
+        self._fail_over(client)
         self._set_delay(client)
 
     def _on_publish(self, _client: mqtt.Client, _userdata: object, mid: int,
