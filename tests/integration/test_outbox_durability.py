@@ -45,6 +45,7 @@ SERVICE = textwrap.dedent("""
     from edge.delivery.publish import MqttConfig
     from edge.sources.camera import CameraConfig
     from edge.app.service import Service, status_for
+    from edge.wire.rate import RateConfig
 
     made = serialize.detections
 
@@ -55,7 +56,7 @@ SERVICE = textwrap.dedent("""
     serialize.detections = announced
     config = ServiceConfig(DeviceConfig("cam-a", Path({state!r})), MqttConfig.from_mapping({mqtt!r}),
                            OutboxConfig(durability={durability!r}), HealthConfig(30.0), HomeAssistantConfig(),
-                           CameraConfig(), DetectorConfig(), None)
+                           CameraConfig(), DetectorConfig(), None, RateConfig(mode="per-frame"))
     pipeline = build_pipeline(config.detector)
     face = skimage.data.astronaut()
 
