@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -93,7 +94,6 @@ class SimBroker:
         self.proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + 15
-        import socket
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"mosquitto exited; see {self.workdir / 'mosquitto.log'}")
@@ -141,7 +141,7 @@ class Counter:
         self.client.tls_set_context(context)
         self.client.reconnect_delay_set(0.1, 1)  # type: ignore[arg-type]
         self.client.max_inflight_messages_set(1000)
-        self.client.on_connect = lambda c, *_: (c.subscribe("edge/v1/+/detections", qos=1), self.connected.set())
+        self.client.on_connect = self._on_connect
         self.client.on_disconnect = lambda *_: self.connected.clear()
         self.client.on_message = self._on_message
         props = Properties(PacketTypes.CONNECT)
@@ -151,6 +151,10 @@ class Counter:
         if not self.connected.wait(15):
             raise RuntimeError("the fleet subscriber could not connect")
         time.sleep(0.3)
+
+    def _on_connect(self, client: mqtt.Client, *_: object) -> None:
+        client.subscribe("edge/v1/+/detections", qos=1)
+        self.connected.set()
 
     def _on_message(self, _c: object, _u: object, message: mqtt.MQTTMessage) -> None:
         device = message.topic.split("/")[2]

@@ -135,7 +135,12 @@ def main(spec_path: str) -> int:
     period = 1.0 / spec["fps"]
     rate = RateConfig(mode=spec["mode"], max_per_s=spec["max_per_s"])
     stop = threading.Event()
-    threading.Thread(target=lambda: (sys.stdin.readline(), stop.set()), daemon=True).start()
+
+    def wait_for_stop() -> None:
+        sys.stdin.readline()  # "stop", or end of file if the simulator went away
+        stop.set()
+
+    threading.Thread(target=wait_for_stop, daemon=True).start()
     start = time.time()
     # Every device's frames at `fps`, phases spread over one frame period so the batch does not tick at once.
     due = [(start + rng.uniform(0, period), i) for i in range(len(devices))]

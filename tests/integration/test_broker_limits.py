@@ -43,6 +43,7 @@ def test_a_payload_over_the_limit_is_refused_on_the_device_and_the_rest_flows(
         outbox.submit(publisher.topics.detections, detections_factory())
         assert wait_until(lambda: len(sub.seqs()) == 2)
         assert wait_until(lambda: publisher.stats().refused == 1)
+        assert wait_until(lambda: outbox.stats().depth == 1)  # the two detections' PUBACKs settled
         stats, refusal = outbox.stats(), publisher.stats().last_refusal
         close(outbox, publisher)
     assert sub.on("cam-a/audit") == []  # never sent
