@@ -199,6 +199,8 @@ def config_text(tmp_path: Path, bt: BrokerUnderTest, camera: str = 'source = "vi
         backoff_max_s = 0.5
         [health]
         interval_s = 0.5
+        [detections]
+        mode = "per-frame"
     """) + f"[camera]\n{camera}\n" + extra
 
 

@@ -312,6 +312,8 @@ def test_run_command_with_a_config_file(tmp_path: Path, mosquitto: BrokerUnderTe
         backoff_min_s = 0.1
         [homeassistant]
         enabled = true
+        [detections]
+        mode = "per-frame"
     """))
     with Subscriber(mosquitto.broker, mosquitto.pki) as sub:
         proc = subprocess.run([sys.executable, "-m", "edge.app.cli", "run", "--config", str(config)],
