@@ -2,8 +2,10 @@
 
 Why this order: the outbox hand-off is non-blocking and the publisher runs on
 its own threads, so a slow or absent broker costs disk, never frames. The
-loop publishes one `detections` message per frame with faces, plus one when
-the count drops to zero, so a face-count reading can return to 0.
+loop publishes a `detections` message when the tracks in view change (one
+when the count drops to zero, so a face-count reading can return to 0) and
+otherwise at the `[detections]` cap, or for every frame with faces in
+`per-frame` mode (edge/wire/rate.py).
 
 Faults: the camera is supervised (`edge.sources.camera.SupervisedSource`): a
 source that fails or stalls is reopened with jittered backoff, and while it
