@@ -6,15 +6,20 @@ every message does not count as broker load), the PKI (`provisioning.ca`, via `f
 device the firmware's outbox, publisher, rate decision and serializer (`fleet_worker.py`). Not run:
 inference; each device replays a scripted scene.
 
-    .venv/bin/python benchmarks/fleet_sim.py --devices 500 --fps 1 --always-present --seconds 600 --restart-at 540
-    .venv/bin/python benchmarks/fleet_sim.py --devices 50 --fps 30 --mode per-frame --seconds 120
-    .venv/bin/python benchmarks/fleet_sim.py --devices 50 --fps 30 --mode capped --seconds 120
+    .venv/bin/python benchmarks/fleet_sim.py --devices 200 --fps 1 --always-present --seconds 690 \
+        --restart-at 600 --ramp-s 30 --workers 20
+    .venv/bin/python benchmarks/fleet_sim.py --devices 20 --fps 30 --mode per-frame --seconds 60 --ramp-s 5 --workers 10
+    .venv/bin/python benchmarks/fleet_sim.py --devices 20 --fps 30 --mode capped --seconds 60 --ramp-s 5 --workers 10
+
+(500 devices need more than this two-core machine gives the simulated devices: docs/fleet-scale.md.)
 
 Prints a Markdown table for docs/fleet-scale.md and writes the per-second timeline as JSON (`--timeline`).
 
 For other brokers (a cluster): `run_fleet(devices, brokers, pki, ...)` takes a list of broker addresses;
 devices are spread over them in turn, the subscriber listens on the first, and `events` run callables at
-given seconds (stop a node, restart the broker) while the figures are taken.
+given seconds (stop a node, restart the broker) while the figures are taken; `mqtt_overrides` sets
+device `[mqtt]` settings (`{"protocol": "3.1.1"}` for a 3.1.1-only broker, whose subscriber then speaks
+3.1.1 too).
 """
 from __future__ import annotations
 
@@ -129,7 +134,7 @@ def cpu_seconds(pid: int) -> float:
 class Counter:
     """The fleet's subscriber (role:reader): every detections message, by device and seq, per second."""
 
-    def __init__(self, broker: BrokerAddress, pki: FleetPki) -> None:
+    def __init__(self, broker: BrokerAddress, pki: FleetPki, protocol: str = "5") -> None:
         self.lock = threading.Lock()
         self.seqs: dict[str, set[int]] = {}
         self.received = 0
@@ -137,16 +142,21 @@ class Counter:
         self.connected = threading.Event()
         context = ssl.create_default_context(cafile=str(pki.ca))
         context.load_cert_chain(str(pki.subscriber.cert), str(pki.subscriber.key))
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=SUBSCRIBER_ID, protocol=mqtt.MQTTv5)
+        v5 = protocol != "3.1.1"  # a 3.1.1-only broker (RabbitMQ's MQTT plugin before 3.13) gets a 3.1.1 subscriber
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=SUBSCRIBER_ID,
+                                  protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311, clean_session=None if v5 else False)
         self.client.tls_set_context(context)
         self.client.reconnect_delay_set(0.1, 1)  # type: ignore[arg-type]
         self.client.max_inflight_messages_set(1000)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = lambda *_: self.connected.clear()
         self.client.on_message = self._on_message
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = SUBSCRIBER_EXPIRY_S
-        self.client.connect_async(broker.host, broker.port, clean_start=False, properties=props)
+        if v5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = SUBSCRIBER_EXPIRY_S
+            self.client.connect_async(broker.host, broker.port, clean_start=False, properties=props)
+        else:
+            self.client.connect_async(broker.host, broker.port)
         self.client.loop_start()
         if not self.connected.wait(15):
             raise RuntimeError("the fleet subscriber could not connect")
@@ -224,7 +234,8 @@ def run_fleet(devices: Sequence[str], brokers: Sequence[BrokerAddress], pki: Fle
     `events`: (second, name, action) run in this process at that second of the run (a broker restart); the
     result records when each ended and how long until every device was connected again.
     """
-    counter = Counter(brokers[0], pki)
+    mqtt_settings = {**FLEET_MQTT, **(mqtt_overrides or {})}
+    counter = Counter(brokers[0], pki, str(mqtt_settings["protocol"]))
     # The outboxes on tmpfs when there is one: a starved machine's fsyncs would measure this host's disk, not
     # the broker; on a camera each outbox has an SD card of its own.
     state = Path(tempfile.mkdtemp(prefix="fleet-sim-state-", dir=SHM if SHM.is_dir() else workdir))
@@ -234,7 +245,7 @@ def run_fleet(devices: Sequence[str], brokers: Sequence[BrokerAddress], pki: Fle
     procs: list[Worker] = []
     for index, batch in enumerate(batches):
         spec = _spec_file(workdir, state, index, batch, pki, fps, mode, max_per_s, always_present, ramp_s,
-                          {**FLEET_MQTT, **(mqtt_overrides or {})})
+                          mqtt_settings)
         with open(workdir / f"worker-{index}.log", "w") as errors:
             proc = subprocess.Popen([sys.executable, str(WORKER), str(spec)], stdin=subprocess.PIPE,
                                     stdout=subprocess.PIPE, stderr=errors, text=True)
