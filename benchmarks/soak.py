@@ -180,6 +180,8 @@ def config_text(device: str, state_dir: Path, broker: MosquittoBroker, pki: Thro
         f'cert = "{cred.cert}"', f'key = "{cred.key}"', "backoff_min_s = 0.5", "backoff_max_s = 2.0",
         "[outbox]", f'durability = "{durability}"',
         "[health]", f"interval_s = {HEALTH_S}",
+        # The stream docs/benchmarks-soak.md measured (a message per frame with a face), not the capped default.
+        "[detections]", 'mode = "per-frame"',
     ]) + "\n"
 
 

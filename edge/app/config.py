@@ -24,6 +24,7 @@ from edge.common.schema import Kind, setting
 from edge.common.text import fold
 from edge.common.topics import DEFAULT_DISCOVERY_PREFIX, MQTT_WILDCARDS
 from edge.trust.grant import DEVICE_ID_EXPECTED, device_id_problem
+from edge.wire.rate import RateConfig
 
 if TYPE_CHECKING:  # the sections' owners import numpy, OpenCV, paho: read only when a file is loaded
     from edge.delivery.outbox import OutboxConfig
@@ -45,7 +46,7 @@ DEFAULT_HEALTH_INTERVAL_S = 30.0
 # Where the systemd unit, the tools and the docs expect the service's configuration.
 DEFAULT_CONFIG = Path("/etc/edge-camera/edge-camera.toml")
 SERVICE_SECTIONS = ("device", "camera", "detector", "policy", "identification", "mqtt", "outbox", "health",
-                    "homeassistant")
+                    "homeassistant", "detections")
 # [mqtt] paths a relative value of which is relative to the configuration file's folder.
 MQTT_FILES = ("ca", "cert", "key")
 
@@ -134,6 +135,8 @@ class ServiceConfig:
     policy: PolicyConfig | None
     # How identification runs while the gate grants it; without [policy] it never does.
     identification: IdentificationConfig = field(default_factory=IdentificationConfig)
+    # How often detections go out while the scene does not change (edge/wire/rate.py).
+    detections: RateConfig = field(default_factory=RateConfig)
 
 
 def _section(document: Mapping[str, Any], name: str) -> Mapping[str, Any]:
@@ -176,6 +179,7 @@ def from_document(document: Mapping[str, Any], base: Path | None = None) -> Serv
         detector=DetectorConfig.from_mapping(_section(document, "detector")),
         policy=policy,
         identification=IdentificationConfig.from_mapping(_section(document, "identification")),
+        detections=RateConfig.from_mapping(_section(document, "detections")),
     )
 
 

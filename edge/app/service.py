@@ -2,8 +2,10 @@
 
 Why this order: the outbox hand-off is non-blocking and the publisher runs on
 its own threads, so a slow or absent broker costs disk, never frames. The
-loop publishes one `detections` message per frame with faces, plus one when
-the count drops to zero, so a face-count reading can return to 0.
+loop publishes a `detections` message when the tracks in view change (one
+when the count drops to zero, so a face-count reading can return to 0) and
+otherwise at the `[detections]` cap, or for every frame with faces in
+`per-frame` mode (edge/wire/rate.py).
 
 Faults: the camera is supervised (`edge.sources.camera.SupervisedSource`): a
 source that fails or stalls is reopened with jittered backoff, and while it
@@ -49,6 +51,7 @@ from edge.app.notify import Notifier
 from edge.app.version import firmware_version
 from edge.common.errors import EdgeError
 from edge.wire import serialize
+from edge.wire.rate import RateConfig, RateState, decide
 from edge.app.config import ServiceConfig, check_certificate_names
 from edge.vision.detection import FrameResult
 from edge.delivery.health import FrameStats, cpu_temperature_c, cpu_throttled
@@ -120,17 +123,19 @@ class CameraHealth:
 class DetectionsStream:
     """Decides which frames produce a message and builds it; pure apart from the tracker's memory."""
 
-    def __init__(self, device: str, tracker: Tracker) -> None:
+    def __init__(self, device: str, tracker: Tracker, rate: RateConfig = RateConfig()) -> None:
         self.device = device
         self.tracker = tracker
-        self._had_faces = False
+        self._min_interval_s = rate.min_interval_s
+        self._rate = RateState()
         self.tracks: tuple[int, ...] = ()  # the last frame's track numbers, face by face
 
     def message(self, result: FrameResult) -> Callable[[int], bytes] | None:
         numbers = self.tracks = tuple(self.tracker.assign(tuple(face.detection.box for face in result.faces)))
-        if not result.faces and not self._had_faces:
+        # Capture time, not wall time: the decision follows the frames (edge/wire/rate.py).
+        self._rate, send = decide(self._rate, frozenset(numbers), result.capture_time, self._min_interval_s)
+        if not send:
             return None
-        self._had_faces = bool(result.faces)
         observations = tuple(observe(face, number) for face, number in zip(result.faces, numbers, strict=True))
         device, frame_number, capture_time = self.device, result.frame_number, result.capture_time
         return lambda seq: serialize.detections(device, seq, frame_number, capture_time, observations)
@@ -154,7 +159,7 @@ class Service:
                                         serialize.DiscoveryDevice(self.device, status.model, status.firmware))
         self.publisher = Publisher(self.device, config.mqtt, self.outbox, status, on_crl=self._crl,
                                    retained_extra=extra)
-        self.stream = DetectionsStream(self.device, Tracker())
+        self.stream = DetectionsStream(self.device, Tracker(), config.detections)
         self.frames = FrameStats()
         self._stop = threading.Event()
         self._hangup = threading.Event()

@@ -52,6 +52,7 @@ from edge.common.errors import ConfigError
 from edge.common.schema import Kind, setting
 from edge.common.topics import CRL_TOPIC_LEAF, DEFAULT_TOPIC_ROOT, IDENTITIES_LEAF, MQTT_WILDCARDS, crl_topic
 from edge.delivery import brokers as rotation
+from edge.delivery.limits import DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MAX_PUBLISHES_PER_S, oversized, publish_room
 from edge.delivery.outbox import Outbox, Pending
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ FALLBACK_AFTER_CLOSES = 2
 CONNACK_TIMEOUT_S = 5.0
 CONTROL_HEADROOM = 16
 EVENT_POLL_S = 0.5
+MIN_WAIT_S = 0.001
 STOP_FLUSH_S = 2.0
 PROTOCOLS = {"auto": MQTTProtocolVersion.MQTTv5, "5": MQTTProtocolVersion.MQTTv5, "3.1.1": MQTTProtocolVersion.MQTTv311}
 MAX_PORT = 65535
@@ -117,6 +119,13 @@ class MqttConfig(schema.Section):
                                    expected="seconds, more than 0 and at most backoff_max_s")
     backoff_max_s: float = setting(60.0, kind=Kind.NUMBER, check=schema.positive,
                                    expected="seconds, more than 0 and at least backoff_min_s")
+    # A managed broker's limits per connection (edge/delivery/limits.py, docs/fleet-scale.md).
+    max_payload_bytes: int = setting(DEFAULT_MAX_PAYLOAD_BYTES, kind=Kind.WHOLE, check=schema.positive,
+                                     expected="the broker's largest payload in bytes, more than 0 "
+                                              "(AWS IoT Core: 131072)")
+    max_publishes_per_s: int = setting(DEFAULT_MAX_PUBLISHES_PER_S, kind=Kind.WHOLE, check=schema.positive,
+                                       expected="publishes a second on the connection, more than 0 "
+                                                "(AWS IoT Core allows 100)")
 
     def check(self) -> None:
         if self.backoff_min_s > self.backoff_max_s:
@@ -198,6 +207,8 @@ class _PumpState:
     cursor: int = 0
     inflight: dict[int, Pending] = field(default_factory=dict)
     control: dict[int, str] = field(default_factory=dict)
+    sent: tuple[float, ...] = ()  # monotonic times of the publishes in the last second ([mqtt] max_publishes_per_s)
+    wait_s: float | None = None  # throttled: when a publish slot frees
 
 
 class Publisher:
@@ -472,7 +483,8 @@ class Publisher:
         state = _PumpState()
         while True:
             try:
-                events = [self._events.get(timeout=EVENT_POLL_S)]
+                wait = EVENT_POLL_S if state.wait_s is None else min(EVENT_POLL_S, max(state.wait_s, MIN_WAIT_S))
+                events = [self._events.get(timeout=wait)]
             except queue.Empty:
                 events = [("wake",)]
             while True:
@@ -500,6 +512,7 @@ class Publisher:
                     self._settle_one(state, event[1], event[2], acked, refused)
                 elif kind == "health" and state.connected and state.client is not None:
                     state.client.publish(self.topics.health, event[1], qos=0)
+                    state.sent += (time.monotonic(),)
                 elif kind == "status" and state.connected and state.client is not None:
                     payload = serialize.status_online(self.device, self.status, self._clock())
                     info = state.client.publish(self.topics.status, payload, qos=1, retain=True)
@@ -535,13 +548,28 @@ class Publisher:
 
     def _fill(self, state: _PumpState) -> None:
         client = state.client
-        room = self.config.inflight - len(state.inflight)
+        state.sent, allowed, state.wait_s = publish_room(state.sent, time.monotonic(), self.config.max_publishes_per_s)
+        room = min(self.config.inflight - len(state.inflight), allowed)
         if client is None or room <= 0:
             return
         for pending in self.outbox.fetch(state.cursor, room):
+            too_big = oversized(len(pending.payload), self.config.max_payload_bytes)
+            if too_big is not None:
+                self._refuse_locally(state, pending, too_big)
+                continue
             info = client.publish(pending.topic, pending.payload, qos=pending.qos)
+            state.sent += (time.monotonic(),)
             if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
                 break  # paho's bounded queue is full; the rest stay on disk
             # NO_CONN: paho keeps the message and sends it on reconnect, so it is in flight either way.
             state.inflight[info.mid] = pending
             state.cursor = pending.id
+
+    def _refuse_locally(self, state: _PumpState, pending: Pending, why: str) -> None:
+        """A message the broker's limits would refuse: marked refused in the outbox, counted and logged, never sent."""
+        log.error("message for %s not sent: %s", pending.topic, why)
+        self.outbox.settle((), [(pending.id, why)])
+        with self._lock:
+            self._refused += 1
+            self._last_refusal = f"{pending.topic}: {why}"
+        state.cursor = pending.id

@@ -31,6 +31,8 @@ from edge.delivery.outbox import OutboxConfig
 from edge.delivery.publish import MqttConfig
 from edge.sources.camera import CameraConfig, open_source
 from edge.app.service import RunLimits, Service, model_input_size, status_for
+from edge.wire.dedupe import Deduplicator
+from edge.wire.rate import PER_FRAME_STREAM
 
 DEMO_DEVICE = "demo-camera"
 DEMO_SUBSCRIBER = "demo-subscriber"
@@ -63,13 +65,14 @@ def _describe(topic: str, payload: dict[str, Any]) -> str:
 
 
 class PrintingSubscriber:
-    """What any user of the camera would run: subscribe, read, de-duplicate by seq."""
+    """What any user of the camera would run: subscribe, read, de-duplicate by (device, seq)."""
 
     def __init__(self, host: str, port: int, pki: ThrowawayPki, protocol: mqtt.MQTTProtocolVersion, out: TextIO,
                  raw: bool) -> None:
         self.out = out
         self.raw = raw
         self.seqs: list[int] = []
+        self.dedupe = Deduplicator()
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=DEMO_SUBSCRIBER, protocol=protocol)
@@ -92,7 +95,7 @@ class PrintingSubscriber:
         payload = json.loads(message.payload)
         with self._lock:
             if message.topic.endswith("/detections"):
-                if payload["seq"] in self.seqs:
+                if not self.dedupe.first_time(payload["device"], payload["seq"]):
                     return  # a QoS 1 redelivery
                 self.seqs.append(payload["seq"])
             line = f"{message.topic} {message.payload.decode()}" if self.raw else _describe(message.topic, payload)
@@ -142,7 +145,7 @@ def run_demo(seconds: float, max_frames: int | None, *, raw: bool, prefer_embedd
             camera_config = CameraConfig(source="virtual", max_frames=max_frames)
             config = ServiceConfig(DeviceConfig(DEMO_DEVICE, workdir / "state"), mqtt_config, OutboxConfig(),
                                    HealthConfig(DEMO_HEALTH_S), HomeAssistantConfig(), camera_config,
-                                   DetectorConfig(), None)
+                                   DetectorConfig(), None, detections=PER_FRAME_STREAM)  # the demo shows every frame
             pipeline = build_pipeline(config.detector)
             service = Service(config, status_for(pipeline))
             service.install_signal_handlers()

@@ -20,6 +20,7 @@ from edge.app.service import RunLimits, Service, status_for
 from edge.delivery.outbox import OutboxConfig
 from edge.sources.camera import CameraConfig, Frame
 from edge.vision.pipeline import DetectorConfig
+from edge.wire.rate import PER_FRAME_STREAM
 from support.coral import FakeCoral, following
 from support.mosquitto import BrokerUnderTest, Subscriber, wait_until
 
@@ -29,7 +30,7 @@ FRAME_INTERVAL_S = 0.02
 def config_for(state: Path, mosquitto: BrokerUnderTest) -> ServiceConfig:
     return ServiceConfig(device=DeviceConfig("cam-a", state), mqtt=mosquitto.device_config("cam-a"),
                          outbox=OutboxConfig(), health=HealthConfig(30.0), homeassistant=HomeAssistantConfig(),
-                         camera=CameraConfig(), detector=DetectorConfig(), policy=None)
+                         camera=CameraConfig(), detector=DetectorConfig(), policy=None, detections=PER_FRAME_STREAM)
 
 
 def faces(count: int, plug: FakeCoral | None = None, plug_at: int = -1) -> Iterator[Frame]:

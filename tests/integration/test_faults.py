@@ -33,6 +33,7 @@ from edge.common.errors import InputError
 from edge.delivery.outbox import Outbox, OutboxConfig
 from edge.sources.camera import CameraConfig, Frame, SupervisedSource, open_source
 from edge.vision.pipeline import DetectorConfig, build_pipeline
+from edge.wire.rate import PER_FRAME_STREAM
 from support.data import REPO
 from support.mosquitto import BrokerUnderTest, Subscriber, first_occurrences, wait_until
 from test_notify import Manager
@@ -51,7 +52,7 @@ def service_config(state: Path, bt: BrokerUnderTest, camera: CameraConfig = Came
                    health_s: float = 0.2) -> ServiceConfig:
     return ServiceConfig(device=DeviceConfig("cam-a", state), mqtt=bt.device_config("cam-a"), outbox=OutboxConfig(),
                          health=HealthConfig(health_s), homeassistant=HomeAssistantConfig(), camera=camera,
-                         detector=DetectorConfig(), policy=None)
+                         detector=DetectorConfig(), policy=None, detections=PER_FRAME_STREAM)
 
 
 class Faulty:
@@ -198,6 +199,8 @@ def config_text(tmp_path: Path, bt: BrokerUnderTest, camera: str = 'source = "vi
         backoff_max_s = 0.5
         [health]
         interval_s = 0.5
+        [detections]
+        mode = "per-frame"
     """) + f"[camera]\n{camera}\n" + extra
 
 

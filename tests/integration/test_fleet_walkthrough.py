@@ -8,6 +8,7 @@ in which only the state directory, the broker's address and the camera source ar
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -70,9 +71,13 @@ def test_walkthrough_root_to_detections_with_the_shipped_broker(tmp_path: Path) 
         run = subprocess.run([tool("edge-camera"), "run", "--config", str(config), "--frames", str(FRAMES)],
                              capture_output=True, text=True, timeout=180, cwd=REPO)
         assert run.returncode == 0, run.stderr
-        assert wait_until(lambda: len(dashboard.received("shop-12-door/detections")) == FRAMES), broker.log[-3000:]
+        # The shipped [detections] rate: changes at once, else the cap; the device's stop line says how many went.
+        published = re.search(r"\blast_seq=(\d+)", run.stderr)
+        assert published and int(published[1]) >= 1, run.stderr[-2000:]
+        last = int(published[1])
+        assert wait_until(lambda: len(dashboard.received("shop-12-door/detections")) == last), broker.log[-3000:]
         seqs = [json.loads(p)["seq"] for p in dashboard.received("shop-12-door/detections")]
-        assert seqs == list(range(1, FRAMES + 1))
+        assert seqs == list(range(1, last + 1))
         assert dashboard.received("shop-12-door/status")
         # 6. one camera cannot speak for another, nor can the reader publish
         till = states["shop-12-till"]

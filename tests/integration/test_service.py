@@ -24,6 +24,7 @@ from edge.vision.pipeline import DetectorConfig, build_pipeline
 from edge.delivery.publish import MqttConfig
 from edge.sources.camera import CameraConfig
 from edge.app.service import OUTBOX_FILE, RunLimits, Service, status_for
+from edge.wire.rate import PER_FRAME_STREAM
 from support.mosquitto import BrokerUnderTest, Subscriber, first_occurrences, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -56,7 +57,7 @@ def service_config(state: Path, mqtt: MqttConfig, outbox: OutboxConfig = OutboxC
                    health_s: float = 30.0) -> ServiceConfig:
     return ServiceConfig(device=DeviceConfig("cam-a", state), mqtt=mqtt, outbox=outbox,
                          health=HealthConfig(health_s), homeassistant=HomeAssistantConfig(),
-                         camera=CameraConfig(), detector=DetectorConfig(), policy=None)
+                         camera=CameraConfig(), detector=DetectorConfig(), policy=None, detections=PER_FRAME_STREAM)
 
 
 def test_one_message_per_frame_with_faces_and_one_when_they_go(tmp_path: Path, mosquitto: BrokerUnderTest,
@@ -144,10 +145,12 @@ SERVICE_SCRIPT = textwrap.dedent("""
     from edge.sources.camera import CameraConfig
     from edge.app.service import Service, status_for
     from test_service import StillFrame
+    from edge.wire.rate import PER_FRAME_STREAM
 
     mqtt = MqttConfig.from_mapping({mqtt!r})
     config = ServiceConfig(DeviceConfig("cam-a", __import__("pathlib").Path({state!r})), mqtt, OutboxConfig(durability={durability!r}),
-                           HealthConfig(30.0), HomeAssistantConfig(), CameraConfig(), DetectorConfig(), None)
+                           HealthConfig(30.0), HomeAssistantConfig(), CameraConfig(), DetectorConfig(), None,
+                           detections=PER_FRAME_STREAM)
     pipeline = build_pipeline(config.detector)
     face = skimage.data.astronaut()
 
@@ -309,6 +312,8 @@ def test_run_command_with_a_config_file(tmp_path: Path, mosquitto: BrokerUnderTe
         backoff_min_s = 0.1
         [homeassistant]
         enabled = true
+        [detections]
+        mode = "per-frame"
     """))
     with Subscriber(mosquitto.broker, mosquitto.pki) as sub:
         proc = subprocess.run([sys.executable, "-m", "edge.app.cli", "run", "--config", str(config)],

@@ -29,6 +29,7 @@ from edge.delivery.outbox import OutboxConfig
 from edge.app.service import RunLimits, Service, status_for
 from edge.vision.detection import FrameResult
 from edge.vision.pipeline import DetectorConfig, build_pipeline
+from edge.wire.rate import PER_FRAME_STREAM
 from support.mosquitto import BrokerUnderTest, Subscriber, first_occurrences, wait_until
 
 FPS = 30.0
@@ -73,7 +74,7 @@ def test_health_and_detections_share_the_tls_stream_without_a_disconnect(
     assert len(recorded.faces) == 1  # a detection message on every frame
     config = ServiceConfig(device=DeviceConfig("cam-a", tmp_path / "state"), mqtt=mosquitto.device_config("cam-a"),
                            outbox=OutboxConfig(), health=HealthConfig(HEALTH_S), homeassistant=HomeAssistantConfig(),
-                           camera=None, detector=DetectorConfig(), policy=None)
+                           camera=None, detector=DetectorConfig(), policy=None, detections=PER_FRAME_STREAM)
     caplog.set_level(logging.INFO)
     with Subscriber(mosquitto.broker, mosquitto.pki, topics=("edge/v1/cam-a/#",)) as sub:
         service = Service(config, status_for(real))

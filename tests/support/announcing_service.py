@@ -3,7 +3,7 @@
 Why: durability tests SIGKILL the service or fill its disk, so what it
 "published" must be known from outside it, whether or not a message reached
 the disk or the broker. The real pipeline runs on a still photograph with
-one face at about 30 frames a second, with the real outbox and the real
+one face at about 30 frames a second, one message a frame (the per-frame stream), with the real outbox and the real
 publisher (mutual TLS, quick reconnects). `extra` is code run just before
 the service starts (a test's command thread, for example); it prints
 `ready` and then the seqs, one a line.
@@ -30,6 +30,7 @@ _SCRIPT = textwrap.dedent("""
     from edge.delivery.publish import MqttConfig
     from edge.sources.camera import CameraConfig
     from edge.app.service import Service, status_for
+    from edge.wire.rate import PER_FRAME_STREAM
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     made = serialize.detections
@@ -41,7 +42,7 @@ _SCRIPT = textwrap.dedent("""
     serialize.detections = announced
     config = ServiceConfig(DeviceConfig("cam-a", Path({state!r})), MqttConfig.from_mapping({mqtt!r}),
                            OutboxConfig(durability={durability!r}), HealthConfig(30.0), HomeAssistantConfig(),
-                           CameraConfig(), DetectorConfig(), None)
+                           CameraConfig(), DetectorConfig(), None, detections=PER_FRAME_STREAM)
     pipeline = build_pipeline(config.detector)
     face = skimage.data.astronaut()
 

@@ -32,6 +32,7 @@ from edge.trust.grant import GrantError, check_device_id
 from edge.trust.tags import fold_tag
 from edge.vision.pipeline import DetectorConfig
 from edge.vision.runtime import DelegateConfig
+from edge.wire.rate import RateConfig
 from support.data import REPO
 from support.pki import Pki, provision
 
@@ -46,6 +47,7 @@ SECTIONS: dict[str, tuple[Any, dict[str, Any]]] = {
     "outbox": (OutboxConfig, {}),
     "health": (HealthConfig, {}),
     "homeassistant": (HomeAssistantConfig, {}),
+    "detections": (RateConfig, {}),
 }
 # configuration [section] key: <value> <what is wrong>  /  what to do: expected <what a good value is>
 ONE_STYLE = re.compile(r"^configuration \[(\w+)\] (\w+): (.+)\n  what to do: expected .+", re.S)

@@ -1,0 +1,177 @@
+"""One process of the fleet simulator: a batch of simulated devices, each with the real outbox and publisher.
+
+Why a process per batch: each device runs the firmware's own delivery code
+(`edge.delivery.outbox.Outbox`, write-behind as shipped, and
+`edge.delivery.publish.Publisher` with paho, TLS and its own certificate),
+which is several threads per device; one interpreter for 500 devices would
+be limited by its GIL long before the broker is. No inference runs: each
+device replays a scripted scene (`Scene`) through the real rate decision
+(`edge.wire.rate.decide`) and the real serializer, so its messages are the
+shape and size the camera sends.
+
+Run by `fleet_sim.py`, never by hand:
+
+    python benchmarks/fleet_worker.py SPEC.json
+
+It prints one JSON line every `report_s` (connected devices, messages
+submitted and acknowledged) and, after reading `stop` on stdin and draining,
+one `final` line with every device's last seq.
+"""
+from __future__ import annotations
+
+import heapq
+import json
+import logging
+import math
+import random
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge.delivery.outbox import Outbox, OutboxConfig
+from edge.delivery.publish import MqttConfig, Publisher
+from edge.wire import serialize
+from edge.wire.observation import Observation, Pose
+from edge.wire.rate import RateConfig, RateState, decide
+
+STATUS = serialize.DeviceStatus(mode="detection", model="short", accelerator="cpu", firmware="fleet-sim")
+POLL_S = 0.05
+# A face the detector misses for one frame: its track leaves the set for that frame (about one frame in 200).
+FLICKER = 0.005
+FACE_COUNTS = (0, 0, 1, 1, 1, 2, 3)
+SEGMENT_S = (3.0, 30.0)
+
+
+class Scene:
+    """What one camera sees: stretches of a few seconds to half a minute with 0 to 3 people, drifting boxes.
+
+    `always_present` keeps one person in view for good, so the per-frame stream is exactly `fps` messages
+    a second (the fleet run's one message a second per device)."""
+
+    def __init__(self, rng: random.Random, always_present: bool) -> None:
+        self._rng = rng
+        self._always = always_present
+        self._next_track = rng.randrange(2**31)
+        self._until = -1.0
+        self._tracks: tuple[int, ...] = ()
+
+    def _new_segment(self, t: float) -> None:
+        count = 1 if self._always else self._rng.choice(FACE_COUNTS)
+        if not self._always or not self._tracks:
+            self._tracks = tuple(self._next_track + i for i in range(count))
+            self._next_track += count
+        self._until = math.inf if self._always else t + self._rng.uniform(*SEGMENT_S)
+
+    def frame(self, t: float) -> tuple[Observation, ...]:
+        if t >= self._until:
+            self._new_segment(t)
+        faces = []
+        for i, track in enumerate(self._tracks):
+            if self._rng.random() < FLICKER:
+                continue
+            x = 0.1 + 0.25 * i + 0.05 * math.sin(t / 3 + i)
+            y = 0.3 + 0.05 * math.cos(t / 4 + i)
+            pose = Pose(int(20 * math.sin(t / 2)), int(10 * math.cos(t / 5)), 0)
+            faces.append(Observation((round(x, 3), round(y, 3), 0.12, 0.16), 0.9, pose, track))
+        return tuple(faces)
+
+
+@dataclass
+class SimDevice:
+    name: str
+    outbox: Outbox
+    publisher: Publisher
+    scene: Scene
+    state: RateState
+    frame: int = 0
+
+
+def build_device(spec: dict, entry: dict, rng: random.Random) -> SimDevice:
+    name = entry["id"]
+    mqtt = MqttConfig.from_mapping({
+        "host": entry["host"], "port": entry["port"], "ca": spec["ca"], "cert": entry["cert"], "key": entry["key"],
+        **spec.get("mqtt", {})})
+    outbox = Outbox(Path(spec["state"]) / name / "outbox.db", OutboxConfig())
+    publisher = Publisher(name, mqtt, outbox, STATUS)
+    return SimDevice(name, outbox, publisher, Scene(random.Random(rng.random()), spec["always_present"]), RateState())
+
+
+def tick(device: SimDevice, now: float, min_interval: float | None) -> bool:
+    """One frame: the scene, the real rate decision, and when it says so the real serializer into the outbox."""
+    observations = device.scene.frame(now)
+    device.frame += 1
+    device.state, send = decide(device.state, frozenset(o.track for o in observations), now, min_interval)
+    if send:
+        name, frame = device.name, device.frame
+        device.outbox.submit(device.publisher.topics.detections,
+                             lambda seq: serialize.detections(name, seq, frame, now, observations))
+    return send
+
+
+def report(devices: list[SimDevice], kind: str = "tick", **extra: object) -> None:
+    """Publisher figures only (a lock each): the outboxes' depth is an SQL query, asked for once at the end."""
+    connected = delivered = 0
+    for d in devices:
+        stats = d.publisher.stats()
+        connected += stats.connected
+        delivered += stats.delivered
+    line = {"kind": kind, "t": time.time(), "connected": connected, "delivered": delivered, **extra}
+    print(json.dumps(line), flush=True)
+
+
+def main(spec_path: str) -> int:
+    spec = json.loads(Path(spec_path).read_text())
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(threadName)s %(message)s")
+    rng = random.Random(spec["seed"])
+    devices = [build_device(spec, entry, rng) for entry in spec["devices"]]
+    # Devices power up over `ramp_s`, as a fleet does; the broker restart later is the storm under test.
+    began = time.monotonic()
+    for i, d in enumerate(devices):
+        time.sleep(max(0.0, began + spec["ramp_s"] * i / len(devices) - time.monotonic()))
+        d.outbox.start()
+        d.publisher.start()
+    period = 1.0 / spec["fps"]
+    rate = RateConfig(mode=spec["mode"], max_per_s=spec["max_per_s"])
+    stop = threading.Event()
+
+    def wait_for_stop() -> None:
+        sys.stdin.readline()  # "stop", or end of file if the simulator went away
+        stop.set()
+
+    threading.Thread(target=wait_for_stop, daemon=True).start()
+    start = time.time()
+    # Every device's frames at `fps`, phases spread over one frame period so the batch does not tick at once.
+    due = [(start + rng.uniform(0, period), i) for i in range(len(devices))]
+    heapq.heapify(due)
+    submitted = 0
+    next_report = start
+    while not stop.is_set():
+        now = time.time()
+        while due and due[0][0] <= now:
+            at, i = heapq.heappop(due)
+            submitted += tick(devices[i], at, rate.min_interval_s)
+            heapq.heappush(due, (at + period, i))
+        if now >= next_report:
+            report(devices, submitted=submitted)
+            next_report += spec["report_s"]
+        time.sleep(max(0.0, min(due[0][0], next_report) - time.time()) if due else POLL_S)
+    deadline = time.monotonic() + spec["drain_s"]
+    while time.monotonic() < deadline and any(d.outbox.stats().depth for d in devices):
+        time.sleep(POLL_S * 4)
+    report(devices, submitted=submitted)
+    for d in devices:
+        d.publisher.stop()
+    finals = {}
+    for d in devices:
+        stats, pub = d.outbox.stats(), d.publisher.stats()
+        finals[d.name] = {"last_seq": stats.last_seq, "depth": stats.depth, "dropped": stats.dropped,
+                          "refused": pub.refused, "delivered": pub.delivered}
+        d.outbox.close()
+    print(json.dumps({"kind": "final", "devices": finals}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
