@@ -22,6 +22,7 @@ from edge.common.errors import ConfigError
 from edge.common.schema import Kind, setting
 from edge.common.text import fold
 from edge.common.topics import DEFAULT_DISCOVERY_PREFIX, MQTT_WILDCARDS
+from edge.trust.renewal import RenewalConfig
 from edge.trust.grant import DEVICE_ID_EXPECTED, device_id_problem
 
 if TYPE_CHECKING:  # the sections' owners import numpy, OpenCV, paho: read only when a file is loaded
@@ -43,7 +44,7 @@ RETIRED_TERMS = frozenset({
 DEFAULT_HEALTH_INTERVAL_S = 30.0
 # Where the systemd unit, the tools and the docs expect the service's configuration.
 DEFAULT_CONFIG = Path("/etc/edge-camera/edge-camera.toml")
-SERVICE_SECTIONS = ("device", "camera", "detector", "policy", "mqtt", "outbox", "health", "homeassistant")
+SERVICE_SECTIONS = ("device", "camera", "detector", "policy", "mqtt", "outbox", "health", "homeassistant", "renewal")
 # [mqtt] paths a relative value of which is relative to the configuration file's folder.
 MQTT_FILES = ("ca", "cert", "key")
 
@@ -130,6 +131,7 @@ class ServiceConfig:
     camera: CameraConfig
     detector: DetectorConfig
     policy: PolicyConfig | None
+    renewal: RenewalConfig = RenewalConfig()
 
 
 def _section(document: Mapping[str, Any], name: str) -> Mapping[str, Any]:
@@ -171,6 +173,7 @@ def from_document(document: Mapping[str, Any], base: Path | None = None) -> Serv
         camera=CameraConfig.from_mapping(_section(document, "camera")),
         detector=DetectorConfig.from_mapping(_section(document, "detector")),
         policy=policy,
+        renewal=RenewalConfig.from_mapping(_section(document, "renewal")),
     )
 
 
