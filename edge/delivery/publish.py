@@ -281,7 +281,8 @@ class Publisher:
 
     def publish_retained(self, topic: str, payload: bytes) -> None:
         """A retained message of the device's own (the renewal request): sent now if connected and again on
-        every connection; an empty payload clears it at the broker once and is then forgotten."""
+        every connection, so one lost in a reconnection (the swap itself) is sent again. An empty payload
+        clears it at the broker; it too is repeated, a few bytes per connection."""
         with self._lock:
             self._own_retained[topic] = payload
         self._events.put(("retained", topic))
@@ -512,8 +513,6 @@ class Publisher:
     def _publish_own(self, state: _PumpState, topic: str) -> None:
         with self._lock:
             payload = self._own_retained.get(topic)
-            if payload == b"":
-                del self._own_retained[topic]  # cleared once; not repeated on later connections
         if payload is not None and state.client is not None:
             info = state.client.publish(topic, payload, qos=1, retain=True)
             state.control[info.mid] = topic

@@ -253,3 +253,20 @@ def test_swap_is_journalled_and_a_restart_finishes_it(tmp_path: Path, pki: Pki) 
     assert load_device_key(files.key).private_numbers() == pending.private_numbers()
     assert not files.next_key.exists() and not files.next_cert.exists()
     assert not files.finish_swap()  # nothing left to do
+
+
+def test_status_and_health_carry_the_certificate_within_their_schemas(pki: Pki) -> None:
+    schemas = SCHEMA.parent
+    cert = issued(pki, new_key())
+    state = certificate_status(cert, cert.not_valid_after_utc + DAY, renew_at=2 / 3, revoked_at=None)
+    shown = serialize.CertificateReport(state.state.value, f"{state.serial:x}", state.not_after.timestamp(),
+                                        state.days_left, state.detail)
+    status = serialize.DeviceStatus("detection", "blazeface-full", "cpu", "0.1.0", certificate=shown)
+    document = json.loads(serialize.status_online("cam-1", status, 0.0))
+    jsonschema.Draft202012Validator(json.loads((schemas / "status.json").read_text())).validate(document)
+    assert document["certificate"]["state"] == "expired" and document["certificate"]["days_left"] == -1.0
+    health = serialize.HealthReport(0.0, 1.0, None, None, None, 1, 0, 5, 0, 0, 3.0, False, None, 0, 0, None, "cpu",
+                                    None, None, certificate=shown)
+    document = json.loads(serialize.health("cam-1", health))
+    jsonschema.Draft202012Validator(json.loads((schemas / "health.json").read_text())).validate(document)
+    assert "nothing is delivered" in document["certificate"]["detail"]

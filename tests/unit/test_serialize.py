@@ -147,7 +147,8 @@ def test_asyncapi_parses_and_every_payload_resolves() -> None:
             named.add(message["name"])
     for operation in document["operations"].values():
         resolve(operation["channel"]["$ref"])
-    assert named == {"detections", "status", "health", "audit", "crl", "discovery"}
+    assert named == {"detections", "status", "health", "audit", "crl", "discovery", "renewal-request",
+                     "renewal-certificate"}
 
 
 def test_status_health_audit_discovery_validate() -> None:
