@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from edge.common.topics import DEFAULT_TOPIC_ROOT, renewal_certificate_topic
 from edge.trust.certificates import load_certificates, load_crl, read_device_identity, spki
-from edge.trust.renewal import CheckedRequest, RenewalError, check_request, parse_request
+from edge.trust.renewal import CheckedRequest, RenewalError, RenewalRequest, check_request, parse_request
 from provisioning import ca as builders
 from provisioning.cli import (
     CA_CERT,
@@ -39,7 +39,7 @@ from provisioning.cli import (
     _read,
     _write_new,
 )
-from provisioning.errors import EXIT_OK, RefusedError, UsageError
+from provisioning.errors import EXIT_OK, InputFileError, RefusedError, UsageError
 from provisioning.keystore import load_encrypted_key
 
 DEFAULT_WAIT_S = 3.0
@@ -65,8 +65,7 @@ class Signer:
         self.crl = _parse(lambda: load_crl(_read(crl_path, "CRL"), f"CRL {crl_path}")) if crl_path.exists() else None
         self._key: ec.EllipticCurvePrivateKey | None = None
 
-    def check(self, payload: bytes, what: str, topic_device: str | None = None) -> CheckedRequest:
-        request = parse_request(payload, what)
+    def check(self, request: RenewalRequest, topic_device: str | None = None) -> CheckedRequest:
         checked = check_request(request, ca_cert=self.ca_cert, now=_now(), crl=self.crl, topic_device=topic_device)
         record = self.directory / ISSUED_DIR / f"{checked.current.serial_number:x}.pem"
         if not record.exists():
@@ -112,7 +111,11 @@ def _renew_file(args: argparse.Namespace) -> int:
     signer = Signer(args)
     payload = _read(Path(args.request), "renewal request")
     try:
-        checked = signer.check(payload, f"renewal request {args.request}")
+        request = parse_request(payload, f"renewal request {args.request}")
+    except RenewalError as exc:
+        raise InputFileError(exc.message, exc.hint) from None
+    try:
+        checked = signer.check(request)
     except RenewalError as exc:
         raise RefusedError(exc.message, exc.hint) from None
     signed = signer.sign(checked)

@@ -22,7 +22,7 @@ from edge.common.topics import (
     RENEWAL_REQUEST_LEAF,
     renewal_certificate_topic,
 )
-from edge.trust.renewal import RenewalError
+from edge.trust.renewal import RenewalError, parse_request
 from provisioning.errors import EXIT_OK, BrokerError, RefusedError, UsageError
 from provisioning.renew import DEFAULT_PORT, Signer, _said, answers_request
 
@@ -123,7 +123,7 @@ def _answer(client: object, signer: Signer, args: argparse.Namespace, waiting: d
     problems: list[str] = []
     for device, payload in sorted(waiting.items()):
         try:
-            checked = signer.check(payload, f"renewal request of {device!r}", topic_device=device)
+            checked = signer.check(parse_request(payload, f"renewal request of {device!r}"), topic_device=device)
         except RenewalError as exc:
             problems.append(exc.message)
             print(f"refused: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""))

@@ -336,3 +336,50 @@ def test_the_shipped_acl_keeps_renewal_topics_per_device(tmp_path: Path, fleet: 
     finally:
         for probe in (mine, other, ops):
             probe.close()
+
+
+def test_manual_signing_step_with_a_request_file_and_its_refusals(tmp_path: Path, fleet: dict[str, Path]) -> None:
+    """`renew --request FILE --out FILE`: the documented step for a CA kept offline; plain refusals, exit codes."""
+    import subprocess
+
+    from edge.trust.renewal import make_request
+    from edge.wire import serialize
+    from tests.support.fleet import tool
+
+    state = fleet[DEVICE]
+    current_key = load_device_key(state / "device-key.pem")
+    current = leaf(state / "device.pem")
+    fresh = ec.generate_private_key(ec.SECP256R1())
+
+    def request_file(name: str, signer: ec.EllipticCurvePrivateKey) -> Path:
+        request = make_request(DEVICE, signer, current, fresh)
+        path = tmp_path / name
+        path.write_bytes(serialize.renewal_request(DEVICE, time.time(), request.rotation, request.csr_pem,
+                                                   request.certificate_pem, request.proof))
+        return path
+
+    def renew(*argv: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, PASSPHRASE_ENV: PASSPHRASE}
+        return subprocess.run([tool("edge-provision"), "renew", "--ca-dir", str(fleet["ca"]), *argv,
+                               "--passphrase-env", PASSPHRASE_ENV], capture_output=True, text=True, env=env,
+                              timeout=60)
+
+    good = renew("--request", str(request_file("good.json", current_key)), "--out", str(tmp_path / "renewed.pem"))
+    assert good.returncode == 0, good.stderr
+    assert f"renewed certificate for '{DEVICE}'" in good.stdout and "fleet/renew/cam-renew/cert" in good.stdout
+    renewed = leaf(tmp_path / "renewed.pem")
+    assert renewed.public_key() == fresh.public_key() and renewed.subject == current.subject
+    assert (fleet["ca"] / "issued" / f"{renewed.serial_number:x}.pem").exists()
+
+    stolen = renew("--request", str(request_file("stolen.json", fresh)), "--out", str(tmp_path / "no.pem"))
+    assert stolen.returncode == 5 and "not signed by the key of its current certificate" in stolen.stderr
+    assert "Traceback" not in stolen.stderr and not (tmp_path / "no.pem").exists()
+
+    junk = tmp_path / "junk.json"
+    junk.write_text("not a request")
+    assert renew("--request", str(junk), "--out", str(tmp_path / "no.pem")).returncode == 3
+    assert renew("--request", str(tmp_path / "missing.json"), "--out", str(tmp_path / "no.pem")).returncode == 3
+    no_out = renew("--request", str(junk))
+    assert no_out.returncode == 2 and "--out" in no_out.stderr
+    neither = renew()
+    assert neither.returncode == 2 and "--broker" in neither.stderr
