@@ -146,6 +146,7 @@ class RenewalAgent:
     def check(self) -> None:
         """Timer: past `renew_at` of its life, ask (once per certificate, and again after a restart)."""
         with self._lock:
+            self._follow_file()
             now = self.clock()
             due = renewal_due_at(self.current, self.config.renewal.renew_at)
             expired = now > self.current.not_valid_after_utc
@@ -160,6 +161,15 @@ class RenewalAgent:
             self._timer = threading.Timer(max(MIN_CHECK_S, wait), self.check)
             self._timer.daemon = True
             self._timer.start()
+
+    def _follow_file(self) -> None:
+        """A certificate installed by hand (and SIGHUP) is the one in use from now on: watch that one."""
+        try:
+            installed = load_certificates(self.files.cert.read_bytes(), f"[mqtt] cert {self.files.cert}")[0]
+        except (CertificateError, OSError):
+            return  # the TLS layer says why at the next connection; keep watching the one in memory
+        if installed != self.current:
+            self.current, self.requested, self.last_refusal = installed, False, None
 
     def _ask(self, now: dt.datetime) -> None:
         try:
