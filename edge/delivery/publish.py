@@ -338,11 +338,12 @@ class Publisher:
         writing to the TLS socket itself (see the module docstring).
         """
         while not self._stopping.is_set():
+            # Cleared before the client is made: a retirement asked for meanwhile (new credentials) is kept.
+            self._client_done.clear()
             client = self._make_client()
             self._client = client
             self._events.put(("client", client))
             self._fallback = False
-            self._client_done.clear()
             client.loop_start()
             self._client_done.wait()
             client.loop_stop()  # joins paho's thread, which ends once disconnect() has taken effect
