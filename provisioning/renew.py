@@ -141,7 +141,7 @@ def add_parser(sub: "argparse._SubParsersAction[Any]") -> None:
     p.add_argument("--request", help="a request file (the JSON a device publishes on its csr topic)")
     p.add_argument("--out", help="with --request: where to write the renewed certificate chain")
     p.add_argument("--broker", help="HOST or HOST:PORT of the fleet broker (default port 8883); needs paho-mqtt: "
-                                    "pip install 'edge-provision[mqtt]'")
+                                    "pip install paho-mqtt")
     p.add_argument("--client-cert", help="the operator's client certificate (client-cert --role operator)")
     p.add_argument("--client-key", help="its key")
     p.add_argument("--broker-ca", help="the CA to verify the broker with (ca.pem beside the client certificate)")

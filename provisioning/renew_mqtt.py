@@ -1,8 +1,9 @@
 """`edge-provision renew --broker`: the MQTT side, the only part of the field tool that needs paho-mqtt.
 
 Why apart and imported only here: the field tool installs without paho-mqtt
-(provisioning/pyproject.toml); an operator who answers requests from the
-broker installs the `mqtt` extra, and one who carries request files does not.
+(provisioning/pyproject.toml, checked by .ci/packaging, which refuses it even
+as an optional extra); an operator who answers requests from the broker
+installs paho-mqtt beside it, and one who carries request files does not.
 
 MQTT 5, so a refused publish comes back as a reason code: the operator role
 may publish certificates only on `<root>/fleet/renew/+/cert`
@@ -52,7 +53,7 @@ def renew_from_broker(args: argparse.Namespace, signer: Signer) -> int:
         from paho.mqtt.enums import CallbackAPIVersion
     except ImportError:
         raise BrokerError("reading requests from the broker needs paho-mqtt, which is not installed",
-                          "pip install 'edge-provision[mqtt]', or use --request FILE --out FILE") from None
+                          "pip install paho-mqtt, or use --request FILE --out FILE") from None
     for name in ("client_cert", "client_key", "broker_ca"):
         if getattr(args, name) is None:
             raise UsageError(f"--broker needs --{name.replace('_', '-')}",
