@@ -99,6 +99,7 @@ EXIT_CODES_HELP = """Exit codes:
   5  refused by the policy (nothing was signed)
   6  verification failed (the device would not accept it)
   7  an output file already exists (nothing is overwritten)
+  8  renew --broker: the broker cannot be reached or refused the operator or an answer
   130 interrupted
 Passphrases come from --...-passphrase-file, --...-passphrase-env (the variable's name) or a prompt."""
 
@@ -719,6 +720,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_client_cert)
 
     _add_model_bundle_parser(sub)
+    from provisioning.renew import add_parser as add_renew_parser  # it builds on this module's helpers
+
+    add_renew_parser(sub)
     return parser
 
 

@@ -41,3 +41,9 @@ class OutputExistsError(EdgeError):
     """An output file exists; the tool never overwrites keys, CAs or certificates."""
 
     exit_code = 7
+
+
+class BrokerError(EdgeError):
+    """`renew --broker`: the broker cannot be reached, refuses the operator, or refuses to take an answer."""
+
+    exit_code = 8

@@ -23,6 +23,7 @@ from edge.common.errors import ConfigError
 from edge.common.schema import Kind, setting
 from edge.common.text import fold
 from edge.common.topics import DEFAULT_DISCOVERY_PREFIX, MQTT_WILDCARDS
+from edge.trust.renewal import RenewalConfig
 from edge.trust.grant import DEVICE_ID_EXPECTED, device_id_problem
 from edge.wire.rate import RateConfig
 
@@ -46,7 +47,7 @@ DEFAULT_HEALTH_INTERVAL_S = 30.0
 # Where the systemd unit, the tools and the docs expect the service's configuration.
 DEFAULT_CONFIG = Path("/etc/edge-camera/edge-camera.toml")
 SERVICE_SECTIONS = ("device", "camera", "detector", "policy", "identification", "mqtt", "outbox", "health",
-                    "homeassistant", "detections")
+                    "homeassistant", "detections", "renewal")
 # [mqtt] paths a relative value of which is relative to the configuration file's folder.
 MQTT_FILES = ("ca", "cert", "key")
 
@@ -137,6 +138,8 @@ class ServiceConfig:
     identification: IdentificationConfig = field(default_factory=IdentificationConfig)
     # How often detections go out while the scene does not change (edge/wire/rate.py).
     detections: RateConfig = field(default_factory=RateConfig)
+    # When the device asks for a new certificate, and whether it rotates its key (edge/trust/renewal.py).
+    renewal: RenewalConfig = field(default_factory=RenewalConfig)
 
 
 def _section(document: Mapping[str, Any], name: str) -> Mapping[str, Any]:
@@ -180,6 +183,7 @@ def from_document(document: Mapping[str, Any], base: Path | None = None) -> Serv
         policy=policy,
         identification=IdentificationConfig.from_mapping(_section(document, "identification")),
         detections=RateConfig.from_mapping(_section(document, "detections")),
+        renewal=RenewalConfig.from_mapping(_section(document, "renewal")),
     )
 
 

@@ -68,6 +68,7 @@ if TYPE_CHECKING:  # the gate is imported on demand (attach_policy): a service w
     from edge.policy.gate import GateDecision
     from edge.wire.observation import Identification
     from edge.policy.clock import ClockSync
+    from edge.policy.gate import GateDecision
     from edge.vision.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,8 @@ STOP_DRAIN_S = 10.0
 AWAY_DRAIN_S = 2.0
 # Configuration keys SIGHUP applies to the running service; every other change needs a restart.
 LIVE_KEYS = frozenset({"health.interval_s", "mqtt.cert", "mqtt.key"})
+# Certificate states (edge.trust.renewal.CertificateState) in which the broker refuses the device.
+UNDELIVERABLE = frozenset({"expired", "revoked"})
 
 
 class FrameProcessor(Protocol):
@@ -177,6 +180,11 @@ class Service:
         self.crl_handler: Callable[[bytes], object] | None = None
         # Set by attach_identification when a [policy] section exists; runs only while the gate grants.
         self.identification: IdentificationMode | None = None
+        # Set by attach_policy: make the gate decide again (after a renewed certificate), and who hears each decision.
+        self.redecide: Callable[[], None] | None = None
+        self.on_decision: Callable[[GateDecision], None] | None = None
+        # Set by edge.app.renewal: the device certificate as health reports it.
+        self.certificate_report: Callable[[], serialize.CertificateReport | None] | None = None
 
     def _crl(self, payload: bytes) -> None:
         if self.crl_handler is not None:
@@ -360,11 +368,13 @@ class Service:
             accelerator=self.status.accelerator, cpu_temperature_c=cpu_temperature_c(),
             cpu_throttled=cpu_throttled(), camera_state=self.camera.state, camera_faults=self.camera.faults,
             camera_last_fault=self.camera.last_fault,
+            certificate=None if self.certificate_report is None else self.certificate_report(),
         )
         logfmt.event(log, "health", f"health: {fps:.1f} fps, outbox depth {box.depth}, delivered {mqtt_stats.delivered}",
                      fps=round(fps, 1), outbox_depth=box.depth, outbox_dropped=box.dropped, outbox_refused=box.refused,
                      delivered=mqtt_stats.delivered, broker="connected" if mqtt_stats.connected else "away",
-                     camera=self.camera.state, camera_faults=self.camera.faults)
+                     camera=self.camera.state, camera_faults=self.camera.faults,
+                     certificate=None if report.certificate is None else report.certificate.state)
         self.publisher.publish_health(serialize.health(self.device, report))
         return report
 
@@ -382,6 +392,8 @@ def _stop_capturing(items: Iterator[FrameLike | SourceState], frames: Iterable[F
 def status_text(mode: str, report: serialize.HealthReport, camera: CameraHealth = CameraHealth()) -> str:
     """systemd's one-line STATUS= (shown by `systemctl status`): mode, frame rate or the camera's retry, broker, backlog."""
     broker = "broker connected" if report.mqtt_connected else "broker away"
+    if not report.mqtt_connected and report.certificate is not None and report.certificate.state in UNDELIVERABLE:
+        broker += f" (certificate {report.certificate.state}: nothing is delivered)"
     if camera.state != RUNNING:
         return f"{camera_status_text(mode, camera)}, {broker}, outbox {report.outbox_depth}"
     return f"{mode}: {report.fps:.1f} fps, {broker}, outbox {report.outbox_depth}"
@@ -467,6 +479,8 @@ def attach_policy(service: Service, policy: PolicyConfig, clock_sync: ClockSync 
             schedule("recheck", recheck_delay(decision.valid_until, gate.clock(), recheck_s), decide)
             if not gate.clock_trusted:
                 schedule("clock", CLOCK_SYNC_POLL_S, watch_clock)
+        if service.on_decision is not None:
+            service.on_decision(decision)
 
     def watch_clock() -> None:
         state = sync()
@@ -486,6 +500,7 @@ def attach_policy(service: Service, policy: PolicyConfig, clock_sync: ClockSync 
     gate.crl_store.on_change = lambda _crl: decide()
     service.crl_handler = gate.crl_store.handle
     service.on_hangup = hangup
+    service.redecide = decide
     decide()
     return gate
 
@@ -601,13 +616,16 @@ def run_from_config(config: ServiceConfig, limits: RunLimits = RunLimits(), path
     `path` is the configuration file SIGHUP re-reads; `opener` replaces how the
     camera is opened (the fault tests hand in failing sources).
     """
+    from edge.app.renewal import attach_renewal, finish_interrupted_swap
     from edge.vision.accelerators import build_following_pipeline
 
+    finish_interrupted_swap(config)  # before anything reads the certificate and key
     check_certificate_names(config)
     pipeline = build_following_pipeline(config.detector)
     service = Service(config, status_for(pipeline), Notifier.from_environment())
-    if config.policy is not None:
-        attach_identification(service, config.policy, config.identification)
+    gate = (attach_identification(service, config.policy, config.identification)
+            if config.policy is not None else None)
+    attach_renewal(service, config, gate)
     if path is not None:
         gate_hangup = service.on_hangup
 

@@ -20,3 +20,19 @@ MQTT_WILDCARDS = "+#"
 def crl_topic(topic_root: str) -> str:
     """The retained, signed CRL every device of the fleet reads."""
     return f"{topic_root}/{CRL_TOPIC_LEAF}"
+
+# Renewal topics sit under the fleet level, not under the device's own prefix: the broker's ACL lets a
+# device write anything under `<root>/<device>/`, and its certificate topic must be one it can only read.
+RENEWAL_LEVEL = f"{FLEET_LEVEL}/renew"
+RENEWAL_REQUEST_LEAF = "csr"
+RENEWAL_CERTIFICATE_LEAF = "cert"
+
+
+def renewal_request_topic(topic_root: str, device: str) -> str:
+    """Retained: the device's renewal request (a CSR and proof, edge.trust.renewal); `+` for every device."""
+    return f"{topic_root}/{RENEWAL_LEVEL}/{device}/{RENEWAL_REQUEST_LEAF}"
+
+
+def renewal_certificate_topic(topic_root: str, device: str) -> str:
+    """Retained: the renewed certificate chain `edge-provision renew` publishes for the device to take."""
+    return f"{topic_root}/{RENEWAL_LEVEL}/{device}/{RENEWAL_CERTIFICATE_LEAF}"

@@ -35,7 +35,7 @@ import threading
 import time
 from collections.abc import Callable
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -50,7 +50,8 @@ from edge.common import schema
 from edge.common.backoff import backoff_delay
 from edge.common.errors import ConfigError
 from edge.common.schema import Kind, setting
-from edge.common.topics import CRL_TOPIC_LEAF, DEFAULT_TOPIC_ROOT, IDENTITIES_LEAF, MQTT_WILDCARDS, crl_topic
+from edge.common.topics import (CRL_TOPIC_LEAF, DEFAULT_TOPIC_ROOT, IDENTITIES_LEAF, MQTT_WILDCARDS, crl_topic,
+                                renewal_certificate_topic)
 from edge.delivery import brokers as rotation
 from edge.delivery.limits import DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MAX_PUBLISHES_PER_S, oversized, publish_room
 from edge.delivery.outbox import Outbox, Pending
@@ -250,6 +251,12 @@ class Publisher:
         self._network: threading.Thread | None = None
         self._client_done = threading.Event()  # this client is being retired: fallback or stop
         self._pump: threading.Thread | None = None
+        # Renewal (edge.app.renewal): the handler of the device's certificate topic, subscribed when set, and
+        # retained messages of its own (the request) published on every connection until cleared.
+        self.on_certificate: Callable[[bytes], object] | None = None
+        self.certificate_topic = renewal_certificate_topic(config.topic_root, device)
+        self._own_retained: dict[str, bytes] = {}
+        self._new_credentials = False
         outbox.add_listener(lambda: self._events.put(("wake",)))
 
     # --- lifecycle -----------------------------------------------------
@@ -287,6 +294,33 @@ class Publisher:
         """
         ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(str(cert), str(key))
         self._context.load_cert_chain(str(cert), str(key))
+
+    def replace_credentials(self, cert: Path, key: Path) -> None:
+        """A renewed certificate and key: a fresh TLS context, then a new connection with it.
+
+        The context is built first, so a pair that does not load raises
+        `ConfigError` and the working connection stays. The swap itself is the
+        network thread's: it retires the client (as for the protocol fallback)
+        and makes a new one; the pump starts that client from the outbox's
+        first unacknowledged message, so nothing queued is lost (QoS 1 may
+        deliver a message twice across the swap; subscribers de-duplicate on seq).
+        """
+        context = tls_context(replace(self.config, cert=cert, key=key))
+        self._context = context
+        self.config = replace(self.config, cert=cert, key=key)
+        self._new_credentials = True
+        client = self._client
+        if client is not None:
+            client.disconnect()
+        self._client_done.set()
+
+    def publish_retained(self, topic: str, payload: bytes) -> None:
+        """A retained message of the device's own (the renewal request): sent now if connected and again on
+        every connection, so one lost in a reconnection (the swap itself) is sent again. An empty payload
+        clears it at the broker; it too is repeated, a few bytes per connection."""
+        with self._lock:
+            self._own_retained[topic] = payload
+        self._events.put(("retained", topic))
 
     def stats(self) -> PublisherStats:
         with self._lock:
@@ -360,14 +394,20 @@ class Publisher:
         writing to the TLS socket itself (see the module docstring).
         """
         while not self._stopping.is_set():
+            # Cleared before the client is made: a retirement asked for meanwhile (new credentials) is kept.
+            self._client_done.clear()
             client = self._make_client()
             self._client = client
             self._events.put(("client", client))
             self._fallback = False
-            self._client_done.clear()
             client.loop_start()
             self._client_done.wait()
             client.loop_stop()  # joins paho's thread, which ends once disconnect() has taken effect
+            if self._new_credentials and not self._stopping.is_set():
+                self._new_credentials = False
+                self._attempt = 0
+                log.info("reconnecting with the renewed device certificate")
+                continue
             if not self._fallback:
                 return
 
@@ -395,9 +435,13 @@ class Publisher:
         log.info("connected to %s (MQTT %s, session present: %s)", self._addresses[self._broker],
                  PROTOCOL_NAMES[self._protocol], flags.session_present)
         client.subscribe(self.config.crl, qos=1)
+        if self.on_certificate is not None:
+            client.subscribe(self.certificate_topic, qos=1)
+        with self._lock:
+            own = tuple(self._own_retained.items())
         for topic, payload in ((self.topics.status, serialize.status_online(self.device, self.status, self._clock(),
                                                                             self.outbox.unclean_stop)),
-                               *self._retained_extra):
+                               *self._retained_extra, *own):
             with self._lock:
                 if topic in self._refused_retained:
                     continue
@@ -467,16 +511,19 @@ class Publisher:
                       reasons: list[ReasonCode], _properties: Properties | None) -> None:
         for reason in reasons:
             if reason.is_failure:
-                log.error("subscription to the CRL topic %s refused: %s", self.config.crl, reason)
+                log.error("subscription to the CRL topic %s or the certificate topic %s refused: %s",
+                          self.config.crl, self.certificate_topic, reason)
 
     def _on_message(self, _client: mqtt.Client, _userdata: object, message: mqtt.MQTTMessage) -> None:
-        """The device takes no commands: the only subscription is the signed CRL."""
-        if message.topic != self.config.crl or self._on_crl is None:
+        """The device takes no commands: it reads only the signed CRL and its own renewed certificate, which
+        it verifies before use."""
+        handler = {self.config.crl: self._on_crl, self.certificate_topic: self.on_certificate}.get(message.topic)
+        if handler is None or not message.payload:
             return
         try:
-            self._on_crl(bytes(message.payload))
-        except Exception:  # a bad CRL must never take the publisher down
-            log.exception("CRL handler failed")
+            handler(bytes(message.payload))
+        except Exception:  # a bad CRL or certificate must never take the publisher down
+            log.exception("handler of %s failed", message.topic)
 
     # --- pump thread ---------------------------------------------------
     def _pump_loop(self) -> None:
@@ -517,12 +564,21 @@ class Publisher:
                     payload = serialize.status_online(self.device, self.status, self._clock())
                     info = state.client.publish(self.topics.status, payload, qos=1, retain=True)
                     state.control[info.mid] = self.topics.status
+                elif kind == "retained" and state.connected and state.client is not None:
+                    self._publish_own(state, event[1])
             self.outbox.settle(acked, refused)
             self._check_connack_timeout()
             if state.connected and not self._stopping.is_set():
                 self._fill(state)
             with self._lock:
                 self._inflight_count = len(state.inflight)
+
+    def _publish_own(self, state: _PumpState, topic: str) -> None:
+        with self._lock:
+            payload = self._own_retained.get(topic)
+        if payload is not None and state.client is not None:
+            info = state.client.publish(topic, payload, qos=1, retain=True)
+            state.control[info.mid] = topic
 
     def _settle_one(self, state: _PumpState, mid: int, reason: ReasonCode,
                     acked: list[int], refused: list[tuple[int, str]]) -> None:

@@ -7,6 +7,7 @@ Each function matches one JSON Schema in `edge/wire/schemas/`.
 """
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -69,6 +70,33 @@ def identities(device: str, seq: int, identification: Identification) -> bytes:
     })
 
 
+# status and health's certificate.detail is one sentence or two, bounded.
+MAX_DETAIL_CHARS = 400
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateReport:
+    """The device certificate as status and health show it (edge.trust.renewal.CertificateStatus).
+
+    Why on the wire: a device left alone for years must say, before it is too
+    late, that its certificate is running out, that it was revoked, or that it
+    expired and why nothing arrives any more.
+    """
+
+    state: str  # valid, renewing, expired, revoked
+    serial: str
+    expires: float
+    days_left: float
+    detail: str
+
+
+def _certificate(report: CertificateReport | None) -> dict[str, object] | None:
+    if report is None:
+        return None
+    return {"state": report.state, "serial": report.serial, "expires": timestamp(report.expires),
+            "days_left": round(float(report.days_left), RATE_DECIMALS), "detail": report.detail[:MAX_DETAIL_CHARS]}
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceStatus:
     """What the retained status topic says while the device is online."""
@@ -77,6 +105,7 @@ class DeviceStatus:
     model: str
     accelerator: str
     firmware: str
+    certificate: CertificateReport | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +135,7 @@ def status_online(device: str, status: DeviceStatus, since: float, unclean: Uncl
         "since": timestamp(since),
         "unclean_stop": None if unclean is None else {"may_be_missing": int(unclean.may_be_missing),
                                                       "last_reserved_seq": int(unclean.last_reserved_seq)},
+        "certificate": _certificate(status.certificate),
     })
 
 
@@ -140,6 +170,7 @@ class HealthReport:
     camera_state: str = "ok"
     camera_faults: int = 0
     camera_last_fault: str | None = None
+    certificate: CertificateReport | None = None
 
 
 # health's camera.last_fault is one line of text, bounded.
@@ -184,7 +215,24 @@ def health(device: str, report: HealthReport) -> bytes:
             "faults": report.camera_faults,
             "last_fault": None if report.camera_last_fault is None else report.camera_last_fault[:MAX_FAULT_CHARS],
         },
+        "certificate": _certificate(report.certificate),
     })
+
+
+def renewal_request(device: str, requested: float, rotation: bool, csr_pem: bytes, certificate_pem: bytes,
+                    proof: bytes) -> bytes:
+    """Retained on the device's csr topic: public material only (a CSR, the current certificate, a signature).
+
+    No private key ever reaches this function: the caller hands in PEM text
+    that begins with a CSR or CERTIFICATE marker, and anything else is refused.
+    """
+    csr, cert = csr_pem.decode("ascii"), certificate_pem.decode("ascii")
+    if not csr.startswith("-----BEGIN CERTIFICATE REQUEST-----") or not cert.startswith("-----BEGIN CERTIFICATE-----"):
+        raise ValueError("a renewal request carries only a CSR and a certificate, in PEM")
+    if "PRIVATE KEY" in csr + cert:
+        raise ValueError("a renewal request never carries a private key")
+    return _dump({"device": device, "requested": timestamp(requested), "rotation": bool(rotation), "csr": csr,
+                  "certificate": cert, "proof": base64.b64encode(proof).decode("ascii")})
 
 
 AUDIT_FIELDS = ("seq", "time", "event", "data", "prev", "hash")

@@ -45,7 +45,7 @@ def tool(name: str) -> str:
 def provision(*argv: str) -> str:
     """Runs `edge-provision` as the docs do; the passphrase comes from the environment, never the command line."""
     env = {**os.environ, PASSPHRASE_ENV: PASSPHRASE}
-    needs = {"init-root", "init-ca", "issue", "revoke", "crl", "broker-cert", "client-cert"}
+    needs = {"init-root", "init-ca", "issue", "revoke", "crl", "broker-cert", "client-cert", "renew"}
     extra = ["--passphrase-env", PASSPHRASE_ENV] if argv[0] in needs else []
     if argv[0] == "init-ca":
         extra += ["--root-passphrase-env", PASSPHRASE_ENV]

@@ -187,7 +187,8 @@ def test_asyncapi_parses_and_every_payload_resolves() -> None:
             named.add(message["name"])
     for operation in document["operations"].values():
         resolve(operation["channel"]["$ref"])
-    assert named == {"detections", "status", "health", "audit", "crl", "discovery", "identities"}
+    assert named == {"detections", "status", "health", "audit", "crl", "discovery", "identities", "renewal-request",
+                     "renewal-certificate"}
 
 
 def test_status_health_audit_discovery_validate() -> None:
