@@ -39,6 +39,7 @@ from edge.trust.audit import AuditLog
 from edge.trust.device_key import build_csr, load_or_create_device_key
 from edge.trust.model_bundle import ARCFACE_TEMPLATE_112, Descriptor, SignedBundle, model_sha256
 from edge.vision.pipeline import DetectorConfig, Pipeline, build_pipeline
+from edge.wire.rate import PER_FRAME_STREAM
 from support.data import load_rgb
 from support.mosquitto import IDENTITY_READER, BrokerUnderTest, Subscriber, wait_until
 from support.pki import Device, Pki, grant
@@ -122,7 +123,7 @@ def service_config(tmp_path: Path, mosquitto: BrokerUnderTest, device: Device,
     return ServiceConfig(device=DeviceConfig(DEVICE, tmp_path / "service"), mqtt=mosquitto.device_config(DEVICE),
                          outbox=OutboxConfig(), health=HealthConfig(), homeassistant=HomeAssistantConfig(),
                          camera=CameraConfig(), detector=DetectorConfig(), policy=device.config,
-                         identification=settings)
+                         identification=settings, detections=PER_FRAME_STREAM)  # the tests count messages
 
 
 def run_service(config: ServiceConfig, pipeline: Pipeline, image: np.ndarray, count: int) -> Service:
