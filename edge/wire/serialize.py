@@ -140,6 +140,11 @@ class HealthReport:
     camera_state: str = "ok"
     camera_faults: int = 0
     camera_last_fault: str | None = None
+    # Identification since start (tracks tried, matched, dropped for a busy worker); None on a device
+    # without a [policy] section, which can never identify, and then `identification` is left out.
+    identification_tried: int | None = None
+    identification_matched: int = 0
+    identification_dropped: int = 0
 
 
 # health's camera.last_fault is one line of text, bounded.
@@ -151,7 +156,7 @@ def _maybe(value: float | None, decimals: int) -> float | None:
 
 
 def health(device: str, report: HealthReport) -> bytes:
-    return _dump({
+    document: dict[str, object] = {
         "device": device,
         "time": timestamp(report.time),
         "fps": round(report.fps, RATE_DECIMALS),
@@ -184,7 +189,12 @@ def health(device: str, report: HealthReport) -> bytes:
             "faults": report.camera_faults,
             "last_fault": None if report.camera_last_fault is None else report.camera_last_fault[:MAX_FAULT_CHARS],
         },
-    })
+    }
+    if report.identification_tried is not None:
+        document["identification"] = {"tried": report.identification_tried,
+                                      "matched": report.identification_matched,
+                                      "dropped": report.identification_dropped}
+    return _dump(document)
 
 
 AUDIT_FIELDS = ("seq", "time", "event", "data", "prev", "hash")
