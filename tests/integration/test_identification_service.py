@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +32,7 @@ from edge.identify.bundle import BUNDLE_DIR, verify_bundle
 from edge.identify.embedding import FaceEmbedder
 from edge.identify.gallery import GALLERY_FILE, ConsentRecord, Enrollment, Gallery, GalleryFile
 from edge.identify.labels import load_label_key
+from edge.identify.worker import IdentificationWorker, MeshSource, TrackRules
 from edge.policy.clock import ClockState
 from edge.policy.gate import PolicyGate
 from edge.sources.camera import CameraConfig
@@ -39,6 +40,7 @@ from edge.trust.audit import AuditLog
 from edge.trust.device_key import build_csr, load_or_create_device_key
 from edge.trust.model_bundle import ARCFACE_TEMPLATE_112, Descriptor, SignedBundle, model_sha256
 from edge.vision.pipeline import DetectorConfig, Pipeline, build_pipeline
+from edge.wire.observation import Identification
 from support.data import load_rgb
 from support.mosquitto import IDENTITY_READER, BrokerUnderTest, Subscriber, wait_until
 from support.pki import Device, Pki, grant
@@ -349,8 +351,6 @@ def test_a_busy_worker_drops_identification_work_and_never_holds_up_the_caller(t
     """The frame loop's `offer` never waits: with the worker busy and its queue full, work is dropped, counted."""
     import threading
 
-    from edge.identify.worker import IdentificationWorker, TrackRules
-
     face = skimage.data.astronaut()
     device = deploy(tmp_path, tiny_embedding_model())
     label = enrol(device, pipeline, face)
@@ -404,3 +404,88 @@ def test_a_tampered_gallery_or_model_keeps_identification_off(tmp_path: Path, mo
     assert service.identification is not None and not service.identification.running
     records = [json.loads(line) for line in (device.state_dir / "audit.log").read_text().splitlines()]
     assert event in [r["event"] for r in records]
+
+
+def worker_for(device: Device, emit: Callable[[Identification], None],
+               open_mesh_source: Callable[[], MeshSource | None]) -> IdentificationWorker:
+    decision = PolicyGate(device.config, audit=AuditLog(device.config.audit_log), clock_sync=synchronised).decide()
+    assert decision.identification is not None, decision.reasons
+    return IdentificationWorker(decision.identification, verify_bundle(device.state_dir / BUNDLE_DIR, device.config),
+                                GalleryFile(device.state_dir / GALLERY_FILE), load_label_key(device.state_dir),
+                                TrackRules(80, 30.0, 25.0, 5.0), 4, emit, open_mesh_source=open_mesh_source)
+
+
+def enrol_both_alignments(device: Device, image: np.ndarray) -> dict[str, str]:
+    """Two pseudonyms from one photograph: one embedded from the face mesh's five points, one from BlazeFace's
+    keypoints. With the tiny model (the mean of runs of pixels) each crop matches only itself exactly, so the
+    label the worker publishes says which alignment it used. Returns label -> alignment."""
+    gate = PolicyGate(device.config, audit=AuditLog(device.config.audit_log), clock_sync=synchronised)
+    decision = gate.decide()
+    assert decision.identification is not None
+    embedder = FaceEmbedder(IdentificationSession(decision.identification),
+                            verify_bundle(device.state_dir / BUNDLE_DIR, device.config))
+    photo = build_pipeline(DetectorConfig(pose="landmarks"))
+    (face,) = photo.process(StillFrame(image, 0, time.time()), still=True).faces
+    assert face.mesh is not None
+    consent = ConsentRecord("form-1", now() - DAY, "installer", "tell who is at the door")
+    items = tuple(Enrollment(person, embedder.embed(image, face.detection, mesh), consent,
+                             now() - dt.timedelta(seconds=1), now() + 30 * DAY, "household")
+                  for person, mesh in (("p-mesh", face.mesh), ("p-keypoints", None)))
+    GalleryFile(device.state_dir / GALLERY_FILE, device_id=DEVICE).save(Gallery(items))
+    labels = load_label_key(device.state_dir, create=True)
+    return {labels.label("p-mesh"): "mesh", labels.label("p-keypoints"): "keypoints"}
+
+
+@pytest.mark.parametrize("pose, landmark_model, aligned_on", [
+    ("landmarks", False, "mesh"),  # the pose stage's mesh, carried on the Face: no second landmark model
+    ("keypoints", True, "mesh"),  # no mesh from the pose stage: the worker runs its own landmark model
+    ("keypoints", False, "keypoints"),  # no landmark model at all: BlazeFace's keypoints
+])
+def test_the_worker_aligns_on_the_mesh_and_on_blazeface_keypoints_only_without_a_landmark_model(
+        tmp_path: Path, pose: str, landmark_model: bool, aligned_on: str) -> None:
+    from edge.pose.landmarks import open_landmark_pose
+
+    face = skimage.data.astronaut()
+    device = deploy(tmp_path, tiny_embedding_model())
+    alignment_of = enrol_both_alignments(device, face)
+    opened: list[str] = []
+
+    def open_mesh_source() -> MeshSource | None:
+        opened.append("landmark model")
+        return open_landmark_pose(1) if landmark_model else None
+
+    emitted: list[Identification] = []
+    worker = worker_for(device, emitted.append, open_mesh_source)
+    stream = build_pipeline(DetectorConfig(pose=pose))
+    faces = stream.process(StillFrame(face, 1, time.time())).faces
+    assert len(faces) == 1 and (faces[0].mesh is not None) == (pose == "landmarks")
+    try:
+        worker.offer(face, faces, [5], 0.0)
+        assert wait_until(lambda: worker.stats().matched == 1)
+    finally:
+        worker.stop()
+    (found,) = emitted
+    assert alignment_of[found.label] == aligned_on and found.score == 1.0
+    assert opened == ([] if pose == "landmarks" else ["landmark model"])
+
+
+def test_a_face_the_landmark_model_cannot_find_is_not_identified(tmp_path: Path) -> None:
+    """No mesh from the pose stage and none from the worker's landmark model (a box on a blank wall): counted
+    as unaligned, nothing emitted; BlazeFace's keypoints are not a fallback while a landmark model exists."""
+    from edge.pose.landmarks import open_landmark_pose
+    from edge.vision.detection import Box, Detection, Face, HeadPose
+
+    device = deploy(tmp_path, tiny_embedding_model())
+    enrol_both_alignments(device, skimage.data.astronaut())
+    emitted: list[Identification] = []
+    worker = worker_for(device, emitted.append, lambda: open_landmark_pose(1))
+    wall = np.full((480, 640, 3), 128, np.uint8)
+    keypoints = np.array([[0.45, 0.40], [0.55, 0.40], [0.50, 0.45], [0.50, 0.50]], np.float32)
+    blank = Face(Detection(Box(0.35, 0.3, 0.3, 0.4), 0.9, keypoints), HeadPose(0.0, 0.0, 0.0))
+    try:
+        worker.offer(wall, [blank], [9], 0.0)
+        assert wait_until(lambda: worker.stats().unaligned == 1)
+    finally:
+        worker.stop()
+    counts = worker.stats()
+    assert emitted == [] and (counts.matched, counts.unknown, counts.failed) == (0, 0, 0)
