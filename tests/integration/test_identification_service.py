@@ -113,7 +113,8 @@ def enrol(device: Device, pipeline: Pipeline, image: np.ndarray) -> str:
     faces = pipeline.process(StillFrame(image, 0, time.time()), still=True).faces
     assert len(faces) == 1
     consent = ConsentRecord("form-1", now() - DAY, "installer", "tell who is at the door")
-    item = Enrollment(PERSON, embedder.embed(image, faces[0].detection), consent, now() - dt.timedelta(seconds=1),
+    assert faces[0].mesh is not None  # the pipeline's landmark pose: aligned on the mesh's five points
+    item = Enrollment(PERSON, embedder.embed(image, faces[0].detection, faces[0].mesh), consent, now() - dt.timedelta(seconds=1),
                       now() + 30 * DAY, "household")
     GalleryFile(device.state_dir / GALLERY_FILE, device_id=DEVICE).save(Gallery((item,)))
     return load_label_key(device.state_dir, create=True).label(PERSON)
@@ -489,3 +490,64 @@ def test_a_face_the_landmark_model_cannot_find_is_not_identified(tmp_path: Path)
         worker.stop()
     counts = worker.stats()
     assert emitted == [] and (counts.matched, counts.unknown, counts.failed) == (0, 0, 0)
+
+
+def test_sighup_loads_a_replaced_bundle_only_after_verifying_it_and_refuses_a_tampered_one(
+        tmp_path: Path, mosquitto: BrokerUnderTest, pipeline: Pipeline) -> None:
+    """A new signed bundle (another model: a 64-pixel input) is loaded on SIGHUP: the next track's score comes
+    from it. The same bundle tampered with on disk is refused on the next SIGHUP: audited, mode detection, and
+    nothing more on identities."""
+    import os
+    import shutil
+    import signal
+
+    face = skimage.data.astronaut()
+    blank = np.zeros_like(face)  # no face for longer than a track survives: the next face is a new track
+    device = deploy(tmp_path, tiny_embedding_model())
+    label = enrol(device, pipeline, face)
+    small = tiny_embedding_model(size=64)
+    template = tuple((x * 64 / 112, y * 64 / 112) for x, y in ARCFACE_TEMPLATE_112)
+    replacement = Descriptor("test-64", model_sha256(small), 64, 1 / 128, -127.5 / 128, template, 128, "cosine", 0.42)
+    config = service_config(tmp_path, mosquitto, device, IdentificationConfig(recheck_s=0.2))
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        with Subscriber(mosquitto.broker, mosquitto.pki, user=IDENTITY_READER, client_id="reader") as reader:
+            service = Service(config, status_for(pipeline))
+            assert config.policy is not None
+            attach_identification(service, config.policy, config.identification, clock_sync=synchronised)
+            service.install_signal_handlers()
+
+            def replaced_midway() -> Iterator[StillFrame]:
+                yield from frames(face, 6)
+                assert wait_until(lambda: len(reader.on(f"{DEVICE}/identities")) == 1)
+                staged = device.state_dir / "bundle-new"  # as docs/identification.md replaces a bundle
+                SignedBundle.build(small, replacement, device.pki.ca, device.pki.ca_key).write(staged)
+                shutil.rmtree(device.state_dir / BUNDLE_DIR)
+                staged.rename(device.state_dir / BUNDLE_DIR)
+                os.kill(os.getpid(), signal.SIGHUP)
+                yield from frames(blank, 8)
+                yield from frames(face, 6)
+                assert wait_until(lambda: len(reader.on(f"{DEVICE}/identities")) == 2)
+                model = device.state_dir / BUNDLE_DIR / "model.tflite"
+                model.write_bytes(model.read_bytes()[:-1] + bytes([model.read_bytes()[-1] ^ 1]))
+                os.kill(os.getpid(), signal.SIGHUP)
+                yield from frames(blank, 8)
+                yield from frames(face, 6)
+                assert wait_until(lambda: statuses(reader)[-1:] == ["detection"])
+                yield from frames(face, 4)
+
+            service.run(replaced_midway(), pipeline, RunLimits(drain_s=10))
+            time.sleep(0.3)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    first, second = reader.on(f"{DEVICE}/identities")  # nothing after the tampered bundle
+    assert first["label"] == second["label"] == label and first["track"] != second["track"]
+    assert first["score"] == 1.0 and 0.42 <= second["score"] < 1.0  # the enrolment is the old model's embedding
+    records = [json.loads(line) for line in (device.state_dir / "audit.log").read_text().splitlines()]
+    accepted = [r["data"]["name"] for r in records if r["event"] == "identification-bundle-accepted"]
+    assert accepted[-2:] == ["test", "test-64"]
+    refused = [r["data"]["reason"] for r in records if r["event"] == "identification-bundle-refused"]
+    assert len(refused) == 1 and "SHA-256" in refused[0], refused
+    assert audit_modes(device) == ["identification", "detection"]
+    assert not service.identification.running  # type: ignore[union-attr]
