@@ -30,16 +30,21 @@ EXIT_OK = 0
 POLICY_SECTION = "policy"
 
 
-def load_policy_config(path: Path) -> PolicyConfig:
+def read_config_document(path: Path) -> dict[str, Any]:
+    """The configuration file as TOML; a ConfigError naming the file when it is missing or not TOML."""
     try:
         with open(path, "rb") as handle:
-            data: dict[str, Any] = tomllib.load(handle)
+            return tomllib.load(handle)
     except FileNotFoundError:
         raise ConfigError(str(path), "does not exist", "the camera's TOML configuration file") from None
     except OSError as exc:
         raise ConfigError(str(path), f"cannot be read: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), f"is not valid TOML ({exc})") from None
+
+
+def load_policy_config(path: Path) -> PolicyConfig:
+    data = read_config_document(path)
     if POLICY_SECTION not in data:
         raise ConfigError(str(path), f"has no [{POLICY_SECTION}] section",
                           "state_dir, trust_anchor, certificate (and optionally key, crl)")

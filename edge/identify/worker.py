@@ -46,48 +46,21 @@ from edge.identify.bundle import VerifiedBundle
 from edge.identify.embedding import FaceEmbedder
 from edge.identify.gallery import Gallery, GalleryFile, best_match
 from edge.identify.labels import LabelKey
+from edge.identify.quality import TrackRules, track_problem
 from edge.policy.gate import IdentificationGrant
 from edge.vision.detection import Detection, Face
 from edge.wire.observation import Identification, identified
 
 log = logging.getLogger(__name__)
 
-# BlazeFace keypoints: right eye, left eye (the subject's), nose tip. Without a head pose (the landmark
-# model off), how far the nose sits from the eyes' midpoint, in eye distances, stands in for the yaw:
-# about 0.3 at 30 degrees of yaw for an average face.
-RIGHT_EYE, LEFT_EYE, NOSE = 0, 1, 2
-MAX_NOSE_OFFSET = 0.3
-MIN_EYE_DISTANCE = 1e-6
 # How many tracks' last labels the worker remembers (a track ends when its face leaves).
 REMEMBERED_TRACKS = 256
 STOP_JOIN_S = 5.0
 
 
-@dataclass(frozen=True, slots=True)
-class TrackRules:
-    """When a track is worth identifying, and how often it is tried again; from `[identification]`."""
-
-    min_face_px: int
-    max_yaw_deg: float
-    max_pitch_deg: float
-    recheck_s: float
-
-
 def worth_identifying(face: Face, image_width: int, rules: TrackRules) -> bool:
-    """Large and frontal enough for a useful match: a small or turned face mostly gives false rejects."""
-    if face.detection.box.w * image_width < rules.min_face_px:
-        return False
-    if face.pose is not None:
-        return abs(face.pose.yaw) <= rules.max_yaw_deg and abs(face.pose.pitch) <= rules.max_pitch_deg
-    points = face.detection.keypoints
-    if points.shape[0] <= NOSE:
-        return False
-    eyes = np.asarray(points[[RIGHT_EYE, LEFT_EYE]], np.float64)
-    distance = float(np.linalg.norm(eyes[1] - eyes[0]))
-    if distance < MIN_EYE_DISTANCE:
-        return False
-    offset = abs(float(points[NOSE][0]) - float(eyes[:, 0].mean())) / distance
-    return offset <= MAX_NOSE_OFFSET
+    """Large and frontal enough for a useful match (`edge.identify.quality.track_problem` says why not)."""
+    return track_problem(face, image_width, rules) is None
 
 
 class TrackSchedule:

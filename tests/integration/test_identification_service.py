@@ -24,7 +24,7 @@ import skimage.data
 from cryptography.hazmat.primitives import serialization
 
 from edge.app.config import DeviceConfig, HealthConfig, HomeAssistantConfig, ServiceConfig
-from edge.app.identification import EVENT_MODE, IdentificationConfig
+from edge.app.identification import EVENT_MODE, IdentificationConfig, IdentificationCounts
 from edge.app.service import RunLimits, Service, attach_identification, status_for
 from edge.delivery.outbox import OutboxConfig
 from edge.identify import IdentificationSession
@@ -121,9 +121,9 @@ def enrol(device: Device, pipeline: Pipeline, image: np.ndarray) -> str:
 
 
 def service_config(tmp_path: Path, mosquitto: BrokerUnderTest, device: Device,
-                   settings: IdentificationConfig = FAST) -> ServiceConfig:
+                   settings: IdentificationConfig = FAST, health: HealthConfig = HealthConfig()) -> ServiceConfig:
     return ServiceConfig(device=DeviceConfig(DEVICE, tmp_path / "service"), mqtt=mosquitto.device_config(DEVICE),
-                         outbox=OutboxConfig(), health=HealthConfig(), homeassistant=HomeAssistantConfig(),
+                         outbox=OutboxConfig(), health=health, homeassistant=HomeAssistantConfig(),
                          camera=CameraConfig(), detector=DetectorConfig(), policy=device.config,
                          identification=settings)
 
@@ -150,7 +150,7 @@ def test_a_granted_service_publishes_the_label_of_an_enrolled_face(tmp_path: Pat
     face = skimage.data.astronaut()
     device = deploy(tmp_path, tiny_embedding_model())
     label = enrol(device, pipeline, face)
-    config = service_config(tmp_path, mosquitto, device)
+    config = service_config(tmp_path, mosquitto, device, health=HealthConfig(interval_s=0.2))
     with Subscriber(mosquitto.broker, mosquitto.pki, user=IDENTITY_READER, client_id="reader") as reader, \
             Subscriber(mosquitto.broker, mosquitto.pki) as dashboard:
         run_service(config, pipeline, face, 12)
@@ -170,6 +170,11 @@ def test_a_granted_service_publishes_the_label_of_an_enrolled_face(tmp_path: Pat
     assert dashboard.on(f"{DEVICE}/identities") == []
     assert "identification" in statuses(reader)
     assert "identification" in audit_modes(device)
+    # health counts identification (the dashboard may read them: counts, never a label).
+    counts = [m["identification"] for m in dashboard.on(f"{DEVICE}/health")]
+    assert counts and counts[-1]["matched"] >= 1 and counts[-1]["tried"] >= counts[-1]["matched"]
+    assert counts[-1]["dropped"] == 0 and label.encode() not in b"".join(
+        p for t, p, _ in dashboard.messages if t.endswith("/health"))
     # Neither the enrolment id nor anything of the embedding went anywhere.
     everything = b"".join(p for _, p, _ in reader.messages + dashboard.messages)
     assert PERSON.encode() not in everything and b"embedding" not in everything
@@ -199,6 +204,7 @@ def test_without_a_grant_nothing_goes_on_identities(tmp_path: Path, mosquitto: B
     assert reader.on(f"{DEVICE}/identities") == []
     assert set(statuses(reader)) == {"detection"}
     assert service.identification is not None and not service.identification.running
+    assert service.identification.counts() == IdentificationCounts(0, 0, 0)  # what health says
     decisions = [json.loads(line) for line in (device.state_dir / "audit.log").read_text().splitlines()]
     reasons = " ".join(" ".join(r["data"]["reasons"]) for r in decisions if r["event"] == "policy-decision")
     assert words in reasons, reasons
