@@ -186,6 +186,7 @@ def test_a_granted_service_publishes_the_label_of_an_enrolled_face(tmp_path: Pat
     ({"tags": ("police",)}, "law-enforcement"),
     ({"tags": ("public-space",)}, "public space"),
     ({"revoked": True}, "revoked"),
+    ({"valid_for": -dt.timedelta(hours=1)}, "certificate expired"),
 ])
 def test_without_a_grant_nothing_goes_on_identities(tmp_path: Path, mosquitto: BrokerUnderTest, pipeline: Pipeline,
                                                     refusal: dict[str, object], words: str) -> None:
@@ -391,16 +392,34 @@ def test_a_busy_worker_drops_identification_work_and_never_holds_up_the_caller(t
 
 
 @pytest.mark.parametrize("tamper, event", [("gallery", "gallery-refused"),
-                                           ("model", "identification-bundle-refused")])
+                                           ("model", "identification-bundle-refused"),
+                                           ("descriptor", "identification-bundle-refused"),
+                                           ("other-ca", "identification-bundle-refused")])
 def test_a_tampered_gallery_or_model_keeps_identification_off(tmp_path: Path, mosquitto: BrokerUnderTest,
                                                                pipeline: Pipeline, tamper: str, event: str) -> None:
+    """A gallery or model altered on disk, a descriptor altered (a lower threshold), or a bundle signed by
+    another CA than this device's: refused, audited, detection only, nothing on identities."""
+    import shutil
+
     face = skimage.data.astronaut()
     device = deploy(tmp_path, tiny_embedding_model())
     enrol(device, pipeline, face)
-    target = device.state_dir / (GALLERY_FILE if tamper == "gallery" else f"{BUNDLE_DIR}/model.tflite")
-    data = bytearray(target.read_bytes())
-    data[-5] ^= 0x01
-    target.write_bytes(bytes(data))
+    bundle = device.state_dir / BUNDLE_DIR
+    if tamper == "descriptor":
+        text = (bundle / "descriptor.json").read_text()
+        assert '"match_threshold":0.42' in text
+        (bundle / "descriptor.json").write_text(text.replace('"match_threshold":0.42', '"match_threshold":0.2'))
+    elif tamper == "other-ca":
+        other = Pki.create(now())
+        descriptor = Descriptor.from_bytes((bundle / "descriptor.json").read_bytes())
+        model = (bundle / "model.tflite").read_bytes()
+        shutil.rmtree(bundle)
+        SignedBundle.build(model, descriptor, other.ca, other.ca_key).write(bundle)
+    else:
+        target = device.state_dir / GALLERY_FILE if tamper == "gallery" else bundle / "model.tflite"
+        data = bytearray(target.read_bytes())
+        data[-5] ^= 0x01
+        target.write_bytes(bytes(data))
     config = service_config(tmp_path, mosquitto, device)
     with Subscriber(mosquitto.broker, mosquitto.pki, user=IDENTITY_READER, client_id="reader") as reader:
         service = run_service(config, pipeline, face, 6)
@@ -557,3 +576,46 @@ def test_sighup_loads_a_replaced_bundle_only_after_verifying_it_and_refuses_a_ta
     assert len(refused) == 1 and "SHA-256" in refused[0], refused
     assert audit_modes(device) == ["identification", "detection"]
     assert not service.identification.running  # type: ignore[union-attr]
+
+
+def test_refused_enrolments_leave_nothing_to_match(tmp_path: Path, mosquitto: BrokerUnderTest, pipeline: Pipeline,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """`gallery enrol` without consent, with an expiry beyond three years, or from a law-enforcement or unknown
+    source is refused with the reason; the granted service then sees the very face and publishes nothing."""
+    import cv2
+
+    from edge.app.cli import main
+
+    face = skimage.data.astronaut()
+    device = deploy(tmp_path, tiny_embedding_model())
+    photo = tmp_path / "astronaut.png"
+    cv2.imwrite(str(photo), cv2.cvtColor(face, cv2.COLOR_RGB2BGR))
+    config_file = tmp_path / "edge-camera.toml"
+    config_file.write_text(f'[policy]\nstate_dir = "{device.state_dir}"\ntrust_anchor = "trust-anchor.pem"\n'
+                           f'certificate = "device.pem"\ncrl = "installed-crl.pem"\n')
+    day = (now() - DAY).date().isoformat()
+    consent = ["--consent-ref", "form-1", "--consented-at", day, "--collected-by", "installer",
+               "--purpose", "tell who is at the door"]
+    in_a_year = ["--expires", (now() + 365 * DAY).date().isoformat()]
+    refusals = [
+        (consent[2:] + in_a_year, "no enrolment without consent: --consent-ref missing"),
+        (consent + ["--expires", (now() + (3 * 366 + 2) * DAY).date().isoformat()], "longer than three years"),
+        (consent + in_a_year + ["--source", "police"], "gallery source refused"),
+        (consent + in_a_year + ["--source", "Law_Enforcement"], "gallery source refused"),
+        (consent + in_a_year + ["--source", "neighbourhood-watch"], "gallery source refused"),
+    ]
+    for flags, words in refusals:
+        code = main(["gallery", "enrol", "--config", str(config_file), "--person", PERSON, "--photo", str(photo),
+                     *flags])
+        err = capsys.readouterr().err
+        assert code == 8 and words in err and "Traceback" not in err, (flags, err)
+    assert not (device.state_dir / GALLERY_FILE).exists()
+    config = service_config(tmp_path, mosquitto, device)
+    with Subscriber(mosquitto.broker, mosquitto.pki, user=IDENTITY_READER, client_id="reader") as reader:
+        service = run_service(config, pipeline, face, 8)
+        assert wait_until(lambda: len(statuses(reader)) >= 1)
+        time.sleep(0.3)
+    assert reader.on(f"{DEVICE}/identities") == []
+    assert "identification" in statuses(reader)  # granted and running: there is simply nobody to match
+    assert service.identification is not None and service.identification.counts().tried >= 1
+    assert service.identification.counts().matched == 0
