@@ -15,7 +15,7 @@ import datetime as dt
 import json
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -619,3 +619,19 @@ def test_refused_enrolments_leave_nothing_to_match(tmp_path: Path, mosquitto: Br
     assert "identification" in statuses(reader)  # granted and running: there is simply nobody to match
     assert service.identification is not None and service.identification.counts().tried >= 1
     assert service.identification.counts().matched == 0
+
+
+def test_with_keypoint_pose_the_service_aligns_on_its_workers_own_mesh(tmp_path: Path,
+                                                                      mosquitto: BrokerUnderTest) -> None:
+    """`[detector] pose = "keypoints"`: no mesh on the faces, so the mode gives the worker its own landmark
+    model; the match is exact (score 1.00) only because it aligns as the enrolment did, on the mesh."""
+    face = skimage.data.astronaut()
+    device = deploy(tmp_path, tiny_embedding_model())
+    alignment_of = enrol_both_alignments(device, face)
+    keypoint_pose = build_pipeline(DetectorConfig(pose="keypoints"))
+    config = replace(service_config(tmp_path, mosquitto, device), detector=DetectorConfig(pose="keypoints"))
+    with Subscriber(mosquitto.broker, mosquitto.pki, user=IDENTITY_READER, client_id="reader") as reader:
+        run_service(config, keypoint_pose, face, 8)
+        assert wait_until(lambda: len(reader.on(f"{DEVICE}/identities")) >= 1)
+    (found,) = reader.on(f"{DEVICE}/identities")
+    assert alignment_of[found["label"]] == "mesh" and found["score"] == 1.0
