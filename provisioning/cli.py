@@ -78,6 +78,7 @@ CLIENT_CA = "ca.pem"
 ROLE_PREFIX = "role:"
 ROLES = {
     "reader": "detections, status, health and Home Assistant discovery of every device",
+    "identities": "identification matches (pseudonymous labels) and status of every device, nothing else",
     "auditor": "everything devices publish, audit records included",
     "operator": "everything, and publishes the fleet CRL",
 }

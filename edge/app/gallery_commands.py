@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge.app.config import DEFAULT_CONFIG
-from edge.app.policy_commands import load_policy_config
+from edge.app.identification import IdentificationConfig
+from edge.app.policy_commands import load_policy_config, read_config_document
 from edge.common.errors import ConfigError, EdgeError
 from edge.policy import PolicyConfig
 from edge.trust.audit import AuditLog
@@ -185,7 +186,7 @@ def _when(flag: str, text: str) -> dt.datetime:
 def cmd_gallery_enrol(args: argparse.Namespace) -> int:
     """Enrol one person from one or more photographs, with their consent; all photographs or none."""
     from edge.app.cli import read_image
-    from edge.identify.embedding import FaceEmbedder, face_mesh
+    from edge.identify.embedding import FaceEmbedder
     from edge.identify.gallery import ConsentRecord, Enrollment, GalleryError, Identifier, check_record
     from edge.identify.labels import load_label_key
     from edge.identify.quality import photo_problem, the_one_face
@@ -216,7 +217,10 @@ def cmd_gallery_enrol(args: argparse.Namespace) -> int:
             face = the_one_face(faces)
         except ValueError as exc:
             raise PhotoRefused(f"photograph {path} refused: {exc}", "take another photograph") from None
-        aligned = embedder.align(image, face.detection, face_mesh(pipeline.pose, image, face.detection))
+        if face.mesh is None:  # its pose could not be measured either: photo_problem would say turned or hidden
+            raise PhotoRefused(f"photograph {path} refused: the face-landmark model finds no face in it: the face "
+                               f"may be turned away or hidden", "take another photograph")
+        aligned = embedder.align(image, face.detection, face.mesh)
         problem = photo_problem(face, image.shape[1], aligned)
         if problem is not None:
             raise PhotoRefused(f"photograph {path} refused: {problem}", "take another photograph")
@@ -231,14 +235,23 @@ def cmd_gallery_enrol(args: argparse.Namespace) -> int:
 
 
 def cmd_identify(args: argparse.Namespace) -> int:
-    """Per face: the pseudonymous label and score, or `unknown`. Nothing is stored."""
+    """Per face: the pseudonymous label and score, `unknown`, or why the running service would not try it.
+
+    The same gates as the running worker: the `[identification]` section's size and pose limits, and
+    alignment on the face mesh's five points (a face in which the landmark model finds no face is not
+    scored, as the worker does not). Nothing is stored.
+    """
     from edge.app.cli import read_image
     from edge.common.errors import InputError
-    from edge.identify.embedding import FaceEmbedder, face_mesh
+    from edge.identify.embedding import FaceEmbedder
     from edge.identify.gallery import Identifier
     from edge.identify.labels import load_label_key
+    from edge.identify.quality import TrackRules, track_problem
     from edge.sources.camera import Frame
 
+    document = read_config_document(Path(args.config))
+    settings = IdentificationConfig.from_mapping(document.get(IdentificationConfig.SECTION, {}))
+    rules = TrackRules(settings.min_face_px, settings.max_yaw_deg, settings.max_pitch_deg, settings.recheck_s)
     granted = open_identification(args)
     embedder = FaceEmbedder(granted.session, granted.bundle)
     identifier = Identifier(granted.session, _gallery_file(granted.config, granted.audit, granted.session.device_id),
@@ -259,8 +272,13 @@ def cmd_identify(args: argparse.Namespace) -> int:
         for i, face in enumerate(faces, 1):
             box = [round(v, 3) for v in (face.detection.box.x, face.detection.box.y,
                                          face.detection.box.w, face.detection.box.h)]
-            mesh = face_mesh(pipeline.pose, image, face.detection)  # the five points; BlazeFace's only without it
-            match = identifier.identify(embedder.embed(image, face.detection, mesh), now)
+            problem = track_problem(face, image.shape[1], rules)
+            if problem is None and face.mesh is None:
+                problem = "the face-landmark model finds no face in this box: there are no five points to align on"
+            if problem is not None:
+                print(f"  face {i}: box {box} not scored: {problem}")
+                continue
+            match = identifier.identify(embedder.embed(image, face.detection, face.mesh), now)
             said = "unknown" if match is None else f"{labels.label(match.person_id)} score {match.similarity:.2f}"
             print(f"  face {i}: box {box} {said}")
     if failed:

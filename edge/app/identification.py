@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from edge.app import logfmt
@@ -35,6 +36,7 @@ if TYPE_CHECKING:  # never executed: the gate and the audit log are loaded by at
     from edge.vision.detection import Face
     from edge.policy.config import PolicyConfig
     from edge.policy.gate import GateDecision, PolicyGate
+    from edge.pose.landmarks import LandmarkPose
     from edge.wire.observation import Identification
 
 log = logging.getLogger(__name__)
@@ -96,6 +98,15 @@ class WorkerCounts(Protocol):
     def unknown(self) -> int: ...
 
 
+@dataclass(frozen=True, slots=True)
+class IdentificationCounts:
+    """Since the service started, over every worker the gate's grants ran: published in `health`."""
+
+    tried: int  # tracks handed to a worker
+    matched: int  # of those, matched someone enrolled
+    dropped: int  # not tried: the worker was busy and its queue full (identification work, never frames)
+
+
 class Worker(Protocol):
     """What the mode uses of `edge.identify.worker.IdentificationWorker` (not even a type-checking import of
     edge.identify may sit at module level here: tests/integration/test_identify_separation.py)."""
@@ -123,11 +134,14 @@ class ModeHost(Protocol):
 class IdentificationMode:
     """Follows the gate's decisions; `offer` is called by the frame loop and never waits."""
 
-    def __init__(self, host: ModeHost, policy: PolicyConfig, settings: IdentificationConfig) -> None:
+    def __init__(self, host: ModeHost, policy: PolicyConfig, settings: IdentificationConfig,
+                 model_dirs: Sequence[Path] = ()) -> None:
         self.host = host
         self.policy = policy
         self.settings = settings
+        self.model_dirs = tuple(model_dirs)  # where the worker's own face-landmark model is looked for
         self._worker: Worker | None = None
+        self._past = IdentificationCounts(0, 0, 0)  # the tally of the workers that stopped
         self._lock = threading.Lock()
         self._closed = False  # the service stopped: a late recheck must not start the worker again
         self.last_counts: WorkerCounts | None = None  # the tally of the worker that ran last
@@ -135,6 +149,15 @@ class IdentificationMode:
     @property
     def running(self) -> bool:
         return self._worker is not None
+
+    def counts(self) -> IdentificationCounts:
+        """Tracks tried, matched and dropped since the service started (for `health`)."""
+        worker = self._worker
+        past = self._past
+        if worker is None:
+            return past
+        now = worker.stats()
+        return IdentificationCounts(past.tried + now.offered, past.matched + now.matched, past.dropped + now.dropped)
 
     def offer(self, image: np.ndarray, faces: Sequence[Face], tracks: Sequence[int]) -> None:
         worker = self._worker  # one read: a concurrent stop leaves this frame with the old one, which refuses
@@ -167,6 +190,9 @@ class IdentificationMode:
             return False
         worker.stop()
         counts = self.last_counts = worker.stats()
+        past = self._past
+        self._past = IdentificationCounts(past.tried + counts.offered, past.matched + counts.matched,
+                                          past.dropped + counts.dropped)
         logfmt.event(log, "identification", f"identification worker stopped: {counts.offered} face(s) tried, "
                                             f"{counts.matched} matched, {counts.unknown} unknown, "
                                             f"{counts.dropped} dropped (queue full)",
@@ -174,7 +200,7 @@ class IdentificationMode:
         return True
 
     def _start(self, gate: PolicyGate, decision: GateDecision) -> None:
-        from edge.identify.bundle import default_bundle_dir, verify_bundle
+        from edge.identify.bundle import VerifiedBundle, default_bundle_dir, verify_bundle
         from edge.identify.gallery import GALLERY_FILE, GalleryFile
         from edge.identify.labels import load_label_key
         from edge.identify.worker import IdentificationWorker, TrackRules
@@ -182,19 +208,37 @@ class IdentificationMode:
         grant = decision.identification
         assert grant is not None, "checked by on_decision"
         if self._worker is not None:
-            self._worker.renew(grant)
+            self._worker.renew(grant)  # verifies the bundle again: a tampered one raises, and the mode stops
             return
-        bundle = verify_bundle(default_bundle_dir(self.policy), self.policy, gate.audit)
+
+        def verified() -> VerifiedBundle:
+            """The bundle, verified against the trust chain and the model's hash, at start and every renewal."""
+            return verify_bundle(default_bundle_dir(self.policy), self.policy, gate.audit)
+
+        bundle = verified()
         settings = self.settings
         rules = TrackRules(settings.min_face_px, settings.max_yaw_deg, settings.max_pitch_deg, settings.recheck_s)
         self._worker = IdentificationWorker(
             grant, bundle, GalleryFile(self.policy.state_dir / GALLERY_FILE, gate.audit),
             load_label_key(self.policy.state_dir, create=True), rules, settings.queue_size,
-            self.host.publish_identity, clock=gate.clock)
+            self.host.publish_identity, clock=gate.clock, open_mesh_source=self._landmarks, reverify=verified)
         self.host.set_mode(MODE_IDENTIFICATION)
         _audit(gate, MODE_IDENTIFICATION, f"granted until {grant.valid_until.isoformat()}")
         logfmt.event(log, "identification", f"identification running: {self._worker.people} person(s) enrolled, "
                                             f"matches go to the identities topic", mode=MODE_IDENTIFICATION)
+
+    def _landmarks(self) -> LandmarkPose | None:
+        """The worker's own face-landmark model, for faces the pose stage gave no mesh (`[detector] pose` is not
+        "landmarks"); None when it cannot be opened, and BlazeFace's keypoints are the alignment then."""
+        from edge.pose.landmarks import open_landmark_pose
+
+        try:
+            return open_landmark_pose(1, model_dirs=self.model_dirs)
+        except EdgeError as exc:
+            logfmt.event(log, "identification", f"no face-landmark model for alignment ({exc}): aligning on "
+                                                "BlazeFace's keypoints, which lack the mouth corners",
+                         level=logging.WARNING)
+            return None
 
     def _stop(self, reason: str, gate: PolicyGate) -> None:
         was = self._end_worker()

@@ -354,6 +354,14 @@ class Service:
                 return  # the outbox keeps the rest for the next start
             time.sleep(DRAIN_POLL_S)
 
+    def _identification_health(self) -> dict[str, int]:
+        """The identification counts for health, when this device can identify at all ([policy] configured)."""
+        if self.identification is None:
+            return {}
+        counts = self.identification.counts()
+        return {"identification_tried": counts.tried, "identification_matched": counts.matched,
+                "identification_dropped": counts.dropped}
+
     def publish_health(self, period_s: float) -> serialize.HealthReport:
         fps, (p50, p90, p99) = self.frames.take_period(period_s)
         box = self.outbox.stats()
@@ -367,7 +375,7 @@ class Service:
             mqtt_refused=mqtt_stats.refused, mqtt_last_refusal=mqtt_stats.last_refusal,
             accelerator=self.status.accelerator, cpu_temperature_c=cpu_temperature_c(),
             cpu_throttled=cpu_throttled(), camera_state=self.camera.state, camera_faults=self.camera.faults,
-            camera_last_fault=self.camera.last_fault,
+            camera_last_fault=self.camera.last_fault, **self._identification_health(),
             certificate=None if self.certificate_report is None else self.certificate_report(),
         )
         logfmt.event(log, "health", f"health: {fps:.1f} fps, outbox depth {box.depth}, delivered {mqtt_stats.delivered}",
@@ -513,7 +521,7 @@ def attach_identification(service: Service, policy: PolicyConfig, settings: Iden
     Identification runs only while a decision carries the gate's grant; the
     gate decides at least every `settings.gate_recheck_s` (at most a minute).
     """
-    mode = IdentificationMode(service, policy, settings)
+    mode = IdentificationMode(service, policy, settings, service.config.detector.model_dirs)
     service.identification = mode
     return attach_policy(service, policy, clock_sync, clock, on_decision=mode.on_decision,
                          recheck_s=settings.gate_recheck_s)

@@ -95,10 +95,10 @@ class FaceEmbedder:
 def face_mesh(pose: PoseEstimator, image: np.ndarray, detection: Detection) -> np.ndarray | None:
     """The face mesh (468 x 3, frame pixels) to align with, when the pipeline runs the landmark model.
 
-    None when it does not (`[detector] pose` is "keypoints" or "off": BlazeFace's keypoints are then
-    the alignment) or when the model finds no face in the crop. The pipeline's `Face` keeps only the
-    fitted pose, so the mesh is inferred again here: one more landmark invoke per identified face,
-    small beside the embedding (docs/benchmarks-identification.md).
+    None when it does not (`[detector] pose` is "keypoints" or "off") or when the model finds no face
+    in the crop. The pipeline's `Face.mesh` already holds this mesh, and the running service, enrolment
+    and `identify` align on that; this infers it again, for measuring what that landmark invoke costs
+    beside the embedding (benchmarks/identification.py, docs/benchmarks-identification.md).
     """
     if not isinstance(pose, LandmarkPose):
         return None

@@ -1,4 +1,4 @@
-"""Is a photograph good enough to enrol someone from? One face, large, sharp and frontal enough.
+"""Is a face good enough to enrol from, or to identify? One face, large, sharp and frontal enough.
 
 Why: a poor enrolment photograph spoils recognition for as long as the
 enrolment lasts (users of other systems complain of exactly this), so each is
@@ -13,6 +13,10 @@ The limits, measured on the shared photographs (docs/benchmarks-identification.m
   give 3 to 36.
 - pose: |yaw| at most `MAX_YAW_DEG`, |pitch| at most `MAX_PITCH_DEG` (the shared portraits
   reach 21 and 14); a face whose pose could not be measured is refused too.
+
+Identifying (the running worker, and `edge-camera identify`, which says per face why one was not
+scored) uses the `[identification]` section's size and pose limits (`TrackRules`, `track_problem`),
+and no sharpness: a track is tried again every few seconds, so one blurred frame costs little.
 """
 from __future__ import annotations
 
@@ -28,6 +32,12 @@ MIN_FACE_PX = 80
 MIN_SHARPNESS = 80.0
 MAX_YAW_DEG = 30.0
 MAX_PITCH_DEG = 25.0
+# BlazeFace keypoints: right eye, left eye (the subject's), nose tip. Without a head pose (the landmark
+# model off, or it found no face), how far the nose sits from the eyes' midpoint, in eye distances, stands
+# in for the yaw: about 0.3 at 30 degrees of yaw for an average face.
+RIGHT_EYE, LEFT_EYE, NOSE = 0, 1, 2
+MAX_NOSE_OFFSET = 0.3
+MIN_EYE_DISTANCE = 1e-6
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +46,51 @@ class QualityLimits:
     min_sharpness: float = MIN_SHARPNESS
     max_yaw_deg: float = MAX_YAW_DEG
     max_pitch_deg: float = MAX_PITCH_DEG
+
+
+@dataclass(frozen=True, slots=True)
+class TrackRules:
+    """When a track is worth identifying, and how often it is tried again; from `[identification]`."""
+
+    min_face_px: int
+    max_yaw_deg: float
+    max_pitch_deg: float
+    recheck_s: float
+
+
+def _too_small(face: Face, image_width: int, min_face_px: int) -> str | None:
+    width_px = face.detection.box.w * image_width
+    if width_px < min_face_px:
+        return f"the face is too small ({width_px:.0f} pixels wide, at least {min_face_px} needed)"
+    return None
+
+
+def _turned(face: Face, max_yaw_deg: float, max_pitch_deg: float) -> str | None:
+    pose = face.pose
+    if pose is not None and (abs(pose.yaw) > max_yaw_deg or abs(pose.pitch) > max_pitch_deg):
+        return (f"the face is turned (yaw {pose.yaw:+.0f}, pitch {pose.pitch:+.0f} degrees; at most "
+                f"{max_yaw_deg:.0f} and {max_pitch_deg:.0f}): ask the person to face the camera")
+    return None
+
+
+def track_problem(face: Face, image_width: int, rules: TrackRules) -> str | None:
+    """Why this face is not worth identifying (small or turned faces mostly give false rejects), or None."""
+    problem = _too_small(face, image_width, rules.min_face_px) or _turned(face, rules.max_yaw_deg,
+                                                                          rules.max_pitch_deg)
+    if problem is not None or face.pose is not None:
+        return problem
+    points = face.detection.keypoints
+    if points.shape[0] <= NOSE:
+        return "the head pose could not be measured and the detector gave no eye and nose keypoints"
+    eyes = np.asarray(points[[RIGHT_EYE, LEFT_EYE]], np.float64)
+    distance = float(np.linalg.norm(eyes[1] - eyes[0]))
+    if distance < MIN_EYE_DISTANCE:
+        return "the head pose could not be measured and the eye keypoints coincide"
+    offset = abs(float(points[NOSE][0]) - float(eyes[:, 0].mean())) / distance
+    if offset > MAX_NOSE_OFFSET:
+        return (f"the face is turned (the nose is {offset:.2f} eye distances off centre, at most "
+                f"{MAX_NOSE_OFFSET}): ask the person to face the camera")
+    return None
 
 
 def sharpness(aligned: np.ndarray) -> float:
@@ -56,16 +111,12 @@ def the_one_face(faces: Sequence[Face]) -> Face:
 def photo_problem(face: Face, image_width: int, aligned: np.ndarray,
                   limits: QualityLimits = QualityLimits()) -> str | None:
     """Why this face is not good enough to enrol from, or None."""
-    width_px = face.detection.box.w * image_width
-    if width_px < limits.min_face_px:
-        return f"the face is too small ({width_px:.0f} pixels wide, at least {limits.min_face_px} needed)"
+    too_small = _too_small(face, image_width, limits.min_face_px)
+    if too_small is not None:
+        return too_small
     sharp = sharpness(aligned)
     if sharp < limits.min_sharpness:
         return f"the face is blurred (sharpness {sharp:.0f}, at least {limits.min_sharpness:.0f} needed)"
-    pose = face.pose
-    if pose is None:
+    if face.pose is None:
         return "the head pose could not be measured: the face may be turned away or hidden"
-    if abs(pose.yaw) > limits.max_yaw_deg or abs(pose.pitch) > limits.max_pitch_deg:
-        return (f"the face is turned (yaw {pose.yaw:+.0f}, pitch {pose.pitch:+.0f} degrees; at most "
-                f"{limits.max_yaw_deg:.0f} and {limits.max_pitch_deg:.0f}): ask the person to face the camera")
-    return None
+    return _turned(face, limits.max_yaw_deg, limits.max_pitch_deg)

@@ -14,6 +14,14 @@ and frontal enough, then at most every `recheck_s`, and a message goes out
 only when the track's label is new, so a person standing at the door yields
 one message, not thirty a second.
 
+Alignment on five points (`edge.identify.align`): the face mesh the pose
+stage already computed when `[detector] pose` is "landmarks" (carried on the
+`Face`, never published); otherwise the worker runs its own face-landmark
+model on the face (`MeshSource`, opened on first need, on this thread so the
+frame loop never pays for it). BlazeFace's four keypoints are the alignment
+only when no landmark model can be opened. A face in which the landmark
+model finds no face is not identified (counted as `unaligned`).
+
 Everything here starts from the gate's grant (`IdentificationSession`): each
 job re-checks that the session is live, so when the gate decides again (and
 withdraws the grant) matching stops at the next job, before the service has
@@ -28,6 +36,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -37,48 +46,21 @@ from edge.identify.bundle import VerifiedBundle
 from edge.identify.embedding import FaceEmbedder
 from edge.identify.gallery import Gallery, GalleryFile, best_match
 from edge.identify.labels import LabelKey
+from edge.identify.quality import TrackRules, track_problem
 from edge.policy.gate import IdentificationGrant
 from edge.vision.detection import Detection, Face
 from edge.wire.observation import Identification, identified
 
 log = logging.getLogger(__name__)
 
-# BlazeFace keypoints: right eye, left eye (the subject's), nose tip. Without a head pose (the landmark
-# model off), how far the nose sits from the eyes' midpoint, in eye distances, stands in for the yaw:
-# about 0.3 at 30 degrees of yaw for an average face.
-RIGHT_EYE, LEFT_EYE, NOSE = 0, 1, 2
-MAX_NOSE_OFFSET = 0.3
-MIN_EYE_DISTANCE = 1e-6
 # How many tracks' last labels the worker remembers (a track ends when its face leaves).
 REMEMBERED_TRACKS = 256
 STOP_JOIN_S = 5.0
 
 
-@dataclass(frozen=True, slots=True)
-class TrackRules:
-    """When a track is worth identifying, and how often it is tried again; from `[identification]`."""
-
-    min_face_px: int
-    max_yaw_deg: float
-    max_pitch_deg: float
-    recheck_s: float
-
-
 def worth_identifying(face: Face, image_width: int, rules: TrackRules) -> bool:
-    """Large and frontal enough for a useful match: a small or turned face mostly gives false rejects."""
-    if face.detection.box.w * image_width < rules.min_face_px:
-        return False
-    if face.pose is not None:
-        return abs(face.pose.yaw) <= rules.max_yaw_deg and abs(face.pose.pitch) <= rules.max_pitch_deg
-    points = face.detection.keypoints
-    if points.shape[0] <= NOSE:
-        return False
-    eyes = np.asarray(points[[RIGHT_EYE, LEFT_EYE]], np.float64)
-    distance = float(np.linalg.norm(eyes[1] - eyes[0]))
-    if distance < MIN_EYE_DISTANCE:
-        return False
-    offset = abs(float(points[NOSE][0]) - float(eyes[:, 0].mean())) / distance
-    return offset <= MAX_NOSE_OFFSET
+    """Large and frontal enough for a useful match (`edge.identify.quality.track_problem` says why not)."""
+    return track_problem(face, image_width, rules) is None
 
 
 class TrackSchedule:
@@ -107,11 +89,28 @@ class TrackSchedule:
         return chosen
 
 
+class MeshSource(Protocol):
+    """A face-landmark model as the worker uses it (`edge.pose.landmarks.LandmarkPose`): the 468-point mesh
+    of one detected face in frame pixels, or None when the model finds no face there."""
+
+    def points(self, image: np.ndarray, detection: Detection) -> np.ndarray | None: ...
+
+
+def no_mesh_source() -> MeshSource | None:
+    """For callers with no landmark model at all: BlazeFace's keypoints are then the alignment."""
+    return None
+
+
+class Unaligned(Exception):
+    """The landmark model finds no face in the box: there are no five points to align on."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Job:
     track: int
     image: np.ndarray  # the worker's own copy of the frame: a camera may reuse its buffers
     detection: Detection
+    mesh: np.ndarray | None  # from the pose stage; None when it did not run the landmark model or found no face
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +120,7 @@ class WorkerStats:
     matched: int
     unknown: int
     failed: int
+    unaligned: int = 0  # the landmark model found no face in the box: nothing to align, not identified
 
 
 def _utc_now() -> dt.datetime:
@@ -131,42 +131,58 @@ class IdentificationWorker:
     """One thread matching due tracks against the gallery; `emit` receives each new label of a track.
 
     Built from the gate's grant only. `renew` takes the grant of a newer
-    decision (each decision withdraws the older grants) and reloads the
-    gallery, which is how SIGHUP reloads it; `stop` ends the thread and drops
+    decision (each decision withdraws the older grants), reloads the gallery
+    and verifies the bundle again, which is how SIGHUP reloads both; `stop` ends the thread and drops
     the decrypted gallery, the embedder and the session.
     """
 
     def __init__(self, grant: IdentificationGrant, bundle: VerifiedBundle, gallery: GalleryFile, labels: LabelKey,
                  rules: TrackRules, queue_size: int, emit: Callable[[Identification], None],
-                 clock: Callable[[], dt.datetime] = _utc_now) -> None:
+                 clock: Callable[[], dt.datetime] = _utc_now,
+                 open_mesh_source: Callable[[], MeshSource | None] = no_mesh_source,
+                 reverify: Callable[[], VerifiedBundle] | None = None) -> None:
         self._bundle = bundle
+        self._reverify = reverify
+        self._open_mesh_source = open_mesh_source
+        self._mesh_source: MeshSource | None = None
+        self._mesh_source_opened = False  # opened on the worker's thread, on the first face without a mesh
         self._file = gallery
         self._labels = labels
         self._emit = emit
         self._clock = clock
         self._threshold = bundle.descriptor.match_threshold
         self._lock = threading.Lock()  # guards session, embedder and gallery against renew/stop
-        self._session, self._embedder, self._gallery = self._open(grant)
+        self._session, self._embedder, self._gallery = self._open(grant, bundle)
         self.schedule = TrackSchedule(rules)
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=queue_size)
         self._sent: OrderedDict[int, str] = OrderedDict()
-        self._counts = {"offered": 0, "dropped": 0, "matched": 0, "unknown": 0, "failed": 0}
+        self._counts = {"offered": 0, "dropped": 0, "matched": 0, "unknown": 0, "failed": 0, "unaligned": 0}
         self._thread = threading.Thread(target=self._run, name="identification", daemon=True)
         self._thread.start()
 
-    def _open(self, grant: IdentificationGrant) -> tuple[IdentificationSession, FaceEmbedder | None, Gallery | None]:
+    def _open(self, grant: IdentificationGrant,
+              bundle: VerifiedBundle) -> tuple[IdentificationSession, FaceEmbedder | None, Gallery | None]:
         """A session from the grant, an embedder over the verified bundle, the gallery purged and decrypted."""
         session = IdentificationSession(grant)
-        embedder = FaceEmbedder(session, self._bundle)
+        embedder = FaceEmbedder(session, bundle)
         bound = self._file.bound_to(session.device_id)
         bound.purge_expired(self._clock())
         return session, embedder, bound.load_checked()
 
     def renew(self, grant: IdentificationGrant) -> None:
-        """The gate decided again and still grants: the new grant, and the gallery read again."""
-        opened = self._open(grant)
+        """The gate decided again and still grants: the new grant, the gallery read again, and the bundle
+        verified again (`reverify`): one replaced on disk is loaded in place of the old one; one that fails
+        its signature or hash raises (`BundleError`, audited), and the caller stops this worker."""
+        bundle = self._bundle if self._reverify is None else self._reverify()
+        opened = self._open(grant, bundle)
+        replaced = bundle != self._bundle
         with self._lock:
             self._session, self._embedder, self._gallery = opened
+            self._bundle, self._threshold = bundle, bundle.descriptor.match_threshold
+        if replaced:
+            log.info("identification bundle %r loaded (model %s, threshold %.2f)", bundle.descriptor.name,
+                     bundle.descriptor.model_sha256[:12], bundle.descriptor.match_threshold)
+
 
     @property
     def people(self) -> int:
@@ -182,7 +198,7 @@ class IdentificationWorker:
         for face, track in due:
             self._counts["offered"] += 1
             try:
-                self._queue.put_nowait(_Job(track, copy, face.detection))
+                self._queue.put_nowait(_Job(track, copy, face.detection, face.mesh))
             except queue.Full:
                 self._counts["dropped"] += 1
 
@@ -213,6 +229,9 @@ class IdentificationWorker:
                 return
             try:
                 found = self._match(job)
+            except Unaligned:
+                self._counts["unaligned"] += 1
+                continue
             except IdentificationRefused as exc:
                 # The grant was withdrawn or lapsed: the gate's decision that follows renews or stops this worker.
                 log.info("identification skipped for track %d: %s", job.track, exc.message)
@@ -237,16 +256,31 @@ class IdentificationWorker:
                     self._sent.popitem(last=False)
                 self._emit(found)
 
+    def _mesh(self, job: _Job) -> np.ndarray | None:
+        """The mesh to align on: the pose stage's, else the worker's own landmark model's; None for BlazeFace's
+        keypoints (no landmark model can be opened). `Unaligned` when the landmark model finds no face."""
+        if job.mesh is not None:
+            return job.mesh
+        if not self._mesh_source_opened:
+            self._mesh_source_opened = True
+            self._mesh_source = self._open_mesh_source()
+        if self._mesh_source is None:
+            return None
+        mesh = self._mesh_source.points(job.image, job.detection)
+        if mesh is None:
+            raise Unaligned()
+        return mesh
+
     def _match(self, job: _Job) -> Identification | None:
         """The label and score of the track's face, or None; the embedding never leaves this function."""
         with self._lock:
-            session, embedder, gallery = self._session, self._embedder, self._gallery
+            session, embedder, gallery, threshold = self._session, self._embedder, self._gallery, self._threshold
         if embedder is None or gallery is None:
             return None
         now = self._clock()
         session.require_live(now)
-        embedding = embedder.embed(job.image, job.detection)
-        match = best_match(gallery, embedding, now, self._threshold)
+        embedding = embedder.embed(job.image, job.detection, self._mesh(job))
+        match = best_match(gallery, embedding, now, threshold)
         del embedding  # matched or not, the embedding is not kept
         if match is None:
             return None

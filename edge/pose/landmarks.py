@@ -190,13 +190,21 @@ class LandmarkPose:
         return None if crop_points is None else to_frame_3d(crop_points, affine)
 
     def estimate(self, image: np.ndarray, detections: Sequence[Detection]) -> list[HeadPose | None]:
+        return [pose for pose, _ in self.measure(image, detections)]
+
+    def measure(self, image: np.ndarray,
+                detections: Sequence[Detection]) -> list[tuple[HeadPose | None, np.ndarray | None]]:
+        """Each face's pose and the mesh it was fitted to (both None where the model found no face).
+
+        The pipeline keeps the mesh on the `Face` so that identification aligns on it without a second
+        landmark invoke."""
         height, width = check_frame(image).shape[:2]
         camera = camera_for(width, height, self.calibration)
-        poses: list[HeadPose | None] = []
+        measured: list[tuple[HeadPose | None, np.ndarray | None]] = []
         for detection in detections:
             points = self.points(image, detection)
-            poses.append(None if points is None else fit_pose_3d(points, self.model, camera))
-        return poses
+            measured.append((None, None) if points is None else (fit_pose_3d(points, self.model, camera), points))
+        return measured
 
 
 def open_landmark_pose(threads: int = 1, *, calibration: Calibration | None = None, manifest: Manifest | None = None,

@@ -68,10 +68,16 @@ class Detection:
 
 @dataclass(frozen=True, slots=True)
 class Face:
-    """A detection with its head pose (None when pose could not be fitted)."""
+    """A detection with its head pose (None when pose could not be fitted).
+
+    `mesh` is the face-landmark model's 468 points (x, y, depth; frame pixels) when the pose stage ran
+    it and it found the face, else None. Like the keypoints it is an on-device intermediate: identification
+    aligns on five of its points, and nothing reads it on the way to the wire (`edge.wire.observation`).
+    """
 
     detection: Detection
     pose: HeadPose | None
+    mesh: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Mapping, Protocol
+from typing import Any, Callable, ClassVar, Mapping, Protocol, Sequence
 
 import cv2
 import numpy as np
@@ -36,6 +36,7 @@ from edge.vision.runtime import (
 from edge.vision.manifest import Manifest, ModelSpec, load_manifest, locate, search_dirs
 from edge.pose.estimator import build_pose_estimator
 from edge.pose.fit import POSE_MODES, PoseEstimator
+from edge.pose.landmarks import LandmarkPose
 from edge.vision.geometry import Fit
 from edge.vision.preprocess import Fitter
 from edge.vision.tile_scan import MAX_MOSAIC_GRID, TileScan, best_match, follow_region, mosaic_cells
@@ -468,11 +469,19 @@ class Pipeline:
         detections = self.detect(frame.image) if still else self._stream_detect(frame.image)
         timings = dict(self.detector.timings)
         t0 = time.perf_counter()
-        poses: list[HeadPose | None] = self.pose.estimate(frame.image, detections) if detections else []
+        measured = self._measure(frame.image, detections) if detections else []
         timings["pose"] = (time.perf_counter() - t0) * 1e3
         h, w = frame.image.shape[:2]
-        faces = tuple(Face(d, p) for d, p in zip(detections, poses, strict=True))
+        faces = tuple(Face(d, p, m) for d, (p, m) in zip(detections, measured, strict=True))
         return FrameResult(frame.number, frame.capture_time, w, h, faces, timings)
+
+
+    def _measure(self, image: np.ndarray,
+                 detections: Sequence[Detection]) -> list[tuple[HeadPose | None, np.ndarray | None]]:
+        """Poses, with the face mesh when the landmark model made them (kept for identification's alignment)."""
+        if isinstance(self.pose, LandmarkPose):
+            return self.pose.measure(image, detections)
+        return [(pose, None) for pose in self.pose.estimate(image, detections)]
 
 
 def build_pose(config: DetectorConfig, manifest: Manifest, runtime: Runtime) -> PoseEstimator:

@@ -171,6 +171,11 @@ class HealthReport:
     camera_faults: int = 0
     camera_last_fault: str | None = None
     certificate: CertificateReport | None = None
+    # Identification since start (tracks tried, matched, dropped for a busy worker); None on a device
+    # without a [policy] section, which can never identify, and then `identification` is left out.
+    identification_tried: int | None = None
+    identification_matched: int = 0
+    identification_dropped: int = 0
 
 
 # health's camera.last_fault is one line of text, bounded.
@@ -182,7 +187,7 @@ def _maybe(value: float | None, decimals: int) -> float | None:
 
 
 def health(device: str, report: HealthReport) -> bytes:
-    return _dump({
+    document: dict[str, object] = {
         "device": device,
         "time": timestamp(report.time),
         "fps": round(report.fps, RATE_DECIMALS),
@@ -216,7 +221,12 @@ def health(device: str, report: HealthReport) -> bytes:
             "last_fault": None if report.camera_last_fault is None else report.camera_last_fault[:MAX_FAULT_CHARS],
         },
         "certificate": _certificate(report.certificate),
-    })
+    }
+    if report.identification_tried is not None:
+        document["identification"] = {"tried": report.identification_tried,
+                                      "matched": report.identification_matched,
+                                      "dropped": report.identification_dropped}
+    return _dump(document)
 
 
 def renewal_request(device: str, requested: float, rotation: bool, csr_pem: bytes, certificate_pem: bytes,

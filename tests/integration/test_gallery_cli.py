@@ -266,7 +266,8 @@ def test_enrol_identify_list_withdraw_erase(tmp_path: Path, pki: Pki, capsys: py
     blocks = out.split(str(shared_images))[1:]
     assert [m.group(1) for m in IDENTIFIED.finditer(blocks[0])] == [obama]
     assert [m.group(1) for m in IDENTIFIED.finditer(blocks[1])] == [biden]
-    assert "unknown" in blocks[2] and not IDENTIFIED.search(blocks[2])
+    # The running worker's gates ([identification] min_face_px 80): Ivan's 64-pixel face is not scored, and why.
+    assert "not scored: the face is too small" in blocks[2] and not IDENTIFIED.search(blocks[2])
     assert sorted(m.group(1) for m in IDENTIFIED.finditer(blocks[3])) == sorted([obama, biden])
     assert "p-obama" not in out and "p-biden" not in out  # labels only
 
@@ -283,6 +284,29 @@ def test_enrol_identify_list_withdraw_erase(tmp_path: Path, pki: Pki, capsys: py
     log = (device.state_dir / "audit.log").read_text()
     assert "door" not in log and "fr_obama" not in log  # records name pseudonyms, not purposes or photographs
     assert run(capsys, "audit", "verify", "--config", str(config))[0] == 0
+
+
+def test_identify_applies_the_workers_gates_and_says_why_a_face_was_not_scored(tmp_path: Path, pki: Pki,
+                                                                               shared_images: Path) -> None:
+    """Turned or small faces are not scored, as the running service would not try them; the limits are the
+    configuration's own `[identification]` section, so raising min_face_px changes the answer."""
+    device, config = deploy(tmp_path, pki)
+    headpose = shared_images.parent / "headpose"
+    labels = json.loads((headpose / "labels.json").read_text())
+    turned = max(labels, key=lambda name: abs(labels[name]["yaw"]))
+    code, out, err = run_models("identify", "--config", str(config), str(shared_images / "fr_obama1.jpg"),
+                                str(headpose / turned), str(shared_images / "mtcnn_ivan.jpg"))
+    assert code == 0, err
+    obama, turned_out, ivan = out.split(str(headpose.parent))[1:]
+    assert "unknown" in obama and "not scored" not in obama  # nobody enrolled: scored, and matched nobody
+    assert "not scored: the face is turned (yaw" in turned_out and "unknown" not in turned_out
+    assert "not scored: the face is too small (64 pixels wide, at least 80 needed)" in ivan
+    config.write_text(config.read_text() + "\n[identification]\nmin_face_px = 4000\n")
+    code, out, _ = run_models("identify", "--config", str(config), str(shared_images / "fr_obama1.jpg"))
+    assert code == 0 and "at least 4000 needed" in out and "unknown" not in out
+    config.write_text(config.read_text().replace("4000", "0"))
+    code, _, err = run_models("identify", "--config", str(config), str(shared_images / "fr_obama1.jpg"))
+    assert code == 2 and "min_face_px" in err and "Traceback" not in err
 
 
 def test_gallery_erase_works_without_identification(tmp_path: Path, pki: Pki,

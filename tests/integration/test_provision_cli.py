@@ -387,7 +387,7 @@ def test_client_cert_carries_its_role_as_the_mqtt_username(ca: Path, tmp_path: P
     with pytest.raises((CertificateError, GrantError)):
         read_device_identity(leaf)  # never usable as a device identity
     acl = (REPO / "systemd" / "mosquitto-fleet.acl").read_text()
-    for role in ("reader", "auditor", "operator"):
+    for role in ("reader", "identities", "auditor", "operator"):
         assert f"\nuser role:{role}\n" in acl  # every role the tool offers, the shipped ACL knows
 
     code, _, err = run(capsys, "client-cert", "--ca-dir", str(ca), "--name", "ha", "--role", "admin",

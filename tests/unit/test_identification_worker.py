@@ -8,6 +8,7 @@ import pytest
 from edge.app.config import from_document
 from edge.app.identification import IdentificationConfig
 from edge.common.errors import ConfigError
+from edge.identify.quality import track_problem
 from edge.identify.worker import TrackRules, TrackSchedule, worth_identifying
 from edge.vision.detection import Box, Detection, Face, HeadPose
 
@@ -77,3 +78,17 @@ def test_the_section_refuses_values_with_the_reason(key: str, value: object) -> 
     with pytest.raises(ConfigError, match=key) as info:
         from_document({**MINIMAL, "identification": {key: value}})
     assert "[identification]" in str(info.value)
+
+
+@pytest.mark.parametrize("candidate, words", [
+    (face(), None),
+    (face(width=79 / WIDTH), "too small (79 pixels wide, at least 80 needed)"),
+    (face(pose=HeadPose(31.0, 0.0, 0.0)), "turned (yaw +31, pitch +0 degrees; at most 30 and 25)"),
+    (face(pose=None, keypoints=FRONTAL + np.array([[0.0, 0.0], [0.0, 0.0], [0.04, 0.0], [0.0, 0.0]], np.float32)),
+     "the nose is 0.40 eye distances off centre"),
+    (face(pose=None, keypoints=FRONTAL[:2]), "no eye and nose keypoints"),
+])
+def test_track_problem_says_why_a_face_is_not_tried(candidate: Face, words: str | None) -> None:
+    """What `edge-camera identify` prints per face the running worker would not try."""
+    problem = track_problem(candidate, WIDTH, RULES)
+    assert problem is None if words is None else words in (problem or ""), problem

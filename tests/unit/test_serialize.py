@@ -42,12 +42,19 @@ keypoints = st.integers(0, 6).flatmap(
     lambda k: st.lists(st.floats(-2, 2, allow_nan=False, width=32), min_size=2 * k, max_size=2 * k))
 
 
+MESH_POINTS = 468
+# A face mesh (468 x 3, frame pixels) as the landmark pose stage leaves it on the Face, or none.
+meshes = st.one_of(st.none(), st.integers(0, 2**32 - 1).map(
+    lambda seed: np.random.default_rng(seed).uniform(-50, 700, (MESH_POINTS, 3))))
+
+
 @st.composite
 def faces(draw: st.DrawFn) -> Face:
     x, y = draw(st.floats(-0.5, 1.2, allow_nan=False)), draw(st.floats(-0.5, 1.2, allow_nan=False))
     w, h = draw(st.floats(0, 1.5, allow_nan=False)), draw(st.floats(0, 1.5, allow_nan=False))
     kps = np.array(draw(keypoints), np.float32).reshape(-1, 2)
-    return Face(Detection(Box(x, y, w, h), draw(st.floats(-0.1, 1.1, allow_nan=False)), kps), draw(poses))
+    return Face(Detection(Box(x, y, w, h), draw(st.floats(-0.1, 1.1, allow_nan=False)), kps), draw(poses),
+                draw(meshes))
 
 
 @st.composite
@@ -81,7 +88,9 @@ def test_keypoints_never_leak_and_precision_is_fixed(face_list: list[Face]) -> N
             # A keypoint could only coincide with a published number by rounding to the same 3 decimals.
             if round(float(value), 3) != float(value):
                 assert repr(float(value)) not in text
-        assert "keypoint" not in text
+        assert "keypoint" not in text and "mesh" not in text
+        if face.mesh is not None:  # identification's five alignment points ride on the Face, never further
+            assert not any(repr(float(v)) in text for v in face.mesh.ravel()[:60])
     for face in document["faces"]:
         assert all(round(v, 3) == v for v in face["box"])
         assert round(face["score"], 2) == face["score"]
@@ -206,6 +215,30 @@ def test_status_health_audit_discovery_validate() -> None:
     with pytest.raises(ValueError, match="scalars"):
         serialize.audit("cam-a", {"seq": 0, "time": "t", "event": "e", "data": {"image": [[1, 2]]},
                                   "prev": "0" * 64, "hash": "0" * 64})
+
+
+def health_report(**identification: int) -> serialize.HealthReport:
+    return serialize.HealthReport(time=1_790_000_000.0, fps=9.5, latency_p50_ms=40.0, latency_p90_ms=50.0,
+                                  latency_p99_ms=None, frames_processed=10, frames_dropped=0, outbox_depth=0,
+                                  outbox_dropped=0, outbox_refused=0, outbox_oldest_age_s=None, mqtt_connected=True,
+                                  mqtt_protocol="5", mqtt_delivered=3, mqtt_refused=0, mqtt_last_refusal=None,
+                                  accelerator="cpu", cpu_temperature_c=None, cpu_throttled=None, **identification)
+
+
+def test_health_carries_identification_counts_only_on_a_device_that_can_identify() -> None:
+    """Tried, matched, dropped: counts only, in a closed object; absent without [policy]."""
+    plain = json.loads(serialize.health("cam-a", health_report()))
+    validator("health").validate(plain)
+    assert "identification" not in plain
+    counted = json.loads(serialize.health("cam-a", health_report(identification_tried=7, identification_matched=2,
+                                                                 identification_dropped=1)))
+    validator("health").validate(counted)
+    assert counted["identification"] == {"tried": 7, "matched": 2, "dropped": 1}
+    for extra in ({"label": "0" * 32}, {"unknown": 3}):  # nothing else may ride in it, not even a label
+        with pytest.raises(jsonschema.ValidationError):
+            validator("health").validate({**counted, "identification": {**counted["identification"], **extra}})
+    with pytest.raises(jsonschema.ValidationError):
+        validator("health").validate({**counted, "identification": {"tried": -1, "matched": 0, "dropped": 0}})
 
 
 def test_tracker_follows_a_face_and_starts_at_random() -> None:
