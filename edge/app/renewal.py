@@ -136,6 +136,9 @@ class RenewalAgent:
         self.service.on_decision = self.on_decision
         if self.active:
             self.publisher.on_certificate = self.offer
+        current = self.status()
+        if current.state is CertificateState.VALID:
+            self._shown = (current.state, current.serial, self.last_refusal)  # the start line names it
         self.check()
 
     def stop(self) -> None:

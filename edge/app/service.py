@@ -614,6 +614,8 @@ def describe_start(config: ServiceConfig, status: serialize.DeviceStatus, path: 
             "model": status.model, "accelerator": status.accelerator,
             "broker": ", ".join(str(a) for a in config.mqtt.addresses), "protocol": config.mqtt.protocol,
             "policy": "gate" if config.policy is not None else "none", "firmware": status.firmware,
+            "certificate": None if status.certificate is None else status.certificate.state,
+            "certificate_days_left": None if status.certificate is None else round(status.certificate.days_left),
             "config": None if path is None else str(path)}
 
 
