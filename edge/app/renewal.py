@@ -137,8 +137,9 @@ class RenewalAgent:
         if self.active:
             self.publisher.on_certificate = self.offer
         current = self.status()
-        if current.state is CertificateState.VALID:
-            self._shown = (current.state, current.serial, self.last_refusal)  # the start line names it
+        if current.state is CertificateState.VALID:  # the start line names it: no line of its own
+            self._shown = (current.state, current.serial, self.last_refusal)
+            self.publisher.update_status(self.service.status)
         self.check()
 
     def stop(self) -> None:
