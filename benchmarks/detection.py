@@ -140,14 +140,21 @@ class Contender:
     stage_timings: Callable[[], dict[str, float]] | None = None
     # A contender in another process times itself: `run` returns its own figure in ms.
     self_timed: bool = False
+    # The CPU time of each call (the whole process's, all its threads): on a machine shared with
+    # other work, wall time also counts the time spent waiting for a core, CPU time far less so.
+    cpu_of_last: Callable[[], float] | None = None
     samples_ms: list[float] = field(default_factory=list)
+    cpu_ms: list[float] = field(default_factory=list)
     stages_ms: dict[str, list[float]] = field(default_factory=dict)
 
     def time_once(self, frame: BenchFrame) -> None:
+        cpu0 = time.process_time()
         start = time.perf_counter()
         measured = self.run(frame)
         elapsed = (time.perf_counter() - start) * MS_PER_S
+        cpu = (time.process_time() - cpu0) * MS_PER_S
         self.samples_ms.append(float(measured) if self.self_timed else elapsed)
+        self.cpu_ms.append(self.cpu_of_last() if self.cpu_of_last is not None else cpu)
         if self.stage_timings is not None:
             for stage, value in self.stage_timings().items():
                 self.stages_ms.setdefault(stage, []).append(value)
@@ -198,7 +205,7 @@ class TasksWorker:
             raise SystemExit(f"{TASKS_PYTHON} is missing: run `bash benchmarks/setup` (it makes .venv-mptasks "
                              "with mediapipe 1.x), or point EDGE_MPTASKS_VENV at such an environment")
         self.index = {f.name: i for i, f in enumerate(frames)}
-        self.cpu_ms: dict[str, list[float]] = {}
+        self.last_cpu_ms = 0.0
         self.counts: dict[str, dict[str, int]] = {}
         self.process = subprocess.Popen([str(TASKS_PYTHON), str(TASKS_WORKER)], stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE)
@@ -233,13 +240,14 @@ class TasksWorker:
         return self._read()
 
     def runner(self, model: str) -> Callable[[BenchFrame], float]:
-        samples = self.cpu_ms.setdefault(model, [])
-
         def run(frame: BenchFrame) -> float:
             answer = self.detect(model, frame)
-            samples.append(float(answer["cpu_ms"]))
+            self.last_cpu_ms = float(answer["cpu_ms"])
             return float(answer["ms"])
         return run
+
+    def cpu_of_last(self) -> float:
+        return self.last_cpu_ms
 
     def close(self) -> None:
         self.stdin.close()
@@ -352,7 +360,8 @@ def build_contenders(frames: list[BenchFrame], threads: tuple[int, ...]) -> Setu
         mp_counts[model] = face_counts(lambda f, d=detector: len(d.process(f.image).detections or []), frames)
         contenders.append(Contender(f"mediapipe/{model}", lambda f, d=detector: d.process(f.image), everything))
         tasks.counts[model] = face_counts(lambda f, m=model: int(tasks.detect(m, f)["faces"]), frames)
-        contenders.append(Contender(f"tasks/{model}", tasks.runner(model), everything, self_timed=True))
+        contenders.append(Contender(f"tasks/{model}", tasks.runner(model), everything, self_timed=True,
+                                    cpu_of_last=tasks.cpu_of_last))
         for with_inference, part in ((False, "to-tensor"), (True, "to-tensor+inference")):
             graph = MediaPipeGraph(mp, model, with_inference)
             contenders.append(Contender(f"mediapipe-graph/{model}/{part}", graph.run, everything))
@@ -487,6 +496,9 @@ def results(setup: Setup, frames: list[BenchFrame], rounds: int, seconds: float,
     def stat(key: str) -> dict[str, float] | None:
         return summary(by_key[key].samples_ms) if key in by_key else None
 
+    def cpu(key: str) -> dict[str, float] | None:
+        return summary(by_key[key].cpu_ms) if key in by_key else None
+
     def stages(key: str) -> dict[str, float]:
         c = by_key.get(key)
         return {k: round(percentile(v, 50), 3) for k, v in c.stages_ms.items() if v} if c else {}
@@ -494,15 +506,16 @@ def results(setup: Setup, frames: list[BenchFrame], rounds: int, seconds: float,
     detection = []
     for model in MODEL_FILES:
         mp_stat, tasks_stat = stat(f"mediapipe/{model}"), stat(f"tasks/{model}")
-        tasks_cpu = setup.tasks.cpu_ms.get(model, [])
         to_tensor, with_inference = stat(f"mediapipe-graph/{model}/to-tensor"), stat(f"mediapipe-graph/{model}/to-tensor+inference")
         mp_inference = round(with_inference["median_ms"] - to_tensor["median_ms"], 3) if to_tensor and with_inference else None
         for n in threads:
             ours, bare = stat(f"ours/{model}/t{n}"), stat(f"bare/{model}/t{n}")
             detection.append({
                 "model": model, "threads": n, "mediapipe": mp_stat, "tasks": tasks_stat, "bare_invoke": bare, "ours": ours,
-                # Tasks has no thread setting: CPU over wall time shows how many cores it keeps busy.
-                "tasks_cpu_median_ms": round(percentile(tasks_cpu, 50), 3) if tasks_cpu else None,
+                "cpu": {"tasks": cpu(f"tasks/{model}"), "mediapipe": cpu(f"mediapipe/{model}"),
+                        "bare_invoke": cpu(f"bare/{model}/t{n}"), "ours": cpu(f"ours/{model}/t{n}")},
+                "ours_vs_tasks_cpu": ratio(cpu(f"ours/{model}/t{n}"), cpu(f"tasks/{model}")),
+                "ours_vs_bare_cpu": ratio(cpu(f"ours/{model}/t{n}"), cpu(f"bare/{model}/t{n}")),
                 "mediapipe_inference_in_graph_ms": mp_inference,
                 "mediapipe_graph": {"to_tensor": to_tensor, "to_tensor_and_inference": with_inference},
                 "ours_stages_median_ms": stages(f"ours/{model}/t{n}"),
@@ -520,6 +533,8 @@ def results(setup: Setup, frames: list[BenchFrame], rounds: int, seconds: float,
                 "bare_invoke_short": stat(f"bare/short/t{n}"), "bare_invoke_landmark": stat(f"bare/landmark/t{n}"),
                 "ours_stages_median_ms": stages(f"ours/pose/{label}/t{n}"),
                 "ours_vs_mediapipe": ratio(ours, mp_stat),
+                "cpu": {"mediapipe_face_mesh": cpu(f"mediapipe/face_mesh/{label}"), "ours": cpu(f"ours/pose/{label}/t{n}")},
+                "ours_vs_mediapipe_cpu": ratio(cpu(f"ours/pose/{label}/t{n}"), cpu(f"mediapipe/face_mesh/{label}")),
                 "goal_vs_mediapipe": GOAL_POSE_VS_MEDIAPIPE[label] if n == 1 else None,
             })
     return {
@@ -548,6 +563,10 @@ def _ratio_cell(value: float | None, goal: float | None) -> str:
         return f"{value:.2f}"
     # Three decimals next to a verdict: "0.75 MISSED" would hide that the ratio was 0.752.
     return f"{value:.3f} {'ok' if value <= goal else 'MISSED'}"
+
+
+def _med(s: dict[str, float] | None) -> str:
+    return f"{s['median_ms']:.2f}" if s else "n/a"
 
 
 def _stages_cell(stages: dict[str, float]) -> str:
@@ -586,7 +605,7 @@ def markdown(res: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in res["detection"]:
-        cpu = row["tasks_cpu_median_ms"]
+        cpu = row["cpu"]["tasks"]["median_ms"] if row["cpu"]["tasks"] else None
         lines.append(
             f"| {row['model']} | {row['threads']} | {_cell(row['tasks'])} ({_inference_cell(cpu)}) | {_cell(row['mediapipe'])} "
             f"| {_inference_cell(row['mediapipe_inference_in_graph_ms'])} "
@@ -594,6 +613,20 @@ def markdown(res: dict[str, Any]) -> str:
             f"| {_ratio_cell(row['ours_vs_tasks'], row['goal_vs_tasks'])} | {_ratio_cell(row['ours_vs_bare'], row['goal_vs_bare'])} "
             f"| {_ratio_cell(row['ours_vs_mediapipe'], None)} | {_stages_cell(row['ours_stages_median_ms'])} |"
         )
+    lines += [
+        "",
+        "The same by CPU time per call (the process's, all threads; MediaPipe Tasks in its own process), median ms: "
+        "on a shared machine wall time also counts waiting for a core.",
+        "",
+        "| model | threads | Tasks | legacy | bare invoke | ours | ours / Tasks | ours / bare |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in res["detection"]:
+        c = row["cpu"]
+        lines.append(
+            f"| {row['model']} | {row['threads']} | {_med(c['tasks'])} | {_med(c['mediapipe'])} | {_med(c['bare_invoke'])} "
+            f"| {_med(c['ours'])} | {_ratio_cell(row['ours_vs_tasks_cpu'], row['goal_vs_tasks'])} "
+            f"| {_ratio_cell(row['ours_vs_bare_cpu'], row['goal_vs_bare'])} |")
     lines += [
         "",
         "MediaPipe's inference alone: median of its ImageToTensor + InferenceCalculator graph minus ImageToTensor alone "
@@ -614,6 +647,10 @@ def markdown(res: dict[str, Any]) -> str:
             f"| {_stages_cell(row['ours_stages_median_ms'])} "
             f"| {_floor_cell(row['bare_invoke_short'], row['bare_invoke_landmark'])} |"
         )
+    lines += ["", "Pose by CPU time per call: " + "; ".join(
+        f"{row['frames']} t{row['threads']}: ours {_med(row['cpu']['ours'])} vs face_mesh "
+        f"{_med(row['cpu']['mediapipe_face_mesh'])} ms = {_ratio_cell(row['ours_vs_mediapipe_cpu'], row['goal_vs_mediapipe'])}"
+        for row in res["pose"])]
     agreement = res["face_count_agreement_with_mediapipe"]
     if agreement:
         lines += ["", "Face count per frame, ours vs legacy MediaPipe and vs MediaPipe Tasks (same model, threshold 0.5): "
