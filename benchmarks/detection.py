@@ -11,8 +11,11 @@ that runs one pipeline).
     bash benchmarks/setup
     .venv-bench/bin/python benchmarks/detection.py [--seconds 120] [--threads 1 2] [--order frames|bursts] [--json [PATH]]
 
-Runs in ``.venv-bench`` only (MediaPipe needs numpy<2); MediaPipe is never a
-run-time dependency of the firmware.
+Runs in ``.venv-bench`` only (MediaPipe 0.10.14 needs numpy<2); MediaPipe is never a
+run-time dependency of the firmware. MediaPipe Tasks 1.x (numpy 2) runs beside it in
+``.venv-mptasks``, in a worker process driven over a pipe (``mptasks_worker.py``) that times
+itself, in the same rounds as everything else. Every call's CPU time (its process's, all
+threads) is kept beside its wall time: on a shared machine wall time also counts the wait for a core.
 """
 
 from __future__ import annotations
