@@ -11,8 +11,11 @@ that runs one pipeline).
     bash benchmarks/setup
     .venv-bench/bin/python benchmarks/detection.py [--seconds 120] [--threads 1 2] [--order frames|bursts] [--json [PATH]]
 
-Runs in ``.venv-bench`` only (MediaPipe needs numpy<2); MediaPipe is never a
-run-time dependency of the firmware.
+Runs in ``.venv-bench`` only (MediaPipe 0.10.14 needs numpy<2); MediaPipe is never a
+run-time dependency of the firmware. MediaPipe Tasks 1.x (numpy 2) runs beside it in
+``.venv-mptasks``, in a worker process driven over a pipe (``mptasks_worker.py``) that times
+itself, in the same rounds as everything else. Every call's CPU time (its process's, all
+threads) is kept beside its wall time: on a shared machine wall time also counts the wait for a core.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import argparse  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
@@ -62,10 +66,16 @@ ORDERS = ("frames", "bursts")
 ORDER_TEXT = {"frames": "contenders interleaved frame by frame", "bursts": "each contender on every frame back to back"}
 # Our model names in the manifest, per MediaPipe model.
 OUR_MODEL = {"short": "blazeface-short", "full": "blazeface-full"}
-# The issue's goals.
-GOAL_VS_MEDIAPIPE = 0.75
-GOAL_POSE_VS_MEDIAPIPE = 0.8
-GOAL_VS_BARE = 1.5
+# The issue's goals (issue 13), one thread: ours / MediaPipe Tasks 1.x and ours / the bare invoke per
+# model, and short range + landmark pose / legacy face_mesh per frame set. The earlier goal against
+# legacy MediaPipe's detection is withdrawn (the bare invoke sits at two thirds of it here); the
+# ratio is still printed, with no verdict.
+GOAL_VS_TASKS = {"short": 0.55, "full": 0.72}
+GOAL_VS_BARE = {"short": 1.15, "full": 1.1}
+GOAL_POSE_VS_MEDIAPIPE = {"single-face": 0.55, "multi-face": 0.6}
+# MediaPipe Tasks 1.x runs in its own environment (numpy 2), made by benchmarks/setup.
+TASKS_WORKER = Path(__file__).resolve().parent / "mptasks_worker.py"
+TASKS_PYTHON = Path(os.environ.get("EDGE_MPTASKS_VENV", Path(__file__).resolve().parents[1] / ".venv-mptasks")) / "bin" / "python"
 # Multi-face frames composed from portraits: grid cells (columns, rows) and the photographs in them.
 MOSAICS = (
     ((2, 1), ("fr_obama.jpg", "fr_biden.jpg")),
@@ -131,13 +141,23 @@ class Contender:
     run: Callable[[BenchFrame], Any]
     frames: frozenset[str]
     stage_timings: Callable[[], dict[str, float]] | None = None
+    # A contender in another process times itself: `run` returns its own figure in ms.
+    self_timed: bool = False
+    # The CPU time of each call (the whole process's, all its threads): on a machine shared with
+    # other work, wall time also counts the time spent waiting for a core, CPU time far less so.
+    cpu_of_last: Callable[[], float] | None = None
     samples_ms: list[float] = field(default_factory=list)
+    cpu_ms: list[float] = field(default_factory=list)
     stages_ms: dict[str, list[float]] = field(default_factory=dict)
 
     def time_once(self, frame: BenchFrame) -> None:
+        cpu0 = time.process_time()
         start = time.perf_counter()
-        self.run(frame)
-        self.samples_ms.append((time.perf_counter() - start) * MS_PER_S)
+        measured = self.run(frame)
+        elapsed = (time.perf_counter() - start) * MS_PER_S
+        cpu = (time.process_time() - cpu0) * MS_PER_S
+        self.samples_ms.append(float(measured) if self.self_timed else elapsed)
+        self.cpu_ms.append(self.cpu_of_last() if self.cpu_of_last is not None else cpu)
         if self.stage_timings is not None:
             for stage, value in self.stage_timings().items():
                 self.stages_ms.setdefault(stage, []).append(value)
@@ -172,6 +192,69 @@ class BareInvoke:
 
     def run(self, frame: BenchFrame) -> None:
         self.interpreter.invoke()
+
+
+class TasksWorker:
+    """MediaPipe Tasks 1.x `FaceDetector` in its own process (`benchmarks/mptasks_worker.py`, `.venv-mptasks`).
+
+    The frames are sent once; each call asks for one (model, frame) and gets
+    back the time the worker measured around `detect()`, so the pipe's round
+    trip never counts. The worker's process CPU time per call is kept too: it
+    shows how many cores Tasks keeps busy (it has no thread setting).
+    """
+
+    def __init__(self, frames: list[BenchFrame], threshold: float) -> None:
+        if not TASKS_PYTHON.exists():
+            raise SystemExit(f"{TASKS_PYTHON} is missing: run `bash benchmarks/setup` (it makes .venv-mptasks "
+                             "with mediapipe 1.x), or point EDGE_MPTASKS_VENV at such an environment")
+        self.index = {f.name: i for i, f in enumerate(frames)}
+        self.last_cpu_ms = 0.0
+        self.counts: dict[str, dict[str, int]] = {}
+        self.process = subprocess.Popen([str(TASKS_PYTHON), str(TASKS_WORKER)], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE)
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.stdin, self.stdout = self.process.stdin, self.process.stdout
+        models = {model: str(MODELS / name) for model, name in MODEL_FILES.items()}
+        self._write({"models": models, "threshold": threshold, "frames": len(frames)})
+        for f in frames:
+            self._write({"name": f.name, "shape": list(f.image.shape)})
+            self.stdin.write(np.ascontiguousarray(f.image).tobytes())
+        self.stdin.flush()
+        ready = self._read()
+        self.version = str(ready["mediapipe"])
+        self.numpy = str(ready["numpy"])
+
+    def _write(self, message: dict[str, Any]) -> None:
+        self.stdin.write((json.dumps(message) + "\n").encode())
+
+    def _read(self) -> dict[str, Any]:
+        line = self.stdout.readline()
+        if not line:
+            raise SystemExit(f"the MediaPipe Tasks worker stopped (exit code {self.process.wait()}); "
+                             f"run `{TASKS_PYTHON} {TASKS_WORKER}` by hand to see why")
+        answer: dict[str, Any] = json.loads(line)
+        if "error" in answer:
+            raise SystemExit(f"the MediaPipe Tasks worker failed: {answer['error']}")
+        return answer
+
+    def detect(self, model: str, frame: BenchFrame) -> dict[str, Any]:
+        self._write({"model": model, "frame": self.index[frame.name]})
+        self.stdin.flush()
+        return self._read()
+
+    def runner(self, model: str) -> Callable[[BenchFrame], float]:
+        def run(frame: BenchFrame) -> float:
+            answer = self.detect(model, frame)
+            self.last_cpu_ms = float(answer["cpu_ms"])
+            return float(answer["ms"])
+        return run
+
+    def cpu_of_last(self) -> float:
+        return self.last_cpu_ms
+
+    def close(self) -> None:
+        self.stdin.close()
+        self.process.wait()
 
 
 class MediaPipeGraph:
@@ -261,6 +344,7 @@ class Setup:
     frame_sets: dict[str, list[str]]
     agreement: dict[str, Any]
     pre_invoke: dict[str, Callable[[BenchFrame], None]]
+    tasks: TasksWorker
 
 
 def build_contenders(frames: list[BenchFrame], threads: tuple[int, ...]) -> Setup:
@@ -272,11 +356,15 @@ def build_contenders(frames: list[BenchFrame], threads: tuple[int, ...]) -> Setu
     pre_invoke: dict[str, Callable[[BenchFrame], None]] = {}
     agreement: dict[str, Any] = {}
 
+    tasks = TasksWorker(frames, SCORE_THRESHOLD)
     mp_counts: dict[str, dict[str, int]] = {}
     for model in MODEL_FILES:
         detector = mediapipe_detector(mp, model)
         mp_counts[model] = face_counts(lambda f, d=detector: len(d.process(f.image).detections or []), frames)
         contenders.append(Contender(f"mediapipe/{model}", lambda f, d=detector: d.process(f.image), everything))
+        tasks.counts[model] = face_counts(lambda f, m=model: int(tasks.detect(m, f)["faces"]), frames)
+        contenders.append(Contender(f"tasks/{model}", tasks.runner(model), everything, self_timed=True,
+                                    cpu_of_last=tasks.cpu_of_last))
         for with_inference, part in ((False, "to-tensor"), (True, "to-tensor+inference")):
             graph = MediaPipeGraph(mp, model, with_inference)
             contenders.append(Contender(f"mediapipe-graph/{model}/{part}", graph.run, everything))
@@ -303,8 +391,10 @@ def build_contenders(frames: list[BenchFrame], threads: tuple[int, ...]) -> Setu
             ours = face_counts(lambda f, p=pipeline: len(p.detect(f.image)), frames)
             agreement[f"{model}/t{n}"] = {
                 "frames_with_same_face_count": sum(ours[k] == mp_counts[model][k] for k in ours),
+                "frames_with_same_face_count_as_tasks": sum(ours[k] == tasks.counts[model][k] for k in ours),
                 "frames": len(ours),
-                "differences": {k: {"mediapipe": mp_counts[model][k], "ours": ours[k]} for k in ours if ours[k] != mp_counts[model][k]},
+                "differences": {k: {"mediapipe": mp_counts[model][k], "tasks": tasks.counts[model][k], "ours": ours[k]}
+                                for k in ours if ours[k] != mp_counts[model][k] or ours[k] != tasks.counts[model][k]},
             }
             contenders.append(Contender(f"ours/{model}/t{n}", lambda f, p=pipeline: p.detect(f.image), everything,
                                         lambda p=pipeline: dict(p.detector.timings)))
@@ -323,7 +413,7 @@ def build_contenders(frames: list[BenchFrame], threads: tuple[int, ...]) -> Setu
         posed = PoseRun(pipeline)
         for label, subset in (("single-face", single), ("multi-face", multi)):
             contenders.append(Contender(f"ours/pose/{label}/t{n}", posed.run, subset, posed.stages))
-    return Setup(contenders, notes, frame_sets, agreement, pre_invoke)
+    return Setup(contenders, notes, frame_sets, agreement, pre_invoke, tasks)
 
 
 # ---------------------------------------------------------------- timing
@@ -377,7 +467,7 @@ def ratio(numerator: dict[str, float] | None, denominator: dict[str, float] | No
     return round(numerator["median_ms"] / denominator["median_ms"], 3)
 
 
-def machine() -> dict[str, Any]:
+def machine(tasks: TasksWorker) -> dict[str, Any]:
     cpu = "unknown"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -394,6 +484,8 @@ def machine() -> dict[str, Any]:
         "nproc": os.cpu_count(),
         "python": platform.python_version(),
         "mediapipe": mp.__version__,
+        "mediapipe_tasks": tasks.version,
+        "mediapipe_tasks_numpy": tasks.numpy,
         "ai_edge_litert": version("ai-edge-litert"),
         "numpy": np.__version__,
         "opencv": cv2.__version__,
@@ -407,24 +499,32 @@ def results(setup: Setup, frames: list[BenchFrame], rounds: int, seconds: float,
     def stat(key: str) -> dict[str, float] | None:
         return summary(by_key[key].samples_ms) if key in by_key else None
 
+    def cpu(key: str) -> dict[str, float] | None:
+        return summary(by_key[key].cpu_ms) if key in by_key else None
+
     def stages(key: str) -> dict[str, float]:
         c = by_key.get(key)
         return {k: round(percentile(v, 50), 3) for k, v in c.stages_ms.items() if v} if c else {}
 
     detection = []
     for model in MODEL_FILES:
-        mp_stat = stat(f"mediapipe/{model}")
+        mp_stat, tasks_stat = stat(f"mediapipe/{model}"), stat(f"tasks/{model}")
         to_tensor, with_inference = stat(f"mediapipe-graph/{model}/to-tensor"), stat(f"mediapipe-graph/{model}/to-tensor+inference")
         mp_inference = round(with_inference["median_ms"] - to_tensor["median_ms"], 3) if to_tensor and with_inference else None
         for n in threads:
             ours, bare = stat(f"ours/{model}/t{n}"), stat(f"bare/{model}/t{n}")
             detection.append({
-                "model": model, "threads": n, "mediapipe": mp_stat, "bare_invoke": bare, "ours": ours,
+                "model": model, "threads": n, "mediapipe": mp_stat, "tasks": tasks_stat, "bare_invoke": bare, "ours": ours,
+                "cpu": {"tasks": cpu(f"tasks/{model}"), "mediapipe": cpu(f"mediapipe/{model}"),
+                        "bare_invoke": cpu(f"bare/{model}/t{n}"), "ours": cpu(f"ours/{model}/t{n}")},
+                "ours_vs_tasks_cpu": ratio(cpu(f"ours/{model}/t{n}"), cpu(f"tasks/{model}")),
+                "ours_vs_bare_cpu": ratio(cpu(f"ours/{model}/t{n}"), cpu(f"bare/{model}/t{n}")),
                 "mediapipe_inference_in_graph_ms": mp_inference,
                 "mediapipe_graph": {"to_tensor": to_tensor, "to_tensor_and_inference": with_inference},
                 "ours_stages_median_ms": stages(f"ours/{model}/t{n}"),
-                "ours_vs_mediapipe": ratio(ours, mp_stat), "goal_vs_mediapipe": GOAL_VS_MEDIAPIPE,
-                "ours_vs_bare": ratio(ours, bare), "goal_vs_bare": GOAL_VS_BARE,
+                "ours_vs_mediapipe": ratio(ours, mp_stat),
+                "ours_vs_tasks": ratio(ours, tasks_stat), "goal_vs_tasks": GOAL_VS_TASKS[model] if n == 1 else None,
+                "ours_vs_bare": ratio(ours, bare), "goal_vs_bare": GOAL_VS_BARE[model] if n == 1 else None,
             })
     pose = []
     for label in ("single-face", "multi-face"):
@@ -436,10 +536,12 @@ def results(setup: Setup, frames: list[BenchFrame], rounds: int, seconds: float,
                 "bare_invoke_short": stat(f"bare/short/t{n}"), "bare_invoke_landmark": stat(f"bare/landmark/t{n}"),
                 "ours_stages_median_ms": stages(f"ours/pose/{label}/t{n}"),
                 "ours_vs_mediapipe": ratio(ours, mp_stat),
-                "goal_vs_mediapipe": GOAL_POSE_VS_MEDIAPIPE if label == "single-face" else None,
+                "cpu": {"mediapipe_face_mesh": cpu(f"mediapipe/face_mesh/{label}"), "ours": cpu(f"ours/pose/{label}/t{n}")},
+                "ours_vs_mediapipe_cpu": ratio(cpu(f"ours/pose/{label}/t{n}"), cpu(f"mediapipe/face_mesh/{label}")),
+                "goal_vs_mediapipe": GOAL_POSE_VS_MEDIAPIPE[label] if n == 1 else None,
             })
     return {
-        "machine": machine(),
+        "machine": machine(setup.tasks),
         "frames": {"count": len(frames), "size": [FRAME_WIDTH, FRAME_HEIGHT], "names": [f.name for f in frames], **setup.frame_sets},
         "rounds": rounds,
         "order": order_by,
@@ -466,6 +568,10 @@ def _ratio_cell(value: float | None, goal: float | None) -> str:
     return f"{value:.3f} {'ok' if value <= goal else 'MISSED'}"
 
 
+def _med(s: dict[str, float] | None) -> str:
+    return f"{s['median_ms']:.2f}" if s else "n/a"
+
+
 def _stages_cell(stages: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.2f}" for k, v in stages.items()) or "n/a"
 
@@ -484,25 +590,46 @@ def markdown(res: dict[str, Any]) -> str:
     m = res["machine"]
     lines = [
         f"Machine: {m['cpu']}, {m['nproc']} CPUs; Python {m['python']}, mediapipe {m['mediapipe']}, "
-        f"ai-edge-litert {m['ai_edge_litert']}, numpy {m['numpy']}, OpenCV {m['opencv']}.",
+        f"ai-edge-litert {m['ai_edge_litert']}, numpy {m['numpy']}, OpenCV {m['opencv']}; "
+        f"MediaPipe Tasks {m['mediapipe_tasks']} (numpy {m['mediapipe_tasks_numpy']}) in its own process.",
         f"{res['frames']['count']} frames of {FRAME_WIDTH}x{FRAME_HEIGHT} RGB, {res['rounds']} rounds "
         f"({ORDER_TEXT[res['order']]}; "
         f"budget {res['budget_seconds']:.0f} s; 1-minute load average {res['load_average_1min']['before']} before, "
         f"{res['load_average_1min']['after']} after). Times are per frame, median / p90 in ms.",
         "",
-        "Detection (MediaPipe: `solutions.face_detection`; its inference runs on one thread whatever the row):",
+        "Detection (MediaPipe Tasks: `vision.FaceDetector.detect`, timed in its own process, with its CPU time; "
+        "legacy MediaPipe: `solutions.face_detection`; neither has a thread setting, so they are the same in every row; "
+        "goals apply to one thread):",
         "",
-        f"| model | threads | MediaPipe | MediaPipe's inference alone | bare invoke | ours | ours / MediaPipe (goal <= {GOAL_VS_MEDIAPIPE}) "
-        f"| ours / bare (goal <= {GOAL_VS_BARE}) | ours per stage (median ms) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| model | threads | MediaPipe Tasks (CPU ms) | legacy MediaPipe | legacy's inference alone | bare invoke | ours "
+        f"| ours / Tasks (goal short <= {GOAL_VS_TASKS['short']}, full <= {GOAL_VS_TASKS['full']}) "
+        f"| ours / bare (goal short <= {GOAL_VS_BARE['short']}, full <= {GOAL_VS_BARE['full']}) | ours / legacy "
+        "| ours per stage (median ms) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in res["detection"]:
+        cpu = row["cpu"]["tasks"]["median_ms"] if row["cpu"]["tasks"] else None
         lines.append(
-            f"| {row['model']} | {row['threads']} | {_cell(row['mediapipe'])} | {_inference_cell(row['mediapipe_inference_in_graph_ms'])} "
+            f"| {row['model']} | {row['threads']} | {_cell(row['tasks'])} ({_inference_cell(cpu)}) | {_cell(row['mediapipe'])} "
+            f"| {_inference_cell(row['mediapipe_inference_in_graph_ms'])} "
             f"| {_cell(row['bare_invoke'])} | {_cell(row['ours'])} "
-            f"| {_ratio_cell(row['ours_vs_mediapipe'], row['goal_vs_mediapipe'])} | {_ratio_cell(row['ours_vs_bare'], row['goal_vs_bare'])} "
-            f"| {_stages_cell(row['ours_stages_median_ms'])} |"
+            f"| {_ratio_cell(row['ours_vs_tasks'], row['goal_vs_tasks'])} | {_ratio_cell(row['ours_vs_bare'], row['goal_vs_bare'])} "
+            f"| {_ratio_cell(row['ours_vs_mediapipe'], None)} | {_stages_cell(row['ours_stages_median_ms'])} |"
         )
+    lines += [
+        "",
+        "The same by CPU time per call (the process's, all threads; MediaPipe Tasks in its own process), median ms: "
+        "on a shared machine wall time also counts waiting for a core.",
+        "",
+        "| model | threads | Tasks | legacy | bare invoke | ours | ours / Tasks | ours / bare |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in res["detection"]:
+        c = row["cpu"]
+        lines.append(
+            f"| {row['model']} | {row['threads']} | {_med(c['tasks'])} | {_med(c['mediapipe'])} | {_med(c['bare_invoke'])} "
+            f"| {_med(c['ours'])} | {_ratio_cell(row['ours_vs_tasks_cpu'], row['goal_vs_tasks'])} "
+            f"| {_ratio_cell(row['ours_vs_bare_cpu'], row['goal_vs_bare'])} |")
     lines += [
         "",
         "MediaPipe's inference alone: median of its ImageToTensor + InferenceCalculator graph minus ImageToTensor alone "
@@ -511,7 +638,8 @@ def markdown(res: dict[str, Any]) -> str:
         f"Short-range detection + head pose from the landmark model vs MediaPipe `solutions.face_mesh` "
         f"(static_image_mode=True; max_num_faces=1 on single-face frames, {MESH_MULTI_MAX_FACES} on multi-face frames):",
         "",
-        f"| frames | threads | MediaPipe face_mesh | ours | ours / MediaPipe (goal <= {GOAL_POSE_VS_MEDIAPIPE} single-face) "
+        f"| frames | threads | MediaPipe face_mesh | ours | ours / MediaPipe (goal <= {GOAL_POSE_VS_MEDIAPIPE['single-face']} "
+        f"single-face, <= {GOAL_POSE_VS_MEDIAPIPE['multi-face']} multi-face, one thread) "
         "| ours per stage (median ms) | bare invoke: detector + landmark (one face) |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -522,10 +650,16 @@ def markdown(res: dict[str, Any]) -> str:
             f"| {_stages_cell(row['ours_stages_median_ms'])} "
             f"| {_floor_cell(row['bare_invoke_short'], row['bare_invoke_landmark'])} |"
         )
+    lines += ["", "Pose by CPU time per call: " + "; ".join(
+        f"{row['frames']} t{row['threads']}: ours {_med(row['cpu']['ours'])} vs face_mesh "
+        f"{_med(row['cpu']['mediapipe_face_mesh'])} ms = {_ratio_cell(row['ours_vs_mediapipe_cpu'], row['goal_vs_mediapipe'])}"
+        for row in res["pose"])]
     agreement = res["face_count_agreement_with_mediapipe"]
     if agreement:
-        lines += ["", "Face count per frame, ours vs MediaPipe (same model, threshold 0.5): " + "; ".join(
-            f"{k}: {v['frames_with_same_face_count']}/{v['frames']} frames agree" for k, v in agreement.items())]
+        lines += ["", "Face count per frame, ours vs legacy MediaPipe and vs MediaPipe Tasks (same model, threshold 0.5): "
+                  + "; ".join(f"{k}: {v['frames_with_same_face_count']}/{v['frames']} and "
+                              f"{v['frames_with_same_face_count_as_tasks']}/{v['frames']} frames agree"
+                              for k, v in agreement.items())]
     for note in res["notes"]:
         lines.append(f"\nNote: {note}")
     return "\n".join(lines) + "\n"
@@ -557,6 +691,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()[0]
     rounds = run_rounds(frames, setup, args.seconds, log, args.order)
     res = results(setup, frames, rounds, args.seconds, threads, (load_before, os.getloadavg()[0]), args.order)
+    setup.tasks.close()
     if args.json == "-":
         print(json.dumps(res, indent=1))
         return 0

@@ -1,0 +1,166 @@
+"""The service as a whole: frames per second and CPU per frame of `edge-camera run`, and what it adds.
+
+Everything is real: `python -m edge.app.cli run` in its own process (virtual
+camera at 640x480 with one face, full range, landmark pose), publishing to a
+private Mosquitto with mutual TLS on loopback. CPU per frame is the service's
+user + system time from `wait4`; start-up (imports, model loading, the TLS
+handshake) is taken out by running each setting twice, for a short and a long
+count of frames, and dividing the differences: (CPU(long) - CPU(short)) /
+(long - short). Frames per second are the service's own: the median of its
+health lines (every `HEALTH_S` seconds) during the long run.
+
+Where the CPU goes, in the same run and in this process (same frames, same
+settings): the virtual camera's rendering alone (iterating the source, unpaced)
+and the pipeline alone (`Pipeline.process` on rendered frames). What is left of
+the service's CPU per frame is what the service adds around them (the capture
+thread's hand-off, tracking, serialisation, the outbox, the publisher thread,
+health). Settings and repeats are interleaved, so noise from the rest of the
+machine falls on all of them alike.
+
+    .venv/bin/python benchmarks/service.py [--short 150] [--long 600] [--repeats 2] [--threads 1 2] [--fps 30 0]
+
+`--fps 0` runs the camera unpaced: the service's top speed. Results: docs/benchmarks.md.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge.demo.broker import MosquittoBroker, ThrowawayPki, make_throwaway_pki
+
+REPO = Path(__file__).resolve().parents[1]
+DEVICE = "speed-bench"
+WIDTH, HEIGHT = 640, 480
+MODEL = "blazeface-full"
+POSE = "landmarks"
+MS_PER_S = 1e3
+# The in-process stages are timed on this many frames per setting and repeat.
+STAGE_FRAMES = 300
+HEALTH_S = 2
+HEALTH_LINE = re.compile(r"health: ([0-9.]+) fps")
+
+
+def config_text(state_dir: Path, broker: MosquittoBroker, pki: ThrowawayPki, threads: int, fps: float) -> str:
+    cred = pki.clients[DEVICE]
+    return "\n".join([
+        "[device]", f'id = "{DEVICE}"', f'state_dir = "{state_dir}"',
+        "[camera]", 'source = "virtual"', f"width = {WIDTH}", f"height = {HEIGHT}", f"fps = {fps}",
+        "[detector]", f'model = "{MODEL}"', f'pose = "{POSE}"', 'delegate = "cpu"', f"threads = {threads}",
+        "[mqtt]", f'host = "{broker.host}"', f"port = {broker.port}", f'ca = "{pki.ca}"',
+        f'cert = "{cred.cert}"', f'key = "{cred.key}"',
+        "[health]", f"interval_s = {HEALTH_S}",
+    ]) + "\n"
+
+
+@dataclass(frozen=True)
+class Usage:
+    cpu_s: float
+    fps: list[float]
+
+
+def run_service(workdir: Path, broker: MosquittoBroker, pki: ThrowawayPki, threads: int, fps: float,
+                frames: int) -> Usage:
+    """One `edge-camera run --frames N`: its CPU (user + system, all threads) and its health lines' fps."""
+    run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=workdir))
+    state = run_dir / "state"
+    state.mkdir()
+    config = run_dir / "edge-camera.toml"
+    config.write_text(config_text(state, broker, pki, threads, fps))
+    proc = subprocess.Popen([sys.executable, "-m", "edge.app.cli", "run", "--config", str(config),
+                             "--frames", str(frames)], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    _, status, rusage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"edge-camera run exited with {proc.returncode}:\n{err[-2000:]}")
+    # The first health line covers start-up as well: left out.
+    fps = [float(m.group(1)) for m in HEALTH_LINE.finditer(err)][1:]
+    return Usage(rusage.ru_utime + rusage.ru_stime, fps)
+
+
+def stage_costs(threads: int, frames: int) -> dict[str, float]:
+    """CPU ms per frame of the virtual camera's rendering and of the pipeline, in this process."""
+    from edge.sources.camera import CameraConfig, open_source
+    from edge.vision.pipeline import DetectorConfig, build_pipeline
+    from edge.vision.runtime import DelegateConfig
+
+    camera = CameraConfig(source="virtual", width=WIDTH, height=HEIGHT, fps=0, max_frames=frames)
+    cpu0 = time.process_time()
+    with open_source(camera, (192, 192)) as source:
+        rendered = list(source)
+    render = (time.process_time() - cpu0) / len(rendered)
+    pipeline = build_pipeline(DetectorConfig(model=MODEL, pose=POSE,
+                                             delegate=DelegateConfig(kind="cpu", threads=threads)))
+    for frame in rendered[:10]:  # warm-up: XNNPACK packs its weights on the first invokes
+        pipeline.process(frame)
+    cpu0 = time.process_time()
+    for frame in rendered:
+        pipeline.process(frame)
+    cpu = time.process_time() - cpu0
+    return {"render_cpu_ms": render * MS_PER_S, "pipeline_cpu_ms": cpu / len(rendered) * MS_PER_S}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--short", type=int, default=150, help="frames in the short run of each pair (default 150)")
+    parser.add_argument("--long", type=int, default=600, help="frames in the long run of each pair (default 600)")
+    parser.add_argument("--repeats", type=int, default=2, help="rounds over all settings (default 2)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="inference threads (default 1 2)")
+    parser.add_argument("--fps", type=float, nargs="+", default=[30.0, 0.0],
+                        help="camera frame rates; 0 is unpaced (default 30 0)")
+    args = parser.parse_args()
+    if not 0 < args.short < args.long or args.repeats < 1 or any(n < 1 for n in args.threads) or any(f < 0 for f in args.fps):
+        parser.error("expected 0 < --short < --long, --repeats >= 1, --threads >= 1 and --fps >= 0")
+    from edge.vision.runtime import configure_process
+
+    configure_process()  # as the service's entry point does (OpenCV on one thread)
+    settings = [(n, fps) for n in args.threads for fps in args.fps]
+    service: dict[tuple[int, float], list[tuple[float, float]]] = {s: [] for s in settings}
+    stages: dict[int, list[dict[str, float]]] = {n: [] for n in args.threads}
+    with tempfile.TemporaryDirectory(prefix="edge-speed-") as tmp:
+        workdir = Path(tmp)
+        pki = make_throwaway_pki(workdir / "pki", (DEVICE,))
+        broker = MosquittoBroker(workdir / "broker", pki)
+        broker.start()
+        try:
+            for repeat in range(args.repeats):
+                shift = repeat % len(settings)
+                for threads, fps in settings[shift:] + settings[:shift]:
+                    short = run_service(workdir, broker, pki, threads, fps, args.short)
+                    long = run_service(workdir, broker, pki, threads, fps, args.long)
+                    frames = args.long - args.short
+                    service[(threads, fps)].append(((long.cpu_s - short.cpu_s) / frames * MS_PER_S,
+                                                    statistics.median(long.fps) if long.fps else float("nan")))
+                    print(f"benchmarks/service: repeat {repeat + 1}, {threads} thread(s), fps {fps:g}: "
+                          f"{service[(threads, fps)][-1][0]:.2f} ms CPU/frame, {service[(threads, fps)][-1][1]:.1f} fps",
+                          file=sys.stderr, flush=True)
+                for threads in args.threads:
+                    stages[threads].append(stage_costs(threads, STAGE_FRAMES))
+        finally:
+            broker.kill()
+    print(f"{os.cpu_count()} CPUs; `edge-camera run`, virtual camera {WIDTH}x{HEIGHT} with one face, {MODEL}, "
+          f"pose {POSE}; frames {args.short} and {args.long}, {args.repeats} repeat(s); medians over repeats.\n")
+    print("| threads | camera fps | service fps (health lines) | service CPU ms/frame | share of one core | rendering (in-process) "
+          "| pipeline CPU (in-process) | service adds |")
+    print("|---|---|---|---|---|---|---|---|")
+    for threads, fps in settings:
+        cpu = statistics.median(c for c, _ in service[(threads, fps)])
+        rate = statistics.median(r for _, r in service[(threads, fps)])
+        render = statistics.median(s["render_cpu_ms"] for s in stages[threads])
+        pipe = statistics.median(s["pipeline_cpu_ms"] for s in stages[threads])
+        print(f"| {threads} | {fps:g}{' (unpaced)' if fps == 0 else ''} | {rate:.1f} | {cpu:.2f} | "
+              f"{cpu * rate / MS_PER_S:.0%} | {render:.2f} | {pipe:.2f} | {cpu - render - pipe:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
