@@ -136,6 +136,24 @@ def run_service(config: ServiceConfig, pipeline: Pipeline, image: np.ndarray, co
     service.run(frames(image, count), pipeline, RunLimits(drain_s=10))
     return service
 
+def run_without_identities(tmp_path: Path, mosquitto: BrokerUnderTest, pipeline: Pipeline, face: np.ndarray,
+                           device: Device, count: int) -> tuple[Service, list[str]]:
+    """Runs the service for `count` frames; nothing may reach `identities`. Returns it and the statuses' modes."""
+    config = service_config(tmp_path, mosquitto, device)
+    with Subscriber(mosquitto.broker, mosquitto.pki, user=IDENTITY_READER, client_id="reader") as reader:
+        service = run_service(config, pipeline, face, count)
+        assert wait_until(lambda: len(statuses(reader)) >= 1)
+        time.sleep(0.3)  # anything published late would arrive by now
+    assert reader.on(f"{DEVICE}/identities") == []
+    return service, statuses(reader)
+
+
+def assert_refused(service: Service, modes: list[str]) -> None:
+    """The refusal held: status only ever said detection, and no worker runs."""
+    assert set(modes) == {"detection"}
+    assert service.identification is not None and not service.identification.running
+
+
 
 def statuses(sub: Subscriber) -> list[str]:
     return [m["mode"] for m in sub.on(f"{DEVICE}/status") if m.get("state") == "online"]
@@ -198,14 +216,8 @@ def test_without_a_grant_nothing_goes_on_identities(tmp_path: Path, mosquitto: B
     for name in ("gallery.sealed", "gallery.key", "label-secret"):
         (device.state_dir / name).write_bytes((granted.state_dir / name).read_bytes())
         (device.state_dir / name).chmod(0o600)
-    config = service_config(tmp_path, mosquitto, device)
-    with Subscriber(mosquitto.broker, mosquitto.pki, user=IDENTITY_READER, client_id="reader") as reader:
-        service = run_service(config, pipeline, face, 8)
-        assert wait_until(lambda: len(statuses(reader)) >= 1)
-        time.sleep(0.3)
-    assert reader.on(f"{DEVICE}/identities") == []
-    assert set(statuses(reader)) == {"detection"}
-    assert service.identification is not None and not service.identification.running
+    service, modes = run_without_identities(tmp_path, mosquitto, pipeline, face, device, 8)
+    assert_refused(service, modes)
     assert service.identification.counts() == IdentificationCounts(0, 0, 0)  # what health says
     decisions = [json.loads(line) for line in (device.state_dir / "audit.log").read_text().splitlines()]
     reasons = " ".join(" ".join(r["data"]["reasons"]) for r in decisions if r["event"] == "policy-decision")
@@ -421,14 +433,8 @@ def test_a_tampered_gallery_or_model_keeps_identification_off(tmp_path: Path, mo
         data = bytearray(target.read_bytes())
         data[-5] ^= 0x01
         target.write_bytes(bytes(data))
-    config = service_config(tmp_path, mosquitto, device)
-    with Subscriber(mosquitto.broker, mosquitto.pki, user=IDENTITY_READER, client_id="reader") as reader:
-        service = run_service(config, pipeline, face, 6)
-        assert wait_until(lambda: len(statuses(reader)) >= 1)
-        time.sleep(0.3)
-    assert reader.on(f"{DEVICE}/identities") == []
-    assert set(statuses(reader)) == {"detection"}
-    assert service.identification is not None and not service.identification.running
+    service, modes = run_without_identities(tmp_path, mosquitto, pipeline, face, device, 6)
+    assert_refused(service, modes)
     records = [json.loads(line) for line in (device.state_dir / "audit.log").read_text().splitlines()]
     assert event in [r["event"] for r in records]
 
@@ -611,13 +617,8 @@ def test_refused_enrolments_leave_nothing_to_match(tmp_path: Path, mosquitto: Br
         err = capsys.readouterr().err
         assert code == 8 and words in err and "Traceback" not in err, (flags, err)
     assert not (device.state_dir / GALLERY_FILE).exists()
-    config = service_config(tmp_path, mosquitto, device)
-    with Subscriber(mosquitto.broker, mosquitto.pki, user=IDENTITY_READER, client_id="reader") as reader:
-        service = run_service(config, pipeline, face, 8)
-        assert wait_until(lambda: len(statuses(reader)) >= 1)
-        time.sleep(0.3)
-    assert reader.on(f"{DEVICE}/identities") == []
-    assert "identification" in statuses(reader)  # granted and running: there is simply nobody to match
+    service, modes = run_without_identities(tmp_path, mosquitto, pipeline, face, device, 8)
+    assert "identification" in modes  # granted and running: there is simply nobody to match
     assert service.identification is not None and service.identification.counts().tried >= 1
     assert service.identification.counts().matched == 0
 

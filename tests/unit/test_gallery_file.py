@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cryptography.hazmat.primitives import serialization
 
 from edge.identify import IdentificationSession
 from edge.identify.gallery import (
@@ -29,21 +28,16 @@ from edge.identify.gallery import (
     enroll,
 )
 from edge.identify.labels import LABEL_BYTES, LABEL_SECRET_FILE, LabelError, load_label_key
-from edge.policy import Mode, PolicyGate
 from edge.trust.audit import AuditLog, verify_log
-from support.pki import DAY, NOW, Pki, provision
+from support.pki import DAY, NOW
+from support.granted import granted_session
 
 VECTOR = np.eye(128, dtype=np.float32)[5]
 
 
 @pytest.fixture(scope="module")
 def session(tmp_path_factory: pytest.TempPathFactory) -> IdentificationSession:
-    pki = Pki.create()
-    device = provision(tmp_path_factory.mktemp("gal"), pki)
-    (device.state_dir / "installed-crl.pem").write_bytes(pki.crl().public_bytes(serialization.Encoding.PEM))
-    decision = PolicyGate(device.config, audit=AuditLog(device.state_dir / "audit.log"), clock=lambda: NOW).decide()
-    assert decision.mode is Mode.IDENTIFICATION
-    return IdentificationSession(decision.identification)  # type: ignore[arg-type]
+    return granted_session(tmp_path_factory.mktemp("gal"))
 
 
 def enrolment(person: str = "p-ann", source: str = "household", expiry: dt.timedelta = 365 * DAY,

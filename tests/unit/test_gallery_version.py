@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cryptography.hazmat.primitives import serialization
 
 from edge.identify import IdentificationSession
 from edge.identify.gallery import (
@@ -27,21 +26,16 @@ from edge.identify.gallery import (
     best_match,
     enroll,
 )
-from edge.policy import Mode, PolicyGate
 from edge.trust.audit import AuditLog, verify_log
-from support.pki import DAY, NOW, Pki, provision
+from support.pki import DAY, NOW
+from support.granted import granted_session
 
 LATER = NOW + dt.timedelta(hours=1)
 
 
 @pytest.fixture(scope="module")
 def session(tmp_path_factory: pytest.TempPathFactory) -> IdentificationSession:
-    pki = Pki.create()
-    device = provision(tmp_path_factory.mktemp("ver"), pki)
-    (device.state_dir / "installed-crl.pem").write_bytes(pki.crl().public_bytes(serialization.Encoding.PEM))
-    decision = PolicyGate(device.config, audit=AuditLog(device.state_dir / "audit.log"), clock=lambda: NOW).decide()
-    assert decision.mode is Mode.IDENTIFICATION
-    return IdentificationSession(decision.identification)  # type: ignore[arg-type]
+    return granted_session(tmp_path_factory.mktemp("ver"))
 
 
 def unit(size: int, index: int) -> np.ndarray:

@@ -13,20 +13,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cryptography.hazmat.primitives import serialization
 
 from edge.identify import IdentificationSession
 from edge.identify.embedding import FaceEmbedder, face_mesh
 from edge.identify.gallery import ConsentRecord, Enrollment, GalleryFile, Identifier
 from edge.identify.quality import photo_problem
-from edge.policy import Mode, PolicyGate
 from edge.sources.camera import Frame
-from edge.trust.audit import AuditLog
 from edge.trust.model_bundle import DEFAULT_MATCH_THRESHOLD
 from edge.vision.pipeline import DetectorConfig, build_pipeline
 from support.data import load_rgb
 from support.identity_faces import load_fixture, name_faces, pair_scores
-from support.pki import DAY, NOW, Pki, provision
+from support.pki import DAY, NOW
+from support.granted import granted_session
 
 pytestmark = pytest.mark.slow  # the detector, face mesh and embedding model over 20 photographs
 MODEL = "mobilefacenet_float32.tflite"
@@ -43,12 +41,7 @@ class Scored:
 
 @pytest.fixture(scope="module")
 def session(tmp_path_factory: pytest.TempPathFactory) -> IdentificationSession:
-    pki = Pki.create()
-    device = provision(tmp_path_factory.mktemp("acc"), pki)
-    (device.state_dir / "installed-crl.pem").write_bytes(pki.crl().public_bytes(serialization.Encoding.PEM))
-    decision = PolicyGate(device.config, audit=AuditLog(device.state_dir / "audit.log"), clock=lambda: NOW).decide()
-    assert decision.mode is Mode.IDENTIFICATION
-    return IdentificationSession(decision.identification)  # type: ignore[arg-type]
+    return granted_session(tmp_path_factory.mktemp("acc"))
 
 
 @pytest.fixture(scope="module")

@@ -38,21 +38,17 @@ from edge.identify.gallery import (
     associated_data,
 )
 from edge.vision.pipeline import DetectorConfig, Pipeline, build_pipeline
-from edge.policy import Mode, PolicyGate
+from edge.policy import PolicyGate
 from support.pki import DAY, NOW, Pki, provision
 from support.identity_groups import GROUPS, MODELS
+from support.granted import granted_session
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def session(tmp_path_factory: pytest.TempPathFactory) -> IdentificationSession:
-    pki = Pki.create()
-    device = provision(tmp_path_factory.mktemp("id"), pki)
-    (device.state_dir / "installed-crl.pem").write_bytes(pki.crl().public_bytes(serialization.Encoding.PEM))
-    decision = PolicyGate(device.config, audit=AuditLog(device.state_dir / "audit.log"), clock=lambda: NOW).decide()
-    assert decision.mode is Mode.IDENTIFICATION
-    return IdentificationSession(decision.identification)  # type: ignore[arg-type]
+    return granted_session(tmp_path_factory.mktemp("id"))
 
 
 @pytest.fixture(scope="module")
