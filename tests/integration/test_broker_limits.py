@@ -68,6 +68,7 @@ def test_the_capped_stream_reaches_the_broker_with_changes_at_once(tmp_path: Pat
             message = stream.message(frame(number, 1000.0 + number / 32, boxes))
             if message is not None:
                 outbox.submit(publisher.topics.detections, message)
+        assert wait_until(lambda: outbox.handoff_backlog() == 0)  # seqs are given on the writer thread
         last = outbox.stats().last_seq
         assert wait_until(lambda: len(sub.seqs()) == last)
         close(outbox, publisher)
