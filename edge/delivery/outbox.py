@@ -331,6 +331,7 @@ class Outbox:
         self._unsaved_drops = 0  # dropped while writes failed, added to the stored counter by the next commit
         self._dropped_while_failing = 0
         self._settle_failing = False  # publisher thread: acknowledgements could not be stored
+        self._fetch_failing = False  # publisher thread: the last fetch could not read the file
         self._thread: threading.Thread | None = None
         bound = counters[RUNNING_KEY]
         self.unclean_stop = None if bound == STOPPED else UncleanStop(may_be_missing=bound, last_reserved_seq=self._seq)
@@ -986,7 +987,24 @@ class Outbox:
 
     # --- publisher side ------------------------------------------------
     def fetch(self, after_id: int, limit: int) -> list[Pending]:
-        """The next unsettled, unrefused messages in id order: stored rows, spilled windows, the window."""
+        """The next unsettled, unrefused messages in id order: stored rows, spilled windows, the window.
+
+        A read that fails (the database locked past the busy timeout by a
+        starved writer, an I/O error) returns nothing this time and is said
+        once: the publisher asks again on its next turn, and its thread must
+        not die of it while detection goes on filling the outbox.
+        """
+        try:
+            found = self._fetch(after_id, limit)
+        except sqlite3.OperationalError as exc:
+            if not self._fetch_failing:
+                log.warning("the outbox cannot read %s: %s; delivery waits and tries again", self.path, exc)
+            self._fetch_failing = True
+            return []
+        self._fetch_failing = False
+        return found
+
+    def _fetch(self, after_id: int, limit: int) -> list[Pending]:
         with self._reader_lock:
             rows = self._reader.execute(
                 "SELECT id, topic, payload, qos FROM outbox WHERE id > ? AND refused IS NULL ORDER BY id LIMIT ?",

@@ -207,6 +207,30 @@ def test_fetch_behind_a_cursor_inside_a_spilled_window_passes_over_nothing(tmp_p
     box.close()
 
 
+def test_a_fetch_that_cannot_read_returns_nothing_and_says_so_once(tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """The publisher's thread must survive a locked database: it gets nothing now and the message later."""
+    box = Outbox(tmp_path / "outbox.db", OutboxConfig(durability=STRICT))
+    box.start()
+    box.submit("t/detections", _numbered)
+    assert wait_until(lambda: box.stats().depth == 1)
+    reader = box._reader
+
+    class Locked:
+        """The reader connection as a writer starved past SQLite's busy timeout leaves it."""
+
+        def execute(self, *_: object) -> None:
+            raise sqlite3.OperationalError("database is locked")
+
+    box._reader = Locked()  # type: ignore[assignment]
+    with caplog.at_level("WARNING", "edge.delivery.outbox"):
+        assert box.fetch(0, 10) == [] and box.fetch(0, 10) == []
+    assert len([r for r in caplog.records if "cannot read" in r.getMessage()]) == 1
+    box._reader = reader
+    assert [json.loads(p.payload)["seq"] for p in box.fetch(0, 10)] == [1]
+    box.close()
+
+
 def test_acknowledged_within_the_window_never_touches_the_disk(tmp_path: Path) -> None:
     path = tmp_path / "outbox.db"
     box = Outbox(path, OutboxConfig(window_ms=5_000))
