@@ -311,7 +311,7 @@ class RabbitCluster:
         self.close()
 
 
-# --- clients for the tests and benchmarks/cluster.py -----------------------------------------------
+# --- clients and /proc figures for the tests and benchmarks/cluster.py -----------------------------------------------
 
 
 def device_config(cluster: RabbitCluster, device: str, order: list[int], **overrides: object) -> MqttConfig:
@@ -412,9 +412,3 @@ class ClusterSubscriber:
         suffix = f"/{device}/detections"
         with self._lock:
             return [json.loads(p)["seq"] for t, p, _ in self.messages if t.endswith(suffix)]
-
-    def arrivals(self) -> list[tuple[str, int, float]]:
-        """(device, seq, arrival) for every detections message, duplicates included."""
-        with self._lock:
-            rows = [(t, p, a) for t, p, a in self.messages if t.endswith("/detections")]
-        return [(t.split("/")[-2], json.loads(p)["seq"], a) for t, p, a in rows]
