@@ -67,7 +67,7 @@ class PeakRss:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def sample(self) -> float:
-        return sum(group_rss_mb(p) for p in self._leaders())
+        return group_rss_mb(*self._leaders())
 
     def _run(self) -> None:
         while not self._stop.wait(RSS_EVERY_S):
@@ -93,7 +93,7 @@ def run_cluster(workdir: Path, pki: FleetPki, names: list[str], args: argparse.N
             return [n.proc.pid for n in cluster.nodes if n.proc is not None]
 
         def cpu_s() -> float:
-            return sum(group_cpu_s(p) for p in leaders())
+            return group_cpu_s(*leaders())
 
         act = cluster.kill_node if args.kill else cluster.stop_node
         name = f"node {STOPPED} " + ("killed (SIGKILL)" if args.kill else "stopped (SIGTERM)")

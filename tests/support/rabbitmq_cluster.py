@@ -324,10 +324,11 @@ def device_config(cluster: RabbitCluster, device: str, order: list[int], **overr
     return MqttConfig.from_mapping(values)
 
 
-def group_cpu_s(leader: int) -> float:
-    """CPU seconds (user + system) used so far by every process in `leader`'s process group (Linux /proc).
+def group_cpu_s(*leaders: int) -> float:
+    """CPU seconds (user + system) used so far by every process in the process groups of `leaders` (Linux /proc).
 
-    A RabbitMQ node is several processes (the shell, beam.smp, erl_child_setup); the group holds them all."""
+    A RabbitMQ node is several processes (the shell, beam.smp, erl_child_setup); the group holds them all.
+    Several groups in one pass over /proc: the benchmark samples every node each second."""
     ticks = os.sysconf("SC_CLK_TCK")
     total = 0
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -335,18 +336,18 @@ def group_cpu_s(leader: int) -> float:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[2]) == leader:  # fields after the name: state, ppid, pgrp, ..., utime (11), stime (12)
+        if int(fields[2]) in leaders:  # fields after the name: state, ppid, pgrp, ..., utime (11), stime (12)
             total += int(fields[11]) + int(fields[12])
     return total / ticks
 
 
-def group_rss_mb(leader: int) -> float:
-    """Resident memory (MB) of every process in `leader`'s process group (Linux /proc)."""
+def group_rss_mb(*leaders: int) -> float:
+    """Resident memory (MB) of every process in the process groups of `leaders` (Linux /proc)."""
     total_kb = 0
     for status in Path("/proc").glob("[0-9]*/status"):
         try:
             stat = (status.parent / "stat").read_text().rsplit(")", 1)[1].split()
-            if int(stat[2]) != leader:
+            if int(stat[2]) not in leaders:
                 continue
             rss = [line for line in status.read_text().splitlines() if line.startswith("VmRSS:")]
         except OSError:
