@@ -45,6 +45,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # tests.support.fleet renders the shipped broker configuration: one place for it
@@ -140,6 +141,7 @@ class Counter:
         self.received = 0
         self.dedupe = Deduplicator()
         self.connected = threading.Event()
+        self.refusal: str | None = None
         context = ssl.create_default_context(cafile=str(pki.ca))
         context.load_cert_chain(str(pki.subscriber.cert), str(pki.subscriber.key))
         v5 = protocol != "3.1.1"  # a 3.1.1-only broker (RabbitMQ's MQTT plugin before 3.13) gets a 3.1.1 subscriber
@@ -159,10 +161,15 @@ class Counter:
             self.client.connect_async(broker.host, broker.port)
         self.client.loop_start()
         if not self.connected.wait(15):
-            raise RuntimeError("the fleet subscriber could not connect")
+            self.close()
+            raise RuntimeError(f"the fleet subscriber could not connect ({self.refusal or 'no answer'}); see the "
+                               "broker's log")
         time.sleep(0.3)
 
-    def _on_connect(self, client: mqtt.Client, *_: object) -> None:
+    def _on_connect(self, client: mqtt.Client, _u: object, _f: object, reason: ReasonCode, _p: object) -> None:
+        if reason.is_failure:  # refused (a login the broker does not know): not connected, whatever paho retries
+            self.refusal = str(reason)
+            return
         client.subscribe("edge/v1/+/detections", qos=1)
         self.connected.set()
 

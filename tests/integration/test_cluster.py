@@ -28,7 +28,7 @@ from support.rabbitmq_cluster import ClusterSubscriber, RabbitCluster, device_co
 pytestmark = pytest.mark.slow
 
 DEVICES = ("cam-a", "cam-b")
-READER = "subscriber"
+READER = "role:reader"  # the CN `edge-provision client-cert` gives a reader: a colon RabbitMQ must not split
 STATUS = serialize.DeviceStatus(mode="detection", model="blazeface-full", accelerator="cpu", firmware="0.1.0")
 FACE = Face(Detection(Box(0.25, 0.2, 0.3, 0.4), 0.934), HeadPose(12.4, -3.6, 1.2))
 WAIT_S = 60.0

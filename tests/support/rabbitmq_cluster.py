@@ -87,10 +87,15 @@ def topic_permissions(devices: tuple[str, ...], readers: tuple[str, ...]) -> lis
     return rows
 
 
-def definitions(devices: tuple[str, ...], readers: tuple[str, ...]) -> dict[str, object]:
-    """Users without passwords (they log in by certificate only), vhost permissions, topic permissions."""
+def definitions(devices: tuple[str, ...], readers: tuple[str, ...], mqtt_ports: tuple[int, ...]) -> dict[str, object]:
+    """Users without passwords (they log in by certificate only), vhost permissions, topic permissions.
+
+    Every MQTT port is mapped to the vhost "/": otherwise the MQTT plugin reads a user name "a:b" as
+    vhost "a", user "b", and `edge-provision client-cert`'s CNs (`role:reader`) could not log in.
+    """
     users = (*devices, *readers)
     return {
+        "global_parameters": [{"name": "mqtt_port_to_vhost_mapping", "value": {str(p): "/" for p in mqtt_ports}}],
         "users": [{"name": u, "password_hash": "", "hashing_algorithm": "rabbit_password_hashing_sha256",
                    "tags": []} for u in users],
         "vhosts": [{"name": "/"}],
@@ -186,7 +191,8 @@ class RabbitCluster:
             with os.fdopen(fd, "w") as f:
                 f.write(f"EDGECLUSTER{os.urandom(12).hex().upper()}")
         defs_path = workdir / "definitions.json"
-        defs_path.write_text(json.dumps(definitions(devices, readers), indent=1))
+        defs_path.write_text(json.dumps(definitions(devices, readers, tuple(n.mqtt_port for n in self.nodes)),
+                                        indent=1))
         seed = [self.nodes[0].name]
         for i, node in enumerate(self.nodes):
             (node.workdir / "mnesia").mkdir(parents=True, exist_ok=True)
