@@ -144,6 +144,7 @@ def test_killing_a_node_moves_its_devices_to_the_others_with_nothing_lost(
             assert wait_until(lambda: all(sorted(set(sub.seqs(d))) == want for d in DEVICES), WAIT_S), \
                 {d: sub.seqs(d) for d in DEVICES}
             assert wait_until(lambda: all(o.stats().depth == 0 for o, _ in running), WAIT_S)
+            assert wait_until(lambda: all(p.stats().connected for _, p in running), WAIT_S)
             now_on = {p.device: p.stats().broker for _, p in running}
         finally:
             for outbox, publisher in running:
@@ -157,7 +158,10 @@ def test_killing_a_node_moves_its_devices_to_the_others_with_nothing_lost(
     assert any(m.startswith(f"connected to {node2}") for m in before_kill), before_kill
     assert f"broker {node2} failed; next attempt at {node1}" in after_kill
     assert any(m.startswith(f"connected to {node1}") for m in after_kill), after_kill
-    assert now_on == {"cam-a": node1, "cam-b": node1}  # the publisher reports the node it moved to
+    # The publisher reports the node it is on: a living one. (Not necessarily node 1: while the cluster
+    # re-elects the leaders node 2 held, node 1 may drop a client once more and it moves on to node 0.)
+    living = {f"{cluster.nodes[i].host}:{cluster.nodes[i].mqtt_port}" for i in (0, 1)}
+    assert set(now_on.values()) <= living, now_on
     for device in DEVICES:
         kept = first_occurrences(sub.seqs(device))
         assert sorted(kept) == want, f"{device} lost or reordered sequence numbers: {kept}"
