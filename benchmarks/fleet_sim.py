@@ -15,11 +15,13 @@ inference; each device replays a scripted scene.
 
 Prints a Markdown table for docs/fleet-scale.md and writes the per-second timeline as JSON (`--timeline`).
 
-For other brokers (a cluster): `run_fleet(devices, brokers, pki, ...)` takes a list of broker addresses;
-devices are spread over them in turn, the subscriber listens on the first, and `events` run callables at
-given seconds (stop a node, restart the broker) while the figures are taken; `mqtt_overrides` sets
-device `[mqtt]` settings (`{"protocol": "3.1.1"}` for a 3.1.1-only broker, whose subscriber then speaks
-3.1.1 too).
+For a cluster (`benchmarks/cluster.py`): `run_fleet(devices, brokers, pki, ...)` takes the nodes'
+addresses. Every device gets all of them as its `[mqtt] brokers` list, rotated so that device i starts on
+node i mod n: the fleet spreads over the nodes and fails over to the others. The subscriber listens on the
+first node. `events` run callables at given seconds (stop or kill a node, restart the broker) while the
+figures are taken, and each event's record says which devices lost their broker, to which address they
+moved and how long each took; `mqtt_overrides` sets device `[mqtt]` settings (`{"protocol": "3.1.1"}`
+for a 3.1.1-only broker, whose subscriber then speaks 3.1.1 too).
 """
 from __future__ import annotations
 
@@ -43,11 +45,13 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # tests.support.fleet renders the shipped broker configuration: one place for it
 
 from benchmarks.fleet_pki import FleetPki, make_fleet_pki  # noqa: E402
+from edge.delivery.brokers import BrokerAddress  # noqa: E402
 from edge.demo.broker import LOOPBACK, free_port  # noqa: E402
 from edge.wire.dedupe import Deduplicator  # noqa: E402
 from tests.support.fleet import EMPTY_DYNSEC, FLEET_ACL, render_fleet_conf  # noqa: E402
@@ -65,12 +69,8 @@ SHM = Path("/dev/shm")
 # "auto" decides the broker is 3.1.1-only (docs/fleet-scale.md). Everything else is the shipped default.
 FLEET_MQTT = {"protocol": "5"}
 QUIET_LOG = ("log_type error", "log_type warning", "log_type notice")
-
-
-@dataclass(frozen=True, slots=True)
-class BrokerAddress:
-    host: str
-    port: int
+# An outage that began this long after an event started is not that event's doing.
+EVENT_WINDOW_S = 30.0
 
 
 class SimBroker:
@@ -118,8 +118,9 @@ class SimBroker:
         self.stop()
         self.start()
 
-    def pids(self) -> list[int]:
-        return [self.proc.pid] if self.proc is not None and self.proc.poll() is None else []
+    def cpu_s(self) -> float:
+        """CPU seconds the running Mosquitto has used (0 while none runs)."""
+        return cpu_seconds(self.proc.pid) if self.proc is not None and self.proc.poll() is None else 0.0
 
 
 def cpu_seconds(pid: int) -> float:
@@ -140,6 +141,7 @@ class Counter:
         self.received = 0
         self.dedupe = Deduplicator()
         self.connected = threading.Event()
+        self.refusal: str | None = None
         context = ssl.create_default_context(cafile=str(pki.ca))
         context.load_cert_chain(str(pki.subscriber.cert), str(pki.subscriber.key))
         v5 = protocol != "3.1.1"  # a 3.1.1-only broker (RabbitMQ's MQTT plugin before 3.13) gets a 3.1.1 subscriber
@@ -159,10 +161,15 @@ class Counter:
             self.client.connect_async(broker.host, broker.port)
         self.client.loop_start()
         if not self.connected.wait(15):
-            raise RuntimeError("the fleet subscriber could not connect")
+            self.close()
+            raise RuntimeError(f"the fleet subscriber could not connect ({self.refusal or 'no answer'}); see the "
+                               "broker's log")
         time.sleep(0.3)
 
-    def _on_connect(self, client: mqtt.Client, *_: object) -> None:
+    def _on_connect(self, client: mqtt.Client, _u: object, _f: object, reason: ReasonCode, _p: object) -> None:
+        if reason.is_failure:  # refused (a login the broker does not know): not connected, whatever paho retries
+            self.refusal = str(reason)
+            return
         client.subscribe("edge/v1/+/detections", qos=1)
         self.connected.set()
 
@@ -211,6 +218,7 @@ class FleetResult:
     dropped: int
     refused: int
     left_in_outboxes: int
+    outages: dict[str, list[tuple[float, float, str, str]]]  # device: (lost, back, from, to), run seconds
 
 
 def _spec_file(workdir: Path, state: Path, index: int, entries: list[dict], pki: FleetPki, fps: float, mode: str,
@@ -223,24 +231,34 @@ def _spec_file(workdir: Path, state: Path, index: int, entries: list[dict], pki:
     return path
 
 
+def where(index: int, brokers: Sequence[BrokerAddress]) -> dict[str, object]:
+    """Device `index`'s `[mqtt]` address settings: one broker, or every node starting at node index mod n."""
+    if len(brokers) == 1:
+        return {"host": brokers[0].host, "port": brokers[0].port}
+    first = index % len(brokers)
+    return {"brokers": [str(b) for b in (*brokers[first:], *brokers[:first])]}
+
+
 def run_fleet(devices: Sequence[str], brokers: Sequence[BrokerAddress], pki: FleetPki, *, fps: float,
               seconds: float, workdir: Path, mode: str = "per-frame", max_per_s: float = 1.0,
               always_present: bool = True, workers: int = 25, ramp_s: float = 30.0,
               events: Sequence[tuple[float, str, Callable[[], None]]] = (),
-              broker_pids: Callable[[], Sequence[int]] = lambda: (), mqtt_overrides: dict | None = None,
+              broker_cpu_s: Callable[[], float] = lambda: 0.0, mqtt_overrides: dict | None = None,
               log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)) -> FleetResult:
-    """Run `devices` against `brokers` (spread in turn) for `seconds`, then drain and count every seq.
+    """Run `devices` against `brokers` (spread over them) for `seconds`, then drain and count every seq.
 
-    `events`: (second, name, action) run in this process at that second of the run (a broker restart); the
-    result records when each ended and how long until every device was connected again.
+    `events`: (second, name, action) run on a thread of this process at that second of the run (a broker
+    restart, a node stopped), so the figures keep being sampled while it acts; the result records how long
+    each took and how long until every device was connected again. `broker_cpu_s`: CPU seconds used so far
+    by the broker's running processes (a sample in which it falls, a process gone, is left out).
     """
     mqtt_settings = {**FLEET_MQTT, **(mqtt_overrides or {})}
     counter = Counter(brokers[0], pki, str(mqtt_settings["protocol"]))
     # The outboxes on tmpfs when there is one: a starved machine's fsyncs would measure this host's disk, not
     # the broker; on a camera each outbox has an SD card of its own.
     state = Path(tempfile.mkdtemp(prefix="fleet-sim-state-", dir=SHM if SHM.is_dir() else workdir))
-    entries = [{"id": d, "host": brokers[i % len(brokers)].host, "port": brokers[i % len(brokers)].port,
-                "cert": str(pki.device(d).cert), "key": str(pki.device(d).key)} for i, d in enumerate(devices)]
+    entries = [{"id": d, **where(i, brokers), "cert": str(pki.device(d).cert), "key": str(pki.device(d).key)}
+               for i, d in enumerate(devices)]
     batches = [entries[i::workers] for i in range(workers) if entries[i::workers]]
     procs: list[Worker] = []
     for index, batch in enumerate(batches):
@@ -267,36 +285,45 @@ def run_fleet(devices: Sequence[str], brokers: Sequence[BrokerAddress], pki: Fle
     event_log: list[dict] = []
     pending = sorted(events, key=lambda e: e[0])
     t0 = time.monotonic()
-    cpu_before = sum(cpu_seconds(p) for p in broker_pids())
+    wall0 = time.time()  # the workers report outages in wall time
+    cpu_before = broker_cpu_s()
     devices_cpu_before = sum(cpu_seconds(w.proc.pid) for w in procs)
     received_before = counter.received
     waiting_reconnect: dict | None = None
     next_sample = t0 + SAMPLE_S
+
+    def act(record: dict, action: Callable[[], None]) -> None:
+        action()
+        record["_ended"] = time.monotonic()
+        record["action_s"] = round(record["_ended"] - t0 - record["at_s"], 2)
+        log(f"{record['event']} at {record['at_s']:.0f} s took {record['action_s']} s")
+
     while time.monotonic() - t0 < seconds:
         if pending and time.monotonic() - t0 >= pending[0][0]:
             at, name, action = pending.pop(0)
-            begun = time.monotonic()
-            action()
-            cpu_before = sum(cpu_seconds(p) for p in broker_pids())
-            waiting_reconnect = {"event": name, "at_s": round(begun - t0, 2),
-                                 "action_s": round(time.monotonic() - begun, 2), "_ended": time.monotonic()}
+            waiting_reconnect = {"event": name, "at_s": round(time.monotonic() - t0, 2)}
             event_log.append(waiting_reconnect)
-            log(f"{name} at {begun - t0:.0f} s took {time.monotonic() - begun:.1f} s")
+            threading.Thread(target=act, args=(waiting_reconnect, action), daemon=True).start()
         if waiting_reconnect is not None and connected() < len(devices):
             waiting_reconnect["_dropped"] = True  # the workers saw the disconnection
-        if waiting_reconnect is not None and waiting_reconnect.get("_dropped") and connected() == len(devices):
-            waiting_reconnect.pop("_dropped")
-            waiting_reconnect["all_reconnected_s"] = round(time.monotonic() - waiting_reconnect.pop("_ended"), 2)
-            log(f"fleet reconnected {waiting_reconnect['all_reconnected_s']} s after {waiting_reconnect['event']}")
+        if (waiting_reconnect is not None and waiting_reconnect.get("_dropped") and "_ended" in waiting_reconnect
+                and connected() == len(devices)):
+            # From the event's start: on a cluster the devices move while the node is still shutting down.
+            back = time.monotonic() - t0 - waiting_reconnect["at_s"]
+            waiting_reconnect["connected_again_s"] = round(back, 2)
+            # From the action's end, as the single-broker restart has always been reported.
+            waiting_reconnect["all_reconnected_s"] = round(max(0.0, back - waiting_reconnect["action_s"]), 2)
+            log(f"fleet connected again {back:.1f} s after {waiting_reconnect['event']} began")
             waiting_reconnect = None
         now = time.monotonic()
         if now >= next_sample:
-            cpu = sum(cpu_seconds(p) for p in broker_pids())
+            cpu = broker_cpu_s()
             devices_cpu = sum(cpu_seconds(w.proc.pid) for w in procs)
             with counter.lock:
                 received = counter.received
             timeline.append({"t": round(now - t0, 1), "received_per_s": received - received_before,
-                             "broker_cpu": round((cpu - cpu_before) / SAMPLE_S, 3) if cpu else None,
+                             "broker_cpu": round((cpu - cpu_before) / SAMPLE_S, 3) if cpu >= cpu_before > 0
+                             else None,
                              "devices_cpu": round((devices_cpu - devices_cpu_before) / SAMPLE_S, 3),
                              "connected": connected(),
                              "submitted": sum(w.last.get("submitted", 0) for w in procs)})
@@ -327,16 +354,30 @@ def run_fleet(devices: Sequence[str], brokers: Sequence[BrokerAddress], pki: Fle
     lost = missing()
     counter.close()
     shutil.rmtree(state, ignore_errors=True)
+    outages = {d: [(round(lost - wall0, 2), round(back - wall0, 2), old, new) for lost, back, old, new in
+                   f["outages"]] for d, f in finals.items() if f["outages"]}
     for e in event_log:
         e.pop("_ended", None)
         e.pop("_dropped", None)
+        e.update(event_outages(e["at_s"], outages))
     return FleetResult(
         devices=len(devices), brokers=len(brokers), seconds=seconds, timeline=timeline, events=event_log,
         submitted=sum(last_seqs.values()), received=counter.received,
         unique=sum(len(s) for s in counter.seqs.values()), duplicates=counter.dedupe.duplicates,
         lost=sum(len(v) for v in lost.values()), lost_by_device={d: v[:20] for d, v in lost.items()},
         dropped=sum(f["dropped"] for f in finals.values()), refused=sum(f["refused"] for f in finals.values()),
-        left_in_outboxes=sum(f["depth"] for f in finals.values()))
+        left_in_outboxes=sum(f["depth"] for f in finals.values()), outages=outages)
+
+
+def event_outages(at_s: float, outages: dict[str, list[tuple[float, float, str, str]]]) -> dict[str, object]:
+    """The devices an event cut off (their first outage starting within EVENT_WINDOW_S of it): how many, how
+    many came back on another address (moved to another node), and each one's time from the event to
+    being connected again (median, max)."""
+    hit = [next(o for o in spans if at_s <= o[0] <= at_s + EVENT_WINDOW_S) for spans in outages.values()
+           if any(at_s <= o[0] <= at_s + EVENT_WINDOW_S for o in spans)]
+    back = sorted(o[1] - at_s for o in hit)
+    return {"devices_cut_off": len(hit), "devices_moved": sum(o[2] != o[3] for o in hit),
+            "reconnect_s": (round(back[len(back) // 2], 2), round(back[-1], 2)) if back else None}
 
 
 def _steady(timeline: list[dict], events: list[dict], key: str) -> list[float]:
@@ -345,12 +386,20 @@ def _steady(timeline: list[dict], events: list[dict], key: str) -> list[float]:
     return [s[key] for s in quiet[2:] if s[key] is not None]
 
 
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+def broker_cpu_ms_per_message(result: FleetResult) -> float:
+    """Steady broker CPU over steady messages a second at the subscriber: CPU milliseconds per message."""
+    rates = _steady(result.timeline, result.events, "received_per_s")
+    return 1000 * _mean(_steady(result.timeline, result.events, "broker_cpu")) / max(_mean(rates), 1)
+
+
 def summary(result: FleetResult, label: str) -> str:
     rates = sorted(_steady(result.timeline, result.events, "received_per_s"))
     cpu = sorted(_steady(result.timeline, result.events, "broker_cpu"))
     devices = sorted(_steady(result.timeline, result.events, "devices_cpu"))
-    def mean(values: list[float]) -> float:
-        return sum(values) / len(values) if values else float("nan")
 
     def pct(values: list[float], q: float) -> float:
         return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
@@ -359,10 +408,10 @@ def summary(result: FleetResult, label: str) -> str:
         ("devices / brokers", f"{result.devices} / {result.brokers}"),
         ("seconds", f"{result.seconds:.0f}"),
         ("messages/s at the subscriber (steady: median, min)", f"{pct(rates, 0.5):.0f}, {pct(rates, 0):.0f}"),
-        ("broker CPU, cores (steady: mean, p95, max)", f"{mean(cpu):.3f}, {pct(cpu, 0.95):.3f}, "
+        ("broker CPU, cores (steady: mean, p95, max)", f"{_mean(cpu):.3f}, {pct(cpu, 0.95):.3f}, "
                                                       f"{pct(cpu, 1.0) if cpu else float('nan'):.3f}"),
-        ("broker CPU per 1000 messages/s, cores", f"{1000 * mean(cpu) / max(mean(rates), 1):.3f}"),
-        ("simulated devices' CPU (all workers, steady mean), cores", f"{mean(devices):.2f}"),
+        ("broker CPU per 1000 messages/s, cores (= ms per message)", f"{broker_cpu_ms_per_message(result):.3f}"),
+        ("simulated devices' CPU (all workers, steady mean), cores", f"{_mean(devices):.2f}"),
         ("seqs published / received unique", f"{result.submitted} / {result.unique}"),
         ("seqs lost", str(result.lost)),
         ("duplicates (QoS 1 redeliveries)", str(result.duplicates)),
@@ -371,9 +420,14 @@ def summary(result: FleetResult, label: str) -> str:
     for e in result.events:
         after = [s for s in result.timeline if e["at_s"] <= s["t"] <= e["at_s"] + 60]
         peak = max((s["broker_cpu"] or 0 for s in after), default=0)
-        rows.append((f"{e['event']} at {e['at_s']:.0f} s", f"took {e['action_s']} s; whole fleet reconnected "
-                     f"{e.get('all_reconnected_s', 'never')} s after; broker CPU peak {peak:.2f} cores in the "
-                     "next 60 s"))
+        recon = e["reconnect_s"]
+        rows.append((f"{e['event']} at {e['at_s']:.0f} s",
+                     f"took {e.get('action_s', '?')} s; whole fleet reconnected {e.get('all_reconnected_s', 'never')}"
+                     f" s after it ended ({e.get('connected_again_s', 'never')} s after it began); broker CPU peak "
+                     f"{peak:.2f} cores in the next 60 s"))
+        rows.append((f"{e['event']}: devices cut off / moved to another address", f"{e['devices_cut_off']} / "
+                     f"{e['devices_moved']}; each connected again {recon[0]} s (median), {recon[1]} s (max) after "
+                     "the event began" if recon else f"{e['devices_cut_off']} / {e['devices_moved']}"))
     return "\n".join(["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])
 
 
@@ -403,7 +457,7 @@ def main() -> int:
         events = [] if args.restart_at is None else [(args.restart_at, "broker restart", broker.restart)]
         result = run_fleet(names, [broker.address], pki, fps=args.fps, seconds=args.seconds, workdir=workdir,
                            mode=args.mode, max_per_s=args.max_per_s, always_present=args.always_present,
-                           workers=args.workers, ramp_s=args.ramp_s, events=events, broker_pids=broker.pids)
+                           workers=args.workers, ramp_s=args.ramp_s, events=events, broker_cpu_s=broker.cpu_s)
     finally:
         broker.stop(signal.SIGKILL)
     label = f"{args.mode}, {args.fps:g} fps" + (f", cap {args.max_per_s:g}/s" if args.mode == "capped" else "")

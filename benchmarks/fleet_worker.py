@@ -15,7 +15,9 @@ Run by `fleet_sim.py`, never by hand:
 
 It prints one JSON line every `report_s` (connected devices, messages
 submitted and acknowledged) and, after reading `stop` on stdin and draining,
-one `final` line with every device's last seq.
+one `final` line with every device's last seq and its outages: when it lost
+its broker, when it was connected again and to which address (on a cluster,
+whether it moved to another node).
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ import random
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge.delivery.outbox import Outbox, OutboxConfig
@@ -38,6 +40,8 @@ from edge.wire.rate import RateConfig, RateState, decide
 
 STATUS = serialize.DeviceStatus(mode="detection", model="short", accelerator="cpu", firmware="fleet-sim")
 POLL_S = 0.05
+# How often each device's connection is looked at for its outages: well under the reconnect times measured.
+WATCH_S = 0.1
 # A face the detector misses for one frame: its track leaves the set for that frame (about one frame in 200).
 FLICKER = 0.005
 FACE_COUNTS = (0, 0, 1, 1, 1, 2, 3)
@@ -86,13 +90,28 @@ class SimDevice:
     scene: Scene
     state: RateState
     frame: int = 0
+    broker: str | None = None  # the address it was last seen connected to
+    lost_at: float | None = None  # wall time it was first seen offline, while it is
+    outages: list[tuple[float, float, str, str]] = field(default_factory=list)  # lost, back, from, to
+
+    def watch(self, now: float) -> None:
+        """Record an outage once the device is seen connected again after it was seen offline."""
+        stats = self.publisher.stats()
+        if stats.broker is None:
+            if self.broker is not None and self.lost_at is None:
+                self.lost_at = now
+            return
+        if self.lost_at is not None and self.broker is not None:
+            self.outages.append((self.lost_at, now, self.broker, stats.broker))
+        self.broker, self.lost_at = stats.broker, None
 
 
 def build_device(spec: dict, entry: dict, rng: random.Random) -> SimDevice:
+    """`entry` names one broker (`host`, `port`) or a cluster's nodes in this device's order (`brokers`)."""
     name = entry["id"]
+    where = {k: entry[k] for k in ("host", "port", "brokers") if k in entry}
     mqtt = MqttConfig.from_mapping({
-        "host": entry["host"], "port": entry["port"], "ca": spec["ca"], "cert": entry["cert"], "key": entry["key"],
-        **spec.get("mqtt", {})})
+        **where, "ca": spec["ca"], "cert": entry["cert"], "key": entry["key"], **spec.get("mqtt", {})})
     outbox = Outbox(Path(spec["state"]) / name / "outbox.db", OutboxConfig())
     publisher = Publisher(name, mqtt, outbox, STATUS)
     return SimDevice(name, outbox, publisher, Scene(random.Random(rng.random()), spec["always_present"]), RateState())
@@ -146,17 +165,22 @@ def main(spec_path: str) -> int:
     due = [(start + rng.uniform(0, period), i) for i in range(len(devices))]
     heapq.heapify(due)
     submitted = 0
-    next_report = start
+    next_report = next_watch = start
     while not stop.is_set():
         now = time.time()
         while due and due[0][0] <= now:
             at, i = heapq.heappop(due)
             submitted += tick(devices[i], at, rate.min_interval_s)
             heapq.heappush(due, (at + period, i))
+        if now >= next_watch:
+            for d in devices:
+                d.watch(now)
+            next_watch += WATCH_S
         if now >= next_report:
             report(devices, submitted=submitted)
             next_report += spec["report_s"]
-        time.sleep(max(0.0, min(due[0][0], next_report) - time.time()) if due else POLL_S)
+        wake = min(due[0][0] if due else now + POLL_S, next_report, next_watch)
+        time.sleep(max(0.0, wake - time.time()))
     deadline = time.monotonic() + spec["drain_s"]
     while time.monotonic() < deadline and any(d.outbox.stats().depth for d in devices):
         time.sleep(POLL_S * 4)
@@ -167,7 +191,7 @@ def main(spec_path: str) -> int:
     for d in devices:
         stats, pub = d.outbox.stats(), d.publisher.stats()
         finals[d.name] = {"last_seq": stats.last_seq, "depth": stats.depth, "dropped": stats.dropped,
-                          "refused": pub.refused, "delivered": pub.delivered}
+                          "refused": pub.refused, "delivered": pub.delivered, "outages": d.outages}
         d.outbox.close()
     print(json.dumps({"kind": "final", "devices": finals}), flush=True)
     return 0

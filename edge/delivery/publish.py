@@ -183,6 +183,7 @@ class PublisherStats:
     refused: int
     last_refusal: str | None
     inflight: int
+    broker: str | None = None  # the address connected to (`[mqtt] brokers`: which node), None while offline
 
 
 def tls_context(config: MqttConfig) -> ssl.SSLContext:
@@ -325,7 +326,8 @@ class Publisher:
     def stats(self) -> PublisherStats:
         with self._lock:
             return PublisherStats(self._connected, PROTOCOL_NAMES[self._protocol] if self._connected else None,
-                                  self._delivered, self._refused, self._last_refusal, self._inflight_count)
+                                  self._delivered, self._refused, self._last_refusal, self._inflight_count,
+                                  str(self._addresses[self._broker]) if self._connected else None)
 
     def publish_health(self, payload: bytes) -> None:
         """Hand a health sample to the pump, which publishes it: the caller (the frame loop) never calls paho.

@@ -87,10 +87,15 @@ def topic_permissions(devices: tuple[str, ...], readers: tuple[str, ...]) -> lis
     return rows
 
 
-def definitions(devices: tuple[str, ...], readers: tuple[str, ...]) -> dict[str, object]:
-    """Users without passwords (they log in by certificate only), vhost permissions, topic permissions."""
+def definitions(devices: tuple[str, ...], readers: tuple[str, ...], mqtt_ports: tuple[int, ...]) -> dict[str, object]:
+    """Users without passwords (they log in by certificate only), vhost permissions, topic permissions.
+
+    Every MQTT port is mapped to the vhost "/": otherwise the MQTT plugin reads a user name "a:b" as
+    vhost "a", user "b", and `edge-provision client-cert`'s CNs (`role:reader`) could not log in.
+    """
     users = (*devices, *readers)
     return {
+        "global_parameters": [{"name": "mqtt_port_to_vhost_mapping", "value": {str(p): "/" for p in mqtt_ports}}],
         "users": [{"name": u, "password_hash": "", "hashing_algorithm": "rabbit_password_hashing_sha256",
                    "tags": []} for u in users],
         "vhosts": [{"name": "/"}],
@@ -186,7 +191,8 @@ class RabbitCluster:
             with os.fdopen(fd, "w") as f:
                 f.write(f"EDGECLUSTER{os.urandom(12).hex().upper()}")
         defs_path = workdir / "definitions.json"
-        defs_path.write_text(json.dumps(definitions(devices, readers), indent=1))
+        defs_path.write_text(json.dumps(definitions(devices, readers, tuple(n.mqtt_port for n in self.nodes)),
+                                        indent=1))
         seed = [self.nodes[0].name]
         for i, node in enumerate(self.nodes):
             (node.workdir / "mnesia").mkdir(parents=True, exist_ok=True)
@@ -311,7 +317,7 @@ class RabbitCluster:
         self.close()
 
 
-# --- clients for the tests and benchmarks/cluster.py -----------------------------------------------
+# --- clients and /proc figures for the tests and benchmarks/cluster.py -----------------------------------------------
 
 
 def device_config(cluster: RabbitCluster, device: str, order: list[int], **overrides: object) -> MqttConfig:
@@ -324,10 +330,11 @@ def device_config(cluster: RabbitCluster, device: str, order: list[int], **overr
     return MqttConfig.from_mapping(values)
 
 
-def group_cpu_s(leader: int) -> float:
-    """CPU seconds (user + system) used so far by every process in `leader`'s process group (Linux /proc).
+def group_cpu_s(*leaders: int) -> float:
+    """CPU seconds (user + system) used so far by every process in the process groups of `leaders` (Linux /proc).
 
-    A RabbitMQ node is several processes (the shell, beam.smp, erl_child_setup); the group holds them all."""
+    A RabbitMQ node is several processes (the shell, beam.smp, erl_child_setup); the group holds them all.
+    Several groups in one pass over /proc: the benchmark samples every node each second."""
     ticks = os.sysconf("SC_CLK_TCK")
     total = 0
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -335,18 +342,18 @@ def group_cpu_s(leader: int) -> float:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[2]) == leader:  # fields after the name: state, ppid, pgrp, ..., utime (11), stime (12)
+        if int(fields[2]) in leaders:  # fields after the name: state, ppid, pgrp, ..., utime (11), stime (12)
             total += int(fields[11]) + int(fields[12])
     return total / ticks
 
 
-def group_rss_mb(leader: int) -> float:
-    """Resident memory (MB) of every process in `leader`'s process group (Linux /proc)."""
+def group_rss_mb(*leaders: int) -> float:
+    """Resident memory (MB) of every process in the process groups of `leaders` (Linux /proc)."""
     total_kb = 0
     for status in Path("/proc").glob("[0-9]*/status"):
         try:
             stat = (status.parent / "stat").read_text().rsplit(")", 1)[1].split()
-            if int(stat[2]) != leader:
+            if int(stat[2]) not in leaders:
                 continue
             rss = [line for line in status.read_text().splitlines() if line.startswith("VmRSS:")]
         except OSError:
@@ -412,9 +419,3 @@ class ClusterSubscriber:
         suffix = f"/{device}/detections"
         with self._lock:
             return [json.loads(p)["seq"] for t, p, _ in self.messages if t.endswith(suffix)]
-
-    def arrivals(self) -> list[tuple[str, int, float]]:
-        """(device, seq, arrival) for every detections message, duplicates included."""
-        with self._lock:
-            rows = [(t, p, a) for t, p, a in self.messages if t.endswith("/detections")]
-        return [(t.split("/")[-2], json.loads(p)["seq"], a) for t, p, a in rows]
