@@ -30,7 +30,7 @@ from edge.trust.certificates import (
     spki,
 )
 from edge.common.errors import run_handler
-from edge.common.files import create_new, write_atomically
+from edge.common.files import FileTooLarge, create_new, read_bounded, write_atomically
 from edge.trust.grant import (
     CAPABILITY_DETECTION,
     CAPABILITY_IDENTIFICATION,
@@ -556,14 +556,13 @@ def cmd_model_bundle(args: argparse.Namespace) -> int:
 
 def _read_model(path: Path, limit: int) -> bytes:
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(limit + 1)
+        data = read_bounded(path, limit)
     except FileNotFoundError:
         raise InputFileError(f"model {path} does not exist", "give the embedding model's .tflite file") from None
+    except FileTooLarge as exc:
+        raise InputFileError(f"model {exc}") from None
     except OSError as exc:
         raise InputFileError(f"model {path} cannot be read: {exc.strerror}") from None
-    if len(data) > limit:
-        raise InputFileError(f"model {path} is larger than {limit} bytes")
     if data[4:8] != b"TFL3":
         raise InputFileError(f"model {path} is not a TFLite model (no TFL3 identifier)")
     return data

@@ -87,3 +87,26 @@ def _write_all(fd: int, data: bytes) -> None:
     while view:
         view = view[os.write(fd, view):]
 
+
+
+class FileTooLarge(Exception):
+    """A file holds more than a bounded read takes: `limit` says how much was allowed."""
+
+    def __init__(self, path: Path, limit: int) -> None:
+        super().__init__(f"{path} is larger than {limit} bytes")
+        self.limit = limit
+
+
+def read_bounded(path: Path, limit: int) -> bytes:
+    """The whole file, or FileTooLarge when it holds more than `limit` bytes (only limit + 1 are ever read).
+
+    Why: certificates, bundles, galleries and models come from disks an
+    installer or an attacker can fill; a device with little memory must not
+    read an arbitrary file whole to find out it was too big. FileNotFoundError
+    and OSError pass through: the caller names the file and what to do.
+    """
+    with open(path, "rb") as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise FileTooLarge(path, limit)
+    return data

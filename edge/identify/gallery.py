@@ -36,7 +36,7 @@ import numpy as np
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from edge.common.files import create_new, write_atomically
+from edge.common.files import FileTooLarge, create_new, read_bounded, write_atomically
 from edge.common.text import fold
 from edge.trust.audit import AuditLog
 from edge.common.errors import EdgeError
@@ -399,14 +399,13 @@ class GalleryFile:
 
     def _load(self) -> Gallery:
         try:
-            with open(self.path, "rb") as handle:
-                data = handle.read(MAX_GALLERY_BYTES + 1)
+            data = read_bounded(self.path, MAX_GALLERY_BYTES)
         except FileNotFoundError:
             return Gallery(device_id=self.device_id)
+        except FileTooLarge as exc:
+            raise GalleryError(f"gallery {exc}") from None
         except OSError as exc:
             raise GalleryError(f"gallery {self.path} cannot be read: {exc.strerror}") from None
-        if len(data) > MAX_GALLERY_BYTES:
-            raise GalleryError(f"gallery {self.path} is larger than {MAX_GALLERY_BYTES} bytes")
         key = self._key(create=False)
         if key is None:
             raise GalleryError(f"gallery {self.path} is there but its key {self.key_path} is not: it cannot be read",

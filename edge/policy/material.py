@@ -15,6 +15,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from edge.common.files import FileTooLarge, read_bounded
 from edge.policy.config import PolicyConfig
 from edge.policy.decision import Check, PolicyMaterial, explain
 from edge.trust.certificates import (
@@ -33,16 +34,14 @@ READ_LIMIT_CERT_FILE = MAX_CERTIFICATE_BYTES * MAX_CHAIN_CERTIFICATES + 1
 
 def _read_limited(path: Path, limit: int, what: str) -> bytes:
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(limit + 1)
+        return read_bounded(path, limit)
     except FileNotFoundError:
         raise CertificateError(f"{what} {path} does not exist",
                                "install the device bundle made by 'edge-provision bundle'") from None
+    except FileTooLarge:
+        raise CertificateError(f"{what} {path} is larger than {limit} bytes", "expected a certificate file") from None
     except OSError as exc:
         raise CertificateError(f"{what} {path} cannot be read: {exc.strerror}") from None
-    if len(data) > limit:
-        raise CertificateError(f"{what} {path} is larger than {limit} bytes", "expected a certificate file")
-    return data
 
 
 def load_crl_issuers(config: PolicyConfig) -> tuple[x509.Certificate, ...]:

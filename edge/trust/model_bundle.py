@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from edge.common.errors import EdgeError
+from edge.common.files import FileTooLarge, read_bounded
 
 BUNDLE_FORMAT = 1
 MODEL_FILE = "model.tflite"
@@ -202,16 +203,14 @@ class SignedBundle:
                             (SIGNATURE_FILE, MAX_SIGNATURE_BYTES), (SIGNER_FILE, MAX_DESCRIPTOR_BYTES)):
             path = Path(directory) / name
             try:
-                with open(path, "rb") as handle:
-                    data = handle.read(limit + 1)
+                parts.append(read_bounded(path, limit))
             except FileNotFoundError:
                 raise BundleError(f"identification bundle {directory} has no {name}",
                                   "install the directory 'edge-provision model-bundle' wrote") from None
+            except FileTooLarge as exc:
+                raise BundleError(str(exc)) from None
             except OSError as exc:
                 raise BundleError(f"{path} cannot be read: {exc.strerror}") from None
-            if len(data) > limit:
-                raise BundleError(f"{path} is larger than {limit} bytes")
-            parts.append(data)
         return cls(*parts)
 
     def verify(self, issuers: Sequence[x509.Certificate]) -> Descriptor:

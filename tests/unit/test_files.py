@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from edge.common import files
-from edge.common.files import create_new, write_atomically
+from edge.common.files import FileTooLarge, create_new, read_bounded, write_atomically
 
 
 @pytest.fixture
@@ -88,3 +88,13 @@ def test_modes_wider_than_the_umask_are_kept(tmp_path: Path) -> None:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "crl.pem").stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "root-ca.pem").stat().st_mode) == 0o644
+
+
+def test_a_bounded_read_takes_up_to_the_limit_and_refuses_more(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 10)
+    assert read_bounded(path, 10) == b"x" * 10
+    with pytest.raises(FileTooLarge, match="is larger than 9 bytes"):
+        read_bounded(path, 9)
+    with pytest.raises(FileNotFoundError):
+        read_bounded(tmp_path / "missing", 9)
