@@ -185,7 +185,7 @@ def test_a_granted_service_publishes_the_label_of_an_enrolled_face(tmp_path: Pat
     assert message["score"] == 1.0  # the tiny model gives the same frame the same embedding
     tracks = {f["track"] for m in dashboard.on(f"{DEVICE}/detections") for f in m["faces"]}
     assert tracks == {message["track"]}
-    # The dashboard role reads everything but identities (systemd/mosquitto-edge.acl).
+    # The dashboard role reads everything but identities (edge.demo.broker.acl_text; the fleet ACL's role:reader is the same).
     assert dashboard.on(f"{DEVICE}/identities") == []
     assert "identification" in statuses(reader)
     assert "identification" in audit_modes(device)

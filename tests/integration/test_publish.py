@@ -193,21 +193,6 @@ def test_device_receives_the_retained_crl_and_nothing_else(tmp_path: Path, mosqu
         operator.loop_stop()
 
 
-def test_shipped_example_acl_is_the_tested_one() -> None:
-    from edge.demo.broker import acl_text
-
-    shipped = (Path(__file__).resolve().parents[2] / "systemd" / "mosquitto-edge.acl").read_text()
-    rules = [line for line in shipped.splitlines() if line and not line.startswith("#")]
-    tested = [line for line in acl_text(readers=("dashboard",), crl_publishers=("fleet-operator",),
-                                                   identity_readers=("door-assistant",)).splitlines()
-              if line and not line.startswith("#")]
-    assert rules == tested
-    conf = (Path(__file__).resolve().parents[2] / "systemd" / "mosquitto-edge.conf").read_text().splitlines()
-    for directive in ("require_certificate true", "use_identity_as_username true", "persistence true",
-                      "allow_anonymous false"):
-        assert directive in conf
-
-
 def test_unreadable_tls_material_is_a_configuration_error(tmp_path: Path, mosquitto: BrokerUnderTest) -> None:
     from edge.common.errors import ConfigError
     from edge.delivery.publish import tls_context
