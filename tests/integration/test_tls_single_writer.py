@@ -102,7 +102,9 @@ def test_health_and_detections_share_the_tls_stream_without_a_disconnect(
                 if "New client connected" in line and " as cam-a " in line]
     device_warnings = [r.getMessage() for r in caplog.records if r.name.startswith("edge.") and r.levelno >= logging.WARNING]
     assert processed == int(DURATION_S * FPS)
-    assert samples >= DURATION_S / HEALTH_S * 0.9, f"only {samples} health samples in {DURATION_S:.0f} s"
+    # Health is sampled by the frame loop, so a loaded machine (the suite runs in parallel) samples less
+    # often; the race needs many health writes beside the detections, not an exact rate.
+    assert samples >= DURATION_S / HEALTH_S * 0.6, f"only {samples} health samples in {DURATION_S:.0f} s"
     assert faults == [], "\n".join(faults[:20])
     assert len(connects) == 1, "\n".join(connects)
     assert device_warnings == []

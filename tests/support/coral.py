@@ -73,9 +73,9 @@ class FakeCoral:
         return EdgeTpuHardware(self.devices, self.library_problem, self.open_runner)
 
 
-def following(coral: FakeCoral, shared_models: Path, **delegate: Any) -> FollowingPipeline:
+def following(coral: FakeCoral, shared_models: Path, poll_s: float = FAST_POLL_S, **delegate: Any) -> FollowingPipeline:
     model = "blazeface-short" if delegate.get("kind") == "edgetpu" else "blazeface-full"
     config = DetectorConfig(model=model, pose="off", delegate=DelegateConfig(**delegate),
                             model_dirs=(shared_models,))
     return FollowingPipeline(config, load_manifest(), load_runtime(), coral.hardware(),
-                             poll_s=FAST_POLL_S, wait_min_s=FAST_POLL_S, wait_max_s=4 * FAST_POLL_S)
+                             poll_s=poll_s, wait_min_s=FAST_POLL_S, wait_max_s=4 * FAST_POLL_S)
