@@ -44,6 +44,7 @@ from provisioning.keystore import load_encrypted_key
 
 DEFAULT_WAIT_S = 3.0
 DEFAULT_PORT = 8883
+REQUEST_SUFFIX = ".request.json"  # what --save-requests names each device's request file
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +95,17 @@ def _said(signed: Signed, where: str) -> str:
 
 
 def cmd_renew(args: argparse.Namespace) -> int:
+    if args.save_requests is not None or args.publish:
+        if args.broker is None:
+            raise UsageError("--save-requests and --publish need --broker HOST[:PORT]", "see docs/fleet.md, Renewal")
+        if args.save_requests is not None and args.publish:
+            raise UsageError("give --save-requests or --publish, not both", "they are the two ends of the offline step")
+        from provisioning.renew_mqtt import publish_certificates, save_requests
+
+        return save_requests(args) if args.save_requests is not None else publish_certificates(args)
+    if args.ca_dir is None:
+        raise UsageError("signing needs --ca-dir, the directory init-ca created",
+                         "or, away from the CA: --broker ... --save-requests DIR, and later --publish FILE")
     if args.request is not None:
         return _renew_file(args)
     if args.broker is None:
@@ -137,7 +149,7 @@ def answers_request(answer: bytes, checked: CheckedRequest) -> bool:
 
 def add_parser(sub: "argparse._SubParsersAction[Any]") -> None:
     p = sub.add_parser("renew", help="sign devices' renewal requests (from the broker, or a request file)")
-    p.add_argument("--ca-dir", required=True, help="the directory init-ca created")
+    p.add_argument("--ca-dir", help="the directory init-ca created (for signing; not for --save-requests or --publish)")
     p.add_argument("--request", help="a request file (the JSON a device publishes on its csr topic)")
     p.add_argument("--out", help="with --request: where to write the renewed certificate chain")
     p.add_argument("--broker", help="HOST or HOST:PORT of the fleet broker (default port 8883); needs paho-mqtt: "
@@ -145,6 +157,12 @@ def add_parser(sub: "argparse._SubParsersAction[Any]") -> None:
     p.add_argument("--client-cert", help="the operator's client certificate (client-cert --role operator)")
     p.add_argument("--client-key", help="its key")
     p.add_argument("--broker-ca", help="the CA to verify the broker with (ca.pem beside the client certificate)")
+    p.add_argument("--save-requests", metavar="DIR",
+                   help="with --broker, no CA: save each waiting request as DIR/<device>.request.json "
+                        "(the first half of the offline step)")
+    p.add_argument("--publish", metavar="FILE", action="append", default=[],
+                   help="with --broker, no CA: publish a renewed chain (renew --request ... --out) retained on "
+                        "its device's certificate topic; repeat for several")
     p.add_argument("--device", help="answer only this device's request (default: every device's)")
     p.add_argument("--topic-root", default=DEFAULT_TOPIC_ROOT, help=f"[mqtt] topic_root (default {DEFAULT_TOPIC_ROOT})")
     p.add_argument("--wait", type=float, default=DEFAULT_WAIT_S,

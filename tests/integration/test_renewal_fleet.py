@@ -235,6 +235,56 @@ def test_round_trip_device_asks_operator_signs_device_swaps_and_nothing_is_lost(
         ops.close()
 
 
+def test_offline_ca_round_trip_with_only_the_field_tool(
+        tmp_path: Path, fleet: dict[str, Path], broker: FleetBroker, pipeline) -> None:
+    """The CA kept offline (docs/fleet.md, the manual signing step): the requests saved from the broker, signed
+    from a file on the CA machine, the chain published back, each step `edge-provision`, no MQTT client of its own."""
+    import subprocess
+
+    from tests.support.fleet import tool
+
+    ops_dir = fleet["ops"]
+    at_broker = ("--broker", f"localhost:{broker.port}", "--client-cert", str(ops_dir / "ops-1.pem"),
+                 "--client-key", str(ops_dir / "ops-1-key.pem"), "--broker-ca", str(ops_dir / "ca.pem"))
+    ops = operator(broker, fleet)
+    ops.subscribe(f"edge/v1/fleet/renew/{DEVICE}/csr")
+    device = RunningDevice(tmp_path, fleet, broker, pipeline)
+    try:
+        assert wait_until(lambda: bool(ops.received("/csr")), RENEW_WAIT_S), broker.log[-2000:]
+        time.sleep(1.0)  # a renewed certificate must be newer by at least a second (X.509 times are whole seconds)
+        carried = tmp_path / "usb"
+        saved = provision("renew", *at_broker, "--save-requests", str(carried), "--wait", "1")
+        request = carried / f"{DEVICE}.request.json"
+        assert f"saved the renewal request of '{DEVICE}'" in saved and request.exists(), saved
+        assert json.loads(request.read_bytes())["device"] == DEVICE
+        renewed = tmp_path / "renewed.pem"
+        provision("renew", "--ca-dir", str(fleet["ca"]), "--request", str(request), "--out", str(renewed),
+                  "--days", "3650")
+        published = provision("renew", *at_broker, "--publish", str(renewed))
+        assert f"published the renewed certificate of '{DEVICE}' retained on edge/v1/fleet/renew/{DEVICE}/cert" \
+            in published, published
+        serial = leaf(renewed).serial_number
+        assert wait_until(lambda: device.agent.current.serial_number == serial, RENEW_WAIT_S)
+        assert leaf(device.state / "device.pem").serial_number == serial
+        assert wait_until(lambda: device.service.publisher.stats().connected)
+    finally:
+        device.finish()
+        ops.close()
+
+    def renew(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([tool("edge-provision"), "renew", *argv], capture_output=True, text=True, timeout=60)
+
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate")
+    refused = renew(*at_broker, "--publish", str(junk))
+    assert refused.returncode == 3 and "renewed certificate chain" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    alone = renew("--save-requests", str(carried))
+    assert alone.returncode == 2 and "--broker" in alone.stderr
+    unsigned = renew("--request", str(request), "--out", str(tmp_path / "no.pem"))
+    assert unsigned.returncode == 2 and "--ca-dir" in unsigned.stderr
+
+
 def test_refused_certificates_are_audited_reported_and_the_old_one_stays(
         tmp_path: Path, fleet: dict[str, Path], broker: FleetBroker, pipeline) -> None:
     ops = operator(broker, fleet)
