@@ -33,7 +33,7 @@ ANGLES = ("yaw", "pitch", "roll")
 # faces found; mean absolute error of (yaw, pitch, roll) 0-30: (2.6, 4.1, 0.6), 30-60: (6.4, 6.1, 8.1),
 # 60-99: (14.0, 27.7, 26.2), all: (5.1, 7.8, 6.0). PnP on the mesh's 2D points: 30-60 (11.3, 7.8, 9.1),
 # all (7.3, 9.5, 6.6). The 60-99 band's pitch and roll are one face's (image00475.jpg, docs/head-pose.md).
-MIN_FACES_FOUND = 15
+MIN_FACES_FOUND = 16
 # (band of the stored label's |yaw|, lower bound included) -> bound on the mean absolute error of each angle.
 BOUNDS: dict[tuple[float, float], tuple[float, float, float]] = {
     (0.0, 30.0): (3.5, 5.0, 1.5),
@@ -75,7 +75,7 @@ def readings(headpose: Path) -> tuple[int, list[Reading]]:
     pipeline = build_pipeline(DetectorConfig(delegate=DelegateConfig(kind="cpu"), pose="landmarks"))
     found = []
     for number, (name, angles) in enumerate(sorted(labels.items())):
-        faces = pipeline.process(Frame(load_rgb(headpose / name), number, 0.0)).faces
+        faces = pipeline.process(Frame(load_rgb(headpose / name), number, 0.0), still=True).faces
         if not faces:
             continue
         face = max(faces, key=lambda f: f.detection.box.w * f.detection.box.h)
