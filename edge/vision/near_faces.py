@@ -23,14 +23,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, Sequence
 
 import cv2
 import numpy as np
 
 from edge.vision.decode import Candidate
 from edge.vision.geometry import Fit
-from edge.vision.tile_scan import best_match
+from edge.vision.detection import Detection
+from edge.vision.tile_scan import SAME_FACE_IOU, best_match
 from edge.vision.tiling import Tile, drop_parts, remap
 
 # For each model, the model that finds the faces too large for it (near the camera).
@@ -83,6 +84,26 @@ def check_map(region: tuple[float, float, float, float], width: int, height: int
     return np.array([[scale, 0.0, x0 * width + shift], [0.0, scale, y0 * height + shift]], np.float64)
 
 
+def pose_crops(faces: Sequence[Detection], near: Sequence[Detection]) -> list[Detection]:
+    """For each face, the near model's detection of the same face where it has one, else the face.
+
+    Why: the landmark model is MediaPipe's face mesh, and every MediaPipe graph that runs it
+    (face_mesh, face_landmarker) builds its crop from the short-range detector's box. The
+    full-range box is placed differently on turned faces: its centre sits up to a fifth of its
+    side off the keypoints' centre where the short-range box's stays within about a twentieth
+    (the shared portraits and the head-pose photographs; docs/head-pose.md), and the crop moves
+    with it. The faces published are the main model's; only the pose stage's crop changes."""
+    crops = []
+    for face in faces:
+        best, best_iou = face, SAME_FACE_IOU
+        for other in near:
+            overlap = face.box.iou(other.box)
+            if overlap > best_iou:
+                best, best_iou = other, overlap
+        crops.append(best)
+    return crops
+
+
 def confirmed(finds: list[Candidate], checks: list[list[Candidate]]) -> list[Candidate]:
     """The finds whose check (the main model on the square around each) found the same face."""
     return [c for c, found in zip(finds, checks, strict=True) if best_match(c, found) is not None]
@@ -121,28 +142,39 @@ class NearSchedule:
 class NearFaces:
     """The near-face pass beside a main detector; `add` returns the frame's faces with what it adds."""
 
-    def __init__(self, near: FaceFinder, main: FaceFinder, every: int, size: int) -> None:
-        self.near, self.main, self.size = near, main, size
+    def __init__(self, near: FaceFinder, main: FaceFinder, every: int, size: int, with_faces: bool = False) -> None:
+        self.near, self.main, self.size, self.with_faces = near, main, size, with_faces
         self.schedule = NearSchedule(every)
         # The check image: the main model's input size, so the main detector fits it with one copy.
         self.canvas = np.zeros((size, size, 3), np.uint8)
+        self._frame_finds: list[Candidate] | None = None
 
     def add(self, image: np.ndarray, found: list[Candidate], totals: dict[str, float],
             still: bool = True) -> list[Candidate]:
         """`found` (the main pass's faces, kept as they are) plus the near faces it missed.
 
         A still image always runs the pass and checks every find; a stream frame runs it when
-        the schedule says so. The pass's time is added to `totals`, stage by stage."""
-        if not still and not self.schedule.due():
+        the schedule says so, and with `with_faces` (the pose stage crops from the near model's
+        boxes) whenever the main pass found a face. The pass's time is added to `totals`."""
+        self._frame_finds = None
+        due = self.schedule.due()
+        if not (still or due or (self.with_faces and found)):
             return found
-        finds = near_only(self.near.candidates(image), found)
-        for stage, ms in self.near.timings.items():
-            totals[stage] = totals.get(stage, 0.0) + ms
+        finds = near_only(self.frame_finds(image, totals), found)
         known, unknown = ([], finds) if still else self.schedule.known(finds)
         added = known + (confirmed(unknown, [self.check(image, c, totals) for c in unknown]) if unknown else [])
         if not still:
             self.schedule.record(added)
         return found + added
+
+    def frame_finds(self, image: np.ndarray, totals: dict[str, float]) -> list[Candidate]:
+        """Everything the near model finds in this frame (`add` must have seen the frame): run once
+        per frame at most, by `add` or by the pose stage's crops."""
+        if self._frame_finds is None:
+            self._frame_finds = self.near.candidates(image)
+            for stage, ms in self.near.timings.items():
+                totals[stage] = totals.get(stage, 0.0) + ms
+        return self._frame_finds
 
     def check(self, image: np.ndarray, face: Candidate, totals: dict[str, float]) -> list[Candidate]:
         """What the main model finds (frame-normalised) in the square around `face`, scaled to its input."""

@@ -39,7 +39,7 @@ from edge.pose.estimator import build_pose_estimator
 from edge.pose.fit import POSE_MODES, PoseEstimator
 from edge.pose.landmarks import LandmarkPose
 from edge.vision.geometry import Fit
-from edge.vision.near_faces import NEAR_MODELS, NearFaces
+from edge.vision.near_faces import NEAR_MODELS, NearFaces, pose_crops
 from edge.vision.preprocess import Fitter
 from edge.vision.tile_scan import MAX_MOSAIC_GRID, TileScan, best_match, follow_region, mosaic_cells
 from edge.vision.tiling import Tile, cut_by_inner_edge, drop_parts, remap, tile_pyramid
@@ -438,7 +438,7 @@ class Pipeline:
         self.detector, self.pose, self.config, self.selection = detector, pose, config, selection
         self.tile_size = config.tile_size or max(detector.spec.input_width, detector.spec.input_height)
         self.scan = TileScan(self.tile_size, config.tile_overlap, config.tiles_per_frame)
-        self.near = open_near_faces(detector, config)
+        self.near = open_near_faces(detector, config, crops=isinstance(pose, LandmarkPose))
         # Chosen once: a stream in single-pass mode runs `detect` with no more per-frame tests than before.
         self._stream_detect: Callable[[np.ndarray], list[Detection]] = (
             self.detect_stream if config.tiled else functools.partial(self.detect, still=False))
@@ -482,8 +482,11 @@ class Pipeline:
         """One frame of a stream, or with `still` one image on its own (tiled mode then scans every tile)."""
         detections = self.detect(frame.image) if still else self._stream_detect(frame.image)
         timings = dict(self.detector.timings)
+        crops = detections
+        if detections and self.near is not None and isinstance(self.pose, LandmarkPose):
+            crops = pose_crops(detections, Detector.to_detections(self.near.frame_finds(frame.image, timings)))
         t0 = time.perf_counter()
-        measured = self._measure(frame.image, detections) if detections else []
+        measured = self._measure(frame.image, crops) if detections else []
         timings["pose"] = (time.perf_counter() - t0) * 1e3
         h, w = frame.image.shape[:2]
         faces = tuple(Face(d, p, m) for d, (p, m) in zip(detections, measured, strict=True))
@@ -498,16 +501,17 @@ class Pipeline:
         return [(pose, None) for pose in self.pose.estimate(image, detections)]
 
 
-def open_near_faces(detector: Detector, config: DetectorConfig) -> NearFaces | None:
+def open_near_faces(detector: Detector, config: DetectorConfig, crops: bool = False) -> NearFaces | None:
     """The near-face pass beside `detector` (on the CPU), or None: turned off, or no model finds the
-    faces too large for this one (the short-range model, which a Coral runs, needs none)."""
+    faces too large for this one (the short-range model, which a Coral runs, needs none). With
+    `crops` the landmark pose stage crops from its boxes, so it runs on every frame with a face."""
     name = NEAR_MODELS.get(detector.spec.name)
     if name is None or config.near_faces_every == 0:
         return None
     spec = load_manifest().get(name)
     near = Detector(open_cpu_runner(detector.runner.runtime, spec, config), spec, config.score_threshold)
     return NearFaces(near, detector, config.near_faces_every,
-                     max(detector.spec.input_width, detector.spec.input_height))
+                     max(detector.spec.input_width, detector.spec.input_height), with_faces=crops)
 
 
 def build_pose(config: DetectorConfig, manifest: Manifest, runtime: Runtime) -> PoseEstimator:

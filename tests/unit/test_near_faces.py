@@ -18,9 +18,10 @@ from edge.vision.decode import Candidate
 from edge.vision.detection import Box, Detection
 from edge.vision.near_faces import CHECK_CONTEXT, NearSchedule, check_map, check_region, confirmed, near_only
 from edge.vision.pipeline import DetectorConfig, Pipeline, build_pipeline
+from edge.vision.runtime import DelegateConfig
 from edge.vision.tile_scan import best_match
 
-from support.data import load_rgb, skimage_data
+from support.data import SHARED, load_rgb, require_shared, skimage_data
 
 CLOSE_SIZE = 480
 # The close face's box is this share of the portrait's face box: the face overflows the frame a little.
@@ -200,3 +201,18 @@ def test_a_still_image_runs_the_pass_whatever_the_stream_schedule(one_pass: Pipe
     pipeline.process(Frame(frame, 0, 0.0))  # the stream's first frame runs it; the next 999 do not
     assert pipeline.process(Frame(frame, 1, 0.0), still=True).faces
     assert isinstance(pipeline.detect(frame)[0], Detection)
+
+
+def test_the_landmark_pose_crops_from_the_short_range_box_and_the_published_box_stays_full_range() -> None:
+    """image02616.jpg (a face turned 40 degrees): the full-range box's centre sits about a fifth of its
+    side off the short-range box's; the pose is the short-range pipeline's, the box one pass's."""
+    image = load_rgb(require_shared(SHARED / "headpose", "head-pose photographs") / "image02616.jpg")
+    cpu = DelegateConfig(kind="cpu")
+    pipelines = {name: build_pipeline(DetectorConfig(model=model, delegate=cpu, near_faces_every=every))
+                 for name, model, every in (("default", "blazeface-full", EVERY), ("before", "blazeface-full", 0),
+                                            ("short", "blazeface-short", EVERY))}
+    faces = {name: p.process(Frame(image, 0, 0.0)).faces for name, p in pipelines.items()}
+    assert all(len(found) == 1 for found in faces.values())
+    default, before, short = (faces[name][0] for name in ("default", "before", "short"))
+    assert default.detection == before.detection and default.detection.box != short.detection.box
+    assert default.pose == short.pose and default.pose != before.pose
