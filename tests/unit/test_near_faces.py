@@ -21,11 +21,10 @@ from edge.vision.pipeline import DetectorConfig, Pipeline, build_pipeline
 from edge.vision.runtime import DelegateConfig
 from edge.vision.tile_scan import best_match
 
+from support import composed
 from support.data import SHARED, load_rgb, require_shared, skimage_data
 
 CLOSE_SIZE = 480
-# The close face's box is this share of the portrait's face box: the face overflows the frame a little.
-CLOSE_SHARE = 0.8
 CLOSE_PORTRAITS = ["fr_obama.jpg", "fr_rose_leslie2.jpg", "mtcnn_ivan.jpg", "fr_kit_harington3.jpg"]
 SAME_FACE = 0.5
 EVERY = 3
@@ -43,26 +42,11 @@ def default() -> Pipeline:
     return build_pipeline(DetectorConfig(pose="off"))
 
 
-def close_face(portrait: np.ndarray, face: Box) -> tuple[np.ndarray, Box]:
-    """The portrait's face cut to `CLOSE_SHARE` of its box and enlarged to fill a square frame, and
-    where the face's box lands in that frame (clipped to it)."""
-    height, width = portrait.shape[:2]
-    cx, cy = (face.x + face.w / 2) * width, (face.y + face.h / 2) * height
-    half = CLOSE_SHARE * max(face.w * width, face.h * height) / 2
-    x0, y0, x1, y1 = (round(v) for v in (cx - half, cy - half, cx + half, cy + half))
-    assert x0 >= 0 and y0 >= 0 and x1 <= width and y1 <= height
-    frame = cv2.resize(portrait[y0:y1, x0:x1], (CLOSE_SIZE, CLOSE_SIZE), interpolation=cv2.INTER_LINEAR)
-    fx0, fy0 = max(0.0, (face.x * width - x0) / (x1 - x0)), max(0.0, (face.y * height - y0) / (y1 - y0))
-    fx1 = min(1.0, ((face.x + face.w) * width - x0) / (x1 - x0))
-    fy1 = min(1.0, ((face.y + face.h) * height - y0) / (y1 - y0))
-    return frame, Box(fx0, fy0, fx1 - fx0, fy1 - fy0)
-
-
 def made_close(one_pass: Pipeline, shared_images: Path, name: str) -> tuple[np.ndarray, Box]:
     portrait = load_rgb(shared_images / name)
     faces = one_pass.detect(portrait)
     assert len(faces) == 1, f"{name}: one pass finds {len(faces)} faces"
-    return close_face(portrait, faces[0].box)
+    return composed.close_face(portrait, faces[0].box, CLOSE_SIZE)
 
 
 def candidate(x0: float, y0: float, x1: float, y1: float, score: float = 0.9) -> Candidate:
