@@ -13,7 +13,8 @@ crop centred on the find, three times its size, must show the main model the sam
 the full-range model only the face beside it). On a stream the pass runs every `every`
 frames, and on every frame while it is following a face it added, so a close face is found
 within `every` frames and then kept frame by frame; a face it added is re-checked only when
-it no longer matches the one added the frame before. The faces the main pass finds are kept
+it no longer matches the one added the frame before, and a find the check refused is refused
+again without a check until the schedule's next own frame. The faces the main pass finds are kept
 exactly as it finds them: the result is a superset of one pass.
 
 The schedule and the merge are plain functions and state over `Candidate`s
@@ -116,6 +117,7 @@ class NearSchedule:
 
     every: int
     following: list[Candidate] = field(default_factory=list)
+    refused: list[Candidate] = field(default_factory=list)
     _frame: int = 0
 
     def __post_init__(self) -> None:
@@ -129,14 +131,27 @@ class NearSchedule:
             return False
         return bool(self.following) or self._frame % self.every == 1 % self.every
 
-    def record(self, added: list[Candidate]) -> None:
-        """The faces the pass added this frame: followed in the next frame."""
-        self.following = added
+    def record(self, added: list[Candidate], refused: list[Candidate]) -> None:
+        """The faces the pass added this frame (followed in the next) and the finds its check refused."""
+        self.following, self.refused = added, refused
 
-    def known(self, finds: list[Candidate]) -> tuple[list[Candidate], list[Candidate]]:
-        """(finds matching a face added the frame before: kept without a check, the others)."""
-        known = [c for c in finds if best_match(c, self.following) is not None]
-        return known, [c for c in finds if best_match(c, self.following) is None]
+    def sort(self, finds: list[Candidate], recheck: bool) -> tuple[list[Candidate], list[Candidate], list[Candidate]]:
+        """(finds matching a face added the frame before: kept without a check; finds matching one
+        refused the frame before: refused again without a check, unless `recheck`; the others: to check).
+
+        Why refuse again: with landmark pose the near model runs on every frame with a face, and a
+        false face of its own that stays in view (the seal on the wall) would cost a check every
+        frame; it is checked again on the schedule's own frames, so a face refused once is not
+        refused for good."""
+        kept, refused, unknown = [], [], []
+        for c in finds:
+            if best_match(c, self.following) is not None:
+                kept.append(c)
+            elif not recheck and best_match(c, self.refused) is not None:
+                refused.append(c)
+            else:
+                unknown.append(c)
+        return kept, refused, unknown
 
 
 class NearFaces:
@@ -161,11 +176,11 @@ class NearFaces:
         if not (still or due or (self.with_faces and found)):
             return found
         finds = near_only(self.frame_finds(image, totals), found)
-        known, unknown = ([], finds) if still else self.schedule.known(finds)
-        added = known + (confirmed(unknown, [self.check(image, c, totals) for c in unknown]) if unknown else [])
+        kept, refused, unknown = ([], [], finds) if still else self.schedule.sort(finds, recheck=due)
+        passed = confirmed(unknown, [self.check(image, c, totals) for c in unknown]) if unknown else []
         if not still:
-            self.schedule.record(added)
-        return found + added
+            self.schedule.record(kept + passed, refused + [c for c in unknown if c not in passed])
+        return found + kept + passed
 
     def frame_finds(self, image: np.ndarray, totals: dict[str, float]) -> list[Candidate]:
         """Everything the near model finds in this frame (`add` must have seen the frame): run once

@@ -95,18 +95,19 @@ def test_the_check_map_takes_the_check_image_onto_its_square() -> None:
 def test_the_pass_runs_every_nth_frame_and_every_frame_while_it_follows_a_face() -> None:
     schedule = NearSchedule(EVERY)
     assert [schedule.due() for _ in range(7)] == [True, False, False, True, False, False, True]
-    schedule.record([candidate(0.1, 0.1, 0.6, 0.7)])
+    schedule.record([candidate(0.1, 0.1, 0.6, 0.7)], [])
     assert [schedule.due(), schedule.due()] == [True, True]
-    schedule.record([])
+    schedule.record([], [])
     assert [schedule.due() for _ in range(3)] == [True, False, False]  # frames 10-12: back to every third
 
 
-def test_a_face_added_the_frame_before_is_kept_without_a_check_and_a_new_one_is_checked() -> None:
+def test_a_face_added_before_is_kept_a_refused_find_refused_again_until_a_recheck() -> None:
     schedule = NearSchedule(EVERY)
-    followed = candidate(0.1, 0.1, 0.6, 0.7)
-    schedule.record([followed])
-    moved, new = candidate(0.12, 0.1, 0.62, 0.7), candidate(0.7, 0.1, 0.95, 0.5)
-    assert schedule.known([moved, new]) == ([moved], [new])
+    followed, seal = candidate(0.1, 0.1, 0.6, 0.7), candidate(0.7, 0.1, 0.95, 0.5)
+    schedule.record([followed], [seal])
+    moved, seal_again, new = candidate(0.12, 0.1, 0.62, 0.7), candidate(0.71, 0.1, 0.95, 0.5), candidate(0.0, 0.7, 0.2, 0.9)
+    assert schedule.sort([moved, seal_again, new], recheck=False) == ([moved], [seal_again], [new])
+    assert schedule.sort([moved, seal_again, new], recheck=True) == ([moved], [], [seal_again, new])
 
 
 def test_zero_turns_the_pass_off_on_a_stream_and_a_negative_count_is_refused() -> None:
