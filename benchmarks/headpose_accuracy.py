@@ -194,7 +194,8 @@ def evaluate(model: str, dataset: list[Labelled], rounds: int) -> Result:
         face = max(faces, key=lambda d: d.box.w * d.box.h)
         crop = face
         if detector.near is not None:  # what `Pipeline.process` crops for the landmark model
-            crop = pose_crops([face], Detector.to_detections(detector.near.frame_finds(item.image, {})))[0]
+            height, width = item.image.shape[:2]
+            crop = pose_crops([face], Detector.to_detections(detector.near.frame_finds(item.image, {})), width, height)[0]
         calls = method_calls(landmarks, keypoints, item.image, face, crop)
         for method, call in calls.items():
             poses[method].append((item, call()))

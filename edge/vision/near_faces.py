@@ -37,6 +37,11 @@ from edge.vision.tiling import Tile, drop_parts, remap
 
 # For each model, the model that finds the faces too large for it (near the camera).
 NEAR_MODELS = {"blazeface-full": "blazeface-short"}
+# Faces narrower than this share of the frame's longer side keep the main model's crop: near the
+# short-range model's limit (it finds faces from 0.11-0.13 of it on the shared photographs) it finds
+# a face in one frame and not the next, or in a photograph and not in its mirror image, and the
+# crop (and the pose, by several degrees) would switch with it.
+CROP_MIN_SHARE = 0.25
 # A find is checked in a square this many times its longer side, so the main model sees the face at
 # a third of its input. The full-range model scores a large face higher the smaller it is in its
 # input (image01038.jpg: 0.45 as it is, 0.79 and 0.88 on canvases twice and three times as wide);
@@ -85,8 +90,9 @@ def check_map(region: tuple[float, float, float, float], width: int, height: int
     return np.array([[scale, 0.0, x0 * width + shift], [0.0, scale, y0 * height + shift]], np.float64)
 
 
-def pose_crops(faces: Sequence[Detection], near: Sequence[Detection]) -> list[Detection]:
-    """For each face, the near model's detection of the same face where it has one, else the face.
+def pose_crops(faces: Sequence[Detection], near: Sequence[Detection], width: int, height: int) -> list[Detection]:
+    """For each face at least `CROP_MIN_SHARE` of the frame's longer side, the near model's detection
+    of the same face where it has one; else the face.
 
     Why: the landmark model is MediaPipe's face mesh, and every MediaPipe graph that runs it
     (face_mesh, face_landmarker) builds its crop from the short-range detector's box. The
@@ -95,8 +101,12 @@ def pose_crops(faces: Sequence[Detection], near: Sequence[Detection]) -> list[De
     (the shared portraits and the head-pose photographs; docs/head-pose.md), and the crop moves
     with it. The faces published are the main model's; only the pose stage's crop changes."""
     crops = []
+    longer = max(width, height)
     for face in faces:
         best, best_iou = face, SAME_FACE_IOU
+        if max(face.box.w * width, face.box.h * height) < CROP_MIN_SHARE * longer:
+            crops.append(face)
+            continue
         for other in near:
             overlap = face.box.iou(other.box)
             if overlap > best_iou:

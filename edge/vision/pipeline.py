@@ -484,7 +484,8 @@ class Pipeline:
         timings = dict(self.detector.timings)
         crops = detections
         if detections and self.near is not None and isinstance(self.pose, LandmarkPose):
-            crops = pose_crops(detections, Detector.to_detections(self.near.frame_finds(frame.image, timings)))
+            h, w = frame.image.shape[:2]
+            crops = pose_crops(detections, Detector.to_detections(self.near.frame_finds(frame.image, timings)), w, h)
         t0 = time.perf_counter()
         measured = self._measure(frame.image, crops) if detections else []
         timings["pose"] = (time.perf_counter() - t0) * 1e3
