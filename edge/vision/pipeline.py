@@ -482,14 +482,13 @@ class Pipeline:
         """One frame of a stream, or with `still` one image on its own (tiled mode then scans every tile)."""
         detections = self.detect(frame.image) if still else self._stream_detect(frame.image)
         timings = dict(self.detector.timings)
-        crops = detections
+        h, w = frame.image.shape[:2]
+        crops = detections  # what the landmark model crops from: the near model's box of a large face
         if detections and self.near is not None and isinstance(self.pose, LandmarkPose):
-            h, w = frame.image.shape[:2]
             crops = pose_crops(detections, Detector.to_detections(self.near.frame_finds(frame.image, timings)), w, h)
         t0 = time.perf_counter()
         measured = self._measure(frame.image, crops) if detections else []
         timings["pose"] = (time.perf_counter() - t0) * 1e3
-        h, w = frame.image.shape[:2]
         faces = tuple(Face(d, p, m) for d, (p, m) in zip(detections, measured, strict=True))
         return FrameResult(frame.number, frame.capture_time, w, h, faces, timings)
 
