@@ -17,8 +17,11 @@ it no longer matches the one added the frame before, and a find the check refuse
 again without a check until the schedule's next own frame. The faces the main pass finds are kept
 exactly as it finds them: the result is a superset of one pass.
 
-The schedule and the merge are plain functions and state over `Candidate`s
-(`near_only`, `NearSchedule`); `NearFaces` moves the pixels.
+With landmark pose, the same short-range run gives the pose stage its crops: each large face is
+cropped from the short-range detection of it (`pose_crops`), the box MediaPipe's face mesh is fed.
+
+The schedule, the merge and the crop choice are plain functions and state over `Candidate`s and
+`Detection`s (`near_only`, `confirmed`, `pose_crops`, `NearSchedule`); `NearFaces` moves the pixels.
 """
 from __future__ import annotations
 
@@ -30,8 +33,8 @@ import cv2
 import numpy as np
 
 from edge.vision.decode import Candidate
-from edge.vision.geometry import Fit
 from edge.vision.detection import Detection
+from edge.vision.geometry import Fit
 from edge.vision.tile_scan import SAME_FACE_IOU, best_match
 from edge.vision.tiling import Tile, drop_parts, remap
 
@@ -40,13 +43,13 @@ NEAR_MODELS = {"blazeface-full": "blazeface-short"}
 # Faces narrower than this share of the frame's longer side keep the main model's crop: near the
 # short-range model's limit (it finds faces from 0.11-0.13 of it on the shared photographs) it finds
 # a face in one frame and not the next, or in a photograph and not in its mirror image, and the
-# crop (and the pose, by several degrees) would switch with it.
+# crop (and the pose, by up to 7 degrees there) would switch with it. Twice that limit, as a margin.
 CROP_MIN_SHARE = 0.25
 # A find is checked in a square this many times its longer side, so the main model sees the face at
 # a third of its input. The full-range model scores a large face higher the smaller it is in its
 # input (image01038.jpg: 0.45 as it is, 0.79 and 0.88 on canvases twice and three times as wide);
 # at twice (tiled mode's follow crops) the short-range box of image01038 is checked at 0.47 and
-# lost, while 2, 3 and 4 confirm alike the 60 close crops of the shared portraits
+# lost, while 2, 3 and 4 confirm alike the 23 close crops of the shared portraits one pass misses
 # (docs/detection.md). Chosen with that development photograph in view: said so there.
 CHECK_CONTEXT = 3.0
 
