@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the close faces are the tests' own (tests/support/composed.py)
 
 from edge.sources.camera import Frame  # noqa: E402
-from edge.vision.pipeline import DetectorConfig, Pipeline, build_pipeline  # noqa: E402
+from edge.vision.pipeline import DetectorConfig, build_pipeline  # noqa: E402
 from edge.vision.preprocess import letterbox  # noqa: E402
 from edge.vision.runtime import DelegateConfig, configure_process  # noqa: E402
 from support import composed  # noqa: E402
