@@ -13,8 +13,15 @@ conversion changes:
 
 - keypoints: SQPnP on the detector's six keypoints (`[detector] pose = "keypoints"`);
 - landmarks, PnP on 2D: SQPnP on the face mesh's 468 points without their
-  depth (the landmark mode before issue 13), for comparison;
-- landmarks, 3D alignment: the landmark mode as it runs (`edge.pose.fit.fit_pose_3d`);
+  depth, on the crop from the detector's own box (the landmark mode before
+  issue 13), for comparison;
+- landmarks, 3D alignment, crop from the detector's box: `edge.pose.fit.fit_pose_3d`
+  on the crop built from the detector's own box (the landmark mode before the
+  near-face pass);
+- landmarks, 3D alignment (now): the landmark mode as the pipeline runs it: the
+  crop from the short-range model's box of the face where the near-face pass
+  runs it beside the full-range model (`edge.vision.near_faces.pose_crops`),
+  else from the detector's box (the same as the row above for short range);
 - landmarks, second pass: the same after a second landmark pass on a crop
   rebuilt from the first pass's landmarks (MediaPipe's tracking crop: the
   landmarks' bounding box, turned by the outer eye corners); tried, not used.
@@ -53,7 +60,8 @@ from edge.pose.fit import (KeypointPose, camera_for, face_model, fit_pose, fit_p
                            pose_from_pitch_outermost, pose_to_rotation)
 from edge.pose.landmarks import LandmarkPose  # noqa: E402
 from edge.vision.detection import Box, Detection, HeadPose  # noqa: E402
-from edge.vision.pipeline import DetectorConfig, build_pipeline  # noqa: E402
+from edge.vision.near_faces import pose_crops  # noqa: E402
+from edge.vision.pipeline import Detector, DetectorConfig, build_pipeline  # noqa: E402
 from edge.vision.runtime import DelegateConfig, configure_process  # noqa: E402
 from edge.pose.estimator import build_pose_estimator  # noqa: E402
 
@@ -67,9 +75,9 @@ DEFAULT_ROUNDS = 20
 MS_PER_S = 1e3
 # The face mesh's outer eye corners (person's right, then left): the second pass's crop rotation.
 RIGHT_EYE_OUTER, LEFT_EYE_OUTER = 33, 263
-METHODS = ("keypoints", "landmarks, PnP on 2D (before)", "landmarks, 3D alignment (now)",
-           "landmarks, second pass (tried)")
-NOW = METHODS[2]
+METHODS = ("keypoints", "landmarks, PnP on 2D (before)", "landmarks, 3D alignment, crop from the detector's box (before)",
+           "landmarks, 3D alignment (now)", "landmarks, second pass (tried)")
+NOW = METHODS[3]
 
 
 @dataclass(frozen=True)
@@ -132,8 +140,11 @@ def second_pass_detection(points: np.ndarray, width: int, height: int) -> Detect
 
 
 def method_calls(landmarks: LandmarkPose, keypoints: KeypointPose, image: np.ndarray,
-                 detection: Detection) -> dict[str, Callable[[], HeadPose | None]]:
-    """Each method as a call from the frame to a pose, so that its whole cost per face is timed."""
+                 detection: Detection, crop: Detection) -> dict[str, Callable[[], HeadPose | None]]:
+    """Each method as a call from the frame to a pose, so that its whole cost per face is timed.
+
+    `crop` is the detection the pipeline builds the landmark crop from (`edge.vision.near_faces.pose_crops`:
+    the short-range model's box of the face beside the full-range model, else `detection` itself)."""
     height, width = image.shape[:2]
     camera = camera_for(width, height)
     model = face_model()
@@ -143,7 +154,7 @@ def method_calls(landmarks: LandmarkPose, keypoints: KeypointPose, image: np.nda
         return None if points is None else fit_pose(np.ascontiguousarray(points[:, :2]), model, camera)
 
     def second_pass() -> HeadPose | None:
-        first = landmarks.points(image, detection)
+        first = landmarks.points(image, crop)
         if first is None:
             return None
         points = landmarks.points(image, second_pass_detection(first, width, height))
@@ -153,7 +164,8 @@ def method_calls(landmarks: LandmarkPose, keypoints: KeypointPose, image: np.nda
         METHODS[0]: lambda: keypoints.estimate(image, [detection])[0],
         METHODS[1]: pnp_2d,
         METHODS[2]: lambda: landmarks.estimate(image, [detection])[0],
-        METHODS[3]: second_pass,
+        METHODS[3]: lambda: landmarks.estimate(image, [crop])[0],
+        METHODS[4]: second_pass,
     }
 
 
@@ -180,7 +192,11 @@ def evaluate(model: str, dataset: list[Labelled], rounds: int) -> Result:
         found += 1
         # One labelled face per photograph: the largest detection is it.
         face = max(faces, key=lambda d: d.box.w * d.box.h)
-        calls = method_calls(landmarks, keypoints, item.image, face)
+        crop = face
+        if detector.near is not None:  # what `Pipeline.process` crops for the landmark model
+            height, width = item.image.shape[:2]
+            crop = pose_crops([face], Detector.to_detections(detector.near.frame_finds(item.image, {})), width, height)[0]
+        calls = method_calls(landmarks, keypoints, item.image, face, crop)
         for method, call in calls.items():
             poses[method].append((item, call()))
         for _ in range(rounds):

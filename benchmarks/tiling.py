@@ -43,6 +43,9 @@ STREAM_SEED = 13
 GROUP_WIDTHS = (95, 70)
 # Settings also run with plain round-robin (no change-driven order), to show what that order buys.
 ROUND_ROBIN_TOO = (1.0, 4.0)
+# Both sides run without the near-face pass, so these figures are tiling's alone (benchmarks/near_faces.py
+# measures that pass).
+NEAR_OFF = 0
 
 
 def summary(samples: list[float]) -> dict[str, float]:
@@ -52,8 +55,8 @@ def summary(samples: list[float]) -> dict[str, float]:
 
 def stills(seconds: float) -> list[dict[str, Any]]:
     photos = [load_rgb(SHARED_IMAGES / name) for name in PHOTOS]
-    single = build_pipeline(DetectorConfig(pose="off"))
-    tiled = build_pipeline(DetectorConfig(pose="off", tiled=True))
+    single = build_pipeline(DetectorConfig(pose="off", near_faces_every=NEAR_OFF))
+    tiled = build_pipeline(DetectorConfig(pose="off", near_faces_every=NEAR_OFF, tiled=True))
     rows = []
     budget = seconds / len(SIZES)
     for width, height in SIZES:
@@ -77,13 +80,13 @@ def stills(seconds: float) -> list[dict[str, Any]]:
 
 
 def stream(frames: int, settings: list[float], seed: int) -> list[dict[str, Any]]:
-    single = build_pipeline(DetectorConfig(pose="off"))
+    single = build_pipeline(DetectorConfig(pose="off", near_faces_every=NEAR_OFF))
     crops = composed.face_crops(single.detect, SHARED_IMAGES)
     scene = composed.ComposedStream(crops, SHARED_IMAGES, frames, STREAM_FACES, seed)
     runs: list[tuple[str, float, bool, Pipeline]] = []
     for per_frame in settings:
         for changes in (True, False) if per_frame in ROUND_ROBIN_TOO else (True,):
-            pipeline = build_pipeline(DetectorConfig(pose="off", tiled=True, tiles_per_frame=per_frame))
+            pipeline = build_pipeline(DetectorConfig(pose="off", near_faces_every=NEAR_OFF, tiled=True, tiles_per_frame=per_frame))
             pipeline.scan.changes = changes
             runs.append((f"{per_frame:g}{'' if changes else ' rr'}", per_frame, changes, pipeline))
     width, height = composed.STREAM_SIZE
@@ -124,8 +127,8 @@ def stream(frames: int, settings: list[float], seed: int) -> list[dict[str, Any]
 
 
 def group() -> list[dict[str, Any]]:
-    single = build_pipeline(DetectorConfig(pose="off"))
-    tiled = build_pipeline(DetectorConfig(pose="off", tiled=True))
+    single = build_pipeline(DetectorConfig(pose="off", near_faces_every=NEAR_OFF))
+    tiled = build_pipeline(DetectorConfig(pose="off", near_faces_every=NEAR_OFF, tiled=True))
     crops = composed.face_crops(single.detect, SHARED_IMAGES)
     rows = []
     for face_width in GROUP_WIDTHS:

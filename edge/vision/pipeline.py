@@ -6,6 +6,7 @@ so delegates, tiling, pose and publishing never look at a family's tensors.
 """
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,7 @@ from edge.pose.estimator import build_pose_estimator
 from edge.pose.fit import POSE_MODES, PoseEstimator
 from edge.pose.landmarks import LandmarkPose
 from edge.vision.geometry import Fit
+from edge.vision.near_faces import NEAR_MODELS, NearFaces, pose_crops
 from edge.vision.preprocess import Fitter
 from edge.vision.tile_scan import MAX_MOSAIC_GRID, TileScan, best_match, follow_region, mosaic_cells
 from edge.vision.tiling import Tile, cut_by_inner_edge, drop_parts, remap, tile_pyramid
@@ -54,6 +56,9 @@ DEFAULT_TILE_OVERLAP = 48
 # On a stream, tiles of the pyramid run per frame besides the whole-frame pass and the follow crops
 # (see docs/benchmarks-tiling.md for what each setting costs and how soon it finds a face).
 DEFAULT_TILES_PER_FRAME = 0.5
+# On a stream the near-face pass (faces too large for the full-range model) runs every this many
+# frames, and every frame while it follows a face it found (docs/detection.md has what it costs).
+DEFAULT_NEAR_FACES_EVERY = 3
 # Model-normalised coordinates as they come out of the model (a mosaic is mapped back cell by cell).
 MODEL_FIT = Fit(1.0, 1.0, 0.0, 0.0)
 STAGES = ("preprocess", "invoke", "decode")
@@ -120,6 +125,9 @@ class DetectorConfig(schema.Section):
     tiles_per_frame: float = setting(DEFAULT_TILES_PER_FRAME, kind=Kind.NUMBER, check=schema.at_least(0),
                                      expected="tiles scanned per frame on a stream in tiled mode, 0 or more; "
                                               "0.5 is one every other frame (still images scan them all)")
+    near_faces_every: int = setting(DEFAULT_NEAR_FACES_EVERY, kind=Kind.WHOLE, check=schema.at_least(0),
+                                    expected="frames between the near-face passes on a stream (faces too large "
+                                             "for the full-range model), 0 for none; still images always run it")
     model_dirs: tuple[Path, ...] = setting((), kind=Kind.PATHS, expected="a list of folders to look for model files in")
 
     def check(self) -> None:
@@ -430,18 +438,22 @@ class Pipeline:
         self.detector, self.pose, self.config, self.selection = detector, pose, config, selection
         self.tile_size = config.tile_size or max(detector.spec.input_width, detector.spec.input_height)
         self.scan = TileScan(self.tile_size, config.tile_overlap, config.tiles_per_frame)
+        self.near = open_near_faces(detector, config, crops=isinstance(pose, LandmarkPose))
         # Chosen once: a stream in single-pass mode runs `detect` with no more per-frame tests than before.
         self._stream_detect: Callable[[np.ndarray], list[Detection]] = (
-            self.detect_stream if config.tiled else self.detect)
+            self.detect_stream if config.tiled else functools.partial(self.detect, still=False))
 
-    def detect(self, image: np.ndarray) -> list[Detection]:
-        """Faces in one image; tiled mode runs the whole-frame pass and every tile (still images)."""
+    def detect(self, image: np.ndarray, still: bool = True) -> list[Detection]:
+        """Faces in one image; tiled mode runs the whole-frame pass and every tile (still images).
+        The near-face pass runs on every still image, and on a stream's frames as it schedules."""
         image = check_image(image)
         if self.config.tiled:
             found = self.detector.candidates_tiled(image, self.tile_size, self.config.tile_overlap,
                                                    self.config.tile_score_threshold)
         else:
             found = self.detector.candidates(image)
+        if self.near is not None:
+            found = self.near.add(image, found, self.detector.timings, still)
         return Detector.to_detections(found)
 
     def detect_stream(self, image: np.ndarray) -> list[Detection]:
@@ -461,6 +473,8 @@ class Pipeline:
         t0 = time.perf_counter()
         faces = merge(self.scan.update(whole, list(zip(missing, refound, strict=True)), scanned), iou_threshold)
         totals["decode"] += (time.perf_counter() - t0) * 1e3
+        if self.near is not None:
+            faces = self.near.add(image, faces, totals, still=False)
         detector.timings = totals
         return Detector.to_detections(faces)
 
@@ -468,10 +482,13 @@ class Pipeline:
         """One frame of a stream, or with `still` one image on its own (tiled mode then scans every tile)."""
         detections = self.detect(frame.image) if still else self._stream_detect(frame.image)
         timings = dict(self.detector.timings)
-        t0 = time.perf_counter()
-        measured = self._measure(frame.image, detections) if detections else []
-        timings["pose"] = (time.perf_counter() - t0) * 1e3
         h, w = frame.image.shape[:2]
+        crops = detections  # what the landmark model crops from: the near model's box of a large face
+        if detections and self.near is not None and isinstance(self.pose, LandmarkPose):
+            crops = pose_crops(detections, Detector.to_detections(self.near.frame_finds(frame.image, timings)), w, h)
+        t0 = time.perf_counter()
+        measured = self._measure(frame.image, crops) if detections else []
+        timings["pose"] = (time.perf_counter() - t0) * 1e3
         faces = tuple(Face(d, p, m) for d, (p, m) in zip(detections, measured, strict=True))
         return FrameResult(frame.number, frame.capture_time, w, h, faces, timings)
 
@@ -482,6 +499,19 @@ class Pipeline:
         if isinstance(self.pose, LandmarkPose):
             return self.pose.measure(image, detections)
         return [(pose, None) for pose in self.pose.estimate(image, detections)]
+
+
+def open_near_faces(detector: Detector, config: DetectorConfig, crops: bool = False) -> NearFaces | None:
+    """The near-face pass beside `detector` (on the CPU), or None: turned off, or no model finds the
+    faces too large for this one (the short-range model, which a Coral runs, needs none). With
+    `crops` the landmark pose stage crops from its boxes, so it runs on every frame with a face."""
+    name = NEAR_MODELS.get(detector.spec.name)
+    if name is None or config.near_faces_every == 0:
+        return None
+    spec = load_manifest().get(name)
+    near = Detector(open_cpu_runner(detector.runner.runtime, spec, config), spec, config.score_threshold)
+    return NearFaces(near, detector, config.near_faces_every,
+                     max(detector.spec.input_width, detector.spec.input_height), with_faces=crops)
 
 
 def build_pose(config: DetectorConfig, manifest: Manifest, runtime: Runtime) -> PoseEstimator:

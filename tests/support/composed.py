@@ -13,7 +13,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from edge.vision.detection import Detection
+from edge.vision.detection import Box as FaceBox, Detection
 
 from support.data import load_rgb
 
@@ -35,6 +35,9 @@ SMALL_FACE_SEED = 7
 GROUP_SIZE = (1280, 853)
 GROUP_FACES = 6
 GROUP_FACE_WIDTH = 95
+
+# A close face's box is this share of the portrait's face box: the face overflows the frame a little.
+CLOSE_SHARE = 0.8
 
 Crop = tuple[np.ndarray, float]
 Box = tuple[int, int, int, int]
@@ -186,3 +189,19 @@ def match(detections: list[Detection], boxes: list[Box], width: int, height: int
         else:
             false_positives += 1
     return hit, false_positives
+
+
+def close_face(portrait: np.ndarray, face: FaceBox, size: int) -> tuple[np.ndarray, FaceBox]:
+    """A face too close for the full-range model (the near-face pass's tests and benchmark): the
+    portrait's face cut to `CLOSE_SHARE` of its box and enlarged to a size x size frame, as a person
+    leaning into the camera, and where the face's box lands in that frame (clipped to it)."""
+    height, width = portrait.shape[:2]
+    cx, cy = (face.x + face.w / 2) * width, (face.y + face.h / 2) * height
+    half = CLOSE_SHARE * max(face.w * width, face.h * height) / 2
+    x0, y0, x1, y1 = (round(v) for v in (cx - half, cy - half, cx + half, cy + half))
+    assert x0 >= 0 and y0 >= 0 and x1 <= width and y1 <= height
+    frame = cv2.resize(portrait[y0:y1, x0:x1], (size, size), interpolation=cv2.INTER_LINEAR)
+    fx0, fy0 = max(0.0, (face.x * width - x0) / (x1 - x0)), max(0.0, (face.y * height - y0) / (y1 - y0))
+    fx1 = min(1.0, ((face.x + face.w) * width - x0) / (x1 - x0))
+    fy1 = min(1.0, ((face.y + face.h) * height - y0) / (y1 - y0))
+    return frame, FaceBox(fx0, fy0, fx1 - fx0, fy1 - fy0)

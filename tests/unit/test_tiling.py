@@ -2,6 +2,7 @@
 per frame and a crop following each face found (edge/vision/tiling.py, edge/vision/tile_scan.py)."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -285,8 +286,11 @@ def test_a_still_image_scans_every_tile_and_a_stream_frame_a_share(
 
 
 def test_single_pass_streams_run_plain_detect(single: Pipeline) -> None:
-    """The single-pass hot path is the one it always was: no tiled-mode test per frame."""
-    assert single._stream_detect == single.detect
+    """The single-pass hot path is `detect` on a stream frame (the near-face pass on its schedule):
+    no tiled-mode test per frame."""
+    stream_detect = single._stream_detect
+    assert isinstance(stream_detect, functools.partial)
+    assert stream_detect.func == single.detect and stream_detect.keywords == {"still": False}
 
 
 def test_followed_faces_are_found_again_in_a_mosaic(single: Pipeline, shared_images: Path) -> None:
