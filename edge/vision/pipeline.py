@@ -467,7 +467,11 @@ class Pipeline:
     def process(self, frame: FrameLike, still: bool = False) -> FrameResult:
         """One frame of a stream, or with `still` one image on its own (tiled mode then scans every tile)."""
         detections = self.detect(frame.image) if still else self._stream_detect(frame.image)
-        timings = dict(self.detector.timings)
+        return self.finish(frame, detections, dict(self.detector.timings))
+
+    def finish(self, frame: FrameLike, detections: list[Detection], timings: dict[str, float]) -> FrameResult:
+        """Everything after detection (head pose, the result); `edge.vision.overlap` calls it for the
+        frame before the one being invoked."""
         t0 = time.perf_counter()
         measured = self._measure(frame.image, detections) if detections else []
         timings["pose"] = (time.perf_counter() - t0) * 1e3
