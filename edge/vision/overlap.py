@@ -31,7 +31,7 @@ import numpy as np
 
 from edge.vision.detection import FrameResult
 from edge.vision.geometry import Fit
-from edge.vision.pipeline import Detector, FrameLike, Pipeline, check_image
+from edge.vision.pipeline import Detector, FrameLike, Pipeline, Selection, check_image
 from edge.vision.preprocess import Fitter
 
 # Two frames in flight at most: one being invoked, one being finished.
@@ -126,6 +126,21 @@ class OverlappedPipeline:
         self._closed = False
         self._thread = threading.Thread(target=self._serve, name="inference", daemon=True)
         self._thread.start()
+
+    @property
+    def selection(self) -> Selection:
+        return self.pipeline.selection
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """The model's input size, for a camera that can deliver a matching low-resolution stream."""
+        spec = self._detector.spec
+        return (spec.input_width, spec.input_height)
+
+    @property
+    def in_flight(self) -> bool:
+        """Whether a pushed frame's result is still to come (from the next `push` or `flush`)."""
+        return self._pending is not None
 
     # --- the inference thread ---------------------------------------------------------------------
     def _serve(self) -> None:

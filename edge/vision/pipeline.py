@@ -93,6 +93,13 @@ def input_normalisation(params: Mapping[str, Any]) -> tuple[float, float]:
     return 1.0 / spec["std"], -spec["mean"] / spec["std"]
 
 
+# An accelerator that comes and goes is followed between frames (edge.vision.accelerators), which the
+# overlapped pipeline, holding a frame in flight, does not do; tiled mode runs dependent invokes.
+PIPELINED_EXPECTED = ("true to run the detector's invoke on a thread of its own, overlapped with finishing the frame "
+                    "before (faster on two cores when frames queue; a frame's result then waits for the next frame "
+                    "while one is waiting); only with delegate = \"cpu\" and tiled = false")
+
+
 def _tile_size(value: int) -> str | None:
     return None if value >= MIN_TILE_SIZE else f"is below {MIN_TILE_SIZE}"
 
@@ -121,12 +128,17 @@ class DetectorConfig(schema.Section):
                                      expected="tiles scanned per frame on a stream in tiled mode, 0 or more; "
                                               "0.5 is one every other frame (still images scan them all)")
     model_dirs: tuple[Path, ...] = setting((), kind=Kind.PATHS, expected="a list of folders to look for model files in")
+    pipelined: bool = setting(False, kind=Kind.SWITCH, expected=PIPELINED_EXPECTED)
 
     def check(self) -> None:
         if self.tile_size is not None and self.tile_overlap >= self.tile_size:
             raise schema.refuse(self.SECTION, "tile_overlap", self.tile_overlap,
                                 f"is not less than tile_size {self.tile_size}",
                                 "pixels shared by neighbouring tiles, 0 or more and less than the tile size")
+        if self.pipelined and (self.tiled or self.delegate.kind != "cpu"):
+            raise schema.refuse(self.SECTION, "pipelined", self.pipelined,
+                                "needs single-pass detection on the CPU (tiled = false, delegate = \"cpu\")",
+                                PIPELINED_EXPECTED)
 
 
 @dataclass(frozen=True, slots=True)
