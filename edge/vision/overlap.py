@@ -168,17 +168,19 @@ class OverlappedPipeline:
         if not self._region_writes or size != self._last_size:
             changed = None
         preprocess_ms = (time.perf_counter() - start) * MS_PER_S
-        previous = self._pending
-        waited = time.perf_counter()
-        ran = self._ran.get() if previous is not None else None
-        wait_ms = (time.perf_counter() - waited) * MS_PER_S
+        # Queued before waiting for the previous frame: the inference thread goes from one invoke
+        # straight to the next, and waking this thread (which can take from 50 us to a millisecond
+        # on a virtual machine whose idle core has halted) is off the interpreter's path. The slot
+        # is free: the frame that used it last was finished by the previous call.
         self._jobs.put(_Job(pixels, changed, slot))
         self._last_size = size
-        self._pending = _Pending(frame, fit, slot, preprocess_ms)
+        previous, self._pending = self._pending, _Pending(frame, fit, slot, preprocess_ms)
         self._slot = (slot + 1) % SLOTS
-        if previous is None or ran is None:
+        if previous is None:
             return None
-        return self._finish(previous, ran, wait_ms)
+        waited = time.perf_counter()
+        ran = self._ran.get()
+        return self._finish(previous, ran, (time.perf_counter() - waited) * MS_PER_S)
 
     def flush(self) -> Finished | None:
         """Finish the frame still in flight, if any (at the end of a stream, or when it pauses)."""
