@@ -59,9 +59,9 @@ class _Job:
 
 @dataclass(frozen=True, slots=True)
 class _Ran:
-    """The inference thread's answer: the slot now holding the outputs, or why there are none."""
+    """The inference thread's answer: the frame's outputs (its slot's copies), or why there are none."""
 
-    slot: int
+    outputs: list[np.ndarray]
     invoke_ms: float
     error: Exception | None = None
 
@@ -72,7 +72,6 @@ class _Pending:
 
     frame: FrameLike
     fit: Fit
-    slot: int
     preprocess_ms: float
 
 
@@ -82,18 +81,14 @@ class _Outputs:
 
     slots: list[list[np.ndarray] | None] = field(default_factory=lambda: [None] * SLOTS)
 
-    def keep(self, slot: int, views: list[np.ndarray]) -> None:
+    def keep(self, slot: int, views: list[np.ndarray]) -> list[np.ndarray]:
+        """Copies of `views` in the slot's arrays, which stay valid until the slot's next frame."""
         kept = self.slots[slot]
         if kept is None:
-            self.slots[slot] = [np.array(view, copy=True) for view in views]
-            return
+            kept = self.slots[slot] = [np.array(view, copy=True) for view in views]
+            return kept
         for into, view in zip(kept, views, strict=True):
             np.copyto(into, view)
-
-    def get(self, slot: int) -> list[np.ndarray]:
-        kept = self.slots[slot]
-        if kept is None:  # only after an invoke that failed before its first copy
-            raise RuntimeError(f"no outputs in slot {slot}")
         return kept
 
 
@@ -149,11 +144,11 @@ class OverlappedPipeline:
         while (job := self._jobs.get()) is not None:
             start = time.perf_counter()
             try:
-                outputs.keep(job.slot, runner.run_pixels(job.pixels, transform, views=True, changed=job.changed))
+                kept = outputs.keep(job.slot, runner.run_pixels(job.pixels, transform, views=True, changed=job.changed))
             except Exception as exc:  # raised in the caller's thread, for this frame
-                self._ran.put(_Ran(job.slot, 0.0, exc))
+                self._ran.put(_Ran([], 0.0, exc))
                 continue
-            self._ran.put(_Ran(job.slot, (time.perf_counter() - start) * MS_PER_S))
+            self._ran.put(_Ran(kept, (time.perf_counter() - start) * MS_PER_S))
 
     # --- the caller's thread ----------------------------------------------------------------------
     def push(self, frame: FrameLike) -> Finished | None:
@@ -169,12 +164,12 @@ class OverlappedPipeline:
             changed = None
         preprocess_ms = (time.perf_counter() - start) * MS_PER_S
         # Queued before waiting for the previous frame: the inference thread goes from one invoke
-        # straight to the next, and waking this thread (which can take from 50 us to a millisecond
-        # on a virtual machine whose idle core has halted) is off the interpreter's path. The slot
-        # is free: the frame that used it last was finished by the previous call.
+        # straight to the next, and waking this thread (50 us to milliseconds on a loaded machine,
+        # docs/benchmarks.md) is off the interpreter's path. The slot is free: the frame that used
+        # it last was finished by the previous call.
         self._jobs.put(_Job(pixels, changed, slot))
         self._last_size = size
-        previous, self._pending = self._pending, _Pending(frame, fit, slot, preprocess_ms)
+        previous, self._pending = self._pending, _Pending(frame, fit, preprocess_ms)
         self._slot = (slot + 1) % SLOTS
         if previous is None:
             return None
@@ -197,7 +192,7 @@ class OverlappedPipeline:
             raise ran.error
         start = time.perf_counter()
         detector = self._detector
-        found = detector.decoder.decode(self._outputs.get(ran.slot), detector.threshold, pending.fit)
+        found = detector.decoder.decode(ran.outputs, detector.threshold, pending.fit)
         detections = Detector.to_detections(found)
         timings = {"preprocess": pending.preprocess_ms, "invoke": ran.invoke_ms,
                    "decode": (time.perf_counter() - start) * MS_PER_S, "wait": wait_ms}
