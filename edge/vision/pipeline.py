@@ -96,8 +96,8 @@ def input_normalisation(params: Mapping[str, Any]) -> tuple[float, float]:
 # An accelerator that comes and goes is followed between frames (edge.vision.accelerators), which the
 # overlapped pipeline, holding a frame in flight, does not do; tiled mode runs dependent invokes.
 PIPELINED_EXPECTED = ("true to run the detector's invoke on a thread of its own, overlapped with finishing the frame "
-                    "before (faster on two cores when frames queue; a frame's result then waits for the next frame "
-                    "while one is waiting); only with delegate = \"cpu\" and tiled = false")
+                      "before (more frames per second with landmark pose when frames queue, at slightly more CPU per "
+                      "frame; docs/benchmarks.md); only with delegate = \"cpu\" and tiled = false")
 
 
 def _tile_size(value: int) -> str | None:
