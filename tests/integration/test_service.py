@@ -156,9 +156,7 @@ SERVICE_SCRIPT = textwrap.dedent("""
     import numpy as np, skimage.data
     from edge.app.config import DeviceConfig, HealthConfig, HomeAssistantConfig, ServiceConfig
     from edge.delivery.outbox import OutboxConfig
-    from edge.vision.overlap import OverlappedPipeline
-from edge.vision.pipeline import DetectorConfig, build_pipeline
-from edge.vision.runtime import DelegateConfig
+    from edge.vision.pipeline import DetectorConfig, build_pipeline
     from edge.delivery.publish import MqttConfig
     from edge.sources.camera import CameraConfig
     from edge.app.service import Service, status_for
