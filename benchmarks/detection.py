@@ -6,10 +6,13 @@ the same minutes, interleaved, see the same noise. Each round walks the frames;
 at every frame each contender runs once, the order rotating from round to round,
 until the time budget is spent. With `--order bursts` each contender instead
 runs on all the frames back to back within a round (warm caches, as on a device
-that runs one pipeline).
+that runs one pipeline). With `--order stream` each contender runs on all its frames as a stream
+and one sample is that stream's time divided by its frames: throughput per frame, the only way to
+time the overlapped pipeline (`edge.vision.overlap`), whose result for a frame comes out when the
+next frame goes in.
 
     bash benchmarks/setup
-    .venv-bench/bin/python benchmarks/detection.py [--seconds 120] [--threads 1 2] [--order frames|bursts] [--json [PATH]]
+    .venv-bench/bin/python benchmarks/detection.py [--seconds 120] [--threads 1 2] [--order frames|bursts|stream] [--json [PATH]]
 
 Runs in ``.venv-bench`` only (MediaPipe 0.10.14 needs numpy<2); MediaPipe is never a
 run-time dependency of the firmware. MediaPipe Tasks 1.x (numpy 2) runs beside it in
@@ -62,8 +65,9 @@ MS_PER_S = 1e3
 # solutions.face_mesh's face limit for the multi-face variant; above the most faces any frame holds.
 MESH_MULTI_MAX_FACES = 6
 # How a round walks the (frame, contender) pairs: see run_rounds.
-ORDERS = ("frames", "bursts")
-ORDER_TEXT = {"frames": "contenders interleaved frame by frame", "bursts": "each contender on every frame back to back"}
+ORDERS = ("frames", "bursts", "stream")
+ORDER_TEXT = {"frames": "contenders interleaved frame by frame", "bursts": "each contender on every frame back to back",
+              "stream": "each contender on its frames as a stream, one sample per stream: its time / its frames"}
 # Our model names in the manifest, per MediaPipe model.
 OUR_MODEL = {"short": "blazeface-short", "full": "blazeface-full"}
 # The issue's goals (issue 13), one thread: ours / MediaPipe Tasks 1.x and ours / the bare invoke per
@@ -146,9 +150,30 @@ class Contender:
     # The CPU time of each call (the whole process's, all its threads): on a machine shared with
     # other work, wall time also counts the time spent waiting for a core, CPU time far less so.
     cpu_of_last: Callable[[], float] | None = None
+    # How the contender runs a stream of frames (`--order stream`), if not one `run` per frame; a
+    # self-timed one returns its own figure in ms for the whole stream.
+    stream: Callable[[list[BenchFrame]], Any] | None = None
+    # Only timed as a stream (the overlapped pipeline: one call per frame would return another frame's result).
+    stream_only: bool = False
+    # Per-stage timings of every frame of the last stream (the overlapped pipeline's results carry them).
+    stream_stages: Callable[[], list[dict[str, float]]] | None = None
     samples_ms: list[float] = field(default_factory=list)
     cpu_ms: list[float] = field(default_factory=list)
     stages_ms: dict[str, list[float]] = field(default_factory=dict)
+
+    def time_stream(self, frames: list[BenchFrame]) -> None:
+        """One sample: the whole stream's wall and CPU time, divided by its frames."""
+        cpu0 = time.process_time()
+        start = time.perf_counter()
+        measured = self.stream(frames) if self.stream is not None else [self.run(f) for f in frames]
+        elapsed = (time.perf_counter() - start) * MS_PER_S
+        cpu = (time.process_time() - cpu0) * MS_PER_S
+        self.samples_ms.append((float(measured) if self.self_timed else elapsed) / len(frames))
+        self.cpu_ms.append((self.cpu_of_last() if self.cpu_of_last is not None else cpu) / len(frames))
+        if self.stream_stages is not None:
+            for timings in self.stream_stages():
+                for stage, value in timings.items():
+                    self.stages_ms.setdefault(stage, []).append(value)
 
     def time_once(self, frame: BenchFrame) -> None:
         cpu0 = time.process_time()
@@ -249,6 +274,15 @@ class TasksWorker:
             return float(answer["ms"])
         return run
 
+    def streamer(self, model: str) -> Callable[[list[BenchFrame]], float]:
+        def stream(frames: list[BenchFrame]) -> float:
+            self._write({"model": model, "stream": [self.index[f.name] for f in frames]})
+            self.stdin.flush()
+            answer = self._read()
+            self.last_cpu_ms = float(answer["cpu_ms"])
+            return float(answer["ms"])
+        return stream
+
     def cpu_of_last(self) -> float:
         return self.last_cpu_ms
 
@@ -325,11 +359,44 @@ class PoseRun:
         return dict(self.last.timings_ms)
 
 
+class OverlapRun:
+    """Our pipeline overlapped (`edge.vision.overlap`): a stream pushed frame by frame, then flushed.
+
+    The result of a frame comes out when the next one goes in, so only a whole stream has a time;
+    the pipeline is flushed at its end, so each sample pays for filling and emptying it once.
+    """
+
+    def __init__(self, pipeline: Any) -> None:
+        from edge.vision.overlap import OverlappedPipeline
+
+        self.overlap = OverlappedPipeline(pipeline)
+        self.last: list[Any] = []
+
+    def stream(self, frames: list[BenchFrame]) -> int:
+        push = self.overlap.push
+        done = [finished for frame in frames if (finished := push(frame)) is not None]
+        last = self.overlap.flush()
+        if last is not None:
+            done.append(last)
+        self.last = done
+        return len(done)
+
+    def stages(self) -> list[dict[str, float]]:
+        return [dict(f.result.timings_ms) for f in self.last]
+
+    def faces(self, frame: BenchFrame) -> int:
+        self.stream([frame])
+        return len(self.last[0].result.faces)
+
+
 def our_pipeline(model: str, threads: int, pose: str) -> Any:
     from edge.vision.runtime import DelegateConfig
     from edge.vision.pipeline import DetectorConfig, build_pipeline
 
-    config = DetectorConfig(model=OUR_MODEL[model], delegate=DelegateConfig(kind="cpu", threads=threads), pose=pose)
+    # One model per frame, as the contenders run: the near-face pass that the full-range default adds is
+    # measured on its own by benchmarks/near_faces.py (docs/detection.md).
+    config = DetectorConfig(model=OUR_MODEL[model], delegate=DelegateConfig(kind="cpu", threads=threads), pose=pose,
+                            near_faces_every=0)
     return build_pipeline(config)
 
 
@@ -347,7 +414,7 @@ class Setup:
     tasks: TasksWorker
 
 
-def build_contenders(frames: list[BenchFrame], threads: tuple[int, ...]) -> Setup:
+def build_contenders(frames: list[BenchFrame], threads: tuple[int, ...], order_by: str = "frames") -> Setup:
     import mediapipe as mp
 
     notes: list[str] = []
@@ -364,7 +431,7 @@ def build_contenders(frames: list[BenchFrame], threads: tuple[int, ...]) -> Setu
         contenders.append(Contender(f"mediapipe/{model}", lambda f, d=detector: d.process(f.image), everything))
         tasks.counts[model] = face_counts(lambda f, m=model: int(tasks.detect(m, f)["faces"]), frames)
         contenders.append(Contender(f"tasks/{model}", tasks.runner(model), everything, self_timed=True,
-                                    cpu_of_last=tasks.cpu_of_last))
+                                    cpu_of_last=tasks.cpu_of_last, stream=tasks.streamer(model)))
         for with_inference, part in ((False, "to-tensor"), (True, "to-tensor+inference")):
             graph = MediaPipeGraph(mp, model, with_inference)
             contenders.append(Contender(f"mediapipe-graph/{model}/{part}", graph.run, everything))
@@ -398,6 +465,14 @@ def build_contenders(frames: list[BenchFrame], threads: tuple[int, ...]) -> Setu
             }
             contenders.append(Contender(f"ours/{model}/t{n}", lambda f, p=pipeline: p.detect(f.image), everything,
                                         lambda p=pipeline: dict(p.detector.timings)))
+            if order_by == "stream":
+                overlap = OverlapRun(our_pipeline(model, n, "off"))
+                counts = face_counts(overlap.faces, frames)
+                if counts != ours:
+                    raise SystemExit(f"the overlapped pipeline found other face counts than the sequential one: "
+                                     f"{counts} vs {ours}")
+                contenders.append(Contender(f"overlap/{model}/t{n}", overlap.faces, everything, stream=overlap.stream,
+                                            stream_only=True, stream_stages=overlap.stages))
 
     for n in threads:
         # One landmark invoke per face is the floor under the pose stage.
@@ -411,8 +486,13 @@ def build_contenders(frames: list[BenchFrame], threads: tuple[int, ...]) -> Setu
             notes.append(f"ours/pose/t{n}: short-range detection + landmark pose not measured: {type(exc).__name__}: {exc}")
             continue
         posed = PoseRun(pipeline)
+        overlap_posed = OverlapRun(our_pipeline("short", n, "landmarks")) if order_by == "stream" else None
         for label, subset in (("single-face", single), ("multi-face", multi)):
             contenders.append(Contender(f"ours/pose/{label}/t{n}", posed.run, subset, posed.stages))
+            if overlap_posed is not None:
+                contenders.append(Contender(f"overlap/pose/{label}/t{n}", overlap_posed.faces, subset,
+                                            stream=overlap_posed.stream, stream_only=True,
+                                            stream_stages=overlap_posed.stages))
     return Setup(contenders, notes, frame_sets, agreement, pre_invoke, tasks)
 
 
@@ -434,11 +514,23 @@ def run_rounds(frames: list[BenchFrame], setup: Setup, seconds: float, log: Call
             if frame.name in c.frames:
                 setup.pre_invoke.get(c.key, lambda f: None)(frame)
                 c.run(frame)
+    if order_by != "stream":
+        contenders = [c for c in contenders if not c.stream_only]
     deadline = time.perf_counter() + seconds
     rounds = 0
     while rounds < MIN_ROUNDS or time.perf_counter() < deadline:
         shift = rounds % len(contenders)
         order = contenders[shift:] + contenders[:shift]
+        if order_by == "stream":
+            for c in order:
+                mine = [frame for frame in frames if frame.name in c.frames]
+                # The bare invoke runs on the first frame's input throughout (content barely matters to it).
+                setup.pre_invoke.get(c.key, lambda f: None)(mine[0])
+                c.time_stream(mine)
+            rounds += 1
+            if rounds % 10 == 0:
+                log(f"round {rounds}, {max(0.0, deadline - time.perf_counter()):.0f} s left")
+            continue
         if order_by == "bursts":
             calls = [(frame, c) for c in order for frame in frames]
         else:
@@ -506,6 +598,15 @@ def results(setup: Setup, frames: list[BenchFrame], rounds: int, seconds: float,
         c = by_key.get(key)
         return {k: round(percentile(v, 50), 3) for k, v in c.stages_ms.items() if v} if c else {}
 
+    def overlapped(key: str, against: dict[str, str]) -> dict[str, Any]:
+        """The overlapped pipeline's figures and its ratios to each of `against`, by wall and CPU time."""
+        if key not in by_key:
+            return {}
+        wall, busy = stat(key), cpu(key)
+        return {"overlapped": {"wall": wall, "cpu": busy, "stages_median_ms": stages(key),
+                               **{f"vs_{name}": ratio(wall, stat(other)) for name, other in against.items()},
+                               **{f"vs_{name}_cpu": ratio(busy, cpu(other)) for name, other in against.items()}}}
+
     detection = []
     for model in MODEL_FILES:
         mp_stat, tasks_stat = stat(f"mediapipe/{model}"), stat(f"tasks/{model}")
@@ -525,6 +626,8 @@ def results(setup: Setup, frames: list[BenchFrame], rounds: int, seconds: float,
                 "ours_vs_mediapipe": ratio(ours, mp_stat),
                 "ours_vs_tasks": ratio(ours, tasks_stat), "goal_vs_tasks": GOAL_VS_TASKS[model] if n == 1 else None,
                 "ours_vs_bare": ratio(ours, bare), "goal_vs_bare": GOAL_VS_BARE[model] if n == 1 else None,
+                **overlapped(f"overlap/{model}/t{n}", {"tasks": f"tasks/{model}", "bare": f"bare/{model}/t{n}",
+                                                        "ours": f"ours/{model}/t{n}"}),
             })
     pose = []
     for label in ("single-face", "multi-face"):
@@ -539,6 +642,8 @@ def results(setup: Setup, frames: list[BenchFrame], rounds: int, seconds: float,
                 "cpu": {"mediapipe_face_mesh": cpu(f"mediapipe/face_mesh/{label}"), "ours": cpu(f"ours/pose/{label}/t{n}")},
                 "ours_vs_mediapipe_cpu": ratio(cpu(f"ours/pose/{label}/t{n}"), cpu(f"mediapipe/face_mesh/{label}")),
                 "goal_vs_mediapipe": GOAL_POSE_VS_MEDIAPIPE[label] if n == 1 else None,
+                **overlapped(f"overlap/pose/{label}/t{n}", {"mediapipe": f"mediapipe/face_mesh/{label}",
+                                                            "ours": f"ours/pose/{label}/t{n}"}),
             })
     return {
         "machine": machine(setup.tasks),
@@ -630,6 +735,28 @@ def markdown(res: dict[str, Any]) -> str:
             f"| {row['model']} | {row['threads']} | {_med(c['tasks'])} | {_med(c['mediapipe'])} | {_med(c['bare_invoke'])} "
             f"| {_med(c['ours'])} | {_ratio_cell(row['ours_vs_tasks_cpu'], row['goal_vs_tasks'])} "
             f"| {_ratio_cell(row['ours_vs_bare_cpu'], row['goal_vs_bare'])} |")
+    if any("overlapped" in row for row in res["detection"]):
+        lines += [
+            "",
+            "Ours overlapped (`edge.vision.overlap`: the invoke on an inference thread while the caller finishes the "
+            "frame before), per frame over each stream, wall (throughput) and CPU (the process's, all threads), "
+            "median ms:",
+            "",
+            "| model | threads | overlapped wall | overlapped CPU | / Tasks wall | / Tasks CPU | / bare wall | / bare CPU "
+            "| / ours sequential wall | / ours sequential CPU | stages (median ms) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for row in res["detection"]:
+            o = row.get("overlapped")
+            if not o:
+                continue
+            goal_tasks, goal_bare = row["goal_vs_tasks"], row["goal_vs_bare"]
+            lines.append(
+                f"| {row['model']} | {row['threads']} | {_med(o['wall'])} | {_med(o['cpu'])} "
+                f"| {_ratio_cell(o['vs_tasks'], goal_tasks)} | {_ratio_cell(o['vs_tasks_cpu'], goal_tasks)} "
+                f"| {_ratio_cell(o['vs_bare'], goal_bare)} | {_ratio_cell(o['vs_bare_cpu'], goal_bare)} "
+                f"| {_ratio_cell(o['vs_ours'], None)} | {_ratio_cell(o['vs_ours_cpu'], None)} "
+                f"| {_stages_cell(o['stages_median_ms'])} |")
     lines += [
         "",
         "MediaPipe's inference alone: median of its ImageToTensor + InferenceCalculator graph minus ImageToTensor alone "
@@ -654,6 +781,18 @@ def markdown(res: dict[str, Any]) -> str:
         f"{row['frames']} t{row['threads']}: ours {_med(row['cpu']['ours'])} vs face_mesh "
         f"{_med(row['cpu']['mediapipe_face_mesh'])} ms = {_ratio_cell(row['ours_vs_mediapipe_cpu'], row['goal_vs_mediapipe'])}"
         for row in res["pose"])]
+    overlapped_pose = [row for row in res["pose"] if row.get("overlapped")]
+    if overlapped_pose:
+        lines += ["", "| pose frames | threads | overlapped wall | overlapped CPU | / face_mesh wall | / face_mesh CPU "
+                      "| / ours sequential wall | / ours sequential CPU | stages (median ms) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for row in overlapped_pose:
+            o, goal = row["overlapped"], row["goal_vs_mediapipe"]
+            lines.append(
+                f"| {row['frames']} | {row['threads']} | {_med(o['wall'])} | {_med(o['cpu'])} "
+                f"| {_ratio_cell(o['vs_mediapipe'], goal)} | {_ratio_cell(o['vs_mediapipe_cpu'], goal)} "
+                f"| {_ratio_cell(o['vs_ours'], None)} | {_ratio_cell(o['vs_ours_cpu'], None)} "
+                f"| {_stages_cell(o['stages_median_ms'])} |")
     agreement = res["face_count_agreement_with_mediapipe"]
     if agreement:
         lines += ["", "Face count per frame, ours vs legacy MediaPipe and vs MediaPipe Tasks (same model, threshold 0.5): "
@@ -686,7 +825,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"benchmarks/detection: {message}", file=sys.stderr, flush=True)
 
     frames = make_frames()
-    setup = build_contenders(frames, threads)
+    setup = build_contenders(frames, threads, args.order)
     log(f"{len(frames)} frames, {len(setup.contenders)} contenders; timing for {args.seconds:.0f} s")
     load_before = os.getloadavg()[0]
     rounds = run_rounds(frames, setup, args.seconds, log, args.order)

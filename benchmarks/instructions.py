@@ -44,7 +44,7 @@ def main(argv: list[str]) -> int:
         print(f"{PHOTO}: missing or unreadable (the benchmarks read ../shared beside the repository)", file=sys.stderr)
         return 2
     frame = letterbox(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), 640, 480)
-    pipeline = build_pipeline(DetectorConfig(model=MODELS[model], pose="off",
+    pipeline = build_pipeline(DetectorConfig(model=MODELS[model], pose="off", near_faces_every=0,  # one model
                                              delegate=DelegateConfig(kind="cpu", threads=1)))
     if kind == "ours":
         def run() -> None:

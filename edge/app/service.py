@@ -59,6 +59,7 @@ from edge.wire.observation import observe
 from edge.delivery.outbox import Outbox
 from edge.sources.camera import RUNNING, Opener, SourceState, SupervisedSource
 from edge.vision.accelerators import AcceleratorWaiting, FollowingPipeline
+from edge.vision.overlap import Finished, OverlappedPipeline
 from edge.vision.pipeline import FrameLike
 from edge.delivery.publish import Publisher
 from edge.wire.track import Tracker
@@ -251,13 +252,15 @@ class Service:
         self.last_seq, self.left_in_outbox = stats.last_seq, stats.depth
         self.outbox.close()
 
-    def run(self, frames: Iterable[FrameLike | SourceState], pipeline: FrameProcessor,
+    def run(self, frames: Iterable[FrameLike | SourceState], pipeline: FrameProcessor | OverlappedPipeline,
             limits: RunLimits = RunLimits()) -> int:
         """Process frames until the source ends, a limit is reached or a stop is requested; returns frames processed.
 
         A `SourceState` instead of a frame is a turn without one (the camera
         starting or being retried): the watchdog is pinged, as this is a known
-        retry state, and STATUS= says why.
+        retry state, and STATUS= says why. An `OverlappedPipeline` (`[detector]
+        pipelined`) finishes each frame while the next one is invoked when the
+        next one is already waiting, and at once otherwise.
         """
         self.start()
         started = last_health = time.monotonic()
@@ -267,7 +270,13 @@ class Service:
                 if self._stop.is_set():
                     break
                 if isinstance(item, SourceState):
+                    if isinstance(pipeline, OverlappedPipeline):  # a frame in flight must not wait for the camera
+                        self._finished(pipeline.flush())
                     self._source_state(item)
+                elif isinstance(pipeline, OverlappedPipeline):
+                    self._finished(pipeline.push(item))
+                    if not _frame_waiting(frames):  # nothing to overlap with: finish it now, not a frame later
+                        self._finished(pipeline.flush())
                 else:
                     self._frame(item, pipeline)
                 self.notifier.watchdog()
@@ -280,12 +289,15 @@ class Service:
                     self._hangup.clear()
                     if self.on_hangup is not None:
                         self.on_hangup()
-                if limits.max_frames is not None and self.frames.processed >= limits.max_frames:
+                taken = self.frames.processed + (isinstance(pipeline, OverlappedPipeline) and pipeline.in_flight)
+                if limits.max_frames is not None and taken >= limits.max_frames:
                     break
                 if limits.max_seconds is not None and now - started >= limits.max_seconds:
                     break
             else:
                 self.source_ended = not self._stop.is_set()
+            if isinstance(pipeline, OverlappedPipeline):
+                self._finished(pipeline.flush())
             self.notifier.stopping(f"{self.status.mode}: stopping, {self.frames.processed} frames processed")
             _stop_capturing(items, frames)
             self._drain(limits.drain_s)
@@ -304,6 +316,14 @@ class Service:
         except AcceleratorWaiting as exc:  # the explicit Edge TPU went away during this frame
             self._accelerator_waiting(exc.message)
             return
+        self._deliver(frame, result)
+
+    def _finished(self, finished: Finished | None) -> None:
+        if finished is not None:
+            self._deliver(finished.frame, finished.result)
+
+    def _deliver(self, frame: FrameLike, result: FrameResult) -> None:
+        """A frame's result to the outbox, identification and the frame figures."""
         message = self.stream.message(result)
         if message is not None:
             self.outbox.submit(self.publisher.topics.detections, message)
@@ -387,6 +407,12 @@ class Service:
         return report
 
 
+def _frame_waiting(frames: Iterable[FrameLike | SourceState]) -> bool:
+    """Whether the next frame is already there (the loop is behind the camera); a source that is not a
+    supervised camera (a list, a generator) is read as fast as the loop asks."""
+    return frames.frame_waiting if isinstance(frames, SupervisedSource) else True
+
+
 def _stop_capturing(items: Iterator[FrameLike | SourceState], frames: Iterable[FrameLike | SourceState]) -> None:
     """Stop capturing before the drain: a supervised camera ends its reader (and releases the device), a
     generator its work. Other sources are closed by whoever opened them."""
@@ -411,7 +437,7 @@ def camera_status_text(mode: str, camera: CameraHealth) -> str:
     return f"{mode}: camera {camera.state} ({camera.reason or 'no frame yet'})"
 
 
-def status_for(pipeline: Pipeline | FollowingPipeline) -> serialize.DeviceStatus:
+def status_for(pipeline: Pipeline | FollowingPipeline | OverlappedPipeline) -> serialize.DeviceStatus:
     """What the retained status says at start: detection, until a decision of the gate grants identification."""
     selection = pipeline.selection
     return serialize.DeviceStatus(mode="detection", model=selection.model, accelerator=selection.accelerator,
@@ -628,10 +654,14 @@ def run_from_config(config: ServiceConfig, limits: RunLimits = RunLimits(), path
     """
     from edge.app.renewal import attach_renewal, finish_interrupted_swap
     from edge.vision.accelerators import build_following_pipeline
+    from edge.vision.pipeline import build_pipeline
 
     finish_interrupted_swap(config)  # before anything reads the certificate and key
     check_certificate_names(config)
-    pipeline = build_following_pipeline(config.detector)
+    # `pipelined` is CPU-only (its configuration check says so): nothing to follow, so no FollowingPipeline.
+    pipeline: FollowingPipeline | OverlappedPipeline = (
+        OverlappedPipeline(build_pipeline(config.detector)) if config.detector.pipelined
+        else build_following_pipeline(config.detector))
     service = Service(config, status_for(pipeline), Notifier.from_environment())
     gate = (attach_identification(service, config.policy, config.identification)
             if config.policy is not None else None)

@@ -519,6 +519,13 @@ class SupervisedSource:
             self._reader.finish(CLOSE_WAIT_S)
             self._reader = None
 
+    @property
+    def frame_waiting(self) -> bool:
+        """Whether the reader already holds the next item (the loop is behind the camera): the service
+        then overlaps finishing a frame with the next one's invoke (`[detector] pipelined`)."""
+        reader = self._reader
+        return reader is not None and not reader.items.empty()
+
     def __iter__(self) -> Iterator[Frame | SourceState]:
         attempt = 0
         while True:

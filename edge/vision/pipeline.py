@@ -98,6 +98,13 @@ def input_normalisation(params: Mapping[str, Any]) -> tuple[float, float]:
     return 1.0 / spec["std"], -spec["mean"] / spec["std"]
 
 
+# An accelerator that comes and goes is followed between frames (edge.vision.accelerators), which the
+# overlapped pipeline, holding a frame in flight, does not do; tiled mode runs dependent invokes.
+PIPELINED_EXPECTED = ("true to run the detector's invoke on a thread of its own, overlapped with finishing the frame "
+                      "before (more frames per second with landmark pose when frames queue, at slightly more CPU per "
+                      "frame; docs/benchmarks.md); only with delegate = \"cpu\", tiled = false and no near-face pass")
+
+
 def _tile_size(value: int) -> str | None:
     return None if value >= MIN_TILE_SIZE else f"is below {MIN_TILE_SIZE}"
 
@@ -129,12 +136,21 @@ class DetectorConfig(schema.Section):
                                     expected="frames between the near-face passes on a stream (faces too large "
                                              "for the full-range model), 0 for none; still images always run it")
     model_dirs: tuple[Path, ...] = setting((), kind=Kind.PATHS, expected="a list of folders to look for model files in")
+    pipelined: bool = setting(False, kind=Kind.SWITCH, expected=PIPELINED_EXPECTED)
 
     def check(self) -> None:
         if self.tile_size is not None and self.tile_overlap >= self.tile_size:
             raise schema.refuse(self.SECTION, "tile_overlap", self.tile_overlap,
                                 f"is not less than tile_size {self.tile_size}",
                                 "pixels shared by neighbouring tiles, 0 or more and less than the tile size")
+        if self.pipelined and (self.tiled or self.delegate.kind != "cpu"):
+            raise schema.refuse(self.SECTION, "pipelined", self.pipelined,
+                                "needs single-pass detection on the CPU (tiled = false, delegate = \"cpu\")",
+                                PIPELINED_EXPECTED)
+        if self.pipelined and self.near_faces_every and self.model in NEAR_MODELS:
+            raise schema.refuse(self.SECTION, "pipelined", self.pipelined,
+                                f"needs one model per frame, and {self.model} runs the near-face pass beside it "
+                                "(set near_faces_every = 0, or model = \"blazeface-short\")", PIPELINED_EXPECTED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -481,7 +497,11 @@ class Pipeline:
     def process(self, frame: FrameLike, still: bool = False) -> FrameResult:
         """One frame of a stream, or with `still` one image on its own (tiled mode then scans every tile)."""
         detections = self.detect(frame.image) if still else self._stream_detect(frame.image)
-        timings = dict(self.detector.timings)
+        return self.finish(frame, detections, dict(self.detector.timings))
+
+    def finish(self, frame: FrameLike, detections: list[Detection], timings: dict[str, float]) -> FrameResult:
+        """Everything after detection (head pose, the result); `edge.vision.overlap` calls it for the
+        frame before the one being invoked."""
         h, w = frame.image.shape[:2]
         crops = detections  # what the landmark model crops from: the near model's box of a large face
         if detections and self.near is not None and isinstance(self.pose, LandmarkPose):
@@ -491,7 +511,6 @@ class Pipeline:
         timings["pose"] = (time.perf_counter() - t0) * 1e3
         faces = tuple(Face(d, p, m) for d, (p, m) in zip(detections, measured, strict=True))
         return FrameResult(frame.number, frame.capture_time, w, h, faces, timings)
-
 
     def _measure(self, image: np.ndarray,
                  detections: Sequence[Detection]) -> list[tuple[HeadPose | None, np.ndarray | None]]:

@@ -45,6 +45,11 @@ class Fitter:
         self._placement: Placement | None = None
         self._content = self.canvas
 
+    def forget(self) -> None:
+        """The next `fit` rewrites the whole canvas and reports it all changed: for when something
+        else wrote the model's input since this fitter's last frame (`edge.vision.overlap`)."""
+        self._size = None
+
     def fit(self, image: np.ndarray) -> tuple[np.ndarray, Fit, tuple[slice, slice] | None]:
         """The canvas, the map back to the frame, and which region changed: the
         content's (rows, cols) when the frame has the size of the last one,

@@ -20,7 +20,9 @@ import skimage.data
 from edge.app.config import DeviceConfig, HealthConfig, HomeAssistantConfig, ServiceConfig
 from edge.common.topics import DEFAULT_TOPIC_ROOT, crl_topic
 from edge.delivery.outbox import Outbox, OutboxConfig
+from edge.vision.overlap import OverlappedPipeline
 from edge.vision.pipeline import DetectorConfig, build_pipeline
+from edge.vision.runtime import DelegateConfig
 from edge.delivery.publish import MqttConfig
 from edge.sources.camera import CameraConfig
 from edge.app.service import OUTBOX_FILE, RunLimits, Service, status_for
@@ -73,6 +75,20 @@ def test_one_message_per_frame_with_faces_and_one_when_they_go(tmp_path: Path, m
     assert [len(m["faces"]) for m in received] == [1, 1, 0, 1]
     assert received[0]["faces"][0]["track"] == received[1]["faces"][0]["track"]
     assert Outbox(tmp_path / "state" / OUTBOX_FILE).stats().depth == 0
+
+
+def test_pipelined_detection_publishes_the_same_messages_in_order(tmp_path: Path, mosquitto: BrokerUnderTest) -> None:
+    """`[detector] pipelined`: each frame finished while the next is invoked, results still in order, none lost."""
+    config = service_config(tmp_path / "state", mosquitto.device_config("cam-a"))
+    detector = DetectorConfig(delegate=DelegateConfig(kind="cpu"), pipelined=True, near_faces_every=0)
+    with Subscriber(mosquitto.broker, mosquitto.pki) as sub, OverlappedPipeline(build_pipeline(detector)) as overlap:
+        service = Service(config, status_for(overlap))
+        assert service.run(frames("FF..F.FF"), overlap, RunLimits(max_frames=7, drain_s=10)) == 7
+        assert not overlap.in_flight
+        assert wait_until(lambda: len(sub.seqs()) == 6)
+    received = sub.on("cam-a/detections")
+    assert [m["frame"] for m in received] == [1, 2, 3, 5, 6, 7]
+    assert [len(m["faces"]) for m in received] == [1, 1, 0, 1, 0, 1]
 
 
 def test_unreachable_broker_does_not_stop_detection(tmp_path: Path, mosquitto: BrokerUnderTest, pipeline) -> None:
@@ -322,6 +338,18 @@ def test_run_command_with_a_config_file(tmp_path: Path, mosquitto: BrokerUnderTe
         assert wait_until(lambda: len(sub.seqs()) == 15)
     assert sub.seqs() == list(range(1, 16))
     assert len(sub.on("/config")) == 2  # Home Assistant discovery
+
+    # The same with the detector pipelined (unpaced, so the next frame is mostly waiting and overlapped).
+    pipelined = tmp_path / "pipelined.toml"
+    pipelined.write_text(config.read_text().replace("fps = 30", "fps = 0").replace(
+        'state_dir = "' + str(tmp_path / "state") + '"', 'state_dir = "' + str(tmp_path / "state-pipelined") + '"')
+        + '[detector]\ndelegate = "cpu"\npipelined = true\nnear_faces_every = 0\n')
+    with Subscriber(mosquitto.broker, mosquitto.pki) as sub:
+        proc = subprocess.run([sys.executable, "-m", "edge.app.cli", "run", "--config", str(pipelined)],
+                              capture_output=True, text=True, timeout=120, cwd=REPO)
+        assert proc.returncode == 0, proc.stderr
+        assert wait_until(lambda: len(sub.on("cam-a/detections")) == 15)
+    assert [m["frame"] for m in sub.on("cam-a/detections")] == list(range(15))
 
     config.write_text(config.read_text() + '[detector]\nattributes = ["smile"]\n')
     refused = subprocess.run([sys.executable, "-m", "edge.app.cli", "run", "--config", str(config)],

@@ -292,3 +292,23 @@ def test_pi_camera_frames_carry_sensor_time_and_gaps_become_dropped_frames(monke
     for frame in got:
         stats.record(frame.number, 1.0)
     assert stats.dropped == 1 and stats.processed == 5
+
+
+def test_frame_waiting_says_whether_the_reader_is_a_frame_ahead(shared_images: Path) -> None:
+    """What the service's pipelined loop asks before it holds a frame back to overlap it with the next."""
+    from edge.sources.camera import SupervisedSource
+
+    unpaced = CameraConfig(source=str(shared_images / "mtcnn_ivan.jpg"), loop=True, fps=0.0)
+    with SupervisedSource(unpaced) as source:
+        assert not source.frame_waiting  # nothing read yet
+        items = iter(source)
+        assert isinstance(next(items), Frame)
+        deadline = time.monotonic() + 10
+        while not source.frame_waiting and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert source.frame_waiting  # as fast as it is read: the next one is there at once
+    paced = CameraConfig(source=str(shared_images / "mtcnn_ivan.jpg"), loop=True, fps=1.0)
+    with SupervisedSource(paced) as source:
+        items = iter(source)
+        assert isinstance(next(items), Frame)
+        assert not source.frame_waiting  # one a second: the loop is ahead of the camera
