@@ -69,6 +69,11 @@ FALLBACK_AFTER_UNANSWERED = 3
 # A 3.1.1-only broker may neither answer nor close when it cannot parse an MQTT 5 CONNECT; the first
 # CONNECT is given this long, each later one twice as long as the one before (connack_wait_s).
 CONNACK_TIMEOUT_S = 5.0
+# TCP and TLS together, per attempt (paho's default is 5 s). A broker taking a fleet's handshakes after its
+# restart answers late, and a handshake given up is work the broker did for nothing and must do again: in the
+# 500-device storm Mosquitto logged 409 of them (docs/fleet-scale.md). The cost is slower failover from a
+# cluster node that drops packets instead of refusing (docs/fleet-cluster.md).
+CONNECT_TIMEOUT_S = 20.0
 CONTROL_HEADROOM = 16
 EVENT_POLL_S = 0.5
 MIN_WAIT_S = 0.001
@@ -367,6 +372,7 @@ class Publisher:
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.device, protocol=self._protocol,
                              clean_session=None if v5 else False)
         client.tls_set_context(self._context)
+        client.connect_timeout = CONNECT_TIMEOUT_S
         client.max_inflight_messages_set(self.config.inflight)
         client.max_queued_messages_set(self.config.inflight + CONTROL_HEADROOM)
         client.will_set(self.topics.status, serialize.status_offline(self.device), qos=1, retain=True)

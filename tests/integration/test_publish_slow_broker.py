@@ -1,4 +1,4 @@
-"""`protocol = "auto"`: MQTT 3.1.1 only after several unanswered MQTT 5 CONNECTs, never after one slow CONNACK.
+"""A slow broker is waited for: `protocol = "auto"` keeps MQTT 5 after one slow CONNACK, a slow handshake is not given up.
 
 Why: in a reconnection storm a busy broker answered a CONNECT after more
 than 5 s, and devices that read that silence as "this broker cannot parse
@@ -236,3 +236,22 @@ def test_a_late_connack_is_waited_for_longer_and_keeps_mqtt_5(tmp_path: Path, mo
         link.close()
     assert stats.protocol == "5"
     assert link.connections >= 2  # the first CONNECT was given up: the slow answer was really waited for
+
+
+@pytest.mark.slow
+def test_a_handshake_slower_than_paho_s_five_seconds_is_waited_for(tmp_path: Path, mosquitto: BrokerUnderTest) -> None:
+    """A broker busy with a fleet's handshakes answers late: the device keeps its first connection, not giving
+    up the handshake at paho's default 5 s (which would be broker work thrown away, over and over)."""
+    link = SlowLink(mosquitto.broker.port, delay_s=6.0)
+    outbox = Outbox(tmp_path / "outbox.db")
+    publisher = Publisher("cam-a", mosquitto.device_config("cam-a", port=link.port, protocol="5"), outbox, STATUS)
+    try:
+        outbox.start()
+        publisher.start()
+        outbox.submit(publisher.topics.detections, lambda seq: serialize.detections("cam-a", seq, seq, time.time(), ()))
+        assert wait_until(lambda: publisher.stats().delivered == 1, timeout=60)
+    finally:
+        publisher.stop()
+        outbox.close()
+        link.close()
+    assert link.connections == 1
