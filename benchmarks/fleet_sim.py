@@ -59,7 +59,11 @@ from tests.support.fleet import EMPTY_DYNSEC, FLEET_ACL, render_fleet_conf  # no
 WORKER = Path(__file__).with_name("fleet_worker.py")
 SUBSCRIBER_ID = "fleet-sim-subscriber"
 SUBSCRIBER_EXPIRY_S = 3600
+# How often each worker looks at its devices: reports their connections and times their outages (to this).
 REPORT_S = 0.5
+# The simulated devices' niceness: the broker runs in a session of its own (its own scheduling group), and the
+# counting subscriber and the sampler in this process come before the devices, as on hosts of their own.
+DEVICE_NICE = 10
 SAMPLE_S = 1.0
 DRAIN_S = 120.0
 SETTLE_S = 10.0
@@ -225,7 +229,7 @@ def _spec_file(workdir: Path, state: Path, index: int, entries: list[dict], pki:
                max_per_s: float, always_present: bool, ramp_s: float, mqtt_overrides: dict) -> Path:
     spec = {"devices": entries, "ca": str(pki.ca), "state": str(state), "fps": fps, "mode": mode,
             "max_per_s": max_per_s, "always_present": always_present, "seed": index, "report_s": REPORT_S,
-            "drain_s": DRAIN_S, "ramp_s": ramp_s, "mqtt": mqtt_overrides}
+            "drain_s": DRAIN_S, "ramp_s": ramp_s, "mqtt": mqtt_overrides, "nice": DEVICE_NICE}
     path = workdir / f"worker-{index}.json"
     path.write_text(json.dumps(spec))
     return path
@@ -291,6 +295,7 @@ def run_fleet(devices: Sequence[str], brokers: Sequence[BrokerAddress], pki: Fle
     received_before = counter.received
     waiting_reconnect: dict | None = None
     next_sample = t0 + SAMPLE_S
+    sampled_at = t0
 
     def act(record: dict, action: Callable[[], None]) -> None:
         action()
@@ -321,14 +326,17 @@ def run_fleet(devices: Sequence[str], brokers: Sequence[BrokerAddress], pki: Fle
             devices_cpu = sum(cpu_seconds(w.proc.pid) for w in procs)
             with counter.lock:
                 received = counter.received
-            timeline.append({"t": round(now - t0, 1), "received_per_s": received - received_before,
-                             "broker_cpu": round((cpu - cpu_before) / SAMPLE_S, 3) if cpu >= cpu_before > 0
+            # Per second of the real interval: on a stalled host a sample can come seconds late.
+            span = now - sampled_at
+            timeline.append({"t": round(now - t0, 1), "span_s": round(span, 2),
+                             "received_per_s": round((received - received_before) / span, 1),
+                             "broker_cpu": round((cpu - cpu_before) / span, 3) if cpu >= cpu_before > 0
                              else None,
-                             "devices_cpu": round((devices_cpu - devices_cpu_before) / SAMPLE_S, 3),
-                             "connected": connected(),
+                             "devices_cpu": round((devices_cpu - devices_cpu_before) / span, 3),
+                             "connected": connected(), "load": os.getloadavg()[0],
                              "submitted": sum(w.last.get("submitted", 0) for w in procs)})
-            cpu_before, received_before, devices_cpu_before = cpu, received, devices_cpu
-            next_sample += SAMPLE_S
+            cpu_before, received_before, devices_cpu_before, sampled_at = cpu, received, devices_cpu, now
+            next_sample = max(next_sample + SAMPLE_S, now)
         time.sleep(0.05)
     for w in procs:
         assert w.proc.stdin is not None
