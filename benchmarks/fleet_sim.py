@@ -63,7 +63,9 @@ SUBSCRIBER_EXPIRY_S = 3600
 REPORT_S = 0.5
 # The simulated devices' niceness: the broker runs in a session of its own (its own scheduling group), and the
 # counting subscriber and the sampler in this process come before the devices, as on hosts of their own.
-DEVICE_NICE = 10
+DEVICE_NICE = 19
+# The workers' GIL switch interval (Python's default is 0.005 s): fleet_worker.py says why.
+SWITCH_INTERVAL_S = 0.05
 SAMPLE_S = 1.0
 DRAIN_S = 120.0
 SETTLE_S = 10.0
@@ -229,7 +231,8 @@ def _spec_file(workdir: Path, state: Path, index: int, entries: list[dict], pki:
                max_per_s: float, always_present: bool, ramp_s: float, mqtt_overrides: dict) -> Path:
     spec = {"devices": entries, "ca": str(pki.ca), "state": str(state), "fps": fps, "mode": mode,
             "max_per_s": max_per_s, "always_present": always_present, "seed": index, "report_s": REPORT_S,
-            "drain_s": DRAIN_S, "ramp_s": ramp_s, "mqtt": mqtt_overrides, "nice": DEVICE_NICE}
+            "drain_s": DRAIN_S, "ramp_s": ramp_s, "mqtt": mqtt_overrides, "nice": DEVICE_NICE,
+            "switch_interval_s": SWITCH_INTERVAL_S}
     path = workdir / f"worker-{index}.json"
     path.write_text(json.dumps(spec))
     return path
@@ -394,6 +397,17 @@ def _steady(timeline: list[dict], events: list[dict], key: str) -> list[float]:
     return [s[key] for s in quiet[2:] if s[key] is not None]
 
 
+def connected_after(timeline: list[dict], at_s: float,
+                    marks: tuple[float, ...] = (2, 5, 10, 20, 30, 60, 90)) -> list[tuple[float, int]]:
+    """Devices connected at given seconds after an event (the sample at or after each mark), while sampled."""
+    found = []
+    for mark in marks:
+        sample = next((s for s in timeline if s["t"] >= at_s + mark), None)
+        if sample is not None:
+            found.append((mark, sample["connected"]))
+    return found
+
+
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
@@ -425,14 +439,22 @@ def summary(result: FleetResult, label: str) -> str:
         ("duplicates (QoS 1 redeliveries)", str(result.duplicates)),
         ("dropped / refused / left in outboxes", f"{result.dropped} / {result.refused} / {result.left_in_outboxes}"),
     ]
+    loads = _steady(result.timeline, result.events, "load")
+    rows.append(("host load average (1 min), steady: mean, max", f"{_mean(loads):.1f}, {max(loads, default=0):.1f}"))
     for e in result.events:
         after = [s for s in result.timeline if e["at_s"] <= s["t"] <= e["at_s"] + 60]
-        peak = max((s["broker_cpu"] or 0 for s in after), default=0)
+        storm_cpu = [s["broker_cpu"] for s in after if s["broker_cpu"] is not None]
         recon = e["reconnect_s"]
         rows.append((f"{e['event']} at {e['at_s']:.0f} s",
                      f"took {e.get('action_s', '?')} s; whole fleet reconnected {e.get('all_reconnected_s', 'never')}"
-                     f" s after it ended ({e.get('connected_again_s', 'never')} s after it began); broker CPU peak "
-                     f"{peak:.2f} cores in the next 60 s"))
+                     f" s after it ended ({e.get('connected_again_s', 'never')} s after it began)"))
+        rows.append((f"{e['event']}: devices connected, seconds after it began",
+                     ", ".join(f"{c} at +{d} s" for d, c in connected_after(result.timeline, e["at_s"]))))
+        rows.append((f"{e['event']}: broker CPU in the next 60 s, cores (mean, max)",
+                     f"{_mean(storm_cpu):.3f}, {max(storm_cpu, default=0):.3f}"))
+        rows.append((f"{e['event']}: host load average in the next 60 s (max); samples' longest gap",
+                     f"{max((s['load'] for s in after), default=0):.1f}; "
+                     f"{max((s['span_s'] for s in after), default=0):.1f} s"))
         rows.append((f"{e['event']}: devices cut off / moved to another address", f"{e['devices_cut_off']} / "
                      f"{e['devices_moved']}; each connected again {recon[0]} s (median), {recon[1]} s (max) after "
                      "the event began" if recon else f"{e['devices_cut_off']} / {e['devices_moved']}"))
@@ -452,6 +474,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=25, help="device processes (fewer threads under each GIL)")
     parser.add_argument("--ramp-s", type=float, default=30.0, help="seconds over which the devices power up")
     parser.add_argument("--timeline", type=Path, default=None, help="write the per-second samples here (JSON)")
+    parser.add_argument("--keep-logs", action="store_true", help="keep the broker's and workers' logs after any run")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="fleet-sim-"))
     print(f"working in {workdir} (broker and worker logs; removed after a run without loss)", file=sys.stderr)
@@ -473,7 +496,7 @@ def main() -> int:
     if args.timeline is not None:
         args.timeline.write_text(json.dumps({"events": result.events, "timeline": result.timeline,
                                              "lost_by_device": result.lost_by_device}, indent=1))
-    if result.lost == 0:
+    if result.lost == 0 and not args.keep_logs:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0 if result.lost == 0 else 1
 

@@ -150,6 +150,11 @@ def main(spec_path: str) -> int:
     # The devices give way to the broker and the counting subscriber, which in a real fleet have hosts of
     # their own (fleet_sim.DEVICE_NICE): a starved counter would report stalls the broker never had.
     os.nice(spec["nice"])
+    # Many device threads share this interpreter's GIL. A thread waiting for it wakes every switch interval
+    # (5 ms by default) to ask for it; with dozens waiting in each of several processes on an overloaded host,
+    # those wake-ups took the CPU the GIL holders needed, and the 500-device storm collapsed (docs/fleet-scale.md).
+    # Device threads give the GIL up by blocking long before a longer interval forces them to.
+    sys.setswitchinterval(spec["switch_interval_s"])
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(threadName)s %(message)s")
     rng = random.Random(spec["seed"])
     devices = [build_device(spec, entry, rng) for entry in spec["devices"]]
