@@ -26,6 +26,7 @@ for a 3.1.1-only broker, whose subscriber then speaks 3.1.1 too).
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import shutil
@@ -71,9 +72,9 @@ DRAIN_S = 120.0
 SETTLE_S = 10.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SHM = Path("/dev/shm")
-# MQTT 5 stated, not "auto": in a storm on a starved machine a CONNACK can take over the 5 s after which
-# "auto" decides the broker is 3.1.1-only (docs/fleet-scale.md). Everything else is the shipped default.
-FLEET_MQTT = {"protocol": "5"}
+# The devices' [mqtt] settings over the shipped defaults: none. (Until "auto" waited for several unanswered
+# CONNECTs before MQTT 3.1.1, a storm's slow CONNACKs made devices fall back, and the simulator stated "5".)
+FLEET_MQTT: dict[str, object] = {}
 QUIET_LOG = ("log_type error", "log_type warning", "log_type notice")
 # An outage that began this long after an event started is not that event's doing.
 EVENT_WINDOW_S = 30.0
@@ -225,6 +226,7 @@ class FleetResult:
     refused: int
     left_in_outboxes: int
     outages: dict[str, list[tuple[float, float, str, str]]]  # device: (lost, back, from, to), run seconds
+    protocols: dict[str, int]  # MQTT version of each device's last connection: how many devices
 
 
 def _spec_file(workdir: Path, state: Path, index: int, entries: list[dict], pki: FleetPki, fps: float, mode: str,
@@ -260,7 +262,7 @@ def run_fleet(devices: Sequence[str], brokers: Sequence[BrokerAddress], pki: Fle
     by the broker's running processes (a sample in which it falls, a process gone, is left out).
     """
     mqtt_settings = {**FLEET_MQTT, **(mqtt_overrides or {})}
-    counter = Counter(brokers[0], pki, str(mqtt_settings["protocol"]))
+    counter = Counter(brokers[0], pki, str(mqtt_settings.get("protocol", "auto")))
     # The outboxes on tmpfs when there is one: a starved machine's fsyncs would measure this host's disk, not
     # the broker; on a camera each outbox has an SD card of its own.
     state = Path(tempfile.mkdtemp(prefix="fleet-sim-state-", dir=SHM if SHM.is_dir() else workdir))
@@ -377,7 +379,8 @@ def run_fleet(devices: Sequence[str], brokers: Sequence[BrokerAddress], pki: Fle
         unique=sum(len(s) for s in counter.seqs.values()), duplicates=counter.dedupe.duplicates,
         lost=sum(len(v) for v in lost.values()), lost_by_device={d: v[:20] for d, v in lost.items()},
         dropped=sum(f["dropped"] for f in finals.values()), refused=sum(f["refused"] for f in finals.values()),
-        left_in_outboxes=sum(f["depth"] for f in finals.values()), outages=outages)
+        left_in_outboxes=sum(f["depth"] for f in finals.values()), outages=outages,
+        protocols=dict(collections.Counter(str(f["protocol"]) for f in finals.values())))
 
 
 def event_outages(at_s: float, outages: dict[str, list[tuple[float, float, str, str]]]) -> dict[str, object]:
@@ -438,6 +441,7 @@ def summary(result: FleetResult, label: str) -> str:
         ("seqs lost", str(result.lost)),
         ("duplicates (QoS 1 redeliveries)", str(result.duplicates)),
         ("dropped / refused / left in outboxes", f"{result.dropped} / {result.refused} / {result.left_in_outboxes}"),
+        ("devices by MQTT version (last connection)", ", ".join(f"{n} on {v}" for v, n in sorted(result.protocols.items()))),
     ]
     loads = _steady(result.timeline, result.events, "load")
     rows.append(("host load average (1 min), steady: mean, max", f"{_mean(loads):.1f}, {max(loads, default=0):.1f}"))

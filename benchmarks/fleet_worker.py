@@ -92,6 +92,7 @@ class SimDevice:
     frame: int = 0
     broker: str | None = None  # the address it was last seen connected to
     lost_at: float | None = None  # wall time it was first seen offline, while it is
+    protocol: str | None = None  # the MQTT version of the last connection seen
     outages: list[tuple[float, float, str, str]] = field(default_factory=list)  # lost, back, from, to
 
     def watch(self, now: float) -> PublisherStats:
@@ -103,7 +104,7 @@ class SimDevice:
             return stats
         if self.lost_at is not None and self.broker is not None:
             self.outages.append((self.lost_at, now, self.broker, stats.broker))
-        self.broker, self.lost_at = stats.broker, None
+        self.broker, self.lost_at, self.protocol = stats.broker, None, stats.protocol
         return stats
 
 
@@ -201,7 +202,8 @@ def main(spec_path: str) -> int:
     for d in devices:
         stats, pub = d.outbox.stats(), d.publisher.stats()
         finals[d.name] = {"last_seq": stats.last_seq, "depth": stats.depth, "dropped": stats.dropped,
-                          "refused": pub.refused, "delivered": pub.delivered, "outages": d.outages}
+                          "refused": pub.refused, "delivered": pub.delivered, "outages": d.outages,
+                          "protocol": d.protocol}
         d.outbox.close()
     print(json.dumps({"kind": "final", "devices": finals}), flush=True)
     return 0
