@@ -537,8 +537,8 @@ class Publisher:
         if was and not self._stopping.is_set():
             log.warning("disconnected from broker: %s", reason)
         if not was and self._may_fall_back() and not self._stopping.is_set():
-            # Some 3.1.1-only brokers (amqtt) cannot parse an MQTT 5 CONNECT and just close; others stay silent
-            # (given up in _check_connack_timeout). A storm gives either now and then, never many in a row.
+            # A 3.1.1-only broker that cannot parse an MQTT 5 CONNECT closes, or stays silent (amqtt waits for more
+            # bytes) until _check_connack_timeout gives up. A storm gives either now and then, never many in a row.
             with self._lock:
                 self._unanswered += 1
                 unanswered = self._unanswered
