@@ -11,7 +11,10 @@ inference; each device replays a scripted scene.
     .venv/bin/python benchmarks/fleet_sim.py --devices 20 --fps 30 --mode per-frame --seconds 60 --ramp-s 5 --workers 10
     .venv/bin/python benchmarks/fleet_sim.py --devices 20 --fps 30 --mode capped --seconds 60 --ramp-s 5 --workers 10
 
-(500 devices need more than this two-core machine gives the simulated devices: docs/fleet-scale.md.)
+    .venv/bin/python benchmarks/fleet_sim.py --devices 500 --fps 1 --always-present --seconds 690 \
+        --restart-at 600 --ramp-s 60 --workers 10 --keep-logs
+
+(The 500-device run and what the simulated devices share or change against a camera: docs/fleet-scale.md.)
 
 Prints a Markdown table for docs/fleet-scale.md and writes the per-second timeline as JSON (`--timeline`).
 
