@@ -71,8 +71,8 @@ FALLBACK_AFTER_UNANSWERED = 3
 CONNACK_TIMEOUT_S = 5.0
 # TCP and TLS together, per attempt (paho's default is 5 s). A broker taking a fleet's handshakes after its
 # restart answers late, and a handshake given up is work the broker did for nothing and must do again: in the
-# 500-device storm Mosquitto logged 409 of them (docs/fleet-scale.md). The cost is slower failover from a
-# cluster node that drops packets instead of refusing (docs/fleet-cluster.md).
+# 500-device storm Mosquitto logged 409 of them. The cost is slower failover from a cluster node that drops
+# packets instead of refusing them: 20 s before the next address, not 5 (docs/fleet-scale.md).
 CONNECT_TIMEOUT_S = 20.0
 CONTROL_HEADROOM = 16
 EVENT_POLL_S = 0.5
