@@ -11,7 +11,10 @@ inference; each device replays a scripted scene.
     .venv/bin/python benchmarks/fleet_sim.py --devices 20 --fps 30 --mode per-frame --seconds 60 --ramp-s 5 --workers 10
     .venv/bin/python benchmarks/fleet_sim.py --devices 20 --fps 30 --mode capped --seconds 60 --ramp-s 5 --workers 10
 
-(500 devices need more than this two-core machine gives the simulated devices: docs/fleet-scale.md.)
+    .venv/bin/python benchmarks/fleet_sim.py --devices 500 --fps 1 --always-present --seconds 690 \
+        --restart-at 600 --ramp-s 60 --workers 10 --keep-logs
+
+(The 500-device run and what the simulated devices share or change against a camera: docs/fleet-scale.md.)
 
 Prints a Markdown table for docs/fleet-scale.md and writes the per-second timeline as JSON (`--timeline`).
 
@@ -26,6 +29,7 @@ for a 3.1.1-only broker, whose subscriber then speaks 3.1.1 too).
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import shutil
@@ -59,15 +63,21 @@ from tests.support.fleet import EMPTY_DYNSEC, FLEET_ACL, render_fleet_conf  # no
 WORKER = Path(__file__).with_name("fleet_worker.py")
 SUBSCRIBER_ID = "fleet-sim-subscriber"
 SUBSCRIBER_EXPIRY_S = 3600
+# How often each worker looks at its devices: reports their connections and times their outages (to this).
 REPORT_S = 0.5
+# The simulated devices' niceness: the broker runs in a session of its own (its own scheduling group), and the
+# counting subscriber and the sampler in this process come before the devices, as on hosts of their own.
+DEVICE_NICE = 19
+# The workers' GIL switch interval (Python's default is 0.005 s): fleet_worker.py says why.
+SWITCH_INTERVAL_S = 0.05
 SAMPLE_S = 1.0
 DRAIN_S = 120.0
 SETTLE_S = 10.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SHM = Path("/dev/shm")
-# MQTT 5 stated, not "auto": in a storm on a starved machine a CONNACK can take over the 5 s after which
-# "auto" decides the broker is 3.1.1-only (docs/fleet-scale.md). Everything else is the shipped default.
-FLEET_MQTT = {"protocol": "5"}
+# The devices' [mqtt] settings over the shipped defaults: none. (Until "auto" waited for several unanswered
+# CONNECTs before MQTT 3.1.1, a storm's slow CONNACKs made devices fall back, and the simulator stated "5".)
+FLEET_MQTT: dict[str, object] = {}
 QUIET_LOG = ("log_type error", "log_type warning", "log_type notice")
 # An outage that began this long after an event started is not that event's doing.
 EVENT_WINDOW_S = 30.0
@@ -219,13 +229,15 @@ class FleetResult:
     refused: int
     left_in_outboxes: int
     outages: dict[str, list[tuple[float, float, str, str]]]  # device: (lost, back, from, to), run seconds
+    protocols: dict[str, int]  # MQTT version of each device's last connection: how many devices
 
 
 def _spec_file(workdir: Path, state: Path, index: int, entries: list[dict], pki: FleetPki, fps: float, mode: str,
                max_per_s: float, always_present: bool, ramp_s: float, mqtt_overrides: dict) -> Path:
     spec = {"devices": entries, "ca": str(pki.ca), "state": str(state), "fps": fps, "mode": mode,
             "max_per_s": max_per_s, "always_present": always_present, "seed": index, "report_s": REPORT_S,
-            "drain_s": DRAIN_S, "ramp_s": ramp_s, "mqtt": mqtt_overrides}
+            "drain_s": DRAIN_S, "ramp_s": ramp_s, "mqtt": mqtt_overrides, "nice": DEVICE_NICE,
+            "switch_interval_s": SWITCH_INTERVAL_S}
     path = workdir / f"worker-{index}.json"
     path.write_text(json.dumps(spec))
     return path
@@ -253,7 +265,7 @@ def run_fleet(devices: Sequence[str], brokers: Sequence[BrokerAddress], pki: Fle
     by the broker's running processes (a sample in which it falls, a process gone, is left out).
     """
     mqtt_settings = {**FLEET_MQTT, **(mqtt_overrides or {})}
-    counter = Counter(brokers[0], pki, str(mqtt_settings["protocol"]))
+    counter = Counter(brokers[0], pki, str(mqtt_settings.get("protocol", "auto")))
     # The outboxes on tmpfs when there is one: a starved machine's fsyncs would measure this host's disk, not
     # the broker; on a camera each outbox has an SD card of its own.
     state = Path(tempfile.mkdtemp(prefix="fleet-sim-state-", dir=SHM if SHM.is_dir() else workdir))
@@ -291,6 +303,7 @@ def run_fleet(devices: Sequence[str], brokers: Sequence[BrokerAddress], pki: Fle
     received_before = counter.received
     waiting_reconnect: dict | None = None
     next_sample = t0 + SAMPLE_S
+    sampled_at = t0
 
     def act(record: dict, action: Callable[[], None]) -> None:
         action()
@@ -321,14 +334,17 @@ def run_fleet(devices: Sequence[str], brokers: Sequence[BrokerAddress], pki: Fle
             devices_cpu = sum(cpu_seconds(w.proc.pid) for w in procs)
             with counter.lock:
                 received = counter.received
-            timeline.append({"t": round(now - t0, 1), "received_per_s": received - received_before,
-                             "broker_cpu": round((cpu - cpu_before) / SAMPLE_S, 3) if cpu >= cpu_before > 0
+            # Per second of the real interval: on a stalled host a sample can come seconds late.
+            span = now - sampled_at
+            timeline.append({"t": round(now - t0, 1), "span_s": round(span, 2),
+                             "received_per_s": round((received - received_before) / span, 1),
+                             "broker_cpu": round((cpu - cpu_before) / span, 3) if cpu >= cpu_before > 0
                              else None,
-                             "devices_cpu": round((devices_cpu - devices_cpu_before) / SAMPLE_S, 3),
-                             "connected": connected(),
+                             "devices_cpu": round((devices_cpu - devices_cpu_before) / span, 3),
+                             "connected": connected(), "load": os.getloadavg()[0],
                              "submitted": sum(w.last.get("submitted", 0) for w in procs)})
-            cpu_before, received_before, devices_cpu_before = cpu, received, devices_cpu
-            next_sample += SAMPLE_S
+            cpu_before, received_before, devices_cpu_before, sampled_at = cpu, received, devices_cpu, now
+            next_sample = max(next_sample + SAMPLE_S, now)
         time.sleep(0.05)
     for w in procs:
         assert w.proc.stdin is not None
@@ -366,7 +382,8 @@ def run_fleet(devices: Sequence[str], brokers: Sequence[BrokerAddress], pki: Fle
         unique=sum(len(s) for s in counter.seqs.values()), duplicates=counter.dedupe.duplicates,
         lost=sum(len(v) for v in lost.values()), lost_by_device={d: v[:20] for d, v in lost.items()},
         dropped=sum(f["dropped"] for f in finals.values()), refused=sum(f["refused"] for f in finals.values()),
-        left_in_outboxes=sum(f["depth"] for f in finals.values()), outages=outages)
+        left_in_outboxes=sum(f["depth"] for f in finals.values()), outages=outages,
+        protocols=dict(collections.Counter(str(f["protocol"]) for f in finals.values())))
 
 
 def event_outages(at_s: float, outages: dict[str, list[tuple[float, float, str, str]]]) -> dict[str, object]:
@@ -384,6 +401,17 @@ def _steady(timeline: list[dict], events: list[dict], key: str) -> list[float]:
     """Samples outside the 30 s after any event: the steady state."""
     quiet = [s for s in timeline if all(not (e["at_s"] <= s["t"] <= e["at_s"] + 30) for e in events)]
     return [s[key] for s in quiet[2:] if s[key] is not None]
+
+
+def connected_after(timeline: list[dict], at_s: float,
+                    marks: tuple[float, ...] = (2, 5, 10, 20, 30, 60, 90)) -> list[tuple[float, int]]:
+    """Devices connected at given seconds after an event (the sample at or after each mark), while sampled."""
+    found = []
+    for mark in marks:
+        sample = next((s for s in timeline if s["t"] >= at_s + mark), None)
+        if sample is not None:
+            found.append((mark, sample["connected"]))
+    return found
 
 
 def _mean(values: list[float]) -> float:
@@ -416,15 +444,24 @@ def summary(result: FleetResult, label: str) -> str:
         ("seqs lost", str(result.lost)),
         ("duplicates (QoS 1 redeliveries)", str(result.duplicates)),
         ("dropped / refused / left in outboxes", f"{result.dropped} / {result.refused} / {result.left_in_outboxes}"),
+        ("devices by MQTT version (last connection)", ", ".join(f"{n} on {v}" for v, n in sorted(result.protocols.items()))),
     ]
+    loads = _steady(result.timeline, result.events, "load")
+    rows.append(("host load average (1 min), steady: mean, max", f"{_mean(loads):.1f}, {max(loads, default=0):.1f}"))
     for e in result.events:
         after = [s for s in result.timeline if e["at_s"] <= s["t"] <= e["at_s"] + 60]
-        peak = max((s["broker_cpu"] or 0 for s in after), default=0)
+        storm_cpu = [s["broker_cpu"] for s in after if s["broker_cpu"] is not None]
         recon = e["reconnect_s"]
         rows.append((f"{e['event']} at {e['at_s']:.0f} s",
                      f"took {e.get('action_s', '?')} s; whole fleet reconnected {e.get('all_reconnected_s', 'never')}"
-                     f" s after it ended ({e.get('connected_again_s', 'never')} s after it began); broker CPU peak "
-                     f"{peak:.2f} cores in the next 60 s"))
+                     f" s after it ended ({e.get('connected_again_s', 'never')} s after it began)"))
+        rows.append((f"{e['event']}: devices connected, seconds after it began",
+                     ", ".join(f"{c} at +{d} s" for d, c in connected_after(result.timeline, e["at_s"]))))
+        rows.append((f"{e['event']}: broker CPU in the next 60 s, cores (mean, max)",
+                     f"{_mean(storm_cpu):.3f}, {max(storm_cpu, default=0):.3f}"))
+        rows.append((f"{e['event']}: host load average in the next 60 s (max); samples' longest gap",
+                     f"{max((s['load'] for s in after), default=0):.1f}; "
+                     f"{max((s['span_s'] for s in after), default=0):.1f} s"))
         rows.append((f"{e['event']}: devices cut off / moved to another address", f"{e['devices_cut_off']} / "
                      f"{e['devices_moved']}; each connected again {recon[0]} s (median), {recon[1]} s (max) after "
                      "the event began" if recon else f"{e['devices_cut_off']} / {e['devices_moved']}"))
@@ -444,6 +481,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=25, help="device processes (fewer threads under each GIL)")
     parser.add_argument("--ramp-s", type=float, default=30.0, help="seconds over which the devices power up")
     parser.add_argument("--timeline", type=Path, default=None, help="write the per-second samples here (JSON)")
+    parser.add_argument("--keep-logs", action="store_true", help="keep the broker's and workers' logs after any run")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="fleet-sim-"))
     print(f"working in {workdir} (broker and worker logs; removed after a run without loss)", file=sys.stderr)
@@ -465,7 +503,7 @@ def main() -> int:
     if args.timeline is not None:
         args.timeline.write_text(json.dumps({"events": result.events, "timeline": result.timeline,
                                              "lost_by_device": result.lost_by_device}, indent=1))
-    if result.lost == 0:
+    if result.lost == 0 and not args.keep_logs:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0 if result.lost == 0 else 1
 

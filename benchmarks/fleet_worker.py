@@ -13,7 +13,8 @@ Run by `fleet_sim.py`, never by hand:
 
     python benchmarks/fleet_worker.py SPEC.json
 
-It prints one JSON line every `report_s` (connected devices, messages
+It looks at every device's publisher once every `report_s` (one `stats()`
+call each: its outages, and one JSON line with connected devices, messages
 submitted and acknowledged) and, after reading `stop` on stdin and draining,
 one `final` line with every device's last seq and its outages: when it lost
 its broker, when it was connected again and to which address (on a cluster,
@@ -25,6 +26,7 @@ import heapq
 import json
 import logging
 import math
+import os
 import random
 import sys
 import threading
@@ -33,15 +35,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge.delivery.outbox import Outbox, OutboxConfig
-from edge.delivery.publish import MqttConfig, Publisher
+from edge.delivery.publish import MqttConfig, Publisher, PublisherStats
 from edge.wire import serialize
 from edge.wire.observation import Observation, Pose
 from edge.wire.rate import RateConfig, RateState, decide
 
 STATUS = serialize.DeviceStatus(mode="detection", model="short", accelerator="cpu", firmware="fleet-sim")
 POLL_S = 0.05
-# How often each device's connection is looked at for its outages: well under the reconnect times measured.
-WATCH_S = 0.1
 # A face the detector misses for one frame: its track leaves the set for that frame (about one frame in 200).
 FLICKER = 0.005
 FACE_COUNTS = (0, 0, 1, 1, 1, 2, 3)
@@ -92,18 +92,20 @@ class SimDevice:
     frame: int = 0
     broker: str | None = None  # the address it was last seen connected to
     lost_at: float | None = None  # wall time it was first seen offline, while it is
+    protocol: str | None = None  # the MQTT version of the last connection seen
     outages: list[tuple[float, float, str, str]] = field(default_factory=list)  # lost, back, from, to
 
-    def watch(self, now: float) -> None:
+    def watch(self, now: float) -> PublisherStats:
         """Record an outage once the device is seen connected again after it was seen offline."""
         stats = self.publisher.stats()
         if stats.broker is None:
             if self.broker is not None and self.lost_at is None:
                 self.lost_at = now
-            return
+            return stats
         if self.lost_at is not None and self.broker is not None:
             self.outages.append((self.lost_at, now, self.broker, stats.broker))
-        self.broker, self.lost_at = stats.broker, None
+        self.broker, self.lost_at, self.protocol = stats.broker, None, stats.protocol
+        return stats
 
 
 def build_device(spec: dict, entry: dict, rng: random.Random) -> SimDevice:
@@ -129,19 +131,31 @@ def tick(device: SimDevice, now: float, min_interval: float | None) -> bool:
     return send
 
 
-def report(devices: list[SimDevice], kind: str = "tick", **extra: object) -> None:
-    """Publisher figures only (a lock each): the outboxes' depth is an SQL query, asked for once at the end."""
+def look(devices: list[SimDevice], now: float, **extra: object) -> None:
+    """One pass over the batch: each device's outages (`watch`) and one report line from the same figures.
+
+    Publisher figures only, one `stats()` (a lock) per device: the outboxes' depth is an SQL query, asked
+    for once at the end. One pass for both, every `report_s`, because on a host running 500 simulated
+    devices the simulator's own looking is CPU the devices lack in a reconnection storm."""
     connected = delivered = 0
     for d in devices:
-        stats = d.publisher.stats()
+        stats = d.watch(now)
         connected += stats.connected
         delivered += stats.delivered
-    line = {"kind": kind, "t": time.time(), "connected": connected, "delivered": delivered, **extra}
+    line = {"kind": "tick", "t": time.time(), "connected": connected, "delivered": delivered, **extra}
     print(json.dumps(line), flush=True)
 
 
 def main(spec_path: str) -> int:
     spec = json.loads(Path(spec_path).read_text())
+    # The devices give way to the broker and the counting subscriber, which in a real fleet have hosts of
+    # their own (fleet_sim.DEVICE_NICE): a starved counter would report stalls the broker never had.
+    os.nice(spec["nice"])
+    # Many device threads share this interpreter's GIL. A thread waiting for it wakes every switch interval
+    # (5 ms by default) to ask for it; with dozens waiting in each of several processes on an overloaded host,
+    # those wake-ups took the CPU the GIL holders needed, and the 500-device storm collapsed (docs/fleet-scale.md).
+    # Device threads give the GIL up by blocking long before a longer interval forces them to.
+    sys.setswitchinterval(spec["switch_interval_s"])
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(threadName)s %(message)s")
     rng = random.Random(spec["seed"])
     devices = [build_device(spec, entry, rng) for entry in spec["devices"]]
@@ -165,33 +179,31 @@ def main(spec_path: str) -> int:
     due = [(start + rng.uniform(0, period), i) for i in range(len(devices))]
     heapq.heapify(due)
     submitted = 0
-    next_report = next_watch = start
+    next_look = start
     while not stop.is_set():
         now = time.time()
         while due and due[0][0] <= now:
             at, i = heapq.heappop(due)
             submitted += tick(devices[i], at, rate.min_interval_s)
             heapq.heappush(due, (at + period, i))
-        if now >= next_watch:
-            for d in devices:
-                d.watch(now)
-            next_watch += WATCH_S
-        if now >= next_report:
-            report(devices, submitted=submitted)
-            next_report += spec["report_s"]
-        wake = min(due[0][0] if due else now + POLL_S, next_report, next_watch)
+        if now >= next_look:
+            look(devices, now, submitted=submitted)
+            # After a stall, the next look is one period on, not a burst of the looks missed.
+            next_look = max(next_look + spec["report_s"], now)
+        wake = min(due[0][0] if due else now + POLL_S, next_look)
         time.sleep(max(0.0, wake - time.time()))
     deadline = time.monotonic() + spec["drain_s"]
     while time.monotonic() < deadline and any(d.outbox.stats().depth for d in devices):
         time.sleep(POLL_S * 4)
-    report(devices, submitted=submitted)
+    look(devices, time.time(), submitted=submitted)
     for d in devices:
         d.publisher.stop()
     finals = {}
     for d in devices:
         stats, pub = d.outbox.stats(), d.publisher.stats()
         finals[d.name] = {"last_seq": stats.last_seq, "depth": stats.depth, "dropped": stats.dropped,
-                          "refused": pub.refused, "delivered": pub.delivered, "outages": d.outages}
+                          "refused": pub.refused, "delivered": pub.delivered, "outages": d.outages,
+                          "protocol": d.protocol}
         d.outbox.close()
     print(json.dumps({"kind": "final", "devices": finals}), flush=True)
     return 0

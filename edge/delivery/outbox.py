@@ -1005,41 +1005,53 @@ class Outbox:
         return found
 
     def _fetch(self, after_id: int, limit: int) -> list[Pending]:
+        """One consistent picture: the window, the list of stored windows and the id horizon are taken under
+        one hold of the lock, before anything is read.
+
+        Why: the writer may spill the window at any moment. A fetch that listed
+        the stored windows before a spill and looked at the window after it saw
+        neither copy of the spilled messages, returned newer ones, and the
+        publisher's cursor passed over them for good (the 500-device run left
+        771 messages in outboxes so, docs/fleet-scale.md). Ids at or past the
+        horizon (assigned after the picture) wait for the next fetch, so what
+        is returned never skips an unsettled id below it.
+        """
+        found: dict[int, Pending] = {}
+        with self._lock:
+            horizon = self._next_id
+            wanted: list[_Batch] = []
+            waiting = 0
+            for at in range(max(0, bisect.bisect_right(self._firsts, after_id) - 1), len(self._firsts)):
+                if waiting >= limit:
+                    break
+                batch = self._batches[self._firsts[at]]
+                if batch.last > after_id:
+                    wanted.append(batch)
+                    if batch.first > after_id:
+                        # Only a window wholly past the cursor is counted: one the cursor is inside may hold
+                        # in-flight messages, unsettled yet not to be fetched again, and counting them would
+                        # stop the walk early while newer messages from the window passed over the rest.
+                        waiting += batch.count - len(batch.settled)
+            for held_id, held in self._held.items():  # ascending: past `limit` of them none can be among the first
+                if len(found) == limit:
+                    break
+                if held_id > after_id and held.refused is None:
+                    found[held_id] = Pending(held_id, held.topic, held.payload, held.qos)
         with self._reader_lock:
             rows = self._reader.execute(
-                "SELECT id, topic, payload, qos FROM outbox WHERE id > ? AND refused IS NULL ORDER BY id LIMIT ?",
-                (after_id, limit)).fetchall()
-            found = {r[0]: Pending(r[0], r[1], bytes(r[2]), r[3]) for r in rows}
-            with self._lock:
-                wanted: list[_Batch] = []
-                waiting = 0
-                for at in range(max(0, bisect.bisect_right(self._firsts, after_id) - 1), len(self._firsts)):
-                    if waiting >= limit:
-                        break
-                    batch = self._batches[self._firsts[at]]
-                    if batch.last > after_id:
-                        wanted.append(batch)
-                        if batch.first > after_id:
-                            # Only a window wholly past the cursor is counted: one the cursor is inside may hold
-                            # in-flight messages, unsettled yet not to be fetched again, and counting them would
-                            # stop the walk early while newer messages from the window passed over the rest.
-                            waiting += batch.count - len(batch.settled)
+                "SELECT id, topic, payload, qos FROM outbox WHERE id > ? AND id < ? AND refused IS NULL "
+                "ORDER BY id LIMIT ?", (after_id, horizon, limit)).fetchall()
+            for r in rows:
+                found.setdefault(r[0], Pending(r[0], r[1], bytes(r[2]), r[3]))
             for batch in wanted:
                 stored = self._reader.execute("SELECT batch FROM spill WHERE first=?", (batch.first,)).fetchone()
                 for message in unpack(stored[0]) if stored else []:
-                    if message.id > after_id:
+                    if after_id < message.id < horizon:
                         found.setdefault(message.id, message)
-        taken = 0
         with self._lock:
             for batch in wanted:
                 for i in batch.settled:
                     found.pop(i, None)
-            for held_id, held in self._held.items():  # ascending: past `limit` of them none can be among the first
-                if taken == limit:
-                    break
-                if held_id > after_id and held.refused is None:
-                    found.setdefault(held_id, Pending(held_id, held.topic, held.payload, held.qos))
-                    taken += 1
         return [found[i] for i in sorted(found)[:limit]]
 
     def settle(self, acknowledged: Iterable[int], refused: Iterable[tuple[int, str]] = ()) -> None:

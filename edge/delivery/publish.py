@@ -23,13 +23,18 @@ Why this shape:
   before every attempt.
 - MQTT 5 first (reason codes in PUBACK, session expiry); a broker that
   answers "unsupported protocol version" gets MQTT 3.1.1, where refused
-  messages are dropped by the broker silently (docs/mqtt.md).
+  messages are dropped by the broker silently (docs/mqtt.md). Silence is
+  not such an answer: a broker busy with a fleet's reconnection storm can
+  take more than 5 s to answer a CONNECT, so only several MQTT 5 CONNECTs
+  in a row that got no CONNACK (closed, or unanswered for ever longer:
+  `connack_wait_s`) mean a broker that cannot parse them.
 """
 from __future__ import annotations
 
 import logging
 import queue
 import random
+import socket
 import ssl
 import threading
 import time
@@ -59,9 +64,16 @@ from edge.delivery.outbox import Outbox, Pending
 log = logging.getLogger(__name__)
 
 UNSUPPORTED_PROTOCOL_VERSION = 0x84
-FALLBACK_AFTER_CLOSES = 2
-# A 3.1.1-only broker may neither answer nor close when it cannot parse an MQTT 5 CONNECT.
+# "auto": MQTT 5 CONNECTs in a row without a CONNACK (closed before one, or unanswered) before MQTT 3.1.1.
+FALLBACK_AFTER_UNANSWERED = 3
+# A 3.1.1-only broker may neither answer nor close when it cannot parse an MQTT 5 CONNECT; the first
+# CONNECT is given this long, each later one twice as long as the one before (connack_wait_s).
 CONNACK_TIMEOUT_S = 5.0
+# TCP and TLS together, per attempt (paho's default is 5 s). A broker taking a fleet's handshakes after its
+# restart answers late, and a handshake given up is work the broker did for nothing and must do again: in the
+# 500-device storm Mosquitto logged 409 of them. The cost is slower failover from a cluster node that drops
+# packets instead of refusing them: 20 s before the next address, not 5 (docs/fleet-scale.md).
+CONNECT_TIMEOUT_S = 20.0
 CONTROL_HEADROOM = 16
 EVENT_POLL_S = 0.5
 MIN_WAIT_S = 0.001
@@ -69,6 +81,18 @@ STOP_FLUSH_S = 2.0
 PROTOCOLS = {"auto": MQTTProtocolVersion.MQTTv5, "5": MQTTProtocolVersion.MQTTv5, "3.1.1": MQTTProtocolVersion.MQTTv311}
 MAX_PORT = 65535
 PROTOCOL_NAMES = {MQTTProtocolVersion.MQTTv5: "5", MQTTProtocolVersion.MQTTv311: "3.1.1"}
+
+
+def connack_wait_s(unanswered: int) -> float:
+    """How long an MQTT 5 CONNECT waits for its CONNACK after `unanswered` CONNECTs in a row got none.
+
+    Why it grows: one late CONNACK is what a broker busy with a reconnection
+    storm gives (it answered after more than 5 s on a loaded host,
+    docs/fleet-scale.md); doubling gives such a broker more time with each
+    attempt, while a broker that cannot parse MQTT 5 and stays silent still
+    gets the device to MQTT 3.1.1 within a minute (5 + 10 + 20 s plus backoff).
+    """
+    return CONNACK_TIMEOUT_S * 2 ** min(unanswered, FALLBACK_AFTER_UNANSWERED)
 
 
 def _port(value: int) -> str | None:
@@ -246,7 +270,7 @@ class Publisher:
         self._client: mqtt.Client | None = None
         self._fallback = False
         self._ever_connected = False
-        self._closed_before_connack = 0
+        self._unanswered = 0  # MQTT 5 CONNECTs in a row that got no CONNACK ("auto" only)
         self._connect_started: float | None = None
         self._refused_retained: set[str] = set()
         self._network: threading.Thread | None = None
@@ -348,6 +372,7 @@ class Publisher:
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.device, protocol=self._protocol,
                              clean_session=None if v5 else False)
         client.tls_set_context(self._context)
+        client.connect_timeout = CONNECT_TIMEOUT_S
         client.max_inflight_messages_set(self.config.inflight)
         client.max_queued_messages_set(self.config.inflight + CONTROL_HEADROOM)
         client.will_set(self.topics.status, serialize.status_offline(self.device), qos=1, retain=True)
@@ -421,6 +446,9 @@ class Publisher:
 
     def _on_connect(self, client: mqtt.Client, _userdata: object, flags: mqtt.ConnectFlags,
                     reason: ReasonCode, _properties: Properties | None) -> None:
+        with self._lock:
+            self._unanswered = 0  # an answer, whatever it says: the broker parses MQTT 5
+            self._connect_started = None
         if reason.is_failure:
             if reason.value == UNSUPPORTED_PROTOCOL_VERSION and self._may_fall_back():
                 self._fall_back(client, "the broker answered 'unsupported protocol version'")
@@ -430,8 +458,6 @@ class Publisher:
             return
         self._attempt = 0
         self._ever_connected = True
-        with self._lock:
-            self._connect_started = None
         with self._lock:
             self._connected = True
         log.info("connected to %s (MQTT %s, session present: %s)", self._addresses[self._broker],
@@ -457,15 +483,30 @@ class Publisher:
             self._connect_started = time.monotonic()
 
     def _check_connack_timeout(self) -> None:
-        """Pump thread: an MQTT 5 CONNECT that gets no answer at all means a broker that cannot parse it."""
+        """Pump thread: give up an MQTT 5 CONNECT that got no answer within `connack_wait_s`.
+
+        The connection is shut down under paho, which sees it lost and tries
+        again after the backoff; `_on_disconnect` counts it as unanswered, and
+        only several in a row mean a broker that cannot parse MQTT 5.
+        """
         with self._lock:
-            started = self._connect_started
+            started, unanswered = self._connect_started, self._unanswered
         client = self._client
-        if (started is not None and client is not None and self._may_fall_back()
-                and time.monotonic() - started > CONNACK_TIMEOUT_S):
-            with self._lock:
-                self._connect_started = None
-            self._fall_back(client, f"no answer to an MQTT 5 CONNECT within {CONNACK_TIMEOUT_S:.0f} s")
+        if (started is None or client is None or not self._may_fall_back()
+                or time.monotonic() - started <= connack_wait_s(unanswered)):
+            return
+        with self._lock:
+            if self._connect_started != started:  # answered or closed meanwhile
+                return
+            self._connect_started = None
+        log.warning("no answer to an MQTT 5 CONNECT within %.0f s; connecting again", connack_wait_s(unanswered))
+        sock = client.socket()
+        if isinstance(sock, socket.socket):
+            # The plain socket's shutdown, not SSLSocket's, which would unwrap it under paho's network thread.
+            try:
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed: paho has seen the loss itself
 
     def _may_fall_back(self) -> bool:
         return (self.config.protocol == "auto" and self._protocol == MQTTProtocolVersion.MQTTv5
@@ -496,10 +537,13 @@ class Publisher:
         if was and not self._stopping.is_set():
             log.warning("disconnected from broker: %s", reason)
         if not was and self._may_fall_back() and not self._stopping.is_set():
-            # Some 3.1.1-only brokers (amqtt) cannot parse an MQTT 5 CONNECT and just close.
-            self._closed_before_connack += 1
-            if self._closed_before_connack >= FALLBACK_AFTER_CLOSES:
-                self._fall_back(client, "the broker closed MQTT 5 connections before answering")
+            # A 3.1.1-only broker that cannot parse an MQTT 5 CONNECT closes, or stays silent (amqtt waits for more
+            # bytes) until _check_connack_timeout gives up. A storm gives either now and then, never many in a row.
+            with self._lock:
+                self._unanswered += 1
+                unanswered = self._unanswered
+            if unanswered >= FALLBACK_AFTER_UNANSWERED:
+                self._fall_back(client, f"{unanswered} MQTT 5 CONNECTs in a row got no answer")
                 return
         self._events.put(("disconnected",))
         self._fail_over(client)

@@ -17,8 +17,9 @@ from edge.demo.broker import EmbeddedBroker
 from edge.vision.detection import Box, Detection, Face, HeadPose
 from edge.wire.observation import observe
 from edge.delivery.outbox import Outbox, OutboxConfig
-from edge.delivery.publish import Publisher, backoff_delay
-from support.mosquitto import OPERATOR, BrokerUnderTest, Subscriber, client_context, first_occurrences, wait_until
+from edge.delivery.publish import FALLBACK_AFTER_UNANSWERED, Publisher, backoff_delay, connack_wait_s
+from support.mosquitto import (OPERATOR, WAIT_S, BrokerUnderTest, Subscriber, client_context, first_occurrences,
+                               wait_until)
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "edge" / "wire" / "schemas"
 STATUS = serialize.DeviceStatus(mode="detection", model="blazeface-full", accelerator="cpu", firmware="0.1.0")
@@ -152,13 +153,15 @@ def test_unreachable_broker_at_start_then_delivery(tmp_path: Path, mosquitto: Br
 
 @pytest.mark.slow
 def test_mqtt_311_fallback_against_embedded_broker(tmp_path: Path, mosquitto: BrokerUnderTest) -> None:
-    """amqtt speaks only 3.1.1: the client falls back and still delivers everything."""
+    """amqtt speaks only 3.1.1 and neither answers nor closes an MQTT 5 CONNECT: after the three unanswered
+    CONNECTs "auto" waits for (5, 10 and 20 s), the client falls back and still delivers everything."""
     with EmbeddedBroker(mosquitto.pki) as broker:
         config = mosquitto.device_config("cam-a", port=broker.port)
         outbox, publisher = open_publisher(tmp_path, config)
         for _ in range(5):
             outbox.submit(publisher.topics.detections, detections_factory())
-        assert wait_until(lambda: publisher.stats().delivered == 5)
+        probing_s = sum(connack_wait_s(n) for n in range(FALLBACK_AFTER_UNANSWERED))
+        assert wait_until(lambda: publisher.stats().delivered == 5, timeout=probing_s + WAIT_S)
         stats = publisher.stats()
         close(outbox, publisher)
     assert stats.protocol == "3.1.1" and stats.delivered == 5

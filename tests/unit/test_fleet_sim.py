@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from benchmarks.fleet_sim import event_outages, where  # noqa: E402
+from benchmarks.fleet_sim import connected_after, event_outages, where  # noqa: E402
 from edge.delivery.brokers import BrokerAddress, parse_address  # noqa: E402
 
 NODES = tuple(BrokerAddress("127.0.0.1", 9000 + i) for i in range(3))
@@ -51,3 +51,9 @@ def test_an_event_counts_the_devices_it_cut_off_and_those_that_moved() -> None:
 def test_an_event_that_cut_nobody_off() -> None:
     assert event_outages(60.0, {"d": [(1.0, 2.0, "x", "y")]}) == {"devices_cut_off": 0, "devices_moved": 0,
                                                                   "reconnect_s": None}
+
+
+def test_devices_connected_after_an_event_are_read_at_the_first_sample_past_each_mark() -> None:
+    timeline = [{"t": 99.0, "connected": 500}, {"t": 101.4, "connected": 3}, {"t": 104.0, "connected": 120},
+                {"t": 112.5, "connected": 500}]  # a stalled host: samples seconds apart
+    assert connected_after(timeline, 100.0, (1, 5, 10, 20)) == [(1, 3), (5, 500), (10, 500)]
