@@ -96,10 +96,12 @@ def test_health_and_detections_share_the_tls_stream_without_a_disconnect(
         wait_until(lambda: len(sub.on("cam-a/health")) >= samples and len(set(sub.seqs())) >= processed)
         time.sleep(0.5)  # anything arriving late would be a duplicate, not a fix
 
-    faults = [line for line in mosquitto.broker.log_path.read_text(errors="replace").splitlines()
-              if BROKER_FAULTS.search(line)]
-    connects = [line for line in mosquitto.broker.log_path.read_text(errors="replace").splitlines()
-                if "New client connected" in line and " as cam-a " in line]
+    log = mosquitto.broker.log_path.read_text(errors="replace").splitlines()
+    connects = [line for line in log if "New client connected" in line and " as cam-a " in line]
+    # From the device's connection on: the start-up probe that waits for the port (a TCP connection closed
+    # before any TLS) may log an "unexpected eof" for a "Client <unknown>" before anyone connects.
+    since = log.index(connects[0]) if connects else 0
+    faults = [line for line in log[since:] if BROKER_FAULTS.search(line)]
     device_warnings = [r.getMessage() for r in caplog.records if r.name.startswith("edge.") and r.levelno >= logging.WARNING]
     assert processed == int(DURATION_S * FPS)
     # Health is sampled by the frame loop, so a loaded machine (the suite runs in parallel) samples less
