@@ -18,6 +18,7 @@ health). Settings and repeats are interleaved, so noise from the rest of the
 machine falls on all of them alike.
 
     .venv/bin/python benchmarks/service.py [--short 150] [--long 600] [--repeats 2] [--threads 1 2] [--fps 30 0]
+        [--near-faces-every 3 0]
 
 `--fps 0` runs the camera unpaced: the service's top speed. Results: docs/benchmarks.md.
 """
@@ -35,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge.demo.broker import MosquittoBroker, ThrowawayPki, make_throwaway_pki
+from edge.vision.pipeline import DEFAULT_NEAR_FACES_EVERY
 
 REPO = Path(__file__).resolve().parents[1]
 DEVICE = "speed-bench"
@@ -48,12 +50,14 @@ HEALTH_S = 2
 HEALTH_LINE = re.compile(r"health: ([0-9.]+) fps")
 
 
-def config_text(state_dir: Path, broker: MosquittoBroker, pki: ThrowawayPki, threads: int, fps: float) -> str:
+def config_text(state_dir: Path, broker: MosquittoBroker, pki: ThrowawayPki, threads: int, fps: float,
+                near: int) -> str:
     cred = pki.clients[DEVICE]
     return "\n".join([
         "[device]", f'id = "{DEVICE}"', f'state_dir = "{state_dir}"',
         "[camera]", 'source = "virtual"', f"width = {WIDTH}", f"height = {HEIGHT}", f"fps = {fps}",
         "[detector]", f'model = "{MODEL}"', f'pose = "{POSE}"', 'delegate = "cpu"', f"threads = {threads}",
+        f"near_faces_every = {near}",
         "[mqtt]", f'host = "{broker.host}"', f"port = {broker.port}", f'ca = "{pki.ca}"',
         f'cert = "{cred.cert}"', f'key = "{cred.key}"',
         "[health]", f"interval_s = {HEALTH_S}",
@@ -67,13 +71,13 @@ class Usage:
 
 
 def run_service(workdir: Path, broker: MosquittoBroker, pki: ThrowawayPki, threads: int, fps: float,
-                frames: int) -> Usage:
+                near: int, frames: int) -> Usage:
     """One `edge-camera run --frames N`: its CPU (user + system, all threads) and its health lines' fps."""
     run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=workdir))
     state = run_dir / "state"
     state.mkdir()
     config = run_dir / "edge-camera.toml"
-    config.write_text(config_text(state, broker, pki, threads, fps))
+    config.write_text(config_text(state, broker, pki, threads, fps, near))
     proc = subprocess.Popen([sys.executable, "-m", "edge.app.cli", "run", "--config", str(config),
                              "--frames", str(frames)], cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
@@ -83,11 +87,11 @@ def run_service(workdir: Path, broker: MosquittoBroker, pki: ThrowawayPki, threa
     if proc.returncode != 0:
         raise SystemExit(f"edge-camera run exited with {proc.returncode}:\n{err[-2000:]}")
     # The first health line covers start-up as well: left out.
-    fps = [float(m.group(1)) for m in HEALTH_LINE.finditer(err)][1:]
-    return Usage(rusage.ru_utime + rusage.ru_stime, fps)
+    rates = [float(m.group(1)) for m in HEALTH_LINE.finditer(err)][1:]
+    return Usage(rusage.ru_utime + rusage.ru_stime, rates)
 
 
-def stage_costs(threads: int, frames: int) -> dict[str, float]:
+def stage_costs(threads: int, near: int, frames: int) -> dict[str, float]:
     """CPU ms per frame of the virtual camera's rendering and of the pipeline, in this process."""
     from edge.sources.camera import CameraConfig, open_source
     from edge.vision.pipeline import DetectorConfig, build_pipeline
@@ -98,7 +102,7 @@ def stage_costs(threads: int, frames: int) -> dict[str, float]:
     with open_source(camera, (192, 192)) as source:
         rendered = list(source)
     render = (time.process_time() - cpu0) / len(rendered)
-    pipeline = build_pipeline(DetectorConfig(model=MODEL, pose=POSE,
+    pipeline = build_pipeline(DetectorConfig(model=MODEL, pose=POSE, near_faces_every=near,
                                              delegate=DelegateConfig(kind="cpu", threads=threads)))
     for frame in rendered[:10]:  # warm-up: XNNPACK packs its weights on the first invokes
         pipeline.process(frame)
@@ -117,15 +121,21 @@ def main() -> int:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="inference threads (default 1 2)")
     parser.add_argument("--fps", type=float, nargs="+", default=[30.0, 0.0],
                         help="camera frame rates; 0 is unpaced (default 30 0)")
+    parser.add_argument("--near-faces-every", type=int, nargs="+", default=[DEFAULT_NEAR_FACES_EVERY],
+                        help=f"[detector] near_faces_every values; 0 turns the near-face pass off "
+                             f"(default {DEFAULT_NEAR_FACES_EVERY}, the shipped setting)")
     args = parser.parse_args()
-    if not 0 < args.short < args.long or args.repeats < 1 or any(n < 1 for n in args.threads) or any(f < 0 for f in args.fps):
-        parser.error("expected 0 < --short < --long, --repeats >= 1, --threads >= 1 and --fps >= 0")
+    if not 0 < args.short < args.long or args.repeats < 1 or any(n < 1 for n in args.threads) or any(f < 0 for f in args.fps) \
+            or any(n < 0 for n in args.near_faces_every):
+        parser.error("expected 0 < --short < --long, --repeats >= 1, --threads >= 1, --fps >= 0 and "
+                     "--near-faces-every >= 0")
     from edge.vision.runtime import configure_process
 
     configure_process()  # as the service's entry point does (OpenCV on one thread)
-    settings = [(n, fps) for n in args.threads for fps in args.fps]
-    service: dict[tuple[int, float], list[tuple[float, float]]] = {s: [] for s in settings}
-    stages: dict[int, list[dict[str, float]]] = {n: [] for n in args.threads}
+    settings = [(n, fps, near) for n in args.threads for fps in args.fps for near in args.near_faces_every]
+    service: dict[tuple[int, float, int], list[tuple[float, float]]] = {s: [] for s in settings}
+    stage_keys = [(n, near) for n in args.threads for near in args.near_faces_every]
+    stages: dict[tuple[int, int], list[dict[str, float]]] = {k: [] for k in stage_keys}
     with tempfile.TemporaryDirectory(prefix="edge-speed-") as tmp:
         workdir = Path(tmp)
         pki = make_throwaway_pki(workdir / "pki", (DEVICE,))
@@ -134,30 +144,31 @@ def main() -> int:
         try:
             for repeat in range(args.repeats):
                 shift = repeat % len(settings)
-                for threads, fps in settings[shift:] + settings[:shift]:
-                    short = run_service(workdir, broker, pki, threads, fps, args.short)
-                    long = run_service(workdir, broker, pki, threads, fps, args.long)
+                for setting in settings[shift:] + settings[:shift]:
+                    threads, fps, near = setting
+                    short = run_service(workdir, broker, pki, threads, fps, near, args.short)
+                    long = run_service(workdir, broker, pki, threads, fps, near, args.long)
                     frames = args.long - args.short
-                    service[(threads, fps)].append(((long.cpu_s - short.cpu_s) / frames * MS_PER_S,
-                                                    statistics.median(long.fps) if long.fps else float("nan")))
-                    print(f"benchmarks/service: repeat {repeat + 1}, {threads} thread(s), fps {fps:g}: "
-                          f"{service[(threads, fps)][-1][0]:.2f} ms CPU/frame, {service[(threads, fps)][-1][1]:.1f} fps",
-                          file=sys.stderr, flush=True)
-                for threads in args.threads:
-                    stages[threads].append(stage_costs(threads, STAGE_FRAMES))
+                    service[setting].append(((long.cpu_s - short.cpu_s) / frames * MS_PER_S,
+                                             statistics.median(long.fps) if long.fps else float("nan")))
+                    print(f"benchmarks/service: repeat {repeat + 1}, {threads} thread(s), fps {fps:g}, "
+                          f"near_faces_every {near}: {service[setting][-1][0]:.2f} ms CPU/frame, "
+                          f"{service[setting][-1][1]:.1f} fps", file=sys.stderr, flush=True)
+                for threads, near in stage_keys:
+                    stages[(threads, near)].append(stage_costs(threads, near, STAGE_FRAMES))
         finally:
             broker.kill()
     print(f"{os.cpu_count()} CPUs; `edge-camera run`, virtual camera {WIDTH}x{HEIGHT} with one face, {MODEL}, "
           f"pose {POSE}; frames {args.short} and {args.long}, {args.repeats} repeat(s); medians over repeats.\n")
-    print("| threads | camera fps | service fps (health lines) | service CPU ms/frame | share of one core | rendering (in-process) "
-          "| pipeline CPU (in-process) | service adds |")
-    print("|---|---|---|---|---|---|---|---|")
-    for threads, fps in settings:
-        cpu = statistics.median(c for c, _ in service[(threads, fps)])
-        rate = statistics.median(r for _, r in service[(threads, fps)])
-        render = statistics.median(s["render_cpu_ms"] for s in stages[threads])
-        pipe = statistics.median(s["pipeline_cpu_ms"] for s in stages[threads])
-        print(f"| {threads} | {fps:g}{' (unpaced)' if fps == 0 else ''} | {rate:.1f} | {cpu:.2f} | "
+    print("| threads | camera fps | near_faces_every | service fps (health lines) | service CPU ms/frame "
+          "| share of one core | rendering (in-process) | pipeline CPU (in-process) | service adds |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for threads, fps, near in settings:
+        cpu = statistics.median(c for c, _ in service[(threads, fps, near)])
+        rate = statistics.median(r for _, r in service[(threads, fps, near)])
+        render = statistics.median(s["render_cpu_ms"] for s in stages[(threads, near)])
+        pipe = statistics.median(s["pipeline_cpu_ms"] for s in stages[(threads, near)])
+        print(f"| {threads} | {fps:g}{' (unpaced)' if fps == 0 else ''} | {near} | {rate:.1f} | {cpu:.2f} | "
               f"{cpu * rate / MS_PER_S:.0%} | {render:.2f} | {pipe:.2f} | {cpu - render - pipe:.2f} |")
     return 0
 
