@@ -125,6 +125,11 @@ def positive(value: float) -> str | None:
     return None if value > 0 else "is not above 0"
 
 
+def positive_up_to(high: float) -> Check:
+    """Above 0 and at most `high`: a rate or a time window of 0 means nothing, and past `high` is a typo."""
+    return lambda value: None if 0 < value <= high else f"is not between 0 (excluded) and {high:g}"
+
+
 def between(low: float, high: float) -> Check:
     """Strictly between: a probability threshold of 0 or 1 means nothing."""
     return lambda value: None if low < value < high else f"is not between {low} and {high}"

@@ -123,10 +123,6 @@ _ENTRY = struct.Struct("<qBHI")
 COMPRESSION_LEVEL = 6
 
 
-def _window(value: float) -> str | None:
-    return None if 0 < value <= 60_000 else "is not between 0 (excluded) and 60000"
-
-
 @dataclass(frozen=True, slots=True)
 class OutboxConfig(schema.Section):
     """The `[outbox]` section: durability, limits and group-commit tuning; see docs/mqtt.md for the trade-off."""
@@ -136,7 +132,7 @@ class OutboxConfig(schema.Section):
     durability: str = setting(WRITE_BEHIND, kind=Kind.TEXT, check=schema.one_of(DURABILITIES),
                               expected=f"{schema.choices_text(DURABILITIES)}: write-behind keeps an acknowledged "
                                        "message off the disk, strict commits every message before sending it")
-    window_ms: float = setting(250.0, kind=Kind.NUMBER, check=_window,
+    window_ms: float = setting(250.0, kind=Kind.NUMBER, check=schema.positive_up_to(60_000),
                                expected="milliseconds a detection waits in memory for its acknowledgement before it "
                                         "is written to disk (write-behind), more than 0 and at most 60000")
     window_messages: int = setting(16, kind=Kind.WHOLE, check=schema.positive,

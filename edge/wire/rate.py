@@ -31,10 +31,6 @@ DEFAULT_MAX_PER_S = 1.0
 MAX_PER_S_LIMIT = 1000.0
 
 
-def _rate(value: float) -> str | None:
-    return None if 0 < value <= MAX_PER_S_LIMIT else f"is not between 0 (excluded) and {MAX_PER_S_LIMIT:g}"
-
-
 @dataclass(frozen=True, slots=True)
 class RateConfig(schema.Section):
     """The `[detections]` section: how often the device publishes while the scene does not change."""
@@ -44,7 +40,7 @@ class RateConfig(schema.Section):
     mode: str = setting(CAPPED, kind=Kind.TEXT, check=schema.one_of(MODES),
                         expected=f"{schema.choices_text(MODES)}: capped publishes changes at once and otherwise "
                                  "at most max_per_s a second, per-frame publishes every frame with faces")
-    max_per_s: float = setting(DEFAULT_MAX_PER_S, kind=Kind.NUMBER, check=_rate,
+    max_per_s: float = setting(DEFAULT_MAX_PER_S, kind=Kind.NUMBER, check=schema.positive_up_to(MAX_PER_S_LIMIT),
                                expected=f"messages a second while the faces in view do not change (capped mode), "
                                         f"more than 0 and at most {MAX_PER_S_LIMIT:g}")
 
