@@ -20,7 +20,6 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import jsonschema
@@ -36,6 +35,7 @@ from edge.vision.pipeline import DetectorConfig, build_pipeline
 from edge.wire.rate import PER_FRAME_STREAM
 from support.data import REPO
 from support.mosquitto import BrokerUnderTest, Subscriber, first_occurrences, wait_until
+from support.signals import signal_handlers_restored
 from test_notify import Manager
 
 HEALTH_SCHEMA = jsonschema.Draft202012Validator(json.loads((REPO / "edge/wire/schemas/health.json").read_text()))
@@ -445,9 +445,8 @@ def test_sighup_reloads_what_is_safe_and_names_what_needs_a_restart(tmp_path: Pa
             os.kill(os.getpid(), signal.SIGHUP)
             sent.append(time.monotonic())
 
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     sender = threading.Thread(target=hangups)
-    try:
+    with signal_handlers_restored():
         with Subscriber(mosquitto.broker, mosquitto.pki) as sub, caplog.at_level(logging.INFO):
             signal.signal(signal.SIGHUP, ignore)
             sender.start()
@@ -457,9 +456,6 @@ def test_sighup_reloads_what_is_safe_and_names_what_needs_a_restart(tmp_path: Pa
             assert len(sent) == len(steps) and sent[-1] < ended, "the run ended before every hang-up reached it"
             last = Outbox(tmp_path / "state" / OUTBOX_FILE).stats().last_seq
             assert wait_until(lambda: last in sub.seqs())
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
     assert first_occurrences(sub.seqs()) == list(range(1, last + 1))
     assert outcome.processed == FRAMES_ACROSS_HANGUPS
     assert sub.on("cam-a/health") and all(h["frames"]["dropped"] == 0 for h in sub.on("cam-a/health"))

@@ -46,6 +46,7 @@ from support.data import load_rgb
 from support.mosquitto import IDENTITY_READER, BrokerUnderTest, Subscriber, wait_until
 from support.pki import Device, Pki, grant
 from support.tiny_tflite import tiny_embedding_model
+from support.signals import signal_handlers_restored
 
 REPO = Path(__file__).resolve().parents[2]
 DAY = dt.timedelta(days=1)
@@ -341,8 +342,7 @@ def test_sighup_reloads_the_gallery_so_a_new_enrolment_is_matched(tmp_path: Path
     face = skimage.data.astronaut()
     device = deploy(tmp_path, tiny_embedding_model())
     config = service_config(tmp_path, mosquitto, device, IdentificationConfig(recheck_s=0.2))
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-    try:
+    with signal_handlers_restored():
         with Subscriber(mosquitto.broker, mosquitto.pki, user=IDENTITY_READER, client_id="reader") as reader:
             service = Service(config, status_for(pipeline))
             assert config.policy is not None
@@ -359,9 +359,6 @@ def test_sighup_reloads_the_gallery_so_a_new_enrolment_is_matched(tmp_path: Path
 
             service.run(enrolled_midway(), pipeline, RunLimits(drain_s=10))
             assert wait_until(lambda: len(reader.on(f"{DEVICE}/identities")) == 1)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     assert [m["label"] for m in reader.on(f"{DEVICE}/identities")] == labels
     assert service.identification is not None and service.identification.last_counts is not None
     assert service.identification.last_counts.unknown >= 1
@@ -541,8 +538,7 @@ def test_sighup_loads_a_replaced_bundle_only_after_verifying_it_and_refuses_a_ta
     template = tuple((x * 64 / 112, y * 64 / 112) for x, y in ARCFACE_TEMPLATE_112)
     replacement = Descriptor("test-64", model_sha256(small), 64, 1 / 128, -127.5 / 128, template, 128, "cosine", 0.42)
     config = service_config(tmp_path, mosquitto, device, IdentificationConfig(recheck_s=0.2))
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-    try:
+    with signal_handlers_restored():
         with Subscriber(mosquitto.broker, mosquitto.pki, user=IDENTITY_READER, client_id="reader") as reader:
             service = Service(config, status_for(pipeline))
             assert config.policy is not None
@@ -570,9 +566,6 @@ def test_sighup_loads_a_replaced_bundle_only_after_verifying_it_and_refuses_a_ta
 
             service.run(replaced_midway(), pipeline, RunLimits(drain_s=10))
             time.sleep(0.3)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     first, second = reader.on(f"{DEVICE}/identities")  # nothing after the tampered bundle
     assert first["label"] == second["label"] == label and first["track"] != second["track"]
     assert first["score"] == 1.0 and 0.42 <= second["score"] < 1.0  # the enrolment is the old model's embedding

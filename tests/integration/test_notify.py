@@ -21,6 +21,7 @@ from edge.app.service import RunLimits, Service, status_for
 from edge.delivery.outbox import OutboxConfig
 from edge.vision.pipeline import DetectorConfig, build_pipeline
 from support.mosquitto import BrokerUnderTest
+from support.signals import signal_handlers_restored
 
 RECV_TIMEOUT_S = 0.2
 WATCHDOG_USEC = 100_000  # pings at most every 50 ms
@@ -190,8 +191,6 @@ def test_run_says_ready_before_opening_the_camera(manager: Manager, tmp_path: Pa
     """`edge-camera run` (the entry point reads $NOTIFY_SOCKET): a camera that is not there does not hold READY back.
 
     Since issue 10 an absent camera is a retry state, not the end: STATUS= says why and the run goes on."""
-    import signal
-
     from edge.sources.camera import CameraConfig
     from edge.app.service import RunLimits, run_from_config
 
@@ -200,12 +199,8 @@ def test_run_says_ready_before_opening_the_camera(manager: Manager, tmp_path: Pa
                            camera=CameraConfig(source=str(tmp_path / "no-camera-here")), detector=DetectorConfig(),
                            policy=None)
     monkeypatch.setenv("NOTIFY_SOCKET", manager.env_value)
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-    try:
+    with signal_handlers_restored():
         outcome = run_from_config(config, RunLimits(max_seconds=2.5, drain_s=0))
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
     assert outcome.processed == 0 and not outcome.source_ended
     messages = [lines for _, lines in manager.close()]
     assert messages[0] == ["READY=1", "STATUS=detection: started, waiting for frames"]

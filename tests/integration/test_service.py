@@ -28,6 +28,7 @@ from edge.sources.camera import CameraConfig
 from edge.app.service import OUTBOX_FILE, RunLimits, Service, status_for
 from edge.wire.rate import PER_FRAME_STREAM
 from support.mosquitto import BrokerUnderTest, Subscriber, first_occurrences, wait_until
+from support.signals import signal_handlers_restored
 
 REPO = Path(__file__).resolve().parents[2]
 FRAME_INTERVAL_S = 1 / 30
@@ -218,8 +219,6 @@ def test_sighup_runs_the_reload_hook_and_sigterm_stops_after_the_frame(tmp_path:
     service = Service(config, status_for(pipeline))
     reloads: list[int] = []
     service.on_hangup = lambda: reloads.append(service.frames.processed)
-    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-
     def signalling() -> Iterator[StillFrame]:
         for frame in frames("F" * 50):
             if frame.number == 3:
@@ -228,12 +227,9 @@ def test_sighup_runs_the_reload_hook_and_sigterm_stops_after_the_frame(tmp_path:
                 os.kill(os.getpid(), signal.SIGTERM)
             yield frame
 
-    try:
+    with signal_handlers_restored():
         service.install_signal_handlers()
         processed = service.run(signalling(), pipeline, RunLimits(drain_s=5))
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     assert reloads == [3]
     assert processed == 5  # frame 6 arrived after SIGTERM and was not processed
     assert service.last_seq == 5
