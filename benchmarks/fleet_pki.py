@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from edge.demo.broker import Credentials
 from edge.trust.grant import EdgeGrant
 from provisioning.ca import (Revocation, build_crl, build_device_certificate, build_provisioning_ca, build_root_ca,
                              build_server_certificate, build_subscriber_certificate)
@@ -36,12 +37,6 @@ LOOPBACK_IPS = ("127.0.0.1",)
 
 
 @dataclass(frozen=True, slots=True)
-class Credential:
-    cert: Path
-    key: Path
-
-
-@dataclass(frozen=True, slots=True)
 class FleetPki:
     """Where the simulator's certificates are: `ca` is what clients pin for the broker."""
 
@@ -49,10 +44,10 @@ class FleetPki:
     ca: Path
     broker_dir: Path
     crl: Path
-    subscriber: Credential
+    subscriber: Credentials
 
-    def device(self, device_id: str) -> Credential:
-        return Credential(self.directory / "devices" / f"{device_id}.pem",
+    def device(self, device_id: str) -> Credentials:
+        return Credentials(self.directory / "devices" / f"{device_id}.pem",
                           self.directory / "devices" / f"{device_id}-key.pem")
 
 
@@ -94,7 +89,7 @@ def make_fleet_pki(directory: Path, devices: list[str], broker_ips: tuple[str, .
 
     sub_key = ec.generate_private_key(ec.SECP256R1())
     sub = build_subscriber_certificate(sub_key.public_key(), READER, "fleet-sim", ca, ca_key, now, 365 * DAY, 4)
-    subscriber = Credential(directory / "subscriber.pem", directory / "subscriber-key.pem")
+    subscriber = Credentials(directory / "subscriber.pem", directory / "subscriber-key.pem")
     subscriber.cert.write_bytes(_pem(sub, ca))
     _write_key(subscriber.key, sub_key)
 
