@@ -6,25 +6,34 @@ private Mosquitto with mutual TLS on loopback. CPU per frame is the service's
 user + system time from `wait4`; start-up (imports, model loading, the TLS
 handshake) is taken out by running each setting twice, for a short and a long
 count of frames, and dividing the differences: (CPU(long) - CPU(short)) /
-(long - short). Frames per second are the service's own: the median of its
-health lines (every `HEALTH_S` seconds) during the long run.
+(long - short). Frames per second likewise, by difference of wall time:
+(long - short) / (wall(long) - wall(short)), so they exist for runs of any
+length; beside them the service's own figure, the median of its health lines
+(every `HEALTH_S` seconds, the first left out) during the long run, or "-"
+when the long run was too short to have one.
 
 Where the CPU goes, in the same run and in this process (same frames, same
 settings): the virtual camera's rendering alone (iterating the source, unpaced)
-and the pipeline alone (`Pipeline.process` on rendered frames). What is left of
+and the pipeline alone (`Pipeline.process` on rendered frames; with `--pipelined on`, the
+`OverlappedPipeline` the service then runs). What is left of
 the service's CPU per frame is what the service adds around them (the capture
 thread's hand-off, tracking, serialisation, the outbox, the publisher thread,
 health). Settings and repeats are interleaved, so noise from the rest of the
 machine falls on all of them alike.
 
     .venv/bin/python benchmarks/service.py [--short 150] [--long 600] [--repeats 2] [--threads 1 2] [--fps 30 0]
-        [--near-faces-every 3 0]
+        [--near-faces-every 3 0] [--pipelined off on]
 
-`--fps 0` runs the camera unpaced: the service's top speed. Results: docs/benchmarks.md.
+`--fps 0` runs the camera unpaced: the service's top speed. `--pipelined on` is `[detector]
+pipelined = true` (the invoke overlapped with the frame before, docs/detection.md); the service
+refuses it beside the near-face pass, so it is measured only with `near_faces_every = 0` and other
+combinations are left out with a line saying so. Results: docs/benchmarks.md.
+
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import statistics
@@ -48,16 +57,28 @@ MS_PER_S = 1e3
 STAGE_FRAMES = 300
 HEALTH_S = 2
 HEALTH_LINE = re.compile(r"health: ([0-9.]+) fps")
+SWITCH = {"off": False, "on": True}
 
 
-def config_text(state_dir: Path, broker: MosquittoBroker, pki: ThrowawayPki, threads: int, fps: float,
-                near: int) -> str:
+@dataclass(frozen=True)
+class Setting:
+    threads: int
+    fps: float
+    near: int
+    pipelined: bool
+
+    def describe(self) -> str:
+        return (f"{self.threads} thread(s), fps {self.fps:g}, near_faces_every {self.near}, "
+                f"pipelined {'on' if self.pipelined else 'off'}")
+
+
+def config_text(state_dir: Path, broker: MosquittoBroker, pki: ThrowawayPki, setting: Setting) -> str:
     cred = pki.clients[DEVICE]
     return "\n".join([
         "[device]", f'id = "{DEVICE}"', f'state_dir = "{state_dir}"',
-        "[camera]", 'source = "virtual"', f"width = {WIDTH}", f"height = {HEIGHT}", f"fps = {fps}",
-        "[detector]", f'model = "{MODEL}"', f'pose = "{POSE}"', 'delegate = "cpu"', f"threads = {threads}",
-        f"near_faces_every = {near}",
+        "[camera]", 'source = "virtual"', f"width = {WIDTH}", f"height = {HEIGHT}", f"fps = {setting.fps}",
+        "[detector]", f'model = "{MODEL}"', f'pose = "{POSE}"', 'delegate = "cpu"', f"threads = {setting.threads}",
+        f"near_faces_every = {setting.near}", f"pipelined = {'true' if setting.pipelined else 'false'}",
         "[mqtt]", f'host = "{broker.host}"', f"port = {broker.port}", f'ca = "{pki.ca}"',
         f'cert = "{cred.cert}"', f'key = "{cred.key}"',
         "[health]", f"interval_s = {HEALTH_S}",
@@ -67,33 +88,36 @@ def config_text(state_dir: Path, broker: MosquittoBroker, pki: ThrowawayPki, thr
 @dataclass(frozen=True)
 class Usage:
     cpu_s: float
+    wall_s: float
     fps: list[float]
 
 
-def run_service(workdir: Path, broker: MosquittoBroker, pki: ThrowawayPki, threads: int, fps: float,
-                near: int, frames: int) -> Usage:
-    """One `edge-camera run --frames N`: its CPU (user + system, all threads) and its health lines' fps."""
+def run_service(workdir: Path, broker: MosquittoBroker, pki: ThrowawayPki, setting: Setting, frames: int) -> Usage:
+    """One `edge-camera run --frames N`: its CPU (user + system, all threads), wall time and health lines' fps."""
     run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=workdir))
     state = run_dir / "state"
     state.mkdir()
     config = run_dir / "edge-camera.toml"
-    config.write_text(config_text(state, broker, pki, threads, fps, near))
+    config.write_text(config_text(state, broker, pki, setting))
+    started = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "edge.app.cli", "run", "--config", str(config),
                              "--frames", str(frames)], cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
     _, status, rusage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"edge-camera run exited with {proc.returncode}:\n{err[-2000:]}")
     # The first health line covers start-up as well: left out.
     rates = [float(m.group(1)) for m in HEALTH_LINE.finditer(err)][1:]
-    return Usage(rusage.ru_utime + rusage.ru_stime, rates)
+    return Usage(rusage.ru_utime + rusage.ru_stime, wall, rates)
 
 
-def stage_costs(threads: int, near: int, frames: int) -> dict[str, float]:
+def stage_costs(threads: int, near: int, pipelined: bool, frames: int) -> dict[str, float]:
     """CPU ms per frame of the virtual camera's rendering and of the pipeline, in this process."""
     from edge.sources.camera import CameraConfig, open_source
+    from edge.vision.overlap import OverlappedPipeline
     from edge.vision.pipeline import DetectorConfig, build_pipeline
     from edge.vision.runtime import DelegateConfig
 
@@ -106,10 +130,18 @@ def stage_costs(threads: int, near: int, frames: int) -> dict[str, float]:
                                              delegate=DelegateConfig(kind="cpu", threads=threads)))
     for frame in rendered[:10]:  # warm-up: XNNPACK packs its weights on the first invokes
         pipeline.process(frame)
-    cpu0 = time.process_time()
-    for frame in rendered:
-        pipeline.process(frame)
-    cpu = time.process_time() - cpu0
+    if pipelined:
+        with OverlappedPipeline(pipeline) as overlapped:
+            cpu0 = time.process_time()
+            for frame in rendered:
+                overlapped.push(frame)
+            overlapped.flush()
+            cpu = time.process_time() - cpu0
+    else:
+        cpu0 = time.process_time()
+        for frame in rendered:
+            pipeline.process(frame)
+        cpu = time.process_time() - cpu0
     return {"render_cpu_ms": render * MS_PER_S, "pipeline_cpu_ms": cpu / len(rendered) * MS_PER_S}
 
 
@@ -124,6 +156,8 @@ def main() -> int:
     parser.add_argument("--near-faces-every", type=int, nargs="+", default=[DEFAULT_NEAR_FACES_EVERY],
                         help=f"[detector] near_faces_every values; 0 turns the near-face pass off "
                              f"(default {DEFAULT_NEAR_FACES_EVERY}, the shipped setting)")
+    parser.add_argument("--pipelined", choices=SWITCH, nargs="+", default=["off"],
+                        help="[detector] pipelined values (default off, the shipped setting)")
     args = parser.parse_args()
     if not 0 < args.short < args.long or args.repeats < 1 or any(n < 1 for n in args.threads) or any(f < 0 for f in args.fps) \
             or any(n < 0 for n in args.near_faces_every):
@@ -132,10 +166,17 @@ def main() -> int:
     from edge.vision.runtime import configure_process
 
     configure_process()  # as the service's entry point does (OpenCV on one thread)
-    settings = [(n, fps, near) for n in args.threads for fps in args.fps for near in args.near_faces_every]
-    service: dict[tuple[int, float, int], list[tuple[float, float]]] = {s: [] for s in settings}
-    stage_keys = [(n, near) for n in args.threads for near in args.near_faces_every]
-    stages: dict[tuple[int, int], list[dict[str, float]]] = {k: [] for k in stage_keys}
+    settings = [Setting(n, fps, near, SWITCH[p]) for n in args.threads for fps in args.fps
+                for near in args.near_faces_every for p in args.pipelined]
+    for setting in [s for s in settings if s.pipelined and s.near]:
+        print(f"benchmarks/service: left out {setting.describe()}: the service refuses pipelined beside the "
+              f"near-face pass", file=sys.stderr)
+    settings = [s for s in settings if not (s.pipelined and s.near)]
+    if not settings:
+        parser.error("no setting left to run: --pipelined on needs --near-faces-every 0")
+    service: dict[Setting, list[tuple[float, float, float]]] = {s: [] for s in settings}
+    stage_keys = sorted({(s.threads, s.near, s.pipelined) for s in settings})
+    stages: dict[tuple[int, int, bool], list[dict[str, float]]] = {k: [] for k in stage_keys}
     with tempfile.TemporaryDirectory(prefix="edge-speed-") as tmp:
         workdir = Path(tmp)
         pki = make_throwaway_pki(workdir / "pki", (DEVICE,))
@@ -145,30 +186,35 @@ def main() -> int:
             for repeat in range(args.repeats):
                 shift = repeat % len(settings)
                 for setting in settings[shift:] + settings[:shift]:
-                    threads, fps, near = setting
-                    short = run_service(workdir, broker, pki, threads, fps, near, args.short)
-                    long = run_service(workdir, broker, pki, threads, fps, near, args.long)
+                    short = run_service(workdir, broker, pki, setting, args.short)
+                    long = run_service(workdir, broker, pki, setting, args.long)
                     frames = args.long - args.short
+                    health = statistics.median(long.fps) if long.fps else math.nan
                     service[setting].append(((long.cpu_s - short.cpu_s) / frames * MS_PER_S,
-                                             statistics.median(long.fps) if long.fps else float("nan")))
-                    print(f"benchmarks/service: repeat {repeat + 1}, {threads} thread(s), fps {fps:g}, "
-                          f"near_faces_every {near}: {service[setting][-1][0]:.2f} ms CPU/frame, "
-                          f"{service[setting][-1][1]:.1f} fps", file=sys.stderr, flush=True)
-                for threads, near in stage_keys:
-                    stages[(threads, near)].append(stage_costs(threads, near, STAGE_FRAMES))
+                                             frames / (long.wall_s - short.wall_s), health))
+                    cpu, rate, _ = service[setting][-1]
+                    print(f"benchmarks/service: repeat {repeat + 1}, {setting.describe()}: {cpu:.2f} ms CPU/frame, "
+                          f"{rate:.1f} fps", file=sys.stderr, flush=True)
+                for key in stage_keys:
+                    stages[key].append(stage_costs(*key, STAGE_FRAMES))
         finally:
             broker.kill()
     print(f"{os.cpu_count()} CPUs; `edge-camera run`, virtual camera {WIDTH}x{HEIGHT} with one face, {MODEL}, "
           f"pose {POSE}; frames {args.short} and {args.long}, {args.repeats} repeat(s); medians over repeats.\n")
-    print("| threads | camera fps | near_faces_every | service fps (health lines) | service CPU ms/frame "
-          "| share of one core | rendering (in-process) | pipeline CPU (in-process) | service adds |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for threads, fps, near in settings:
-        cpu = statistics.median(c for c, _ in service[(threads, fps, near)])
-        rate = statistics.median(r for _, r in service[(threads, fps, near)])
-        render = statistics.median(s["render_cpu_ms"] for s in stages[(threads, near)])
-        pipe = statistics.median(s["pipeline_cpu_ms"] for s in stages[(threads, near)])
-        print(f"| {threads} | {fps:g}{' (unpaced)' if fps == 0 else ''} | {near} | {rate:.1f} | {cpu:.2f} | "
+    print("| threads | camera fps | near_faces_every | pipelined | service fps (by difference) | health lines fps "
+          "| service CPU ms/frame | share of one core | rendering (in-process) | pipeline CPU (in-process) "
+          "| service adds |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for setting in settings:
+        cpu = statistics.median(c for c, _, _ in service[setting])
+        rate = statistics.median(r for _, r, _ in service[setting])
+        healthy = [h for _, _, h in service[setting] if not math.isnan(h)]
+        health_cell = f"{statistics.median(healthy):.1f}" if healthy else "-"
+        key = (setting.threads, setting.near, setting.pipelined)
+        render = statistics.median(s["render_cpu_ms"] for s in stages[key])
+        pipe = statistics.median(s["pipeline_cpu_ms"] for s in stages[key])
+        print(f"| {setting.threads} | {setting.fps:g}{' (unpaced)' if setting.fps == 0 else ''} | {setting.near} | "
+              f"{'on' if setting.pipelined else 'off'} | {rate:.1f} | {health_cell} | {cpu:.2f} | "
               f"{cpu * rate / MS_PER_S:.0%} | {render:.2f} | {pipe:.2f} | {cpu - render - pipe:.2f} |")
     return 0
 
