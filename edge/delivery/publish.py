@@ -262,6 +262,9 @@ class Publisher:
         self._broker = 0  # index into _addresses: the broker tried now (edge.delivery.brokers)
         self._connect_properties: Properties | None = None
         self._lock = threading.Lock()  # guards the figures below, read by health
+        # Held by the pump around its publishes and waited for by paho's thread before each new connection
+        # (`_on_pre_connect`): no PUBLISH can be queued ahead of a connection's CONNECT.
+        self._publish_gate = threading.Lock()
         self._connected = False
         self._delivered = 0
         self._refused = 0
@@ -295,8 +298,9 @@ class Publisher:
         """Say offline (retained), disconnect cleanly; unacknowledged messages stay in the outbox."""
         self._stopping.set()
         client = self._client
-        if client is not None and client.is_connected():
-            info = client.publish(self.topics.status, serialize.status_offline(self.device), qos=1, retain=True)
+        info = None if client is None else self._publish(client, self.topics.status,
+                                                         serialize.status_offline(self.device), qos=1, retain=True)
+        if info is not None:
             try:
                 info.wait_for_publish(STOP_FLUSH_S)
             except (RuntimeError, ValueError):
@@ -377,6 +381,7 @@ class Publisher:
         client.max_queued_messages_set(self.config.inflight + CONTROL_HEADROOM)
         client.will_set(self.topics.status, serialize.status_offline(self.device), qos=1, retain=True)
         client.on_connect = self._on_connect
+        client.on_pre_connect = self._on_pre_connect
         client.on_socket_open = self._on_socket_open
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -476,6 +481,19 @@ class Publisher:
             info = client.publish(topic, payload, qos=1, retain=True)
             self._events.put(("control", info.mid, topic))
         self._events.put(("connected",))
+
+    def _on_pre_connect(self, _client: mqtt.Client, _userdata: object) -> None:
+        """Network thread, as paho begins a new connection: wait out a publish the pump is making.
+
+        Why: paho queues a publish on whatever socket it holds, and while it reconnects it holds the new
+        socket a moment before it queues that connection's CONNECT; a PUBLISH queued in that moment goes
+        out first and the broker closes the connection for a protocol error (seen in a 500-device
+        reconnection storm, where the pump's view of the connection lagged paho's). paho marks itself
+        connecting before this call, and the pump publishes only under the gate and only while paho says
+        it is connected, so once this returns nothing can come before the CONNECT.
+        """
+        with self._publish_gate:
+            pass
 
     def _on_socket_open(self, _client: mqtt.Client, _userdata: object, _sock: object) -> None:
         """The CONNACK clock starts once TCP and TLS are up, so a slow network never looks like an old broker."""
@@ -604,12 +622,13 @@ class Publisher:
                 elif kind == "ack":
                     self._settle_one(state, event[1], event[2], acked, refused)
                 elif kind == "health" and state.connected and state.client is not None:
-                    state.client.publish(self.topics.health, event[1], qos=0)
-                    state.sent += (time.monotonic(),)
+                    if self._publish(state.client, self.topics.health, event[1], qos=0) is not None:
+                        state.sent += (time.monotonic(),)
                 elif kind == "status" and state.connected and state.client is not None:
                     payload = serialize.status_online(self.device, self.status, self._clock())
-                    info = state.client.publish(self.topics.status, payload, qos=1, retain=True)
-                    state.control[info.mid] = self.topics.status
+                    info = self._publish(state.client, self.topics.status, payload, qos=1, retain=True)
+                    if info is not None:
+                        state.control[info.mid] = self.topics.status
                 elif kind == "retained" and state.connected and state.client is not None:
                     self._publish_own(state, event[1])
             self.outbox.settle(acked, refused)
@@ -623,8 +642,17 @@ class Publisher:
         with self._lock:
             payload = self._own_retained.get(topic)
         if payload is not None and state.client is not None:
-            info = state.client.publish(topic, payload, qos=1, retain=True)
-            state.control[info.mid] = topic
+            info = self._publish(state.client, topic, payload, qos=1, retain=True)
+            if info is not None:
+                state.control[info.mid] = topic
+
+    def _publish(self, client: mqtt.Client, topic: str, payload: bytes, qos: int,
+                 retain: bool = False) -> mqtt.MQTTMessageInfo | None:
+        """One publish of the pump's, only while paho itself says connected (None otherwise; see `_on_pre_connect`)."""
+        with self._publish_gate:
+            if not client.is_connected():
+                return None
+            return client.publish(topic, payload, qos=qos, retain=retain)
 
     def _settle_one(self, state: _PumpState, mid: int, reason: ReasonCode,
                     acked: list[int], refused: list[tuple[int, str]]) -> None:
@@ -654,18 +682,22 @@ class Publisher:
         room = min(self.config.inflight - len(state.inflight), allowed)
         if client is None or room <= 0:
             return
-        for pending in self.outbox.fetch(state.cursor, room):
-            too_big = oversized(len(pending.payload), self.config.max_payload_bytes)
-            if too_big is not None:
-                self._refuse_locally(state, pending, too_big)
-                continue
-            info = client.publish(pending.topic, pending.payload, qos=pending.qos)
-            state.sent += (time.monotonic(),)
-            if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
-                break  # paho's bounded queue is full; the rest stay on disk
-            # NO_CONN: paho keeps the message and sends it on reconnect, so it is in flight either way.
-            state.inflight[info.mid] = pending
-            state.cursor = pending.id
+        with self._publish_gate:  # see `_on_pre_connect`
+            if not client.is_connected():
+                return  # the pump's view lags paho's: the messages wait in the outbox for the connected event
+            for pending in self.outbox.fetch(state.cursor, room):
+                too_big = oversized(len(pending.payload), self.config.max_payload_bytes)
+                if too_big is not None:
+                    self._refuse_locally(state, pending, too_big)
+                    continue
+                info = client.publish(pending.topic, pending.payload, qos=pending.qos)
+                state.sent += (time.monotonic(),)
+                if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+                    break  # paho's bounded queue is full; the rest stay on disk
+                # NO_CONN (the connection was lost after the check): paho keeps the message and sends it
+                # on reconnect, so it is in flight either way.
+                state.inflight[info.mid] = pending
+                state.cursor = pending.id
 
     def _refuse_locally(self, state: _PumpState, pending: Pending, why: str) -> None:
         """A message the broker's limits would refuse: marked refused in the outbox, counted and logged, never sent."""
