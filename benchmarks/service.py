@@ -40,6 +40,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,11 @@ STAGE_FRAMES = 300
 HEALTH_S = 2
 HEALTH_LINE = re.compile(r"health: ([0-9.]+) fps")
 SWITCH = {"off": False, "on": True}
+THREAD_LOOK_S = 0.05
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+UNNAMED = "unnamed (XNNPACK's workers, ...)"
+# The service's threads in the order the table shows them (edge.common.threads names them).
+THREAD_ORDER = ("main", "camera", "inference", "mqtt-pump", "mqtt-paho", "mqtt-network", "outbox-writer", UNNAMED)
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,61 @@ class Usage:
     cpu_s: float
     wall_s: float
     fps: list[float]
+    by_thread: dict[str, float]  # CPU seconds per thread name (edge.common.threads), the last look before exit
+
+
+class ThreadWatch:
+    """Looks at a process's threads every `THREAD_LOOK_S` and keeps each one's last CPU time and name.
+
+    Why from outside: the service's CPU is measured as the kernel counts it, without instrumenting the
+    service; its threads are named for the kernel (`edge.common.threads`), so the CPU splits into the
+    main loop (the pipeline and what the service does around it), the camera reader, the MQTT pump and
+    paho's network thread, the outbox writer, and the threads nobody names (XNNPACK's workers). What a
+    thread spends after the last look (under `THREAD_LOOK_S`, at shutdown) is not counted; the difference
+    of a short and a long run takes start-up and shutdown out alike.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.last: dict[int, tuple[str, float]] = {}
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._done.wait(THREAD_LOOK_S):
+            self.last.update(thread_cpu(self.pid))
+
+    def stop(self) -> dict[str, float]:
+        self._done.set()
+        self._thread.join()
+        totals: dict[str, float] = {}
+        for name, seconds in self.last.values():
+            totals[name] = totals.get(name, 0.0) + seconds
+        return totals
+
+
+def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
+    """Each thread of `pid`: its name ("main" for the first; UNNAMED where it has the process's own name) and
+    its CPU seconds so far (user + system); {} once the process is gone."""
+    found: dict[int, tuple[str, float]] = {}
+    try:
+        process_name = Path(f"/proc/{pid}/comm").read_text().strip()
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            stat = (task / "stat").read_text()
+            name = (task / "comm").read_text().strip()
+        except OSError:
+            continue  # the thread ended between the listing and the read
+        # Fields after the name's closing parenthesis start at the state (field 3): utime is field 14, stime 15.
+        fields = stat[stat.rindex(")") + 2:].split()
+        tid = int(task.name)
+        label = "main" if tid == pid else UNNAMED if name == process_name else name
+        found[tid] = (label, (int(fields[11]) + int(fields[12])) / CLOCK_TICKS)
+    return found
 
 
 def run_service(workdir: Path, broker: MosquittoBroker, pki: ThrowawayPki, setting: Setting, frames: int) -> Usage:
@@ -103,7 +164,9 @@ def run_service(workdir: Path, broker: MosquittoBroker, pki: ThrowawayPki, setti
     proc = subprocess.Popen([sys.executable, "-m", "edge.app.cli", "run", "--config", str(config),
                              "--frames", str(frames)], cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
+    watch = ThreadWatch(proc.pid)
     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    by_thread = watch.stop()  # stderr closes as the process exits: the last look is from just before
     _, status, rusage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -111,7 +174,7 @@ def run_service(workdir: Path, broker: MosquittoBroker, pki: ThrowawayPki, setti
         raise SystemExit(f"edge-camera run exited with {proc.returncode}:\n{err[-2000:]}")
     # The first health line covers start-up as well: left out.
     rates = [float(m.group(1)) for m in HEALTH_LINE.finditer(err)][1:]
-    return Usage(rusage.ru_utime + rusage.ru_stime, wall, rates)
+    return Usage(rusage.ru_utime + rusage.ru_stime, wall, rates, by_thread)
 
 
 def stage_costs(threads: int, near: int, pipelined: bool, frames: int) -> dict[str, float]:
@@ -175,6 +238,7 @@ def main() -> int:
     if not settings:
         parser.error("no setting left to run: --pipelined on needs --near-faces-every 0")
     service: dict[Setting, list[tuple[float, float, float]]] = {s: [] for s in settings}
+    threads_ms: dict[Setting, list[dict[str, float]]] = {s: [] for s in settings}
     stage_keys = sorted({(s.threads, s.near, s.pipelined) for s in settings})
     stages: dict[tuple[int, int, bool], list[dict[str, float]]] = {k: [] for k in stage_keys}
     with tempfile.TemporaryDirectory(prefix="edge-speed-") as tmp:
@@ -192,6 +256,9 @@ def main() -> int:
                     health = statistics.median(long.fps) if long.fps else math.nan
                     service[setting].append(((long.cpu_s - short.cpu_s) / frames * MS_PER_S,
                                              frames / (long.wall_s - short.wall_s), health))
+                    threads_ms[setting].append({
+                        name: (long.by_thread.get(name, 0.0) - short.by_thread.get(name, 0.0)) / frames * MS_PER_S
+                        for name in set(long.by_thread) | set(short.by_thread)})
                     cpu, rate, _ = service[setting][-1]
                     print(f"benchmarks/service: repeat {repeat + 1}, {setting.describe()}: {cpu:.2f} ms CPU/frame, "
                           f"{rate:.1f} fps", file=sys.stderr, flush=True)
@@ -216,6 +283,18 @@ def main() -> int:
         print(f"| {setting.threads} | {setting.fps:g}{' (unpaced)' if setting.fps == 0 else ''} | {setting.near} | "
               f"{'on' if setting.pipelined else 'off'} | {rate:.1f} | {health_cell} | {cpu:.2f} | "
               f"{cpu * rate / MS_PER_S:.0%} | {render:.2f} | {pipe:.2f} | {cpu - render - pipe:.2f} |")
+    names = [n for n in THREAD_ORDER if any(n in run for runs in threads_ms.values() for run in runs)]
+    names += sorted({n for runs in threads_ms.values() for run in runs for n in run} - set(names))
+    print("\nThe service's CPU per frame by thread (ms; difference of the long and the short run, medians over "
+          "repeats; `main` runs the pipeline and the service loop around it):\n")
+    print("| threads | camera fps | near_faces_every | pipelined | " + " | ".join(names) + " | sum of threads | process |")
+    print("|---|---|---|---|" + "---|" * (len(names) + 2))
+    for setting in settings:
+        cells = [statistics.median(run.get(name, 0.0) for run in threads_ms[setting]) for name in names]
+        cpu = statistics.median(c for c, _, _ in service[setting])
+        print(f"| {setting.threads} | {setting.fps:g}{' (unpaced)' if setting.fps == 0 else ''} | {setting.near} | "
+              f"{'on' if setting.pipelined else 'off'} | " + " | ".join(f"{c:.2f}" for c in cells)
+              + f" | {sum(cells):.2f} | {cpu:.2f} |")
     return 0
 
 

@@ -32,6 +32,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TextIO
 
+from edge.common.threads import NamedThread
+
 LEVEL_NAMES = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warning", logging.ERROR: "error",
                logging.CRITICAL: "critical"}
 # Characters that make a value need quotes.
@@ -170,7 +172,7 @@ class NativeStderr:
         faulthandler.enable(file=sys.stderr)  # a crash in native code still leaves its traceback in the journal
         self._read_fd = read_fd
         self._real_fd = real
-        self._thread = threading.Thread(target=self._read, name="native-stderr", daemon=True)
+        self._thread = NamedThread(target=self._read, name="native-stderr", daemon=True)
         self._thread.start()
         atexit.register(self.close)
 

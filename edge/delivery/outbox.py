@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+from edge.common.threads import NamedThread
 from edge.common import schema
 from edge.common.errors import EdgeError
 from edge.common.schema import Kind, setting
@@ -370,7 +371,7 @@ class Outbox:
                                                                  RUNNING_KEY: self.config.unclean_bound}))
         self._reserved = reserve
         run = self._run_write_behind if self.config.durability == WRITE_BEHIND else self._run_strict
-        self._thread = threading.Thread(target=run, name="outbox-writer", daemon=True)
+        self._thread = NamedThread(target=run, name="outbox-writer", daemon=True)
         self._thread.start()
 
     def close(self) -> None:

@@ -50,6 +50,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from edge.common.threads import NamedThread, name_this_thread
 from edge.wire import serialize
 from edge.common import schema
 from edge.common.backoff import backoff_delay
@@ -289,9 +290,9 @@ class Publisher:
 
     # --- lifecycle -----------------------------------------------------
     def start(self) -> None:
-        self._pump = threading.Thread(target=self._pump_loop, name="mqtt-pump", daemon=True)
+        self._pump = NamedThread(target=self._pump_loop, name="mqtt-pump", daemon=True)
         self._pump.start()
-        self._network = threading.Thread(target=self._network_loop, name="mqtt-network", daemon=True)
+        self._network = NamedThread(target=self._network_loop, name="mqtt-network", daemon=True)
         self._network.start()
 
     def stop(self) -> None:
@@ -492,6 +493,7 @@ class Publisher:
         connecting before this call, and the pump publishes only under the gate and only while paho says
         it is connected, so once this returns nothing can come before the CONNECT.
         """
+        name_this_thread("mqtt-paho")  # paho's own network thread, started by paho (edge.common.threads)
         with self._publish_gate:
             pass
 

@@ -40,6 +40,7 @@ from typing import Protocol
 
 import numpy as np
 
+from edge.common.threads import NamedThread
 from edge.common.errors import EdgeError
 from edge.identify import IdentificationRefused, IdentificationSession
 from edge.identify.bundle import VerifiedBundle
@@ -157,7 +158,7 @@ class IdentificationWorker:
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=queue_size)
         self._sent: OrderedDict[int, str] = OrderedDict()
         self._counts = {"offered": 0, "dropped": 0, "matched": 0, "unknown": 0, "failed": 0, "unaligned": 0}
-        self._thread = threading.Thread(target=self._run, name="identification", daemon=True)
+        self._thread = NamedThread(target=self._run, name="identification", daemon=True)
         self._thread.start()
 
     def _open(self, grant: IdentificationGrant,

@@ -36,6 +36,7 @@ from edge.vision.detection import Box
 from edge.common import schema
 from edge.common.backoff import backoff_delay
 from edge.common.errors import ConfigError, EdgeError, InputError
+from edge.common.threads import NamedThread
 from edge.common.schema import Kind, setting
 from edge.sources.image_size import MAX_IMAGE_PIXELS, MEGA, check_image_file, too_large
 
@@ -442,7 +443,7 @@ class _Reader:
         self.items: queue.Queue[object] = queue.Queue(maxsize=1)
         self.stop = threading.Event()
         self._opener, self._config, self._size = opener, config, model_size
-        self.thread = threading.Thread(target=self._run, name="camera", daemon=True)
+        self.thread = NamedThread(target=self._run, name="camera", daemon=True)
         self.thread.start()
 
     def _run(self) -> None:

@@ -36,6 +36,7 @@ import threading
 from dataclasses import dataclass
 
 from edge.common.errors import AcceleratorError, ModelError
+from edge.common.threads import NamedThread
 from edge.vision.detection import FrameResult
 from edge.vision.manifest import Manifest, load_manifest
 from edge.vision.pipeline import (
@@ -136,7 +137,7 @@ class FollowingPipeline:
                 and EDGETPU_KIND in self.config.delegate.auto_order and self.hardware.library_problem() is None)
 
     def _start_thread(self, first_delay: float) -> None:
-        self._thread = threading.Thread(target=self._watch, args=(first_delay,), name="accelerator-watch",
+        self._thread = NamedThread(target=self._watch, args=(first_delay,), name="accelerator-watch",
                                         daemon=True)
         self._thread.start()
 

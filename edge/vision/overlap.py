@@ -22,13 +22,13 @@ While this class drives a pipeline, nothing else may run that pipeline's detecto
 from __future__ import annotations
 
 import queue
-import threading
 import time
 from dataclasses import dataclass, field
 from types import TracebackType
 
 import numpy as np
 
+from edge.common.threads import NamedThread
 from edge.vision.detection import FrameResult
 from edge.vision.geometry import Fit
 from edge.vision.pipeline import Detector, FrameLike, Pipeline, Selection, check_image
@@ -122,7 +122,7 @@ class OverlappedPipeline:
         self._pending: _Pending | None = None
         self._slot = 0
         self._closed = False
-        self._thread = threading.Thread(target=self._serve, name="inference", daemon=True)
+        self._thread = NamedThread(target=self._serve, name="inference", daemon=True)
         self._thread.start()
 
     @property
