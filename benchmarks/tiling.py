@@ -1,6 +1,7 @@
 """What tiled mode costs and finds, next to one whole-frame pass, on the same frames in one run.
 
-    .venv/bin/python benchmarks/tiling.py [--seconds 20] [--frames 600] [--settings 0.25,0.5,1,2,4] [--json]
+    .venv/bin/python benchmarks/tiling.py [--seconds 20] [--frames 600] [--settings 0.25,0.5,1,2,4]
+        [--scene calm|busy] [--json]
 
 Three parts (see docs/benchmarks-tiling.md):
 - stills: the shared photographs letterboxed to 1280x720 and 1920x1080; one pass and tiled mode
@@ -10,7 +11,9 @@ Three parts (see docs/benchmarks-tiling.md):
   pass and the tiled stream pipeline for every `tiles_per_frame` setting run in turn, in rotating
   order, on the same frame. Reported per setting: cost (median per frame, as a multiple of one
   pass), time to find each face (frames from its first frame to the first frame it is reported in),
-  faces never found, and false positives beyond those the one pass makes in the same frame;
+  faces never found, and false positives beyond those the one pass makes in the same frame. `--scene
+  busy` moves the backdrop where no face is (a band across the top sways like foliage) and drifts
+  the light over the whole frame (like passing clouds);
 - group: the composed group photograph (six faces, 1280 px wide) at two face sizes.
 """
 from __future__ import annotations
@@ -79,10 +82,10 @@ def stills(seconds: float) -> list[dict[str, Any]]:
     return rows
 
 
-def stream(frames: int, settings: list[float], seed: int) -> list[dict[str, Any]]:
+def stream(frames: int, settings: list[float], seed: int, busy: bool) -> list[dict[str, Any]]:
     single = build_pipeline(DetectorConfig(pose="off", near_faces_every=NEAR_OFF))
     crops = composed.face_crops(single.detect, SHARED_IMAGES)
-    scene = composed.ComposedStream(crops, SHARED_IMAGES, frames, STREAM_FACES, seed)
+    scene = composed.ComposedStream(crops, SHARED_IMAGES, frames, STREAM_FACES, seed, busy=busy)
     runs: list[tuple[str, float, bool, Pipeline]] = []
     for per_frame in settings:
         for changes in (True, False) if per_frame in ROUND_ROBIN_TOO else (True,):
@@ -122,7 +125,7 @@ def stream(frames: int, settings: list[float], seed: int) -> list[dict[str, Any]
                      "find_median_frames": statistics.median(delays) if delays else None,
                      "find_max_frames": max(delays) if delays else None, "missed": missed,
                      "extra_false_positives": false[name]})
-    return [{"one_pass_ms": round(one, 2), "frames": frames, "faces": len(scene.faces), "seed": seed,
+    return [{"one_pass_ms": round(one, 2), "frames": frames, "faces": len(scene.faces), "seed": seed, "busy": busy,
              "appear": [f.appears for f in scene.faces]}] + rows
 
 
@@ -148,6 +151,8 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=600, help="frames of the composed stream (30 fps)")
     parser.add_argument("--settings", default="0.25,0.5,1,2,4", help="tiles_per_frame values, comma-separated")
     parser.add_argument("--seed", type=int, default=STREAM_SEED)
+    parser.add_argument("--scene", choices=("calm", "busy"), default="calm",
+                        help="the composed stream's backdrop: still, or with a swaying band and drifting light")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     configure_process()  # an entry point: the firmware's own process settings, as the service runs
@@ -155,7 +160,8 @@ def main() -> int:
         print(f"needs the shared photographs at {SHARED_IMAGES}", file=sys.stderr)
         return 2
     settings = [float(v) for v in args.settings.split(",")]
-    result = {"stills": stills(args.seconds), "stream": stream(args.frames, settings, args.seed), "group": group()}
+    result = {"stills": stills(args.seconds), "stream": stream(args.frames, settings, args.seed, args.scene == "busy"),
+              "group": group()}
     if args.json:
         print(json.dumps(result))
         return 0
@@ -167,7 +173,7 @@ def main() -> int:
               f"| {r['tiled']['median_ms']} / {r['tiled']['p90_ms']} | {r['ratio']}x |")
     head, *rows = result["stream"]
     print(f"\n## stream: 1920x1080, {head['frames']} frames at {FPS} fps, {head['faces']} faces (24-40 px), "
-          f"seed {head['seed']}; one pass {head['one_pass_ms']} ms per frame\n")
+          f"seed {head['seed']}, {'busy' if head['busy'] else 'calm'} scene; one pass {head['one_pass_ms']} ms per frame\n")
     print("| tiles per frame | order | cost (x one pass) | time to find, median / max | faces missed | false positives beyond one pass's |")
     print("|---|---|---|---|---|---|")
     for r in rows:

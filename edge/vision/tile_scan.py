@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from edge.vision.decode import Candidate
@@ -42,6 +43,9 @@ CHANGE_STRIDE = 8
 CHANGE_LEVEL = 24
 # A tile counts as changed when this many samples of its core did.
 MIN_CHANGED = 3
+# A tile found changed at this many of its scans in a row is restless (foliage in the wind, water, a
+# screen): its changes no longer move it ahead, or it would take the slots of every other tile.
+RESTLESS_SCANS = 3
 
 
 @dataclass(slots=True)
@@ -144,6 +148,8 @@ class TileScan:
         self._frame = 0
         self._scanned = np.zeros(0, np.int64)  # the frame each tile was last scanned in
         self._reference = np.zeros((0, 0, 0), np.int16)  # per level: the samples as last scanned
+        self._streak = np.zeros(0, np.int64)  # per tile: how many of its last scans in a row found it changed
+        self._sums = np.zeros(0)  # per tile: the sum of its core's samples when it was last scanned
 
     @property
     def tiles(self) -> list[Tile]:
@@ -161,6 +167,8 @@ class TileScan:
             # As if scanned in order just before the first frame: plain round-robin from tile 0.
             self._scanned = np.arange(count, dtype=np.int64) - count
             self._reference = np.repeat(samples[None], len(self.layout.owner), axis=0)
+            self._streak = np.zeros(count, np.int64)
+            self._sums = self._core_sums(samples)
         tiles = self.layout.tiles
         self._credit += self.per_frame
         count = min(int(self._credit), len(tiles))
@@ -169,29 +177,52 @@ class TileScan:
         if count == 0:
             return []
         waited = self._frame - self._scanned
+        changed = np.zeros(len(tiles), bool)
         if self.changes:
             rounds = math.ceil(len(tiles) / self.per_frame)
-            waited = waited + rounds * (self._changed(samples) >= MIN_CHANGED)
+            changed = self._changed(samples) >= MIN_CHANGED
+            waited = waited + rounds * (changed & (self._streak < RESTLESS_SCANS))
         # Longest wait first; among equals, the lower index (the round-robin order).
         chosen = np.lexsort((np.arange(len(tiles)), -waited))[:count]
+        self._streak[chosen] = np.where(changed[chosen], self._streak[chosen] + 1, 0)
         for i in chosen:
             y0, x0, y1, x1 = self.layout.cores[i]
             self._reference[self.layout.level[i], y0:y1, x0:x1] = samples[y0:y1, x0:x1]
+            self._sums[i] = samples[y0:y1, x0:x1].sum()
         self._scanned[chosen] = self._frame
         return [tiles[i] for i in chosen]
 
+    def _core_sums(self, samples: np.ndarray) -> np.ndarray:
+        """Per tile: the sum of its core's samples (four look-ups in one integral image)."""
+        integral = cv2.integral(samples, sdepth=cv2.CV_64F)
+        y0, x0, y1, x1 = self.layout.cores.T
+        return integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
+
     def _changed(self, samples: np.ndarray) -> np.ndarray:
-        """Per tile: samples in its core that changed by more than `CHANGE_LEVEL` since it was last scanned.
+        """Per tile: samples in its core that changed by more than `CHANGE_LEVEL` since it was last scanned,
+        beyond a change of the light over the whole core.
 
         Counted from the changed samples' owners (few, in a scene that holds still), not by summing
-        every core: that would cost more than the rest of the scheduling together."""
+        every core. Where a tile has enough of them to count as changed, they are looked at again
+        with the light compared core by core: a sample counts only if it differs from its reference
+        scaled by the ratio of the core's sum now to its sum when it was scanned, so a cloud or a
+        lamp that brightens the scene by a fifth moves no tile ahead, while a face (a few samples of
+        a core) still does. A scene that holds still never pays for that second look."""
         changed = np.abs(self._reference - samples[None]) > CHANGE_LEVEL
         frame_w, frame_h = self._size or (0, 0)
         for f in self.followed:  # a followed face's own movement is no news
             region = follow_region(f.face, frame_w, frame_h)
             changed[:, region.y0 // CHANGE_STRIDE:-(-region.y1 // CHANGE_STRIDE),
                     region.x0 // CHANGE_STRIDE:-(-region.x1 // CHANGE_STRIDE)] = False
-        return np.bincount(self.layout.owner[changed], minlength=len(self.layout.tiles))
+        owners = self.layout.owner[changed]
+        tiles = len(self.layout.tiles)
+        counts = np.bincount(owners, minlength=tiles)
+        if not (counts >= MIN_CHANGED).any():
+            return counts
+        gain = np.divide(self._core_sums(samples), self._sums, out=np.ones(tiles), where=self._sums > 0)
+        expected = self._reference[changed] * gain[owners]
+        beyond_light = np.abs(expected - np.broadcast_to(samples, self._reference.shape)[changed]) > CHANGE_LEVEL
+        return np.bincount(owners[beyond_light], minlength=tiles)
 
     def to_follow(self, whole: list[Candidate]) -> list[Followed]:
         """The followed faces the whole-frame pass did not find in this frame (those it found are updated)."""

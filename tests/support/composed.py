@@ -6,6 +6,7 @@ Everything is drawn from a seeded generator: the same seed gives the same pixels
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -31,6 +32,15 @@ STREAM_DRIFT = 0.4
 NOISE_SIGMA = 2.0
 NOISE_FIELDS = 4
 GRID_COLS, GRID_ROWS = 6, 4
+# The busy scene (`ComposedStream(busy=True)`): a band across the top of the frame sways like foliage in
+# the wind (shifted sideways, `SWAY_PX` at most, one period every `SWAY_PERIOD` frames) and the light
+# over the whole frame drifts (gain 1 +- `LIGHT_SWING`, one period every `LIGHT_PERIOD` frames, like
+# passing clouds); faces appear below the band, where people stand.
+SWAY_BAND_SHARE = 0.25
+SWAY_PX = 6
+SWAY_PERIOD = 20
+LIGHT_SWING = 0.2
+LIGHT_PERIOD = 300
 SMALL_FACE_SEED = 7
 GROUP_SIZE = (1280, 853)
 GROUP_FACES = 6
@@ -126,13 +136,15 @@ class StreamFace:
 
 class ComposedStream:
     """A 1920x1080 stream: faces 24-40 px wide appear at random times over a backdrop, then stay,
-    drifting slowly; light sensor noise on every frame. Deterministic for a seed."""
+    drifting slowly; light sensor noise on every frame. Deterministic for a seed. With `busy`, the
+    scene moves where no face is (a swaying band across the top) and its light drifts."""
 
     def __init__(self, crops: list[Crop], images: Path, frames: int, faces: int, seed: int,
-                 first: int = 0) -> None:
+                 first: int = 0, busy: bool = False) -> None:
         rng = np.random.default_rng(seed)
         width, height = STREAM_SIZE
-        self.frames, self.size = frames, STREAM_SIZE
+        self.frames, self.size, self.busy = frames, STREAM_SIZE, busy
+        self.band = round(SWAY_BAND_SHARE * height) if busy else 0
         self.background = backdrop(images, width, height)
         noise = rng.normal(0.0, NOISE_SIGMA, size=(NOISE_FIELDS, height, width, 1))
         self.noise = np.round(noise).astype(np.int16)
@@ -146,7 +158,7 @@ class ComposedStream:
             travel = STREAM_DRIFT * frames
             for _ in range(1000):  # a place apart from the others along the whole path
                 x = rng.uniform(STREAM_BORDER + travel, width - STREAM_BORDER - travel - pixels.shape[1])
-                y = rng.uniform(STREAM_BORDER + travel, height - STREAM_BORDER - travel - pixels.shape[0])
+                y = rng.uniform(self.band + STREAM_BORDER + travel, height - STREAM_BORDER - travel - pixels.shape[0])
                 candidate = StreamFace(pixels, appears, x, y, dx, dy)
                 if all(_apart(candidate, other, frames) for other in self.faces):
                     break
@@ -160,9 +172,15 @@ class ComposedStream:
 
     def frame(self, number: int) -> np.ndarray:
         image = self.background.astype(np.int16) + self.noise[number % NOISE_FIELDS]
+        if self.busy:
+            sway = round(SWAY_PX * math.sin(2 * math.pi * number / SWAY_PERIOD))
+            image[:self.band] = np.roll(image[:self.band], sway, axis=1)
         out = np.clip(image, 0, 255).astype(np.uint8)
         for i, (x0, y0, _, _) in self.present(number):
             paste(out, self.faces[i].pixels, x0, y0)
+        if self.busy:
+            gain = 1.0 + LIGHT_SWING * math.sin(2 * math.pi * number / LIGHT_PERIOD)
+            out = cv2.convertScaleAbs(out, alpha=gain)
         return out
 
 

@@ -16,6 +16,7 @@ from edge.vision.pipeline import STAGES, Detector, DetectorConfig, Pipeline, bui
 from edge.vision.tile_scan import (
     CHANGE_STRIDE,
     MAX_MISSES,
+    RESTLESS_SCANS,
     TileScan,
     follow_region,
     mosaic_cells,
@@ -192,6 +193,52 @@ def test_a_change_below_the_noise_level_is_not_news() -> None:
     noisy[::CHANGE_STRIDE, ::CHANGE_STRIDE] += 10
     plain = TileScan(192, 48, 1, changes=False)
     assert [plain.next_tiles(image)[0] for _ in range(4)] == first + [scan.next_tiles(noisy)[0]]
+
+
+def textured(value: int = 100) -> np.ndarray:
+    """A frame with texture (a change of the light then differs from sample to sample, as in a scene)."""
+    rng = np.random.default_rng(5)
+    return rng.integers(value - 60, value + 60, (FRAME_H, FRAME_W, 3)).astype(np.uint8)
+
+
+def inside(tile: Tile, x0: int, y0: int, x1: int, y1: int) -> bool:
+    return tile.x0 <= x0 and x1 <= tile.x1 and tile.y0 <= y0 and y1 <= tile.y1
+
+
+def test_a_change_of_the_light_over_the_whole_frame_is_not_news() -> None:
+    """A cloud or a lamp: every sample brighter by a fifth (20 levels on average, up to 32) moves no
+    tile ahead of the round-robin order, where compared sample by sample most tiles would count as
+    changed; a face-sized patch in that light still goes first."""
+    image = textured()
+    scan, plain = TileScan(192, 48, 1), TileScan(192, 48, 1, changes=False)
+    for _ in range(3):
+        assert scan.next_tiles(image) == plain.next_tiles(image)
+    brighter = np.clip(image.astype(np.float64) * 1.2, 0, 255).astype(np.uint8)
+    assert [scan.next_tiles(brighter) for _ in range(5)] == [plain.next_tiles(brighter) for _ in range(5)]
+    patch = brighter.copy()
+    patch[700:740, 1500:1530] = 250
+    assert inside(scan.next_tiles(patch)[0], 1500, 700, 1530, 740)
+
+
+def test_a_restless_tile_stops_taking_the_slots_of_the_others() -> None:
+    """Foliage in the wind: a patch that changes in every frame goes ahead of the round-robin order
+    only at its first `RESTLESS_SCANS` scans, then waits its turn like any tile; a face appearing
+    elsewhere still goes first."""
+    scan = TileScan(192, 48, 1)
+    image = blank(100)
+    scan.next_tiles(image)
+    frames = 300  # two rounds of the 140 tiles and a little more
+    patch_scans = 0
+    for frame in range(frames):
+        moving = image.copy()
+        moving[100:160, 1700:1760] = 30 if frame % 2 else 220  # two looks, swapped every frame
+        patch_scans += inside(scan.next_tiles(moving)[0], 1700, 100, 1760, 160)
+    levels = len({t.x1 - t.x0 for t in scan.tiles})  # one tile of each level holds the patch
+    turns = -(-frames // len(scan.tiles))
+    assert patch_scans <= (RESTLESS_SCANS + turns) * levels
+    face = moving.copy()
+    face[700:740, 1500:1530] = 200
+    assert inside(scan.next_tiles(face)[0], 1500, 700, 1530, 740)
 
 
 def test_a_tile_find_is_reported_only_once_a_follow_crop_confirms_it() -> None:
