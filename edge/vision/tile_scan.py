@@ -43,9 +43,15 @@ CHANGE_STRIDE = 8
 CHANGE_LEVEL = 24
 # A tile counts as changed when this many samples of its core did.
 MIN_CHANGED = 3
-# A tile found changed at this many of its scans in a row is restless (foliage in the wind, water, a
-# screen): its changes no longer move it ahead, or it would take the slots of every other tile.
-RESTLESS_SCANS = 3
+# A tile whose core keeps changing from one frame to the next is restless (foliage in the wind, water, a
+# screen): its changes no longer move it ahead, or it would take the slots of every other tile. Restless
+# means changed between consecutive frames in at least `RESTLESS_SHARE` of the frames, averaged over
+# about `RESTLESS_FRAMES` (a second at 30 fps). A face appearing changes its tile once, a face drifting
+# slowly hardly from frame to frame, a change of light by a level or so a frame not at all.
+RESTLESS_FRAMES = 30
+RESTLESS_SHARE = 0.5
+# The brightest 8-bit level: a sample stored at it may have been brighter still.
+PIXEL_MAX = 255
 
 
 @dataclass(slots=True)
@@ -148,7 +154,8 @@ class TileScan:
         self._frame = 0
         self._scanned = np.zeros(0, np.int64)  # the frame each tile was last scanned in
         self._reference = np.zeros((0, 0, 0), np.int16)  # per level: the samples as last scanned
-        self._streak = np.zeros(0, np.int64)  # per tile: how many of its last scans in a row found it changed
+        self._previous = np.zeros((0, 0), np.int16)  # the samples of the frame before
+        self._restless = np.zeros(0)  # per tile: the running share of frames in which its core changed
         self._sums = np.zeros(0)  # per tile: the sum of its core's samples when it was last scanned
 
     @property
@@ -167,7 +174,8 @@ class TileScan:
             # As if scanned in order just before the first frame: plain round-robin from tile 0.
             self._scanned = np.arange(count, dtype=np.int64) - count
             self._reference = np.repeat(samples[None], len(self.layout.owner), axis=0)
-            self._streak = np.zeros(count, np.int64)
+            self._previous = samples
+            self._restless = np.zeros(count)
             self._sums = self._core_sums(samples)
         tiles = self.layout.tiles
         self._credit += self.per_frame
@@ -179,18 +187,26 @@ class TileScan:
         waited = self._frame - self._scanned
         changed = np.zeros(len(tiles), bool)
         if self.changes:
+            self._note_restless(samples)
             rounds = math.ceil(len(tiles) / self.per_frame)
             changed = self._changed(samples) >= MIN_CHANGED
-            waited = waited + rounds * (changed & (self._streak < RESTLESS_SCANS))
+            waited = waited + rounds * (changed & (self._restless < RESTLESS_SHARE))
         # Longest wait first; among equals, the lower index (the round-robin order).
         chosen = np.lexsort((np.arange(len(tiles)), -waited))[:count]
-        self._streak[chosen] = np.where(changed[chosen], self._streak[chosen] + 1, 0)
         for i in chosen:
             y0, x0, y1, x1 = self.layout.cores[i]
             self._reference[self.layout.level[i], y0:y1, x0:x1] = samples[y0:y1, x0:x1]
             self._sums[i] = samples[y0:y1, x0:x1].sum()
         self._scanned[chosen] = self._frame
         return [tiles[i] for i in chosen]
+
+    def _note_restless(self, samples: np.ndarray) -> None:
+        """Updates each tile's running share of frames in which its core changed since the frame before."""
+        moved = np.abs(samples - self._previous) > CHANGE_LEVEL
+        self._previous = samples
+        owners = self.layout.owner[:, moved]
+        changed = np.bincount(owners.ravel(), minlength=len(self.layout.tiles)) >= MIN_CHANGED
+        self._restless += (changed - self._restless) / RESTLESS_FRAMES
 
     def _core_sums(self, samples: np.ndarray) -> np.ndarray:
         """Per tile: the sum of its core's samples (four look-ups in one integral image)."""
@@ -220,8 +236,11 @@ class TileScan:
         if not (counts >= MIN_CHANGED).any():
             return counts
         gain = np.divide(self._core_sums(samples), self._sums, out=np.ones(tiles), where=self._sums > 0)
-        expected = self._reference[changed] * gain[owners]
-        beyond_light = np.abs(expected - np.broadcast_to(samples, self._reference.shape)[changed]) > CHANGE_LEVEL
+        reference = self._reference[changed]
+        residual = np.broadcast_to(samples, self._reference.shape)[changed] - np.minimum(reference * gain[owners],
+                                                                                          PIXEL_MAX)
+        # A reference stored at the brightest level may have been brighter: only darker than it scaled counts.
+        beyond_light = np.where(reference >= PIXEL_MAX, residual < -CHANGE_LEVEL, np.abs(residual) > CHANGE_LEVEL)
         return np.bincount(owners[beyond_light], minlength=tiles)
 
     def to_follow(self, whole: list[Candidate]) -> list[Followed]:

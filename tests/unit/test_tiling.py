@@ -3,6 +3,7 @@ per frame and a crop following each face found (edge/vision/tiling.py, edge/visi
 from __future__ import annotations
 
 import functools
+import math
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,8 @@ from edge.vision.pipeline import STAGES, Detector, DetectorConfig, Pipeline, bui
 from edge.vision.tile_scan import (
     CHANGE_STRIDE,
     MAX_MISSES,
-    RESTLESS_SCANS,
+    RESTLESS_FRAMES,
+    RESTLESS_SHARE,
     TileScan,
     follow_region,
     mosaic_cells,
@@ -222,8 +224,8 @@ def test_a_change_of_the_light_over_the_whole_frame_is_not_news() -> None:
 
 def test_a_restless_tile_stops_taking_the_slots_of_the_others() -> None:
     """Foliage in the wind: a patch that changes in every frame goes ahead of the round-robin order
-    only at its first `RESTLESS_SCANS` scans, then waits its turn like any tile; a face appearing
-    elsewhere still goes first."""
+    only until it counts as restless (changed from frame to frame in half the frames, averaged over
+    about a second), then waits its turn like any tile; a face appearing elsewhere still goes first."""
     scan = TileScan(192, 48, 1)
     image = blank(100)
     scan.next_tiles(image)
@@ -235,7 +237,8 @@ def test_a_restless_tile_stops_taking_the_slots_of_the_others() -> None:
         patch_scans += inside(scan.next_tiles(moving)[0], 1700, 100, 1760, 160)
     levels = len({t.x1 - t.x0 for t in scan.tiles})  # one tile of each level holds the patch
     turns = -(-frames // len(scan.tiles))
-    assert patch_scans <= (RESTLESS_SCANS + turns) * levels
+    until_restless = math.ceil(math.log(1 - RESTLESS_SHARE) / math.log(1 - 1 / RESTLESS_FRAMES))
+    assert patch_scans <= until_restless + turns * levels
     face = moving.copy()
     face[700:740, 1500:1530] = 200
     assert inside(scan.next_tiles(face)[0], 1500, 700, 1530, 740)
