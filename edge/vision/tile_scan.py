@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from edge.vision.decode import Candidate
@@ -210,7 +209,8 @@ class TileScan:
 
     def _core_sums(self, samples: np.ndarray) -> np.ndarray:
         """Per tile: the sum of its core's samples (four look-ups in one integral image)."""
-        integral = cv2.integral(samples, sdepth=cv2.CV_64F)
+        integral = np.zeros((samples.shape[0] + 1, samples.shape[1] + 1), np.int64)
+        np.cumsum(np.cumsum(samples, axis=0, dtype=np.int64), axis=1, out=integral[1:, 1:])
         y0, x0, y1, x1 = self.layout.cores.T
         return integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
 
@@ -219,7 +219,7 @@ class TileScan:
         beyond a change of the light over the whole core.
 
         Counted from the changed samples' owners (few, in a scene that holds still), not by summing
-        every core. Where a tile has enough of them to count as changed, they are looked at again
+        every core. Where a tile that is not restless has enough of them to count, they are looked at again
         with the light compared core by core: a sample counts only if it differs from its reference
         scaled by the ratio of the core's sum now to its sum when it was scanned, so a cloud or a
         lamp that brightens the scene by a fifth moves no tile ahead, while a face (a few samples of
@@ -233,8 +233,8 @@ class TileScan:
         owners = self.layout.owner[changed]
         tiles = len(self.layout.tiles)
         counts = np.bincount(owners, minlength=tiles)
-        if not (counts >= MIN_CHANGED).any():
-            return counts
+        if not ((counts >= MIN_CHANGED) & (self._restless < RESTLESS_SHARE)).any():
+            return counts  # nothing that could go first: a restless tile's changes do not count
         gain = np.divide(self._core_sums(samples), self._sums, out=np.ones(tiles), where=self._sums > 0)
         reference = self._reference[changed]
         residual = np.broadcast_to(samples, self._reference.shape)[changed] - np.minimum(reference * gain[owners],
