@@ -107,7 +107,8 @@ def test_close_stops_the_thread_and_the_pipeline_runs_directly_again(shared_imag
     assert_same(pipeline.process(frames[1]), expected[1])
     before = {t.ident for t in threading.enumerate()}
     overlap = OverlappedPipeline(pipeline)
-    (thread,) = [t for t in threading.enumerate() if t.ident not in before]
+    # By name: another test's thread may start or end in this worker meanwhile.
+    (thread,) = [t for t in threading.enumerate() if t.ident not in before and t.name == "inference"]
     assert overlap.push(frames[2]) is None
     overlap.close()  # frame 2 is dropped, its invoke finished first
     assert not thread.is_alive()
