@@ -71,5 +71,8 @@ def test_a_publish_while_paho_reconnects_never_precedes_the_connect(tmp_path: Pa
             publisher.stop()
             outbox.close()
     log = mosquitto.broker.log_path.read_text(errors="replace")
-    assert "protocol error" not in log.lower(), log[-3000:]
+    # From the device's first connection on: the broker's start-up port probe (a TCP connection closed
+    # at once) can log a protocol error of its own for `Client <unknown>`.
+    since_device = log[log.index(f"as {DEVICE} "):]
+    assert "protocol error" not in since_device.lower(), since_device[-3000:]
     assert first_occurrences(sub.seqs()) == list(range(1, BEFORE + DURING + 1))
