@@ -183,6 +183,8 @@ class Service:
         self.identification: IdentificationMode | None = None
         # Set by attach_policy: make the gate decide again (after a renewed certificate), and who hears each decision.
         self.redecide: Callable[[], None] | None = None
+        # Called first by `close`: what was attached to this service stops (the policy gate's timers).
+        self.on_close: Callable[[], None] | None = None
         self.on_decision: Callable[[GateDecision], None] | None = None
         # Set by edge.app.renewal: the device certificate as health reports it.
         self.certificate_report: Callable[[], serialize.CertificateReport | None] | None = None
@@ -243,6 +245,8 @@ class Service:
         if self._closed:
             return
         self._closed = True
+        if self.on_close is not None:
+            self.on_close()
         self.notifier.stopping(f"{self.status.mode}: {why}")
         if self.identification is not None:
             self.identification.close()
@@ -493,17 +497,22 @@ def attach_policy(service: Service, policy: PolicyConfig, clock_sync: ClockSync 
             else PolicyGate(policy, audit=audit, clock_sync=sync, clock=clock))
     timers: dict[str, threading.Timer] = {}
     lock = threading.Lock()
+    stopped = threading.Event()
 
     def schedule(name: str, delay: float, action: Callable[[], None]) -> None:
         old = timers.pop(name, None)
         if old is not None:
             old.cancel()
+        if stopped.is_set():
+            return
         timers[name] = threading.Timer(delay, action)
         timers[name].daemon = True
         timers[name].start()
 
     def decide() -> None:
         with lock:  # SIGHUP, a CRL from MQTT, the clock and the timers may all ask at once
+            if stopped.is_set():
+                return
             decision = gate.decide()
             reasons = "; ".join(decision.reasons) or "all checks passed"
             logfmt.event(log, "policy", f"policy decision: {decision.mode.value} ({reasons})",
@@ -531,10 +540,19 @@ def attach_policy(service: Service, policy: PolicyConfig, clock_sync: ClockSync 
                      crl=result.outcome.value)
         decide()
 
+    def stop() -> None:
+        """The service closes: no decision after this, and no timer left to make one."""
+        with lock:
+            stopped.set()
+            for timer in timers.values():
+                timer.cancel()
+            timers.clear()
+
     gate.crl_store.on_change = lambda _crl: decide()
     service.crl_handler = gate.crl_store.handle
     service.on_hangup = hangup
     service.redecide = decide
+    service.on_close = stop
     decide()
     return gate
 

@@ -403,6 +403,7 @@ def test_policy_gate_follows_a_jumping_clock_and_rechecks_within_bounds(tmp_path
                 now[0] = NOW + jump
                 assert wait_until(lambda: decided() >= count + 2)  # the timer asked again, on its own
     finally:
+        service.close("test over")  # its gate stops deciding, so no later test hears from it
         logger.removeHandler(handler)
     decisions = [r.getMessage() for r in records if "policy decision" in r.getMessage()]
     assert "clock" in decisions[-3], decisions

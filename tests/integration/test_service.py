@@ -378,8 +378,14 @@ def test_the_gate_decides_again_on_its_own(tmp_path: Path, mosquitto: BrokerUnde
     monkeypatch.setattr(edge.app.service, "POLICY_RECHECK_S", 0.2)
     device = provision(tmp_path, Pki.create(dt.datetime.now(dt.timezone.utc)), device_id="cam-a")
     service = Service(service_config(tmp_path / "state", mosquitto.device_config("cam-a")), status_for(pipeline))
-    with caplog.at_level(logging.INFO, logger="edge.app.service"):
-        attach_policy(service, device.config)
-        # The audit log records a decision only when it changes; the service log records every one.
-        assert wait_until(lambda: caplog.text.count("policy decision:") >= 3)
-    monkeypatch.setattr(edge.app.service, "POLICY_RECHECK_S", 3600.0)
+    try:
+        with caplog.at_level(logging.INFO, logger="edge.app.service"):
+            attach_policy(service, device.config)
+            # The audit log records a decision only when it changes; the service log records every one.
+            assert wait_until(lambda: caplog.text.count("policy decision:") >= 3)
+            service.close("test over")
+            closed_at = caplog.text.count("policy decision:")
+            time.sleep(5 * 0.2)
+            assert caplog.text.count("policy decision:") == closed_at  # a closed service's gate decides no more
+    finally:
+        service.close("test over")
