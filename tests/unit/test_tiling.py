@@ -143,9 +143,11 @@ def test_follow_regions_are_squares_around_the_face_inside_the_frame() -> None:
     assert (region.x0, region.y0, region.x1, region.y1) == (0, 0, FRAME_W, FRAME_H)
 
 
-def test_mosaic_cells_are_the_smallest_square_grid_up_to_three_a_side() -> None:
-    assert mosaic_cells(1, 192, 192) == [Tile(0, 0, 192, 192, 192, 192)]
-    assert [(c.x0, c.y0) for c in mosaic_cells(3, 192, 192)] == [(0, 0), (96, 0), (0, 96)]
+def test_mosaic_cells_are_always_three_a_side() -> None:
+    """One crop or nine, each is a third of the model's input: a lone face never fills it."""
+    assert mosaic_cells(1, 192, 192) == [Tile(0, 0, 64, 64, 192, 192)]
+    assert [(c.x0, c.y0) for c in mosaic_cells(4, 192, 192)] == [(0, 0), (64, 0), (128, 0), (0, 64)]
+    assert mosaic_cells(1, 192, 192, most=1) == [Tile(0, 0, 192, 192, 192, 192)]  # a still image's confirmation
     assert len(mosaic_cells(9, 192, 192)) == 9 and mosaic_cells(9, 192, 192)[-1] == Tile(128, 128, 192, 192, 192, 192)
     assert len(mosaic_cells(12, 192, 192)) == 9  # the rest go in the next mosaic
     with pytest.raises(ValueError, match="cells"):
