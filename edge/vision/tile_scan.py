@@ -189,12 +189,10 @@ class TileScan:
         if count == 0:
             return []
         waited = self._frame - self._scanned
-        changed = np.zeros(len(tiles), bool)
         if self.changes:
             self._note_restless(samples)
             rounds = math.ceil(len(tiles) / self.per_frame)
-            changed = self._changed(samples) >= MIN_CHANGED
-            waited = waited + rounds * (changed & (self._restless < RESTLESS_SHARE))
+            waited = waited + rounds * self._news(samples)
         # Longest wait first; among equals, the lower index (the round-robin order).
         chosen = np.lexsort((np.arange(len(tiles)), -waited))[:count]
         for i in chosen:
@@ -219,9 +217,10 @@ class TileScan:
         y0, x0, y1, x1 = self.layout.cores.T
         return integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
 
-    def _changed(self, samples: np.ndarray) -> np.ndarray:
-        """Per tile: samples in its core that changed by more than `CHANGE_LEVEL` since it was last scanned,
-        beyond a change of the light over the whole core.
+    def _news(self, samples: np.ndarray) -> np.ndarray:
+        """Per tile: whether it goes first, i.e. it is not restless and at least `MIN_CHANGED` samples of its
+        core changed by more than `CHANGE_LEVEL` since it was last scanned, beyond a change of the light
+        over the whole core.
 
         Counted from the changed samples' owners (few, in a scene that holds still), not by summing
         every core. Where a tile that is not restless has enough of them to count, they are looked at again
@@ -237,16 +236,17 @@ class TileScan:
                     region.x0 // CHANGE_STRIDE:-(-region.x1 // CHANGE_STRIDE)] = False
         owners = self.layout.owner[changed]
         tiles = len(self.layout.tiles)
-        counts = np.bincount(owners, minlength=tiles)
-        if not ((counts >= MIN_CHANGED) & (self._restless < RESTLESS_SHARE)).any():
-            return counts  # nothing that could go first: a restless tile's changes do not count
+        calm = self._restless < RESTLESS_SHARE  # a restless tile's changes do not count
+        news = (np.bincount(owners, minlength=tiles) >= MIN_CHANGED) & calm
+        if not news.any():
+            return news
         gain = np.divide(self._core_sums(samples), self._sums, out=np.ones(tiles), where=self._sums > 0)
         reference = self._reference[changed]
         residual = np.broadcast_to(samples, self._reference.shape)[changed] - np.minimum(reference * gain[owners],
                                                                                           PIXEL_MAX)
         # A reference stored at the brightest level may have been brighter: only darker than it scaled counts.
         beyond_light = np.where(reference >= PIXEL_MAX, residual < -CHANGE_LEVEL, np.abs(residual) > CHANGE_LEVEL)
-        return np.bincount(owners[beyond_light], minlength=tiles)
+        return (np.bincount(owners[beyond_light], minlength=tiles) >= MIN_CHANGED) & calm
 
     def to_follow(self, whole: list[Candidate]) -> list[Followed]:
         """The followed faces the whole-frame pass did not find in this frame (those it found are updated)."""
