@@ -627,10 +627,8 @@ class Publisher:
                     if self._publish(state.client, self.topics.health, event[1], qos=0) is not None:
                         state.sent += (time.monotonic(),)
                 elif kind == "status" and state.connected and state.client is not None:
-                    payload = serialize.status_online(self.device, self.status, self._clock())
-                    info = self._publish(state.client, self.topics.status, payload, qos=1, retain=True)
-                    if info is not None:
-                        state.control[info.mid] = self.topics.status
+                    self._publish_retained_control(state, self.topics.status,
+                                                   serialize.status_online(self.device, self.status, self._clock()))
                 elif kind == "retained" and state.connected and state.client is not None:
                     self._publish_own(state, event[1])
             self.outbox.settle(acked, refused)
@@ -643,10 +641,14 @@ class Publisher:
     def _publish_own(self, state: _PumpState, topic: str) -> None:
         with self._lock:
             payload = self._own_retained.get(topic)
-        if payload is not None and state.client is not None:
-            info = self._publish(state.client, topic, payload, qos=1, retain=True)
-            if info is not None:
-                state.control[info.mid] = topic
+        if payload is not None:
+            self._publish_retained_control(state, topic, payload)
+
+    def _publish_retained_control(self, state: _PumpState, topic: str, payload: bytes) -> None:
+        """A retained message of the device's own (status, the renewal request), its PUBACK matched by topic."""
+        info = None if state.client is None else self._publish(state.client, topic, payload, qos=1, retain=True)
+        if info is not None:
+            state.control[info.mid] = topic
 
     def _publish(self, client: mqtt.Client, topic: str, payload: bytes, qos: int,
                  retain: bool = False) -> mqtt.MQTTMessageInfo | None:
