@@ -53,10 +53,10 @@ COMMANDS = """
                             f.write(bytes(4096))
                     except OSError:  # ENOSPC: the tmpfs is full
                         pass
-                print("filled", flush=True)
+                say("filled")
             elif line.strip() == "free":
                 filler.unlink()
-                print("freed", flush=True)
+                say("freed")
 
     threading.Thread(target=commands, daemon=True).start()
 """

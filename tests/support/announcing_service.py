@@ -5,7 +5,7 @@ Why: durability tests SIGKILL the service or fill its disk, so what it
 the disk or the broker. The real pipeline runs on a still photograph with
 one face at about 30 frames a second, one message a frame (the per-frame stream), with the real outbox and the real
 publisher (mutual TLS, quick reconnects). `extra` is code run just before
-the service starts (a test's command thread, for example); it prints
+the service starts (a test's command thread, for example, which answers with `say`); it prints
 `ready` and then the seqs, one a line.
 """
 from __future__ import annotations
@@ -35,8 +35,14 @@ _SCRIPT = textwrap.dedent("""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     made = serialize.detections
 
+    def say(line):
+        # One write per line: print() writes the text and its newline apart, so a line printed by another
+        # thread (a test's command reply) could land between them and both lines would be lost.
+        sys.stdout.write(f"{{line}}\\n")
+        sys.stdout.flush()
+
     def announced(device, seq, *rest):
-        print(seq, flush=True)  # handed out: the test's record of what the device published
+        say(seq)  # handed out: the test's record of what the device published
         return made(device, seq, *rest)
 
     serialize.detections = announced
@@ -59,7 +65,7 @@ _SCRIPT = textwrap.dedent("""
     service.install_signal_handlers()
 """)
 _START = textwrap.dedent("""
-    print("ready", flush=True)
+    say("ready")
     service.run(endless(), pipeline)
 """)
 
