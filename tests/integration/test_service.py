@@ -142,6 +142,9 @@ def test_outbox_limit_during_outage_drops_oldest_and_health_reports_it(
             assert wait_until(sub.connected.is_set)  # health is QoS 0: not queued for an absent subscriber
             time.sleep(0.2)
             yield next(stream)
+            # The loop published health after that frame; end the stream only once it is out, or the
+            # service's stop could disconnect first and drop it (health is QoS 0).
+            assert wait_until(lambda: any(h["outbox"]["dropped"] for h in sub.on("cam-a/health")))
 
         service.run(outage_then_recovery(), pipeline, RunLimits(drain_s=10))
         assert wait_until(lambda: 16 in sub.seqs() and any(h["outbox"]["dropped"] for h in sub.on("cam-a/health"))), (sub.seqs(), sub.on("cam-a/health"))
