@@ -41,7 +41,7 @@ from edge.pose.landmarks import LandmarkPose
 from edge.vision.geometry import Fit
 from edge.vision.near_faces import NEAR_MODELS, NearFaces, pose_crops
 from edge.vision.preprocess import Fitter
-from edge.vision.tile_scan import MAX_MOSAIC_GRID, TileScan, best_match, follow_region, mosaic_cells
+from edge.vision.tile_scan import MAX_MOSAIC_GRID, Followed, TileScan, best_match, follow_region, mosaic_cells
 from edge.vision.tiling import Tile, cut_by_inner_edge, drop_parts, remap, tile_pyramid
 
 DEFAULT_MODEL = "blazeface-full"
@@ -308,10 +308,11 @@ class Detector:
         t0 = time.perf_counter()
         found = [c for c in drop_parts(merge(found, iou_threshold), whole) if best_match(c, whole) is None]
         totals["decode"] += (time.perf_counter() - t0) * 1e3
-        # What only the tiles found is kept when a crop centred on it finds it again: a texture that
-        # looked like a face to one window rarely does from another place and scale, a face does.
+        # What only the tiles found is kept when a crop centred on it finds it again (alone, at the follow
+        # mosaic's scale): a texture that looked like a face to one window rarely does from another place
+        # and scale, a face does.
         regions = [follow_region(c, width, height) for c in found]
-        again = self.mosaic_candidates(image, regions, threshold, totals, grid=1) if regions else []
+        again = self.mosaic_candidates(image, regions, threshold, totals, per_run=1) if regions else []
         t0 = time.perf_counter()
         confirmed = [c for c, check in zip(found, again, strict=True) if check is not None]
         merged = merge(whole + confirmed, iou_threshold)
@@ -364,17 +365,16 @@ class Detector:
         return found
 
     def mosaic_candidates(self, image: np.ndarray, regions: list[Tile], threshold: float,
-                          totals: dict[str, float], grid: int = MAX_MOSAIC_GRID) -> list[Candidate | None]:
-        """The best face in each region, the regions packed side by side into the model's input
-        (up to `grid` x `grid` per run, see `edge.vision.tile_scan`): how followed faces are looked
-        for on a stream, and (one per run) how a still image's tile finds are confirmed."""
+                          totals: dict[str, float], per_run: int = MAX_MOSAIC_GRID ** 2) -> list[Candidate | None]:
+        """The best face in each region, up to `per_run` regions packed side by side into the model's
+        input, each in a cell of the same size (see `edge.vision.tile_scan`): how followed faces are
+        looked for on a stream, and (one per run, alone) how a tile's find is confirmed."""
         width, height = self.spec.input_width, self.spec.input_height
-        per_run = grid * grid
         best: list[Candidate | None] = []
         for start in range(0, len(regions), per_run):
             t0 = time.perf_counter()
             batch = regions[start:start + per_run]
-            cells = mosaic_cells(len(batch), width, height, grid)
+            cells = mosaic_cells(len(batch), width, height)
             canvas = self._mosaic
             canvas[...] = 0
             fits = []
@@ -483,8 +483,14 @@ class Pipeline:
         tiles = self.scan.next_tiles(image)
         whole = detector.region_candidates(image, None, detector.threshold, totals)
         missing = self.scan.to_follow(whole)
-        regions = [follow_region(f.face, width, height) for f in missing]
-        refound = detector.mosaic_candidates(image, regions, threshold, totals) if regions else []
+        # Faces found before share one mosaic; a tile's find not yet confirmed runs alone, because the
+        # faces in the cells beside it move its score (docs/benchmarks-tiling.md).
+        followed = [f for f in missing if f.confirmed]
+        checked = [f for f in missing if not f.confirmed]
+        refound = [*detector.mosaic_candidates(image, self._regions(followed, width, height), threshold, totals),
+                   *detector.mosaic_candidates(image, self._regions(checked, width, height), threshold, totals,
+                                               per_run=1)]
+        missing = followed + checked
         scanned = merge(detector.tile_candidates(image, tiles, threshold, totals), iou_threshold)
         t0 = time.perf_counter()
         faces = merge(self.scan.update(whole, list(zip(missing, refound, strict=True)), scanned), iou_threshold)
@@ -493,6 +499,10 @@ class Pipeline:
             faces = self.near.add(image, faces, totals, still=False)
         detector.timings = totals
         return Detector.to_detections(faces)
+
+    @staticmethod
+    def _regions(faces: list[Followed], width: int, height: int) -> list[Tile]:
+        return [follow_region(f.face, width, height) for f in faces]
 
     def process(self, frame: FrameLike, still: bool = False) -> FrameResult:
         """One frame of a stream, or with `still` one image on its own (tiled mode then scans every tile)."""

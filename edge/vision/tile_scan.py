@@ -74,17 +74,17 @@ def follow_region(face: Candidate, width: int, height: int) -> Tile:
     return Tile(x0, y0, x0 + side_x, y0 + side_y, width, height)
 
 
-def mosaic_cells(count: int, model_width: int, model_height: int, most: int = MAX_MOSAIC_GRID) -> list[Tile]:
+def mosaic_cells(count: int, model_width: int, model_height: int) -> list[Tile]:
     """The cells (in model pixels) of one mosaic for `count` crops: the first `count` cells of a grid of
-    `most` cells a side, however few the crops (the caller packs more than fit into more mosaics).
+    `MAX_MOSAIC_GRID` cells a side, however few the crops (the caller packs more than fit into more mosaics).
 
     Why always the full grid: each crop is then the same size in the model's input, its face about half
     a cell. With the smallest grid that held them, a lone followed face filled the whole input, where
     the full-range model, built for small faces, scores faces low: on a composed stream one face was
     found by its tile in four scans and lost by every follow crop for 50 frames (docs/benchmarks-tiling.md)."""
-    if count < 1 or most < 1:
-        raise ValueError(f"a mosaic of {count} cells, at most {most} a side: expected at least one of each")
-    grid = most
+    if count < 1:
+        raise ValueError(f"a mosaic of {count} cells: expected at least one")
+    grid = MAX_MOSAIC_GRID
     cw, ch = model_width // grid, model_height // grid
     cells = [Tile(c * cw, r * ch, (c + 1) * cw, (r + 1) * ch, model_width, model_height)
              for r in range(grid) for c in range(grid)]

@@ -44,6 +44,10 @@ FPS = 30
 STREAM_FRAMES = 240
 STREAM_FACES = 6
 STREAM_SEED = 5
+# The busy scene of docs/benchmarks-tiling.md (its stream benchmark's faces and seed).
+BUSY_FRAMES = 600
+BUSY_FACES = 8
+BUSY_SEED = 13
 
 
 @pytest.fixture(scope="module")
@@ -144,10 +148,10 @@ def test_follow_regions_are_squares_around_the_face_inside_the_frame() -> None:
 
 
 def test_mosaic_cells_are_always_three_a_side() -> None:
-    """One crop or nine, each is a third of the model's input: a lone face never fills it."""
+    """One crop or nine, each is a third of the model's input: a lone face never fills it (a tile's find
+    is confirmed alone in the first cell, the rest of the input black)."""
     assert mosaic_cells(1, 192, 192) == [Tile(0, 0, 64, 64, 192, 192)]
     assert [(c.x0, c.y0) for c in mosaic_cells(4, 192, 192)] == [(0, 0), (64, 0), (128, 0), (0, 64)]
-    assert mosaic_cells(1, 192, 192, most=1) == [Tile(0, 0, 192, 192, 192, 192)]  # a still image's confirmation
     assert len(mosaic_cells(9, 192, 192)) == 9 and mosaic_cells(9, 192, 192)[-1] == Tile(128, 128, 192, 192, 192, 192)
     assert len(mosaic_cells(12, 192, 192)) == 9  # the rest go in the next mosaic
     with pytest.raises(ValueError, match="cells"):
@@ -384,4 +388,30 @@ def test_every_face_of_the_composed_stream_is_found_within_a_second_and_nothing_
             first.setdefault(present[index][0], number)
     delays = {i: first.get(i, STREAM_FRAMES) - face.appears for i, face in enumerate(scene.faces)}
     assert max(delays.values()) <= FPS, f"frames from appearing to found, per face: {delays}"
+    assert extra_false == 0
+
+
+def test_in_a_busy_scene_a_face_found_beside_followed_faces_is_confirmed(
+        single: Pipeline, crops: list[composed.Crop], shared_images: Path) -> None:
+    """Foliage swaying and the light drifting (`ComposedStream(busy=True)`, seed 13): a tile finds the
+    last face to appear (face 1, frame 392) while seven others are followed. Confirmed in the follow
+    mosaic beside them, its score fell to 0.26 and it was never reported in 600 frames; confirmed in a
+    run of its own it is reported within frames. Every face within 2 s, nothing false beyond one pass."""
+    pipeline = build_pipeline(DetectorConfig(pose="off", near_faces_every=0, tiled=True))
+    scene = composed.ComposedStream(crops, shared_images, BUSY_FRAMES, BUSY_FACES, BUSY_SEED, busy=True)
+    first: dict[int, int] = {}
+    extra_false = 0
+    for number in range(BUSY_FRAMES):
+        image = scene.frame(number)
+        present = scene.present(number)
+        boxes = [box for _, box in present]
+        hit, false_positives = composed.match(pipeline.detect_stream(image), boxes, FRAME_W, FRAME_H)
+        if false_positives:  # one pass's own false positives are not tiled mode's
+            extra_false += max(0, false_positives - composed.match(single.detect(image), boxes, FRAME_W, FRAME_H)[1])
+        for index in hit:
+            first.setdefault(present[index][0], number)
+        if len(first) == len(scene.faces):
+            break
+    delays = {i: first.get(i, BUSY_FRAMES) - face.appears for i, face in enumerate(scene.faces)}
+    assert max(delays.values()) <= 2 * FPS, f"frames from appearing to found, per face: {delays}"
     assert extra_false == 0
