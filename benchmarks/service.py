@@ -25,9 +25,9 @@ machine falls on all of them alike.
         [--near-faces-every 3 0] [--pipelined off on]
 
 `--fps 0` runs the camera unpaced: the service's top speed. `--pipelined on` is `[detector]
-pipelined = true` (the invoke overlapped with the frame before, docs/detection.md); the service
-refuses it beside the near-face pass, so it is measured only with `near_faces_every = 0` and other
-combinations are left out with a line saying so. Results: docs/benchmarks.md.
+pipelined = true` (the invoke overlapped with the frame before, docs/detection.md; the near-face
+pass then runs with the frame being finished, on a second interpreter of the main model for its
+checks). Results: docs/benchmarks.md.
 
 """
 from __future__ import annotations
@@ -231,12 +231,6 @@ def main() -> int:
     configure_process()  # as the service's entry point does (OpenCV on one thread)
     settings = [Setting(n, fps, near, SWITCH[p]) for n in args.threads for fps in args.fps
                 for near in args.near_faces_every for p in args.pipelined]
-    for setting in [s for s in settings if s.pipelined and s.near]:
-        print(f"benchmarks/service: left out {setting.describe()}: the service refuses pipelined beside the "
-              f"near-face pass", file=sys.stderr)
-    settings = [s for s in settings if not (s.pipelined and s.near)]
-    if not settings:
-        parser.error("no setting left to run: --pipelined on needs --near-faces-every 0")
     service: dict[Setting, list[tuple[float, float, float]]] = {s: [] for s in settings}
     threads_ms: dict[Setting, list[dict[str, float]]] = {s: [] for s in settings}
     stage_keys = sorted({(s.threads, s.near, s.pipelined) for s in settings})

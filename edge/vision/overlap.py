@@ -16,7 +16,12 @@ decides which thread runs each step and owns what lets two frames be in flight: 
 (frame N+1 is fitted while frame N's pixels may still be going into the interpreter) and two sets of
 output copies (frame N is decoded while frame N+1's invoke rewrites the interpreter's own outputs).
 
-Single-pass detection only: tiled mode runs several invokes per frame, each placed by the last.
+Single-pass detection only: tiled mode runs several invokes per frame, each placed by the last. The
+near-face pass runs in the caller's thread with the frame being finished. It checks its finds with the
+main model, whose interpreter the inference thread owns: the checks are run by that thread too,
+between two frames' invokes, through a second `Detector` of the main model (its own fitter and
+decoder, the same interpreter), and the frame after a check writes its whole input. A second
+interpreter would have cost 11 MB of memory for runs that happen only when a close face appears.
 While this class drives a pipeline, nothing else may run that pipeline's detector.
 """
 from __future__ import annotations
@@ -33,9 +38,12 @@ from edge.vision.detection import FrameResult
 from edge.vision.geometry import Fit
 from edge.vision.pipeline import Detector, FrameLike, Pipeline, Selection, check_image
 from edge.vision.preprocess import Fitter
+from edge.vision.runtime import PixelTransform
 
 # Two frames in flight at most: one being invoked, one being finished.
 SLOTS = 2
+# The output copies of a near-face check (the caller waits for it, so one is enough).
+CHECK_SLOT = SLOTS
 MS_PER_S = 1e3
 
 
@@ -55,6 +63,8 @@ class _Job:
     pixels: np.ndarray
     changed: tuple[slice, slice] | None
     slot: int
+    # Where the answer goes: the frames' queue, or a check's own (a frame's answer may come first).
+    reply: queue.SimpleQueue[_Ran] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +89,7 @@ class _Pending:
 class _Outputs:
     """Per slot, the outputs copied out of the interpreter's buffers (allocated on first use)."""
 
-    slots: list[list[np.ndarray] | None] = field(default_factory=lambda: [None] * SLOTS)
+    slots: list[list[np.ndarray] | None] = field(default_factory=lambda: [None] * (SLOTS + 1))
 
     def keep(self, slot: int, views: list[np.ndarray]) -> list[np.ndarray]:
         """Copies of `views` in the slot's arrays, which stay valid until the slot's next frame."""
@@ -105,11 +115,11 @@ class OverlappedPipeline:
         if pipeline.config.tiled:
             raise ValueError("tiled mode runs several invokes per frame, each placed by the last: "
                              "overlap needs single-pass detection")
-        if pipeline.near is not None:
-            raise ValueError("the near-face pass runs a second model per frame: overlap needs one "
-                             "(near_faces_every = 0, or the short-range model)")
         self.pipeline = pipeline
         detector = pipeline.detector
+        self._near_main = None if pipeline.near is None else pipeline.near.main
+        if pipeline.near is not None:
+            pipeline.near.main = Detector(detector.runner, detector.spec, detector.threshold, run=self._run_between_frames)
         spec = detector.spec
         self._detector = detector
         self._fitters = tuple(Fitter(spec.input_width, spec.input_height, detector.family.fit) for _ in range(SLOTS))
@@ -145,15 +155,29 @@ class OverlappedPipeline:
         """Apply the pixels, invoke, copy the outputs out; every failure goes back to the caller."""
         runner, transform, outputs = self._detector.runner, self._detector.transform, self._outputs
         while (job := self._jobs.get()) is not None:
+            reply = self._ran if job.reply is None else job.reply
             start = time.perf_counter()
             try:
                 kept = outputs.keep(job.slot, runner.run_pixels(job.pixels, transform, views=True, changed=job.changed))
             except Exception as exc:  # raised in the caller's thread, for this frame
-                self._ran.put(_Ran([], 0.0, exc))
+                reply.put(_Ran([], 0.0, exc))
                 continue
-            self._ran.put(_Ran(kept, (time.perf_counter() - start) * MS_PER_S))
+            reply.put(_Ran(kept, (time.perf_counter() - start) * MS_PER_S))
 
     # --- the caller's thread ----------------------------------------------------------------------
+    def _run_between_frames(self, pixels: np.ndarray, transform: PixelTransform, views: bool = False,
+                            changed: tuple[slice, slice] | None = None) -> list[np.ndarray]:
+        """A near-face check's run (`RunPixels`), by the inference thread after the invoke it is on: the
+        whole input is written (`changed` is ignored), and so is the next frame's. The answer is the
+        check slot's copies, valid until the next check; `transform` is the main detector's own."""
+        reply: queue.SimpleQueue[_Ran] = queue.SimpleQueue()
+        self._jobs.put(_Job(pixels, None, CHECK_SLOT, reply))
+        self._last_size = None  # the input will hold the check's canvas: the next frame writes all of its own
+        ran = reply.get()
+        if ran.error is not None:
+            raise ran.error
+        return ran.outputs
+
     def push(self, frame: FrameLike) -> Finished | None:
         """Start `frame`'s inference and finish the frame pushed before it (None for the first)."""
         if self._closed:
@@ -196,10 +220,12 @@ class OverlappedPipeline:
         start = time.perf_counter()
         detector = self._detector
         found = detector.decoder.decode(ran.outputs, detector.threshold, pending.fit)
-        detections = Detector.to_detections(found)
         timings = {"preprocess": pending.preprocess_ms, "invoke": ran.invoke_ms,
                    "decode": (time.perf_counter() - start) * MS_PER_S, "wait": wait_ms}
-        return Finished(pending.frame, self.pipeline.finish(pending.frame, detections, timings))
+        near = self.pipeline.near
+        if near is not None:
+            found = near.add(pending.frame.image, found, timings, still=False)
+        return Finished(pending.frame, self.pipeline.finish(pending.frame, Detector.to_detections(found), timings))
 
     def close(self) -> None:
         """Stop the inference thread once its invoke is done; a frame still in flight is dropped
@@ -212,6 +238,8 @@ class OverlappedPipeline:
         self._thread.join()
         # The interpreter's input now holds our last frame, which the detector's own fitter never saw.
         self._detector.fitter.forget()
+        if self.pipeline.near is not None and self._near_main is not None:
+            self.pipeline.near.main = self._near_main
 
     def __enter__(self) -> "OverlappedPipeline":
         return self

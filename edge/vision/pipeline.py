@@ -28,6 +28,7 @@ from edge.vision.runtime import (
     DelegateConfig,
     EdgeTpuHardware,
     Runner,
+    RunPixels,
     Runtime,
     accelerated_runner,
     cpu_runner,
@@ -102,7 +103,7 @@ def input_normalisation(params: Mapping[str, Any]) -> tuple[float, float]:
 # overlapped pipeline, holding a frame in flight, does not do; tiled mode runs dependent invokes.
 PIPELINED_EXPECTED = ("true to run the detector's invoke on a thread of its own, overlapped with finishing the frame "
                       "before (more frames per second with landmark pose when frames queue, at slightly more CPU per "
-                      "frame; docs/benchmarks.md); only with delegate = \"cpu\", tiled = false and no near-face pass")
+                      "frame; docs/benchmarks.md); only with delegate = \"cpu\" and tiled = false")
 
 
 def _tile_size(value: int) -> str | None:
@@ -147,10 +148,6 @@ class DetectorConfig(schema.Section):
             raise schema.refuse(self.SECTION, "pipelined", self.pipelined,
                                 "needs single-pass detection on the CPU (tiled = false, delegate = \"cpu\")",
                                 PIPELINED_EXPECTED)
-        if self.pipelined and self.near_faces_every and self.model in NEAR_MODELS:
-            raise schema.refuse(self.SECTION, "pipelined", self.pipelined,
-                                f"needs one model per frame, and {self.model} runs the near-face pass beside it "
-                                "(set near_faces_every = 0, or model = \"blazeface-short\")", PIPELINED_EXPECTED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,12 +259,16 @@ def _auto(config: DetectorConfig, manifest: Manifest, runtime: Runtime, spec: Mo
 class Detector:
     """One model on one runner: image -> detections in frame-normalised coordinates."""
 
-    def __init__(self, runner: Runner, spec: ModelSpec, threshold: float | None = None) -> None:
+    def __init__(self, runner: Runner, spec: ModelSpec, threshold: float | None = None,
+                 run: RunPixels | None = None) -> None:
         family = FAMILIES.get(spec.family)
         if family is None:
             raise ModelError(f"model '{spec.name}' is of family '{spec.family}', which has no decoder",
                              f"known families: {', '.join(FAMILIES)}")
         self.runner, self.spec, self.family = runner, spec, family
+        # How the pixels reach the interpreter: the runner itself, unless another thread owns it
+        # (`edge.vision.overlap` sends a second detector's runs to its inference thread).
+        self.run: RunPixels = runner.run_pixels if run is None else run
         self.decoder = family.decoder(spec.params)
         self.threshold = spec.score_threshold if threshold is None else threshold
         self.fitter = Fitter(spec.input_width, spec.input_height, family.fit)
@@ -288,7 +289,7 @@ class Detector:
         if tile is not None:
             fit = fit.within(*tile.normalised)
         t1 = time.perf_counter()
-        outputs = self.runner.run_pixels(pixels, self.transform, views=True, changed=changed)
+        outputs = self.run(pixels, self.transform, views=True, changed=changed)
         t2 = time.perf_counter()
         found = self.decoder.decode(outputs, self.threshold if threshold is None else threshold, fit)
         del outputs  # views of the interpreter's buffers: gone before the next invoke()
@@ -336,7 +337,7 @@ class Detector:
         # The input now holds this region: `candidates` must write whole frames from here on.
         self.region_writes = False
         t1 = time.perf_counter()
-        outputs = self.runner.run_pixels(pixels, self.transform, views=True)
+        outputs = self.run(pixels, self.transform, views=True)
         t2 = time.perf_counter()
         found = self.decoder.decode(outputs, threshold, fit)
         del outputs  # views of the interpreter's buffers: gone before the next invoke()

@@ -17,7 +17,7 @@ import platform
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator, Mapping
+from typing import Any, Callable, ClassVar, Iterator, Mapping, Protocol
 
 import cv2
 import numpy as np
@@ -233,6 +233,14 @@ class PixelTransform:
             info = np.iinfo(self.dtype)
             values = np.rint(pixels.astype(np.float32) * self.gain + self.offset)
             out[...] = np.clip(values, info.min, info.max).astype(self.dtype)
+
+
+class RunPixels(Protocol):
+    """The shape of `Runner.run_pixels`: what a detector calls to run one model input (the runner's
+    own method, or one that hands the run to the thread that owns the runner)."""
+
+    def __call__(self, pixels: np.ndarray, transform: PixelTransform, views: bool = False,
+                 changed: tuple[slice, slice] | None = None) -> list[np.ndarray]: ...
 
 
 class Runner:

@@ -342,7 +342,7 @@ def test_run_command_with_a_config_file(tmp_path: Path, mosquitto: BrokerUnderTe
     pipelined = tmp_path / "pipelined.toml"
     pipelined.write_text(config.read_text().replace("fps = 30", "fps = 0").replace(
         'state_dir = "' + str(tmp_path / "state") + '"', 'state_dir = "' + str(tmp_path / "state-pipelined") + '"')
-        + '[detector]\ndelegate = "cpu"\npipelined = true\nnear_faces_every = 0\n')
+        + '[detector]\ndelegate = "cpu"\npipelined = true\n')  # the default model, with its near-face pass
     with Subscriber(mosquitto.broker, mosquitto.pki) as sub:
         proc = subprocess.run([sys.executable, "-m", "edge.app.cli", "run", "--config", str(pipelined)],
                               capture_output=True, text=True, timeout=120, cwd=REPO)

@@ -89,7 +89,6 @@ def test_an_unknown_section_is_refused() -> None:
     ("detector", {"tile_size": 256, "tile_overlap": 300}, "tile_overlap", "300"),
     ("detector", {"pipelined": True}, "pipelined", "true"),  # needs delegate = "cpu": nothing to follow
     ("detector", {"pipelined": True, "delegate": "cpu", "tiled": True}, "pipelined", "true"),
-    ("detector", {"pipelined": True, "delegate": "cpu"}, "pipelined", "true"),  # full range runs the near-face pass too
     ("detector", {"model_dirs": "/opt/models"}, "model_dirs", "'/opt/models'"),
     ("mqtt", {**MQTT, "port": 70000}, "port", "70000"),
     ("mqtt", {**MQTT, "backoff_min_s": 9.5, "backoff_max_s": 2}, "backoff_min_s", "9.5"),

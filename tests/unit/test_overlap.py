@@ -20,10 +20,14 @@ from edge.vision.preprocess import letterbox
 from edge.vision.manifest import load_manifest, locate, search_dirs
 from edge.vision.runtime import AcceleratorFault, DelegateConfig, Runner, load_runtime, make_interpreter
 
+from support import composed
 from support.coral import Unplugged
 from support.data import load_rgb
 
 CAMERA_SIZE = (640, 480)
+# Portraits one pass finds a face in, made into frames where the face is too close for it (tests/unit/test_near_faces.py).
+CLOSE_PORTRAITS = ["fr_obama.jpg", "fr_rose_leslie2.jpg", "mtcnn_ivan.jpg", "fr_kit_harington3.jpg"]
+CLOSE_SIZE = 480
 
 
 def photographs(folder: Path) -> list[np.ndarray]:
@@ -173,8 +177,34 @@ def test_an_image_that_is_not_a_frame_is_refused_before_anything_is_in_flight(sh
         assert finished is not None and finished.frame is frames[0]
 
 
-def test_tiled_mode_and_the_near_face_pass_are_refused() -> None:
+def test_tiled_mode_is_refused() -> None:
     with pytest.raises(ValueError, match="single-pass"):
         OverlappedPipeline(build_pipeline(DetectorConfig(near_faces_every=0, pose="off", tiled=True)))
-    with pytest.raises(ValueError, match="near-face pass"):
-        OverlappedPipeline(build_pipeline(DetectorConfig(model="blazeface-full", pose="off")))
+
+
+@pytest.mark.parametrize("pose", ["off", "landmarks"])
+def test_with_the_near_face_pass_the_same_results_as_the_sequential_pipeline(shared_images: Path, pose: str) -> None:
+    """The default detector (full range, the near-face pass every third frame) on a stream where faces
+    too close for one pass come and go among the shared photographs: the near pass adds the same faces
+    in the same frames, and with landmark pose crops them from the same boxes."""
+    one_pass = build_pipeline(DetectorConfig(near_faces_every=0, pose="off"))
+    close = []
+    for name in CLOSE_PORTRAITS:
+        portrait = load_rgb(shared_images / name)
+        frame, _ = composed.close_face(portrait, one_pass.detect(portrait)[0].box, CLOSE_SIZE)
+        close.append(frame)  # 480x480 between 640x480 photographs: sizes change too
+    photos = [frame.image for frame in camera_frames(shared_images)]
+    # A photograph, then a close face for three frames: four frames a round, so the pass's every third frame falls anywhere.
+    images = [image for i, photo in enumerate(photos) for image in (photo, *[close[i % len(close)]] * 3)]
+    frames = [Frame(image, i, 1000.0 + i / 30) for i, image in enumerate(images)]
+    sequential = build_pipeline(DetectorConfig(pose=pose))
+    expected = [sequential.process(frame) for frame in frames]
+    near_only = sum(1 for frame, r in zip(frames, expected, strict=True)
+                    if len(r.faces) > len(one_pass.detect(frame.image)))
+    assert near_only >= len(frames) // 6, "the near-face pass added few faces: the test shows little"
+    pipeline = build_pipeline(DetectorConfig(pose=pose))
+    main = pipeline.near.main if pipeline.near is not None else None
+    finished = overlapped(pipeline, frames)
+    for got, want in zip(finished, expected, strict=True):
+        assert_same(got.result, want)
+    assert pipeline.near is not None and pipeline.near.main is main  # the checks go back to the detector
