@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
+import random
 import shutil
 import signal
 import socket
@@ -39,6 +40,14 @@ KEY_FILE_MODE = 0o600
 READY_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
 POLL_INTERVAL_S = 0.05
+# Listening ports are picked below the kernel's range for outgoing connections' own ports: a port from
+# that range can be taken by any connection this machine opens between the pick and the broker's bind
+# (a RabbitMQ node of the cluster test, starting some seconds after its ports were picked, once found
+# its MQTT port taken). Linux's range starts at 32768 unless /proc says otherwise.
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+DEFAULT_EPHEMERAL_LOW = 32768
+LOWEST_PICKED_PORT = 20000
+PORT_PICKS = 200
 
 
 class BrokerError(EdgeError):
@@ -63,7 +72,21 @@ class ThrowawayPki:
 
 
 def free_port() -> int:
-    """A loopback port nobody listens on right now."""
+    """A loopback port nobody uses right now, below the ports the kernel hands to outgoing connections
+    (so none of those can take it before it is bound); the kernel's own pick if that range is full."""
+    pick = random.SystemRandom()  # not the global generator: a test that seeds it must not make workers collide
+    try:
+        ephemeral_low = int(EPHEMERAL_RANGE_FILE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = DEFAULT_EPHEMERAL_LOW
+    for _ in range(PORT_PICKS if ephemeral_low > LOWEST_PICKED_PORT else 0):
+        port = pick.randrange(LOWEST_PICKED_PORT, ephemeral_low)
+        with socket.socket() as s:
+            try:
+                s.bind((LOOPBACK, port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind((LOOPBACK, 0))
         return int(s.getsockname()[1])
