@@ -24,6 +24,7 @@ side, on the same broker at the same time, so a noisy machine affects both.
     .venv/bin/python benchmarks/soak.py --frames 3000 --outbox strict,write-behind
     .venv/bin/python benchmarks/soak.py --frames 6000 --outbox strict,write-behind --broker-away-after 100
     .venv/bin/python benchmarks/soak.py --frames 100000 --outbox write-behind --json
+    .venv/bin/python benchmarks/soak.py --frames 10000 --outbox write-behind --pipelined
 
 Results: docs/benchmarks-soak.md.
 """
@@ -170,12 +171,14 @@ def sample(pid: int) -> Sample | None:
 
 
 def config_text(device: str, state_dir: Path, broker: MosquittoBroker, pki: ThrowawayPki, durability: str,
-                fps: float) -> str:
+                fps: float, pipelined: bool = False) -> str:
     cred = pki.clients[device]
+    # `pipelined` is CPU-only (docs/detection.md), and the soak runs on the CPU anyway.
+    detector = ['delegate = "cpu"', "pipelined = true"] if pipelined else []
     return "\n".join([
         "[device]", f'id = "{device}"', f'state_dir = "{state_dir}"',
         "[camera]", 'source = "virtual"', f"fps = {fps}",
-        "[detector]", 'pose = "landmarks"',
+        "[detector]", 'pose = "landmarks"', *detector,
         "[mqtt]", f'host = "{broker.host}"', f"port = {broker.port}", f'ca = "{pki.ca}"',
         f'cert = "{cred.cert}"', f'key = "{cred.key}"', "backoff_min_s = 0.5", "backoff_max_s = 2.0",
         "[outbox]", f'durability = "{durability}"',
@@ -186,12 +189,12 @@ def config_text(device: str, state_dir: Path, broker: MosquittoBroker, pki: Thro
 
 
 def start_run(workdir: Path, broker: MosquittoBroker, pki: ThrowawayPki, durability: str, frames: int,
-              fps: float) -> Run:
+              fps: float, pipelined: bool) -> Run:
     device = DEVICE_PREFIX + durability
     state_dir = workdir / device / "state"
     state_dir.mkdir(parents=True)
     config = workdir / device / "edge-camera.toml"
-    config.write_text(config_text(device, state_dir, broker, pki, durability, fps))
+    config.write_text(config_text(device, state_dir, broker, pki, durability, fps, pipelined))
     # stderr into a pipe read here: a log file in the state directory would count as the service's writes.
     proc = subprocess.Popen([sys.executable, "-m", "edge.app.cli", "run", "--config", str(config),
                              "--frames", str(frames)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -304,7 +307,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
         try:
             counter = Counter(broker, pki)
             started = time.monotonic()
-            runs = [start_run(workdir, broker, pki, d, args.frames, args.fps) for d in args.outbox]
+            runs = [start_run(workdir, broker, pki, d, args.frames, args.fps, args.pipelined) for d in args.outbox]
             away_at = watch(runs, counter, broker, args, started)
             counter.close()
             results = [summarise(run, counter, away_at) for run in runs]
@@ -314,7 +317,8 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
                 if run.proc.poll() is None:
                     run.proc.kill()
                     run.proc.wait()
-    return {"frames": args.frames, "fps_asked": args.fps, "broker_away_after_s": args.broker_away_after,
+    return {"frames": args.frames, "fps_asked": args.fps, "pipelined": args.pipelined,
+            "broker_away_after_s": args.broker_away_after,
             "filesystem": kind, "cpus": os.cpu_count(), "runs": results}
 
 
@@ -417,6 +421,8 @@ def main() -> None:
     parser.add_argument("--broker-away-after", type=float, default=None, metavar="S",
                         help="stop the broker S seconds after the first detection, to measure writes while it is away")
     parser.add_argument("--state-dir", default="/var/tmp", help="where state directories go: a real disk (default /var/tmp)")
+    parser.add_argument("--pipelined", action="store_true",
+                        help="[detector] pipelined = true (the invoke overlapped with the frame before)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--progress", action="store_true", help="a progress line on stderr every minute")
     args = parser.parse_args()
