@@ -143,8 +143,9 @@ class TileScan:
 
     Tiles are scanned round-robin: each frame the `per_frame` tiles scanned longest ago. With
     `changes`, a tile whose core changed since its last scan (a sparse sample of the frame, away
-    from the faces already followed) goes before the others, unless they have waited more than
-    a whole round: a face appears where pixels change, and a static scene costs nothing extra.
+    from the faces already followed) goes before the others, by up to a whole round, less the
+    more restless the tile was when the change began (`_urgency`): a face appears where pixels
+    change, and a static scene costs nothing extra.
     """
 
     def __init__(self, tile: int, overlap: int, per_frame: float, changes: bool = True) -> None:
@@ -161,6 +162,8 @@ class TileScan:
         self._previous = np.zeros((0, 0), np.int16)  # the samples of the frame before
         self._restless = np.zeros(0)  # per tile: the running share of frames in which its core changed
         self._sums = np.zeros(0)  # per tile: the sum of its core's samples when it was last scanned
+        self._was_news = np.zeros(0, bool)  # per tile: whether it had news when last looked at
+        self._news_calm = np.zeros(0)  # per tile: how calm it was when its news began (see `_urgency`)
 
     @property
     def tiles(self) -> list[Tile]:
@@ -181,6 +184,8 @@ class TileScan:
             self._previous = samples
             self._restless = np.zeros(count)
             self._sums = self._core_sums(samples)
+            self._was_news = np.zeros(count, bool)
+            self._news_calm = np.zeros(count)
         tiles = self.layout.tiles
         self._credit += self.per_frame
         count = min(int(self._credit), len(tiles))
@@ -190,9 +195,13 @@ class TileScan:
             return []
         waited = self._frame - self._scanned
         if self.changes:
-            self._note_restless(samples)
+            followed = self._followed_samples(samples.shape)
+            # Where a face is followed, the reference follows it: what it uncovers as it drifts was
+            # background at its last look, and its own movement is neither news nor restlessness.
+            self._reference[:, followed] = samples[followed]
+            self._note_restless(samples, followed)
             rounds = math.ceil(len(tiles) / self.per_frame)
-            waited = waited + rounds * self._news(samples)
+            waited = waited + rounds * self._urgency(self._news(samples))
         # Longest wait first; among equals, the lower index (the round-robin order).
         chosen = np.lexsort((np.arange(len(tiles)), -waited))[:count]
         for i in chosen:
@@ -202,9 +211,33 @@ class TileScan:
         self._scanned[chosen] = self._frame
         return [tiles[i] for i in chosen]
 
-    def _note_restless(self, samples: np.ndarray) -> None:
-        """Updates each tile's running share of frames in which its core changed since the frame before."""
-        moved = np.abs(samples - self._previous) > CHANGE_LEVEL
+    def _urgency(self, news: np.ndarray) -> np.ndarray:
+        """Per tile, how many rounds its news moves it ahead: one for news that began while the tile was
+        still, less the nearer it was then to restless (foliage that sways just short of it keeps
+        changing after every scan and would otherwise take its turn before a face's tile), none
+        without news. Taken when the news begins and kept until the tile is scanned, because a face
+        waiting in a tile makes it restless in its turn (drifting, it changes the samples on its
+        edges every few frames)."""
+        calm = np.clip(1 - self._restless / RESTLESS_SHARE, 0, 1)
+        begins = news & ~self._was_news
+        self._news_calm[begins] = calm[begins]
+        self._was_news = news
+        return np.where(news, self._news_calm, 0.0)
+
+    def _followed_samples(self, shape: tuple[int, ...]) -> np.ndarray:
+        """The change samples inside the follow regions of the faces followed."""
+        inside = np.zeros(shape, bool)
+        frame_w, frame_h = self._size or (0, 0)
+        for f in self.followed:
+            region = follow_region(f.face, frame_w, frame_h)
+            inside[region.y0 // CHANGE_STRIDE:-(-region.y1 // CHANGE_STRIDE),
+                   region.x0 // CHANGE_STRIDE:-(-region.x1 // CHANGE_STRIDE)] = True
+        return inside
+
+    def _note_restless(self, samples: np.ndarray, followed: np.ndarray) -> None:
+        """Updates each tile's running share of frames in which its core changed since the frame before
+        (outside the `followed` samples)."""
+        moved = (np.abs(samples - self._previous) > CHANGE_LEVEL) & ~followed
         self._previous = samples
         owners = self.layout.owner[:, moved]
         changed = np.bincount(owners.ravel(), minlength=len(self.layout.tiles)) >= MIN_CHANGED
@@ -229,11 +262,6 @@ class TileScan:
         lamp that brightens the scene by a fifth moves no tile ahead, while a face (a few samples of
         a core) still does. A scene that holds still never pays for that second look."""
         changed = np.abs(self._reference - samples[None]) > CHANGE_LEVEL
-        frame_w, frame_h = self._size or (0, 0)
-        for f in self.followed:  # a followed face's own movement is no news
-            region = follow_region(f.face, frame_w, frame_h)
-            changed[:, region.y0 // CHANGE_STRIDE:-(-region.y1 // CHANGE_STRIDE),
-                    region.x0 // CHANGE_STRIDE:-(-region.x1 // CHANGE_STRIDE)] = False
         owners = self.layout.owner[changed]
         tiles = len(self.layout.tiles)
         calm = self._restless < RESTLESS_SHARE  # a restless tile's changes do not count

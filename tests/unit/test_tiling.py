@@ -19,6 +19,7 @@ from edge.vision.tile_scan import (
     MAX_MISSES,
     RESTLESS_FRAMES,
     RESTLESS_SHARE,
+    Followed,
     TileScan,
     follow_region,
     mosaic_cells,
@@ -248,6 +249,40 @@ def test_a_restless_tile_stops_taking_the_slots_of_the_others() -> None:
     face = moving.copy()
     face[700:740, 1500:1530] = 200
     assert inside(scan.next_tiles(face)[0], 1500, 700, 1530, 740)
+
+
+def test_a_followed_face_drifting_leaves_no_news_behind_it() -> None:
+    """A face followed from frame to frame uncovers the background where it was: that is no news (the
+    reference follows the face), so no tile goes ahead of the round-robin order for it."""
+    scan, plain = TileScan(192, 48, 1), TileScan(192, 48, 1, changes=False)
+    image = blank(100)
+    x, y, side = 1500, 700, 32
+    for frame in range(40):
+        moved = image.copy()
+        moved[y:y + side, x:x + side] = 220
+        assert scan.next_tiles(moved) == plain.next_tiles(moved), f"frame {frame}"
+        scan.followed = [Followed(Candidate(0.9, x / FRAME_W, y / FRAME_H, (x + side) / FRAME_W, (y + side) / FRAME_H))]
+        x += 4  # 160 px in 40 frames: far beyond its follow crop's square
+
+
+def test_news_in_a_tile_that_was_still_goes_before_news_in_a_tile_nearly_restless() -> None:
+    """Foliage swaying just short of restless changes again after every scan of its tiles; a face
+    appearing in a still tile scanned a moment ago still goes first (news moves a tile ahead by up to a
+    round, less the nearer its tile was to restless when the news began). A 384x384 frame: nine
+    finest tiles and one over the whole frame, which holds both."""
+    scan = TileScan(192, 48, 1)
+    image = np.full((384, 384, 3), 100, np.uint8)
+    for frame in range(60):  # changed in one frame of three: restless share about a third, under a half
+        swaying = image.copy()
+        swaying[10:40, 10:40] = 30 if (frame // 3) % 2 else 220
+        scan.next_tiles(swaying)
+    corner = next(t for t in scan.tiles if (t.x0, t.y0, t.x1 - t.x0) == (192, 192, 192))
+    while scan.next_tiles(swaying)[0] != corner:  # the face's tile has just been scanned: it waited least
+        pass
+    face = swaying.copy()
+    face[10:40, 10:40] = 250 - swaying[10, 10]  # the foliage has just moved again: its tiles have news too
+    face[300:330, 300:324] = 200
+    assert scan.next_tiles(face)[0] == corner
 
 
 def test_a_tile_find_is_reported_only_once_a_follow_crop_confirms_it() -> None:
