@@ -48,6 +48,10 @@ STOP_TIMEOUT_S = 30.0
 POLL_S = 0.1
 COOKIE_MODE = 0o400
 SUBSCRIBE_TIMEOUT_S = 30.0
+# A started node must accept an MQTT connection within this long, or it is restarted (at most
+# `MQTT_RESTARTS` times): see `RabbitCluster.start`.
+MQTT_READY_S = 60.0
+MQTT_RESTARTS = 2
 # Busy-waiting schedulers burn CPU on a shared machine (three nodes on two cores): off.
 ERL_ARGS = "+sbwt none +sbwtdcpu none +sbwtdio none"
 
@@ -178,6 +182,7 @@ class RabbitCluster:
         self.server = find_server()
         self.workdir = workdir
         self.pki = pki
+        self._probe = (*readers, *devices)[0]  # whose certificate the readiness probe logs in with
         self.epmd_port = free_port()
         self._epmd: subprocess.Popen[bytes] | None = None
         tag = f"{os.getpid()}-{self.epmd_port}"
@@ -226,13 +231,43 @@ class RabbitCluster:
 
     # --- lifecycle -----------------------------------------------------
     def start(self) -> None:
-        """Our epmd, the first node alone, then the others together; returns when every MQTT listener accepts."""
+        """Our epmd, then the nodes one at a time; returns when every node accepts an MQTT connection.
+
+        A listening port is not enough: RabbitMQ 3.10's MQTT plugin tracks client IDs in a Raft
+        cluster of its own, and a node that joined it badly (two nodes joining at once, on a loaded
+        machine) answers every CONNECT with "client ID registration timed out" while its port
+        listens. Such a node is restarted, which makes its plugin join again."""
         self._start_epmd()
-        self.start_node(0)
-        self._wait_listening(self.nodes[:1])
-        for i in range(1, len(self.nodes)):
-            self.start_node(i)
-        self._wait_listening(self.nodes[1:])
+        for index in range(len(self.nodes)):
+            self.start_node(index)
+            self._wait_listening([self.nodes[index]])
+        for index, node in enumerate(self.nodes):
+            restarts = 0
+            while not self._accepts_mqtt(node, MQTT_READY_S):
+                if restarts == MQTT_RESTARTS:
+                    raise BrokerError(f"rabbitmq node {node.name} listens but accepts no MQTT connection",
+                                      f"see its log:\n{node.log_tail()}")
+                self.kill_node(index)
+                self.restart_node(index)
+                restarts += 1
+
+    def _accepts_mqtt(self, node: Node, within_s: float) -> bool:
+        """Whether a clean-session CONNECT to `node` is accepted within `within_s` (retried meanwhile)."""
+        accepted = threading.Event()
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"probe-{node.name}", protocol=mqtt.MQTTv311,
+                             clean_session=True)
+        context = ssl.create_default_context(cafile=str(self.pki.ca))
+        context.load_cert_chain(str(self.pki.clients[self._probe].cert), str(self.pki.clients[self._probe].key))
+        client.tls_set_context(context)
+        client.reconnect_delay_set(1, 2)
+        client.on_connect = lambda _c, _u, _f, reason, _p: accepted.set() if not reason.is_failure else None
+        client.connect_async(node.host, node.mqtt_port)
+        client.loop_start()
+        try:
+            return accepted.wait(within_s)
+        finally:
+            client.disconnect()
+            client.loop_stop()
 
     def _start_epmd(self) -> None:
         """Our own epmd in the foreground (a child we can end by its pid), on loopback and our port.
