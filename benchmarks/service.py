@@ -26,8 +26,8 @@ machine falls on all of them alike.
 
 `--fps 0` runs the camera unpaced: the service's top speed. `--pipelined on` is `[detector]
 pipelined = true` (the invoke overlapped with the frame before, docs/detection.md; the near-face
-pass then runs with the frame being finished, on a second interpreter of the main model for its
-checks). Results: docs/benchmarks.md.
+pass then runs with the frame being finished, its checks handed to the inference thread between
+two invokes). Results: docs/benchmarks.md.
 
 """
 from __future__ import annotations

@@ -23,7 +23,7 @@ from edge.vision.detection import Box, Detection, Face, HeadPose
 from edge.wire import serialize
 from edge.wire.observation import observe
 from support.mosquitto import first_occurrences, wait_until
-from support.rabbitmq_cluster import ClusterSubscriber, RabbitCluster, device_config
+from support.rabbitmq_cluster import ClusterSubscriber, RabbitCluster, client_context, device_config
 
 pytestmark = pytest.mark.slow
 
@@ -51,9 +51,7 @@ def raw_client(cluster: RabbitCluster, name: str, node: int) -> tuple[mqtt.Clien
     """A bare MQTT 3.1.1 client with `name`'s certificate; the event is set when the broker drops it."""
     dropped = threading.Event()
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{name}-raw", protocol=mqtt.MQTTv311)
-    context = ssl.create_default_context(cafile=str(cluster.pki.ca))
-    context.load_cert_chain(str(cluster.pki.clients[name].cert), str(cluster.pki.clients[name].key))
-    client.tls_set_context(context)
+    client.tls_set_context(client_context(cluster.pki, name))
     client.on_disconnect = lambda *_: dropped.set()
     client.connect(cluster.nodes[node].host, cluster.nodes[node].mqtt_port)
     client.loop_start()

@@ -68,6 +68,13 @@ def _listening(port: int) -> bool:
         return s.connect_ex((LOOPBACK, port)) == 0
 
 
+def client_context(pki: ThrowawayPki, name: str) -> ssl.SSLContext:
+    """TLS for an MQTT client logging in with `name`'s certificate (its CN is the username)."""
+    context = ssl.create_default_context(cafile=str(pki.ca))
+    context.load_cert_chain(str(pki.clients[name].cert), str(pki.clients[name].key))
+    return context
+
+
 def find_server() -> Path:
     """The Debian package's server script (not /usr/sbin's wrapper, which switches to the rabbitmq user)."""
     if not SERVER.exists():
@@ -256,9 +263,7 @@ class RabbitCluster:
         accepted = threading.Event()
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"probe-{node.name}", protocol=mqtt.MQTTv311,
                              clean_session=True)
-        context = ssl.create_default_context(cafile=str(self.pki.ca))
-        context.load_cert_chain(str(self.pki.clients[self._probe].cert), str(self.pki.clients[self._probe].key))
-        client.tls_set_context(context)
+        client.tls_set_context(client_context(self.pki, self._probe))
         client.reconnect_delay_set(1, 2)
         client.on_connect = lambda _c, _u, _f, reason, _p: accepted.set() if not reason.is_failure else None
         client.connect_async(node.host, node.mqtt_port)
@@ -413,9 +418,7 @@ class ClusterSubscriber:
         self.subscribed = threading.Event()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or name, protocol=mqtt.MQTTv311,
                                   clean_session=False)
-        context = ssl.create_default_context(cafile=str(pki.ca))
-        context.load_cert_chain(str(pki.clients[name].cert), str(pki.clients[name].key))
-        self.client.tls_set_context(context)
+        self.client.tls_set_context(client_context(pki, name))
         self.client.reconnect_delay_set(1, 2)
         self._topics = topics
         self.client.on_connect = self._on_connect
